@@ -1,0 +1,218 @@
+"""The actorflow exception tree.
+
+Every error actorflow raises derives from :class:`ActorflowError`. Where a standard type fits,
+the error subclasses it too, so ``except TimeoutError`` keeps working::
+
+    ActorflowError
+    ├── TaskError                 (+ the remote exception's own type, built on demand)
+    ├── ActorDiedError
+    ├── ActorUnavailableError
+    ├── WorkerCrashedError
+    ├── NodeDiedError
+    ├── ObjectLostError
+    ├── GetTimeoutError           (+ TimeoutError)
+    ├── TaskCancelledError        (+ asyncio.CancelledError is *not* a base: it would stop tasks)
+    ├── InfeasibleError
+    ├── SerializationError        (+ TypeError)
+    ├── AuthenticationError       (+ PermissionError)
+    ├── SupervisionError
+    ├── MailboxFullError          (tell_nowait on a full mailbox)
+    ├── PeerUnreachableError      (+ ConnectionError)
+    └── ProtocolError             (+ ValueError)
+
+Each constructor takes the facts and builds a message that says what happened and what to do.
+Every error pickles (``__reduce__`` rebuilds it from the same facts), so errors cross processes.
+"""
+
+from __future__ import annotations
+
+import builtins
+from typing import Any
+
+__all__ = [
+    "ActorDiedError",
+    "ActorUnavailableError",
+    "ActorflowError",
+    "AuthenticationError",
+    "GetTimeoutError",
+    "InfeasibleError",
+    "MailboxFullError",
+    "NodeDiedError",
+    "ObjectLostError",
+    "PeerUnreachableError",
+    "ProtocolError",
+    "SerializationError",
+    "SupervisionError",
+    "TaskCancelledError",
+    "TaskError",
+    "WorkerCrashedError",
+]
+
+
+class ActorflowError(Exception):
+    """Base class of every error actorflow raises."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), self.args)
+
+
+class ActorDiedError(ActorflowError):
+    """The actor is dead for good: stopped, killed, or crashed past its restart budget.
+
+    ``cause`` is the exception that ended it (``None`` for a normal stop or a kill).
+    """
+
+    def __init__(self, actor: str, reason: str = "", cause: BaseException | None = None) -> None:
+        self.actor = actor
+        self.reason = reason
+        self.cause = cause
+        text = f"actor {actor!r} is dead"
+        if reason:
+            text += f": {reason}"
+        if cause is not None:
+            text += f" (cause: {type(cause).__name__}: {cause})"
+        text += ". Create a new actor, or give it max_restarts to have it restarted."
+        super().__init__(text)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.actor, self.reason, self.cause))
+
+
+class ActorUnavailableError(ActorflowError):
+    """The actor died during the call and is being restarted; retry the call later."""
+
+    def __init__(self, actor: str, reason: str = "") -> None:
+        self.actor = actor
+        self.reason = reason
+        text = f"actor {actor!r} is unavailable"
+        if reason:
+            text += f": {reason}"
+        text += "; it is restarting, so retry the call (or set max_task_retries)."
+        super().__init__(text)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.actor, self.reason))
+
+
+class WorkerCrashedError(ActorflowError):
+    """The process running a task died and the task's retries were used up."""
+
+
+class NodeDiedError(ActorflowError):
+    """The node holding the work died."""
+
+
+class ObjectLostError(ActorflowError):
+    """Every copy of an object is gone and it could not be rebuilt."""
+
+
+class GetTimeoutError(ActorflowError, TimeoutError):
+    """A wait with a timeout (``get``, ``ask``) ran out of time."""
+
+
+class TaskCancelledError(ActorflowError):
+    """The task was cancelled before or while it ran."""
+
+
+class InfeasibleError(ActorflowError):
+    """No node can ever satisfy the resource demand."""
+
+
+class SerializationError(ActorflowError, TypeError):
+    """An argument, message or result cannot be pickled; names the object and the cause."""
+
+
+class AuthenticationError(ActorflowError, PermissionError):
+    """Wrong or missing cluster token."""
+
+
+class SupervisionError(ActorflowError):
+    """A supervision tree gave up after exceeding its restart intensity."""
+
+
+class MailboxFullError(ActorflowError):
+    """``tell_nowait`` found the actor's mailbox full; use ``await tell(...)`` to wait."""
+
+
+class PeerUnreachableError(ActorflowError, ConnectionError):
+    """The process hosting an actor cannot be reached, or the link to it was lost."""
+
+
+class ProtocolError(ActorflowError, ValueError):
+    """A peer sent bytes that are not a valid actorflow frame, or speaks another version."""
+
+
+class TaskError(ActorflowError):
+    """The remote code raised.
+
+    A ``TaskError`` raised to the caller is also an instance of the original exception's type
+    (see :meth:`as_instanceof_cause`); its message holds the remote traceback.
+    """
+
+    def __init__(self, cause: BaseException | None, traceback_str: str, where: str = "") -> None:
+        self.cause = cause
+        self.traceback_str = traceback_str
+        self.where = where
+        origin = f" in {where}" if where else ""
+        name = type(cause).__name__ if cause is not None else "Exception"
+        super().__init__(f"{name} raised{origin}:\n\n{traceback_str.rstrip()}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_task_error, (self.cause, self.traceback_str, self.where))
+
+    def as_instanceof_cause(self) -> TaskError:
+        """Return a TaskError that is also an instance of the cause's type."""
+        cause = self.cause
+        if cause is None or isinstance(cause, TaskError):
+            return self
+        cls = _dual_class(type(cause))
+        if cls is None:
+            return self
+        err = cls.__new__(cls)
+        TaskError.__init__(err, cause, self.traceback_str, self.where)
+        err.args = (str(self),)
+        return err
+
+
+_DUAL_CACHE: dict[type[BaseException], type[TaskError] | None] = {}
+
+
+def _dual_class(cause_type: type[BaseException]) -> type[TaskError] | None:
+    """A class deriving from both TaskError and the cause's type, or None if impossible."""
+    if cause_type in _DUAL_CACHE:
+        return _DUAL_CACHE[cause_type]
+    cls: type[TaskError] | None
+    try:
+        cls = type(
+            f"TaskError({cause_type.__name__})",
+            (TaskError, cause_type),
+            {"__module__": __name__, "__init__": TaskError.__init__, "__str__": TaskError.__str__},
+        )
+    except TypeError:  # layout conflict (e.g. a C-level exception with its own struct)
+        cls = None
+    _DUAL_CACHE[cause_type] = cls
+    return cls
+
+
+def _rebuild_task_error(cause: BaseException | None, tb: str, where: str) -> TaskError:
+    return TaskError(cause, tb, where).as_instanceof_cause()
+
+
+class RemoteException(Exception):
+    """Stands in for a remote exception whose type could not be unpickled here."""
+
+    def __init__(self, type_name: str, text: str) -> None:
+        self.type_name = type_name
+        self.text = text
+        super().__init__(f"{type_name}: {text}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.type_name, self.text))
+
+
+def builtin_exception(type_name: str) -> type[BaseException] | None:
+    """The builtin exception class of that name, if any (used when rebuilding remote errors)."""
+    obj = getattr(builtins, type_name, None)
+    if isinstance(obj, type) and issubclass(obj, BaseException):
+        return obj
+    return None
