@@ -1,0 +1,26 @@
+"""The actor kernel: actors, refs, mailboxes and the per-loop ActorSystem.
+
+It knows nothing of clusters or tasks; the transport and the cluster layers build on it.
+"""
+
+from actorflow.runtime.actor import Actor, ActorState, ExitReason, Terminated
+from actorflow.runtime.mailbox import Mailbox, MailboxStatistics
+from actorflow.runtime.ref import ActorRef, Reply, Slot, SlotState, current_system, restore_ref
+from actorflow.runtime.system import ActorSystem, RemoteResolver
+
+__all__ = [
+    "Actor",
+    "ActorRef",
+    "ActorState",
+    "ActorSystem",
+    "ExitReason",
+    "Mailbox",
+    "MailboxStatistics",
+    "RemoteResolver",
+    "Reply",
+    "Slot",
+    "SlotState",
+    "Terminated",
+    "current_system",
+    "restore_ref",
+]

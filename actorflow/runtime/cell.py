@@ -1,0 +1,263 @@
+"""One incarnation of an actor: its mailbox and the task that runs it.
+
+The cell's task is owned by the :class:`ActorSystem` (which awaits or cancels it at shutdown);
+handler tasks of a concurrent actor are owned by the cell. When the incarnation ends, for any
+reason, ``_terminate`` runs exactly once and, in this order: detaches the cell from its slot (so
+new sends wait for a restart or fail), answers every queued ask with an error, and notifies the
+watchers (its supervisor among them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+from actorflow._errors import ActorDiedError, ActorUnavailableError
+from actorflow.runtime.actor import Actor, ActorState, ExitReason, Terminated
+from actorflow.runtime.mailbox import Mailbox
+from actorflow.runtime.ref import ActorRef, Slot, SlotState
+
+if TYPE_CHECKING:
+    from actorflow.runtime.system import ActorSystem
+
+__all__ = ["Cell"]
+
+
+class _Control:
+    """A runtime instruction travelling through a mailbox (never seen by ``receive``)."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"<{self.name}>"
+
+
+_STOP = _Control("stop")
+_WAKE = _Control("wake")  # a concurrent handler crashed: wake the loop to notice
+
+
+class Cell:
+    """Runs one incarnation. Created by ``ActorSystem.start_incarnation``."""
+
+    __slots__ = (
+        "_crash",
+        "_inflight",
+        "_room",
+        "actor",
+        "cause",
+        "incarnation",
+        "mailbox",
+        "max_concurrency",
+        "reason",
+        "restartable",
+        "slot",
+        "state",
+        "system",
+        "task",
+        "terminated",
+    )
+
+    def __init__(
+        self,
+        system: ActorSystem,
+        slot: Slot,
+        actor: Actor,
+        *,
+        incarnation: int,
+        max_concurrency: int,
+        mailbox_size: int,
+        restartable: Any,
+    ) -> None:
+        self.system = system
+        self.slot = slot
+        self.actor = actor
+        self.incarnation = incarnation
+        self.max_concurrency = max_concurrency
+        self.mailbox = Mailbox(mailbox_size)
+        self.state = ActorState.STARTING
+        self.reason: ExitReason | None = None
+        self.cause: BaseException | None = None
+        # restartable(reason) -> may a supervisor start another incarnation after this one?
+        self.restartable = restartable
+        self.task: asyncio.Task[None] | None = None
+        self.terminated: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._inflight: set[asyncio.Task[None]] = set()
+        self._room: asyncio.Future[None] | None = None
+        self._crash: BaseException | None = None
+
+    # -- the incarnation's task --------------------------------------------------------------
+
+    async def main(self, started: asyncio.Future[None]) -> None:
+        actor = self.actor
+        # Attached before on_start: messages sent meanwhile queue and are handled after it
+        # (a supervisor must hear a child die even while its own on_start is still running).
+        self.slot.attach(self)
+        try:
+            try:
+                await actor.on_start()
+            except Exception as exc:
+                self._terminate(ExitReason.CRASHED, exc)
+                if not started.done():
+                    started.set_exception(exc)
+                return
+            self.state = ActorState.RUNNING
+            started.set_result(None)
+            if self.max_concurrency == 1:
+                crash = await self._serial_loop()
+            else:
+                crash = await self._concurrent_loop()
+            if crash is not None:
+                self._terminate(ExitReason.CRASHED, crash)
+                return
+            self.state = ActorState.STOPPING
+            try:
+                await actor.on_stop()
+            except Exception:
+                self.system._log.exception("on_stop of %s raised; it stops anyway", self.slot.path)
+            self._terminate(ExitReason.NORMAL, None)
+        except asyncio.CancelledError:
+            # killed (brutal kill, shutdown timeout, or the loop is closing)
+            for task in self._inflight:
+                task.cancel()
+            if self._inflight:
+                await asyncio.wait(list(self._inflight), timeout=self.system.stop_timeout_s)
+            self._terminate(ExitReason.KILLED, None)
+            if not started.done():
+                started.set_exception(
+                    ActorDiedError(self.slot.path, "it was killed while starting")
+                )
+
+    async def _serial_loop(self) -> BaseException | None:
+        """One message at a time, in mailbox order. Returns the crash cause, or None on stop."""
+        mailbox = self.mailbox
+        receive = self.actor.receive
+        while True:
+            if mailbox._items:
+                item = mailbox.get_nowait()
+            else:
+                item = await mailbox.get()
+            message, reply = item
+            if message is _STOP:
+                return None
+            try:
+                result = await receive(message)
+            except Exception as exc:
+                if reply is not None and not reply.done():
+                    reply.set_exception(exc)
+                return exc
+            if reply is not None and not reply.done():
+                reply.set_result(result)
+
+    async def _concurrent_loop(self) -> BaseException | None:
+        """Up to ``max_concurrency`` handlers at once, each in a task owned by this cell."""
+        mailbox = self.mailbox
+        loop = asyncio.get_running_loop()
+        inflight = self._inflight
+        limit = self.max_concurrency
+        while self._crash is None:
+            item = mailbox.get_nowait() if mailbox._items else await mailbox.get()
+            message, reply = item
+            if message is _STOP:
+                break
+            if message is _WAKE:
+                continue
+            while len(inflight) >= limit and not self._crashed():
+                self._room = loop.create_future()
+                await self._room
+            if self._crashed():
+                if reply is not None and not reply.done():
+                    reply.set_exception(self._lost_error())
+                break
+            task = loop.create_task(self._handle(message, reply))
+            inflight.add(task)
+        # graceful stop: let in-flight handlers finish (the stop timeout bounds this); after a
+        # crash they were cancelled, and we wait for them to unwind so none outlives the cell
+        while inflight:
+            await asyncio.wait(list(inflight))
+        return self._crash
+
+    def _crashed(self) -> bool:
+        # a method, not an inline test: handlers set _crash while the loop awaits
+        return self._crash is not None
+
+    async def _handle(self, message: Any, reply: Any) -> None:
+        task = asyncio.current_task()
+        try:
+            result = await self.actor.receive(message)
+        except asyncio.CancelledError:
+            if reply is not None and not reply.done():
+                reply.set_exception(self._lost_error())
+            raise
+        except Exception as exc:
+            if reply is not None and not reply.done():
+                reply.set_exception(exc)
+            if self._crash is None:
+                self._crash = exc
+                for other in self._inflight:
+                    if other is not task:
+                        other.cancel()
+                if not self.mailbox.closed:
+                    self.mailbox.put_system((_WAKE, None), front=True)
+        else:
+            if reply is not None and not reply.done():
+                reply.set_result(result)
+        finally:
+            if task is not None:
+                self._inflight.discard(task)
+            room = self._room
+            if room is not None and not room.done():
+                room.set_result(None)
+
+    # -- ending ------------------------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        """Stop after the message in hand; queued messages are answered with an error."""
+        if self.state in (ActorState.STARTING, ActorState.RUNNING) and not self.mailbox.closed:
+            self.mailbox.put_system((_STOP, None), front=True)
+
+    def _lost_error(self) -> Exception:
+        reason = self.reason or ExitReason.CRASHED
+        if self.slot.state is SlotState.DEAD or not self.restartable(reason):
+            return ActorDiedError(self.slot.path, f"it ended ({reason.value})",
+                                  self.cause or self._crash)
+        return ActorUnavailableError(self.slot.path, "it died while handling the call")
+
+    def _terminate(self, reason: ExitReason, cause: BaseException | None) -> None:
+        if self.terminated.done():
+            return
+        self.reason = reason
+        self.cause = cause
+        self.state = ActorState.STOPPED if reason is ExitReason.NORMAL else ActorState.CRASHED
+        slot = self.slot
+        if slot.cell is self or slot.cell is None:
+            slot.detach(may_restart=bool(self.restartable(reason)), reason=reason, cause=cause)
+        left = self.mailbox.close()
+        if left:
+            error = self._queued_error(reason, cause)
+            dropped = 0
+            for message, reply in left:
+                if isinstance(message, _Control):
+                    continue
+                if reply is None:
+                    dropped += 1
+                elif not reply.done():
+                    reply.set_exception(error)
+            if dropped:
+                self.system._dead_letters += dropped
+                self.system._log.debug("%s ended with %d tells unhandled", slot.path, dropped)
+        if reason is ExitReason.CRASHED and cause is not None:
+            self.system._log.debug("%s crashed: %r", slot.path, cause)
+        slot.notify(Terminated(ActorRef(slot), reason, cause, self.incarnation))
+        self.system._cell_ended(self)
+        self.terminated.set_result(None)
+
+    def _queued_error(self, reason: ExitReason, cause: BaseException | None) -> Exception:
+        if self.slot.state is SlotState.RESTARTING:
+            return ActorUnavailableError(
+                self.slot.path, f"it {reason.value} before handling the call"
+            )
+        what = "it stopped" if reason is ExitReason.NORMAL else f"it {reason.value}"
+        return ActorDiedError(self.slot.path, f"{what} before handling the call", cause)
