@@ -298,6 +298,24 @@ class ActorRef:
         except MailboxClosed:
             raise self._slot.error() from None
 
+    def ask_nowait(self, message: Any) -> asyncio.Future[Any]:
+        """Send now, without awaiting, and return a future of the answer.
+
+        Raises like :meth:`tell_nowait` when the message cannot be queued at once. This is the
+        submission path of tasks and actor calls (``.remote()`` never awaits); a remote ref
+        implements it over its link, failing the future with PeerUnreachableError if the peer
+        is lost.
+        """
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        cell = self._slot.cell
+        if cell is None:
+            raise self._slot.error()
+        try:
+            cell.mailbox.put_nowait((message, fut))
+        except MailboxClosed:
+            raise self._slot.error() from None
+        return fut
+
     async def ask(self, message: Any, timeout: float | None = None) -> Any:
         """Send and wait for the answer (the handler's return value, or its exception).
 
