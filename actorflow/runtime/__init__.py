@@ -3,7 +3,7 @@
 It knows nothing of clusters or tasks; the transport and the cluster layers build on it.
 """
 
-from actorflow.runtime.actor import Actor, ActorState, ExitReason, Terminated
+from actorflow.runtime.actor import Actor, ActorState, ErrorReply, ExitReason, Terminated
 from actorflow.runtime.mailbox import Mailbox, MailboxStatistics
 from actorflow.runtime.ref import ActorRef, Reply, Slot, SlotState, current_system, restore_ref
 from actorflow.runtime.system import ActorSystem, RemoteResolver
@@ -13,6 +13,7 @@ __all__ = [
     "ActorRef",
     "ActorState",
     "ActorSystem",
+    "ErrorReply",
     "ExitReason",
     "Mailbox",
     "MailboxStatistics",

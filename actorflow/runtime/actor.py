@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from actorflow.runtime.ref import ActorRef
     from actorflow.runtime.system import ActorSystem
 
-__all__ = ["Actor", "ActorState", "ExitReason", "Terminated"]
+__all__ = ["Actor", "ActorState", "ErrorReply", "ExitReason", "Terminated"]
 
 
 class ActorState(enum.Enum):
@@ -62,6 +62,14 @@ class Terminated:
     incarnation: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class ErrorReply:
+    """Return this from ``receive`` to fail the ask with ``error`` *without* crashing the actor
+    (OTP's ``{error, Reason}`` reply): for requests the actor rejects but survives."""
+
+    error: BaseException
+
+
 class Actor:
     """Base class of every actor, system actors included.
 
@@ -98,7 +106,7 @@ class Actor:
     async def receive(self, message: Any) -> Any:
         """Handle one message. The return value answers an ``ask``; for a ``tell`` it is
         dropped. An exception fails that ask and crashes the actor (its supervisor decides
-        what happens next)."""
+        what happens next); return :class:`ErrorReply` to fail the ask and carry on."""
         raise TypeError(f"{type(self).__name__} does not handle {type(message).__name__} messages")
 
     def stop(self) -> None:

@@ -13,7 +13,7 @@ import asyncio
 from typing import TYPE_CHECKING, Any
 
 from actorflow._errors import ActorDiedError, ActorUnavailableError
-from actorflow.runtime.actor import Actor, ActorState, ExitReason, Terminated
+from actorflow.runtime.actor import Actor, ActorState, ErrorReply, ExitReason, Terminated
 from actorflow.runtime.mailbox import Mailbox
 from actorflow.runtime.ref import ActorRef, Slot, SlotState
 
@@ -88,7 +88,7 @@ class Cell:
         self._room: asyncio.Future[None] | None = None
         self._crash: BaseException | None = None
 
-    # -- the incarnation's task --------------------------------------------------------------
+    # -- the incarnation's task ----------------------------------------------------------------
 
     async def main(self, started: asyncio.Future[None]) -> None:
         actor = self.actor
@@ -144,12 +144,20 @@ class Cell:
                 return None
             try:
                 result = await receive(message)
+            except asyncio.CancelledError:
+                # killed mid-message: the caller hears it, it does not wait forever
+                if reply is not None and not reply.done():
+                    reply.set_exception(self._lost_error(ExitReason.KILLED))
+                raise
             except Exception as exc:
                 if reply is not None and not reply.done():
                     reply.set_exception(exc)
                 return exc
             if reply is not None and not reply.done():
-                reply.set_result(result)
+                if type(result) is ErrorReply:
+                    reply.set_exception(result.error)
+                else:
+                    reply.set_result(result)
 
     async def _concurrent_loop(self) -> BaseException | None:
         """Up to ``max_concurrency`` handlers at once, each in a task owned by this cell."""
@@ -189,7 +197,7 @@ class Cell:
             result = await self.actor.receive(message)
         except asyncio.CancelledError:
             if reply is not None and not reply.done():
-                reply.set_exception(self._lost_error())
+                reply.set_exception(self._lost_error(ExitReason.KILLED))
             raise
         except Exception as exc:
             if reply is not None and not reply.done():
@@ -203,7 +211,10 @@ class Cell:
                     self.mailbox.put_system((_WAKE, None), front=True)
         else:
             if reply is not None and not reply.done():
-                reply.set_result(result)
+                if type(result) is ErrorReply:
+                    reply.set_exception(result.error)
+                else:
+                    reply.set_result(result)
         finally:
             if task is not None:
                 self._inflight.discard(task)
@@ -211,15 +222,15 @@ class Cell:
             if room is not None and not room.done():
                 room.set_result(None)
 
-    # -- ending ------------------------------------------------------------------------------
+    # -- ending --------------------------------------------------------------------------------
 
     def request_stop(self) -> None:
         """Stop after the message in hand; queued messages are answered with an error."""
         if self.state in (ActorState.STARTING, ActorState.RUNNING) and not self.mailbox.closed:
             self.mailbox.put_system((_STOP, None), front=True)
 
-    def _lost_error(self) -> Exception:
-        reason = self.reason or ExitReason.CRASHED
+    def _lost_error(self, default: ExitReason = ExitReason.CRASHED) -> Exception:
+        reason = self.reason or default
         if self.slot.state is SlotState.DEAD or not self.restartable(reason):
             return ActorDiedError(self.slot.path, f"it ended ({reason.value})",
                                   self.cause or self._crash)
@@ -239,8 +250,8 @@ class Cell:
             error = self._queued_error(reason, cause)
             dropped = 0
             for message, reply in left:
-                if isinstance(message, _Control):
-                    continue
+                if isinstance(message, (_Control, Terminated)):
+                    continue  # runtime notices, not letters anyone sent
                 if reply is None:
                     dropped += 1
                 elif not reply.done():

@@ -124,7 +124,7 @@ class Slot:
         self.watchers: dict[int, WatchCallback] = {}
         self._watch_ids = itertools.count()
 
-    # -- transitions (called by the cell and by supervisors) -----------------------------
+    # -- transitions (called by the cell and by supervisors) -----------------------------------
 
     def attach(self, cell: Cell) -> None:
         """A new incarnation is running: release everyone waiting for it."""
@@ -182,13 +182,15 @@ class Slot:
             if not fut.done():
                 fut.set_result(None)
 
-    # -- senders ---------------------------------------------------------------------------
+    # -- senders -------------------------------------------------------------------------------
 
     def error(self) -> Exception:
         """The error a sender gets now that no incarnation is running."""
         if self.state is SlotState.DEAD:
-            assert self.death is not None
-            return self.death
+            d = self.death
+            assert d is not None
+            # a fresh instance per raise: re-raising one instance would grow its traceback
+            return ActorDiedError(d.actor, d.reason, d.cause)
         return ActorUnavailableError(self.path, "it is restarting")
 
     async def wait_cell(self) -> Cell:
@@ -199,8 +201,7 @@ class Slot:
             if cell is not None:
                 return cell
             if self.state is SlotState.DEAD:
-                assert self.death is not None
-                raise self.death
+                raise self.error()
             remaining = deadline - asyncio.get_running_loop().time()
             if remaining <= 0:
                 raise ActorUnavailableError(
@@ -280,7 +281,7 @@ class ActorRef:
         system = self._slot.system
         return (restore_ref, (system.uid, system.address, self._slot.id, self._slot.path))
 
-    # -- sending ---------------------------------------------------------------------------
+    # -- sending -------------------------------------------------------------------------------
 
     async def tell(self, message: Any) -> None:
         """Send without waiting for an answer. Waits only while the mailbox is full

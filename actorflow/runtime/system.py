@@ -87,7 +87,7 @@ class ActorSystem:
     def __repr__(self) -> str:
         return f"<ActorSystem {self.name} uid={self.uid} actors={len(self._cells)}>"
 
-    # -- spawning ---------------------------------------------------------------------------
+    # -- spawning ------------------------------------------------------------------------------
 
     async def spawn(
         self,
@@ -177,7 +177,7 @@ class ActorSystem:
             raise
         return cell
 
-    # -- finding, watching, stopping ---------------------------------------------------------
+    # -- finding, watching, stopping -----------------------------------------------------------
 
     def lookup(self, path: str) -> ActorRef | None:
         """The actor registered under ``path`` (``name`` or ``supervisor/child``), if alive."""
@@ -256,7 +256,7 @@ class ActorSystem:
         if cell is not None:
             cell.request_stop()
 
-    # -- shutdown ----------------------------------------------------------------------------
+    # -- shutdown ------------------------------------------------------------------------------
 
     async def shutdown(self, timeout: float | None = None) -> None:
         """Stop every actor (top-level ones in reverse start order), kill what is left after

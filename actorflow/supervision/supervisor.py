@@ -29,7 +29,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from actorflow._errors import SupervisionError
-from actorflow.runtime import Actor, ActorRef, ActorSystem, ExitReason, Slot, Terminated
+from actorflow.runtime import (
+    Actor,
+    ActorRef,
+    ActorSystem,
+    ErrorReply,
+    ExitReason,
+    Slot,
+    Terminated,
+)
 from actorflow.runtime.cell import Cell
 from actorflow.runtime.ref import SlotState
 from actorflow.supervision.spec import (
@@ -135,7 +143,7 @@ class Supervisor(Actor):
         self._timers: set[asyncio.TimerHandle] = set()
         self._clock = clock
 
-    # -- lifecycle ---------------------------------------------------------------------------
+    # -- lifecycle -----------------------------------------------------------------------------
 
     async def on_start(self) -> None:
         self.system.on_terminated(self.ref, self._on_own_end)
@@ -176,20 +184,25 @@ class Supervisor(Actor):
             await self._start_targets([self._children[n] for n in message.names
                                        if n in self._children])
             return None
+        # rejected requests are answered with an error; the tree carries on (as OTP does)
         if isinstance(message, StartChild):
             if message.spec.name in self._children:
-                raise ValueError(f"a child named {message.spec.name!r} already exists")
+                return ErrorReply(ValueError(
+                    f"supervisor {self.ref.path!r} already has a child {message.spec.name!r}"
+                ))
             child = self._add(message.spec)
             try:
                 await self._start(child)
-            except Exception:
-                self._remove(child, "it failed to start")
-                raise
+            except Exception as exc:
+                self._remove(child, "it failed to start", exc)
+                return ErrorReply(exc)
             return child.ref
         if isinstance(message, TerminateChild):
             found = self._children.get(message.name)
             if found is None:
-                raise KeyError(f"supervisor {self.ref.path!r} has no child {message.name!r}")
+                return ErrorReply(KeyError(
+                    f"supervisor {self.ref.path!r} has no child {message.name!r}"
+                ))
             await self._stop_child(found, keep=False)
             self._remove(found, "it was terminated by its supervisor")
             return None
@@ -204,7 +217,7 @@ class Supervisor(Actor):
         )
         return None
 
-    # -- children --------------------------------------------------------------------------------
+    # -- children ------------------------------------------------------------------------------
 
     def _add(self, spec: ChildSpec) -> _Child:
         slot = self.system.new_slot(f"{self.ref.path}/{spec.name}")
@@ -256,7 +269,7 @@ class Supervisor(Actor):
             await self._stop_child(child, keep=False)
             child.slot.mark_dead(reason, cause, notify=True)
 
-    # -- restarts ----------------------------------------------------------------------------------
+    # -- restarts ------------------------------------------------------------------------------
 
     async def _child_ended(self, notice: Terminated) -> None:
         child = self._by_slot.get(notice.ref.id)

@@ -1,0 +1,194 @@
+"""``python -m benchmarks [NAMES...] [--json] [--quick] [--reps N] [--list]``.
+
+NAMES are group names (``kernel``, ``transport``, ...) or workload names; none means every
+group. With ``--json`` each workload's record is one JSON line on stdout; otherwise a table is
+printed at the end. Progress and notes go to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import inspect
+import sys
+import traceback
+from collections.abc import Callable
+from types import ModuleType
+from typing import Any
+
+from benchmarks._common import claim_stdout, emit, log, meta
+
+#: group name -> module. A group module exposes ``WORKLOADS: tuple[str, ...]`` and
+#: ``run(quick, reps, only=None) -> list[dict]``; a module with only ``run(quick, reps)`` is
+#: accepted (it is then run whole, and selected by its group name only).
+GROUPS: dict[str, str] = {
+    "kernel": "benchmarks.kernel",
+    "transport": "benchmarks.transport",
+}
+
+Runner = Callable[..., list[dict[str, Any]]]
+
+
+def _load(group: str) -> ModuleType | None:
+    """Import a group lazily; a missing or broken one is skipped with a note."""
+    try:
+        return importlib.import_module(GROUPS[group])
+    except ImportError as exc:
+        log(f"[{group}] skipped: cannot import {GROUPS[group]} ({exc})")
+    except Exception:
+        log(f"[{group}] skipped: importing {GROUPS[group]} raised:\n{traceback.format_exc()}")
+    return None
+
+
+def _workloads(mod: ModuleType) -> tuple[str, ...] | None:
+    names = getattr(mod, "WORKLOADS", None)
+    return tuple(names) if names is not None else None
+
+
+def _takes_only(fn: Runner) -> bool:
+    try:
+        return "only" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _select(
+    names: list[str], modules: dict[str, ModuleType]
+) -> tuple[dict[str, set[str] | None], list[str]]:
+    """Map each requested name to its group: ``{group: None (all) | {workloads}}``, plus the
+    names no loaded group knows."""
+    plan: dict[str, set[str] | None] = {}
+    unknown = []
+    for name in names:
+        if name in GROUPS:
+            if name in modules:
+                plan[name] = None
+            continue
+        owner = next((g for g, m in modules.items() if name in (_workloads(m) or ())), None)
+        if owner is None:
+            unknown.append(name)
+        elif owner not in plan:
+            plan[owner] = {name}
+        elif (only := plan[owner]) is not None:
+            only.add(name)
+    return plan, unknown
+
+
+def _run_group(
+    group: str, mod: ModuleType, quick: bool, reps: int, only: set[str] | None
+) -> list[dict[str, Any]]:
+    fn: Runner = mod.run
+    if only is not None and _takes_only(fn):
+        records = fn(quick, reps, only=only)
+    else:
+        records = fn(quick, reps)
+    if only is not None:
+        records = [r for r in records if r.get("workload") in only]
+    provenance = meta(quick)
+    for rec in records:  # groups written elsewhere may leave provenance out
+        rec.setdefault("framework", "actorflow")
+        for key, value in provenance.items():
+            rec.setdefault(key, value)
+    return records
+
+
+# -- the table ---------------------------------------------------------------------------------
+
+
+def _fmt(x: Any) -> str:
+    if not isinstance(x, int | float) or isinstance(x, bool):
+        return "-" if x is None else str(x)
+    if abs(x) >= 1000:
+        return f"{x:,.0f}"
+    if abs(x) >= 10:
+        return f"{x:.1f}"
+    return f"{x:.3g}"
+
+
+def _table(records: list[dict[str, Any]]) -> str:
+    head = ("workload", "value", "unit", "min-max", "baseline", "ratio", "target", "met",
+            "uvloop", "uvloop ratio")
+    rows = [head]
+    for r in records:
+        met = r.get("target_met")
+        rows.append((
+            str(r.get("workload")),
+            _fmt(r.get("value")),
+            str(r.get("unit", "")),
+            f"{_fmt(r.get('min'))}-{_fmt(r.get('max'))}",
+            f"{r['baseline']} {_fmt(r.get('baseline_value'))}" if "baseline" in r else "-",
+            _fmt(r.get("ratio")),
+            str(r.get("target", "-")),
+            "-" if met is None else ("yes" if met else "NO"),
+            _fmt(r.get("uvloop_value")),
+            _fmt(r.get("uvloop_ratio")),
+        ))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+             for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+# -- main ----------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("names", nargs="*", metavar="NAME", help="groups or workloads (default: all)")
+    ap.add_argument("--json", action="store_true", help="one JSON record per line on stdout")
+    ap.add_argument("--quick", action="store_true", help="about n/10, 1 rep: a smoke test")
+    ap.add_argument("--reps", type=int, default=None, help="repetitions (default 3; quick 1)")
+    ap.add_argument("--list", action="store_true", help="list groups and workloads, and exit")
+    args = ap.parse_args(argv)
+    if args.reps is not None and args.reps < 1:
+        ap.error("--reps must be >= 1")
+
+    wanted = [g for g in GROUPS if g in args.names] if args.names else list(GROUPS)
+    # workload names need every group loaded to find their owner
+    to_load = list(GROUPS) if args.list or any(n not in GROUPS for n in args.names) else wanted
+    modules = {g: m for g in to_load if (m := _load(g)) is not None}
+
+    if args.list:
+        for group in GROUPS:
+            mod = modules.get(group)
+            names = _workloads(mod) if mod is not None else None
+            what = "(not available)" if mod is None else "(workloads not listed)"
+            print(f"{group}: {' '.join(names) if names else what}")
+        return 0
+
+    plan, unknown = _select(args.names or list(GROUPS), modules)
+    if unknown:
+        known = sorted({*GROUPS, *(w for m in modules.values() for w in (_workloads(m) or ()))})
+        ap.error(f"unknown name(s) {unknown}; known: {known}")
+
+    reps = args.reps if args.reps is not None else (1 if args.quick else 3)
+    if args.json:
+        claim_stdout()
+    records: list[dict[str, Any]] = []
+    failed = []
+    for group, only in plan.items():
+        log(f"[{group}] running" + (f" {sorted(only)}" if only else ""))
+        try:
+            group_records = _run_group(group, modules[group], args.quick, reps, only)
+        except ImportError as exc:  # a dependency only the group needs is missing
+            log(f"[{group}] skipped: {exc}")
+            continue
+        except Exception:  # one broken group must not cost the others their numbers
+            log(f"[{group}] failed:\n{traceback.format_exc()}")
+            failed.append(group)
+            continue
+        for rec in group_records:
+            records.append(rec)
+            if args.json:
+                emit(rec)
+    if not args.json:
+        print(_table(records) if records else "no benchmark ran")
+    if failed:
+        log(f"failed groups: {', '.join(failed)}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,283 @@
+"""Helpers shared by the benchmark groups: records, statistics, event loops, CPU accounting.
+
+The record format is the peer benchmarks' (``WORKLOADS.md`` in the steering repo): one JSON
+object per workload, ``value`` the median over the repetitions' values, ``min``/``max`` of
+them, every other numeric field the median over the repetitions, dict/str fields from the last
+one. Standard library only; ``psutil`` (a test dependency) is optional and only adds the CPU
+fields.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from typing import Any, TextIO, TypeVar
+
+__all__ = [
+    "FRAMEWORK",
+    "LOOPS",
+    "CpuMeter",
+    "alatency_loop",
+    "attach_baseline",
+    "claim_stdout",
+    "emit",
+    "have_uvloop",
+    "latency_stats",
+    "log",
+    "meta",
+    "run_on",
+    "sig",
+    "summarize",
+]
+
+T = TypeVar("T")
+
+FRAMEWORK = "actorflow"
+LOOPS = ("asyncio", "uvloop")  # "asyncio": the default event loop
+
+
+def log(*parts: object) -> None:
+    """Progress and notes go to stderr; stdout carries records only."""
+    print(*parts, file=sys.stderr, flush=True)
+
+
+def sig(x: Any, digits: int = 6) -> Any:
+    """Round a float to ``digits`` significant digits (keeps the JSON short)."""
+    if isinstance(x, float):
+        return float(f"{x:.{digits}g}")
+    return x
+
+
+# -- event loops ------------------------------------------------------------------------------
+
+
+def have_uvloop() -> bool:
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def run_on(kind: str, main: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Run ``main()`` to completion on a fresh loop of ``kind`` (``asyncio`` or ``uvloop``)."""
+    if kind == "uvloop":
+        import uvloop
+
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            return runner.run(main())
+    if kind != "asyncio":
+        raise ValueError(f"unknown loop {kind!r}; use one of {LOOPS}")
+    with asyncio.Runner() as runner:
+        return runner.run(main())
+
+
+# -- latency ----------------------------------------------------------------------------------
+
+
+def _pct(sorted_vals: list[float], p: float) -> float:
+    """Nearest-rank percentile of an already sorted list."""
+    if not sorted_vals:
+        return float("nan")
+    k = min(len(sorted_vals) - 1, max(0, round(p / 100.0 * (len(sorted_vals) - 1))))
+    return sorted_vals[k]
+
+
+def latency_stats(lat_s: list[float], total_s: float) -> dict[str, float]:
+    """Per-call latencies (seconds) -> the standard latency record (value = mean in us)."""
+    lat = sorted(lat_s)
+    n = len(lat)
+    return {
+        "value": total_s / n * 1e6,
+        "per_s": n / total_s,
+        "p50_us": _pct(lat, 50) * 1e6,
+        "p99_us": _pct(lat, 99) * 1e6,
+    }
+
+
+async def alatency_loop(acall: Callable[[int], Awaitable[Any]], n: int) -> dict[str, float]:
+    """``await acall(i)`` n times in sequence; the standard latency record."""
+    lat = []
+    clock = time.perf_counter
+    t0 = clock()
+    for i in range(n):
+        t = clock()
+        await acall(i)
+        lat.append(clock() - t)
+    return latency_stats(lat, clock() - t0)
+
+
+# -- records ----------------------------------------------------------------------------------
+
+
+def _versions() -> dict[str, str | None]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out: dict[str, str | None] = {}
+    for pkg in ("uvloop", "aiohttp", "cloudpickle", "orjson", "pydantic"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def meta(quick: bool) -> dict[str, Any]:
+    """Provenance keys of every record."""
+    import actorflow
+
+    return {
+        "version": actorflow.__version__,
+        "python": platform.python_version(),
+        "nproc": os.cpu_count(),
+        "quick": bool(quick),
+        "deps": _versions(),
+    }
+
+
+def summarize(
+    name: str, unit: str, n: int, runs: list[dict[str, Any]], provenance: dict[str, Any]
+) -> dict[str, Any]:
+    """Median / min / max of ``runs[i]["value"]`` plus the median of every other numeric
+    field; dict- and str-valued fields are taken from the last run."""
+    vals = [r["value"] for r in runs]
+    out: dict[str, Any] = {
+        "workload": name,
+        "framework": FRAMEWORK,
+        "unit": unit,
+        "value": sig(statistics.median(vals)),
+        "min": sig(min(vals)),
+        "max": sig(max(vals)),
+        "n": n,
+        "reps": len(runs),
+        "runs": [sig(v, 5) for v in vals],
+    }
+    for key, v in runs[0].items():
+        if key == "value":
+            continue
+        if isinstance(v, bool):
+            out[key] = runs[-1][key]
+        elif isinstance(v, int | float):
+            out[key] = sig(statistics.median(float(r[key]) for r in runs))
+        elif isinstance(v, dict | str):
+            out[key] = runs[-1][key]
+    out.update(provenance)
+    return out
+
+
+def attach_baseline(
+    rec: dict[str, Any], baseline: str, op: str, factor: float, *, prefix: str = ""
+) -> None:
+    """Add ``baseline``/``ratio``/``target``/``target_met`` to a summarized record whose
+    ``{prefix}baseline_value`` was measured in the same run. ``op`` is ``>=`` (throughput: the
+    value must reach ``factor`` x baseline) or ``<=`` (latency: at most ``factor`` x)."""
+    base = rec.get(f"{prefix}baseline_value")
+    value = rec.get(f"{prefix}value")
+    if not base or value is None:
+        return
+    ratio = value / base
+    if not prefix:
+        rec["baseline"] = baseline
+        rec["target"] = f"ratio {op} {factor:g}"
+    rec[f"{prefix}ratio"] = sig(ratio, 4)
+    rec[f"{prefix}target_met"] = ratio >= factor if op == ">=" else ratio <= factor
+
+
+# -- output -----------------------------------------------------------------------------------
+
+_OUT: TextIO | None = None
+
+
+def claim_stdout() -> TextIO:
+    """Keep the real stdout for records only: later writes to fd 1 / ``sys.stdout`` (by this
+    process or a child it starts) go to stderr instead."""
+    global _OUT
+    if _OUT is None:
+        sys.stdout.flush()
+        _OUT = os.fdopen(os.dup(1), "w", buffering=1)
+        os.dup2(2, 1)
+        sys.stdout = sys.stderr
+    return _OUT
+
+
+def emit(record: dict[str, Any]) -> None:
+    out = _OUT or sys.stdout
+    out.write(json.dumps(record) + "\n")
+    out.flush()
+
+
+# -- CPU accounting ---------------------------------------------------------------------------
+
+
+def _label(proc: Any, driver_pid: int) -> str:
+    """'driver', the executable name, or for Python helpers the script / ``-m`` module."""
+    if proc.pid == driver_pid:
+        return "driver"
+    name: str = proc.name()
+    if name.startswith("python"):
+        cmd = proc.cmdline()
+        for j, arg in enumerate(cmd[1:], 1):
+            if arg.endswith(".py"):
+                return os.path.basename(str(arg))
+            if arg == "-m" and j + 1 < len(cmd):
+                return str(cmd[j + 1])
+    return name
+
+
+class CpuMeter:
+    """User+system CPU seconds of this process and every process it started (recursively),
+    between two snapshots taken outside the timed region. Without psutil it records nothing."""
+
+    def __init__(self) -> None:
+        try:
+            import psutil
+        except ImportError:
+            self._me = None
+            log("psutil is not installed: records carry no cpu_s / cpu_us_per_op")
+        else:
+            self._me = psutil.Process()
+
+    def snap(self, *, end: bool = False) -> dict[int, tuple[str, float]]:
+        """CPU seconds by pid. Take the opening snapshot with ``snap()`` and the closing one
+        with ``snap(end=True)``, so the walk of the process tree falls outside both."""
+        if self._me is None:
+            return {}
+        driver_end = time.process_time() if end else 0.0
+        out: dict[int, tuple[str, float]] = {}
+        procs: Iterable[Any] = self._me.children(recursive=True)
+        for proc in procs:
+            try:
+                ct = proc.cpu_times()
+                out[proc.pid] = (_label(proc, self._me.pid), ct.user + ct.system)
+            except Exception:  # vanished between listing and reading: it simply isn't counted
+                continue
+        # the driver's own clock is finer than the 10 ms ticks psutil reads from /proc
+        out[self._me.pid] = ("driver", driver_end if end else time.process_time())
+        return out
+
+    def add(
+        self,
+        record: dict[str, Any],
+        before: dict[int, tuple[str, float]],
+        after: dict[int, tuple[str, float]],
+        ops: int,
+    ) -> dict[str, Any]:
+        """Add ``cpu_s``, ``cpu_us_per_op`` and ``cpu_s_by_name`` to ``record``. A process that
+        appeared in between counts from zero; one that exited in between is lost."""
+        if self._me is None:
+            return record
+        by: dict[str, float] = {}
+        for pid, (label, t) in after.items():
+            t0 = before[pid][1] if pid in before else 0.0
+            by[label] = by.get(label, 0.0) + max(0.0, t - t0)
+        total = sum(by.values())
+        record["cpu_s"] = total
+        record["cpu_us_per_op"] = total / max(1, ops) * 1e6
+        record["cpu_s_by_name"] = {k: round(v, 3) for k, v in sorted(by.items()) if v >= 0.005}
+        return record

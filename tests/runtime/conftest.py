@@ -1,0 +1,21 @@
+"""Fixtures for the runtime tests: a fresh ActorSystem per test, shut down and checked for
+leftover tasks at teardown."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from actorflow.runtime import ActorSystem
+
+
+@pytest.fixture
+async def system() -> AsyncIterator[ActorSystem]:
+    before = asyncio.all_tasks()
+    sys_ = ActorSystem("test", stop_timeout_s=2.0, restart_wait_s=5.0)
+    yield sys_
+    await asyncio.wait_for(sys_.shutdown(), 15)
+    left = asyncio.all_tasks() - before - {asyncio.current_task()}
+    assert not left, f"tasks left after shutdown: {left}"
