@@ -94,7 +94,12 @@ class Cell:
         actor = self.actor
         # Attached before on_start: messages sent meanwhile queue and are handled after it
         # (a supervisor must hear a child die even while its own on_start is still running).
-        self.slot.attach(self)
+        try:
+            self.slot.attach(self)
+        except RuntimeError as exc:  # the slot died meanwhile (stopped for good)
+            self._terminate(ExitReason.NOPROC, None)
+            started.set_exception(exc)
+            return
         try:
             try:
                 await actor.on_start()
@@ -261,9 +266,9 @@ class Cell:
                 self.system._log.debug("%s ended with %d tells unhandled", slot.path, dropped)
         if reason is ExitReason.CRASHED and cause is not None:
             self.system._log.debug("%s crashed: %r", slot.path, cause)
-        slot.notify(Terminated(ActorRef(slot), reason, cause, self.incarnation))
         self.system._cell_ended(self)
-        self.terminated.set_result(None)
+        self.terminated.set_result(None)  # before the notices: a notice means it has ended
+        slot.notify(Terminated(ActorRef(slot), reason, cause, self.incarnation))
 
     def _queued_error(self, reason: ExitReason, cause: BaseException | None) -> Exception:
         if self.slot.state is SlotState.RESTARTING:

@@ -168,11 +168,14 @@ class Supervisor(Actor):
         self._cancel_timers()
         for child in self._children.values():
             cell = child.cell
-            if child.running and cell is not None and cell.task is not None:
-                cell.restartable = lambda reason: False
-                cell.task.cancel()
             child.running = False
-            child.slot.mark_dead("its supervisor ended", notice.cause, notify=True)
+            if cell is not None and not cell.terminated.done() and cell.task is not None:
+                # still running (or still in on_stop while we were stopping it): kill it; its
+                # own end tells its watchers (KILLED) once it has really ended
+                child.slot.mark_dead("its supervisor ended", notice.cause)
+                cell.task.cancel()
+            else:
+                child.slot.mark_dead("its supervisor ended", notice.cause, notify=True)
 
     # -- messages ------------------------------------------------------------------------------
 
@@ -181,8 +184,10 @@ class Supervisor(Actor):
             await self._child_ended(message)
             return None
         if isinstance(message, _RestartDue):
-            await self._start_targets([self._children[n] for n in message.names
-                                       if n in self._children])
+            targets = [self._children[n] for n in message.names if n in self._children]
+            failure = await self._start_targets(targets)
+            if failure is not None:  # a delayed start failed: that is one more crash
+                await self._restart(failure[0], ExitReason.CRASHED, failure[1])
             return None
         # rejected requests are answered with an error; the tree carries on (as OTP does)
         if isinstance(message, StartChild):
@@ -266,8 +271,11 @@ class Supervisor(Actor):
 
     async def _stop_all(self, reason: str, cause: BaseException | None = None) -> None:
         for child in reversed(list(self._children.values())):
-            await self._stop_child(child, keep=False)
-            child.slot.mark_dead(reason, cause, notify=True)
+            if child.running:
+                child.slot.mark_dead(reason, cause)  # the death says why; its end notifies
+                await self._stop_child(child, keep=False)
+            else:
+                child.slot.mark_dead(reason, cause, notify=True)
 
     # -- restarts ------------------------------------------------------------------------------
 
@@ -323,9 +331,15 @@ class Supervisor(Actor):
     ) -> tuple[_Child, BaseException] | None:
         """Start the targets in order; temporary siblings stopped by the strategy are dropped
         (OTP). Returns the first child that failed to start, with the error."""
+        ordered = self.options.strategy != "one_for_one"
         for child in targets:
             if child.running or child.spec.name not in self._children:
                 continue
+            if child.slot.state is SlotState.DEAD:  # stopped for good while it waited
+                self._remove(child, "it was stopped")
+                continue
+            if ordered and self._earlier_sibling_down(child):
+                continue  # that sibling's own pending restart starts this one after it
             if child.spec.restart == "temporary":
                 self._remove(child, "a sibling restarted and it is temporary")
                 continue
@@ -335,6 +349,14 @@ class Supervisor(Actor):
                 child.running = False
                 return child, exc
         return None
+
+    def _earlier_sibling_down(self, child: _Child) -> bool:
+        for sibling in self._children.values():
+            if sibling is child:
+                return False
+            if not sibling.running:
+                return True
+        return False
 
     def _schedule(self, delay: float, names: tuple[str, ...]) -> None:
         loop = asyncio.get_running_loop()

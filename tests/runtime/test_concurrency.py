@@ -8,8 +8,9 @@ from typing import Any
 import pytest
 from rt_support import Boom, Probe, ended, settle, suspended_in, within
 
-from actorflow import ActorDiedError
+from actorflow import ActorDiedError, ActorUnavailableError
 from actorflow.runtime import ActorSystem, ExitReason
+from actorflow.supervision import ChildSpec, start_supervisor
 
 
 class Parallel(Probe):
@@ -120,3 +121,20 @@ async def test_graceful_stop_waits_for_handlers_in_flight(system: ActorSystem) -
     assert await within(a) == "released"
     await within(stopping)
     assert log == [("start", "p"), ("stop", "p")]
+
+
+async def test_a_supervised_concurrent_child_answers_in_flight_asks_as_unavailable(
+    system: ActorSystem,
+) -> None:
+    tree = await start_supervisor(
+        system, [ChildSpec(factory=Probe, name="w", max_concurrency=2)], name="sup"
+    )
+    worker = tree["w"]
+    a, a_in, _ = await start_hold(worker)
+    await within(a_in.wait())
+    with pytest.raises(Boom):
+        await within(worker.ask(("crash", Boom())))
+    with pytest.raises(ActorUnavailableError):
+        await settle(a)  # it will be restarted: retry later
+    await within(tree.which_children())
+    assert await within(worker.ask(("rec", "restarted"))) == "restarted"

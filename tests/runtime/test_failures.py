@@ -163,3 +163,27 @@ async def test_states_of_an_incarnation(system: ActorSystem) -> None:
     await within(system.stop(ref))
     assert states == [ActorState.STARTING, ActorState.RUNNING, ActorState.STOPPING]
     assert cell.state is ActorState.STOPPED
+
+
+async def test_a_cancelled_spawn_kills_the_half_started_actor(system: ActorSystem) -> None:
+    entered, release, cancelled = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+    class SlowStart(Probe):
+        async def on_start(self) -> None:
+            entered.set()
+            try:
+                await within(release.wait())
+            except asyncio.CancelledError:
+                cancelled.set()  # the cell ends in this same step, right after
+                raise
+
+    spawning = asyncio.create_task(system.spawn(SlowStart, name="slow"))
+    await within(entered.wait())
+    spawning.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await within(spawning)
+    await within(cancelled.wait())
+    assert system.lookup("slow") is None
+    assert system.statistics()["actors"] == 0
+    ref = await within(system.spawn(Probe, name="slow"))  # the name is free again
+    assert ref.alive

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from rt_support import Boom, Probe, ended, within
@@ -15,7 +14,6 @@ class Watcher(Actor):
 
     def __init__(self) -> None:
         self.notices: list[Terminated] = []
-        self.arrived = asyncio.Event()
 
     async def receive(self, message: Any) -> Any:
         if isinstance(message, Terminated):

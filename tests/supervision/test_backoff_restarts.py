@@ -152,3 +152,29 @@ async def test_a_pending_restart_dies_with_the_supervisor(
     assert live_restart_timers() == []
     assert not a.alive
     assert journal.take() == []
+
+
+async def test_rest_for_one_never_starts_a_child_before_an_earlier_sibling(
+    system: ActorSystem, journal: Journal
+) -> None:
+    """rest_for_one: the children after a failed one depend on it, so they start after it.
+    Here b's delayed restart (timer T1, for [b, c]) is still pending when a crashes; a's
+    restart (timer T2, for [a, b, c]) is later. T1 must not start b and c while a is down:
+    the order must be a, b, c."""
+    tree = await start_supervisor(
+        system, [spec(journal, n) for n in "abc"], name="sup", strategy="rest_for_one",
+        max_restarts=10, within_s=60, backoff=Backoff(initial_s=0.3, factor=2.0, max_s=5.0),
+    )
+    await crash(tree["b"])  # 1st restart in the window: immediate
+    await settled(tree)
+    journal.take()
+    all_up = journal.started["a"] = asyncio.Event()
+    await crash(tree["b"])  # 2nd: c stopped, [b, c] due in 0.3 s
+    await crash(tree["a"])  # 3rd: [a, b, c] due in 0.6 s
+    children = await settled(tree)
+    assert [c.running for c in children] == [False, False, False]  # T1 has not fired yet
+    assert journal.take() == [("stop", "c")]
+    assert await wait_event(all_up)
+    for name in "bc":
+        assert await within(tree[name].ask("whoami")) == (name, 2)
+    assert journal.take() == [("start", "a", 1), ("start", "b", 2), ("start", "c", 2)]

@@ -8,7 +8,6 @@ import pytest
 from sup_support import Journal, ended, spec, within
 
 from actorflow import SupervisionError
-
 from actorflow.runtime import ActorSystem, ExitReason
 from actorflow.supervision import start_supervisor
 

@@ -4,8 +4,9 @@ siblings stopped in reverse start order, then started again in start order."""
 from __future__ import annotations
 
 import pytest
-from sup_support import Journal, crash, ended, settled, spec, within
+from sup_support import Journal, busy_supervisor, crash, ended, settled, spec, within
 
+from actorflow import SupervisionError
 from actorflow.runtime import ActorSystem
 from actorflow.supervision import start_supervisor
 
@@ -87,8 +88,6 @@ async def test_repeated_crashes_count_incarnations(system: ActorSystem, journal:
 async def test_children_start_in_order_and_a_failed_start_unwinds(
     system: ActorSystem, journal: Journal
 ) -> None:
-    from actorflow import SupervisionError
-
     journal.fail_start[("c", 0)] = ValueError("bad config")
     with pytest.raises(SupervisionError) as info:
         await within(start_supervisor(system, [spec(journal, n) for n in ABC], name="sup"))
@@ -100,3 +99,56 @@ async def test_children_start_in_order_and_a_failed_start_unwinds(
     assert system.lookup("sup") is None
     assert system.lookup("sup/a") is None
     assert system.statistics()["actors"] == 0
+
+
+async def test_a_failed_restart_counts_and_is_retried_in_order(
+    system: ActorSystem, journal: Journal
+) -> None:
+    tree = await start_supervisor(
+        system, [spec(journal, n) for n in "abc"], name="sup", strategy="one_for_all",
+        max_restarts=2,
+    )
+    journal.take()
+    journal.fail_start[("b", 1)] = ValueError("b cannot start yet")
+    await crash(tree["a"])
+    children = await settled(tree)
+    assert journal.take() == [
+        ("stop", "c"), ("stop", "b"),
+        ("start", "a", 1), ("start failed", "b"),  # restart 1 fails half-way: restart 2
+        ("stop", "a"),
+        ("start", "a", 2), ("start", "b", 1), ("start", "c", 1),
+    ]
+    assert [(c.name, c.running) for c in children] == [(n, True) for n in "abc"]
+    assert tree.ref.alive
+
+
+async def test_a_failed_restart_can_exceed_the_intensity(
+    system: ActorSystem, journal: Journal
+) -> None:
+    tree = await start_supervisor(system, [spec(journal, "a"), spec(journal, "b")], name="sup",
+                                  max_restarts=1)
+    journal.take()
+    bad = ValueError("a cannot start")
+    journal.fail_start[("a", 1)] = bad
+    await crash(tree["a"])
+    with pytest.raises(SupervisionError) as info:
+        await within(tree.wait())
+    assert info.value.__cause__ is bad
+    assert journal.take() == [("start failed", "a"), ("stop", "b")]
+
+
+async def test_a_child_stopped_while_its_restart_waits_is_not_restarted(
+    system: ActorSystem, journal: Journal
+) -> None:
+    tree = await start_supervisor(system, [spec(journal, "a"), spec(journal, "b")], name="sup")
+    a = tree["a"]
+    starting, release = await busy_supervisor(tree, journal)  # the crash notice must wait
+    journal.take()
+    await crash(a)
+    await within(system.stop(a))  # a is restarting: dead for good at once
+    assert not a.alive
+    release.set()
+    await within(starting)
+    children = await settled(tree)
+    assert [c.name for c in children] == ["b", "gate"]
+    assert journal.take() == [("start", "gate", 0)]
