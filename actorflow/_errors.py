@@ -199,15 +199,20 @@ def _rebuild_task_error(cause: BaseException | None, tb: str, where: str) -> Tas
 
 
 class RemoteException(Exception):
-    """Stands in for a remote exception whose type could not be unpickled here."""
+    """Stands in for a remote exception whose type could not be unpickled here: it carries the
+    type's name, the exception's text and, when known, the remote traceback."""
 
-    def __init__(self, type_name: str, text: str) -> None:
+    def __init__(self, type_name: str, text: str, traceback_str: str = "") -> None:
         self.type_name = type_name
         self.text = text
-        super().__init__(f"{type_name}: {text}")
+        self.traceback_str = traceback_str
+        message = f"{type_name}: {text}"
+        if traceback_str:
+            message += f"\n\nRemote traceback:\n{traceback_str.rstrip()}"
+        super().__init__(message)
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.type_name, self.text))
+        return (type(self), (self.type_name, self.text, self.traceback_str))
 
 
 def builtin_exception(type_name: str) -> type[BaseException] | None:

@@ -24,6 +24,7 @@ from benchmarks._common import claim_stdout, emit, log, meta
 GROUPS: dict[str, str] = {
     "kernel": "benchmarks.kernel",
     "transport": "benchmarks.transport",
+    "cluster": "benchmarks.cluster",
 }
 
 Runner = Callable[..., list[dict[str, Any]]]

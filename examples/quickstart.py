@@ -1,46 +1,51 @@
-"""Quick start: in-process actors and a supervision tree on the actorflow kernel.
+"""Quick start: remote tasks, an actor and an object on the embedded default cluster.
 
-Run: python examples/quickstart.py
+Run: python examples/quickstart.py   (or: actorflow run examples/quickstart.py)
 """
 
 from __future__ import annotations
 
-import asyncio
-from typing import Any
-
-from actorflow.runtime import Actor, ActorSystem
-from actorflow.supervision import ChildSpec, start_supervisor
+import actorflow as af
 
 
-class Counter(Actor):
-    """Counts what it is told; answers asks with the total. Crashes on a negative number."""
+@af.remote
+async def square(x: int) -> int:
+    return x * x
 
-    def __init__(self) -> None:
-        self.total = 0
 
-    async def receive(self, message: Any) -> Any:
-        if message < 0:
-            raise ValueError(f"negative increment {message}")
-        self.total += message
-        return self.total
+@af.remote
+def add(a: int, b: int) -> int:  # plain def runs in a worker thread, off the loop
+    return a + b
+
+
+@af.remote
+class Counter:
+    def __init__(self, start: int = 0) -> None:
+        self.n = start
+
+    def incr(self, k: int = 1) -> int:
+        self.n += k
+        return self.n
 
 
 async def main() -> None:
-    async with ActorSystem("quickstart") as system:
-        tree = await start_supervisor(
-            system, [ChildSpec(factory=Counter, name="counter")], max_restarts=3, within_s=10
-        )
-        counter = tree["counter"]
-        for i in range(1, 4):
-            await counter.tell(i)
-        print("total:", await counter.ask(0))  # 6
-        try:
-            await counter.ask(-1)  # crashes the actor; its supervisor restarts it
-        except ValueError as exc:
-            print("crashed:", exc)
-        print("after restart:", await counter.ask(10))  # 10: a fresh incarnation
-        await tree.stop()
+    # tasks run in worker processes; .remote() returns an ObjectRef at once
+    squares = await af.get([square.remote(i) for i in range(10)])
+    print("squares:", squares)
+    # refs can be arguments: they are resolved to values before the task runs
+    total = await add.remote(square.remote(3), square.remote(4))
+    print("3^2 + 4^2 =", total)
+    # an actor keeps state between calls; calls from one caller run in order
+    counter = Counter.remote(10)
+    print("counter:", await af.get([counter.incr.remote() for _ in range(3)]))
+    # objects: put once, read anywhere on the node without a copy
+    ref = af.put(list(range(5)))
+    print("object:", await ref)
+    try:
+        await add.remote("a", 1)
+    except TypeError as exc:  # remote errors keep their type (and carry the remote traceback)
+        print("remote TypeError:", str(exc).splitlines()[0])
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    af.run(main)

@@ -97,6 +97,14 @@ class Actor:
         ``spawn`` re-raises the exception, and under a supervisor it counts as a crash.
         """
 
+    def on_stop_requested(self) -> None:
+        """Runs synchronously in the actor's task as soon as its loop takes a stop request,
+        before in-flight handlers are waited for (they exist only with ``max_concurrency`` > 1).
+
+        An actor whose handlers wait for something that will not come once it stops (a lease,
+        a state change) releases those waits here, so the stop stays graceful.
+        """
+
     async def on_stop(self) -> None:
         """Runs in the actor's task when the actor stops normally, after the last message.
 

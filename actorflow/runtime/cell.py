@@ -146,6 +146,10 @@ class Cell:
                 item = await mailbox.get()
             message, reply = item
             if message is _STOP:
+                try:
+                    self.actor.on_stop_requested()
+                except Exception:
+                    self.system._log.exception("on_stop_requested of %s raised", self.slot.path)
                 return None
             try:
                 result = await receive(message)
@@ -174,6 +178,10 @@ class Cell:
             item = mailbox.get_nowait() if mailbox._items else await mailbox.get()
             message, reply = item
             if message is _STOP:
+                try:
+                    self.actor.on_stop_requested()
+                except Exception:
+                    self.system._log.exception("on_stop_requested of %s raised", self.slot.path)
                 break
             if message is _WAKE:
                 continue

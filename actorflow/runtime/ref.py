@@ -24,7 +24,12 @@ import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from actorflow._errors import ActorDiedError, ActorUnavailableError, GetTimeoutError
+from actorflow._errors import (
+    ActorDiedError,
+    ActorUnavailableError,
+    GetTimeoutError,
+    MailboxFullError,
+)
 from actorflow.runtime.actor import ExitReason, Terminated
 from actorflow.runtime.mailbox import MailboxClosed, MailboxStatistics
 
@@ -298,6 +303,8 @@ class ActorRef:
             cell.mailbox.put_nowait((message, None))
         except MailboxClosed:
             raise self._slot.error() from None
+        except MailboxFullError:
+            raise self._full(cell.mailbox.statistics().capacity) from None
 
     def ask_nowait(self, message: Any) -> asyncio.Future[Any]:
         """Send now, without awaiting, and return a future of the answer.
@@ -315,7 +322,15 @@ class ActorRef:
             cell.mailbox.put_nowait((message, fut))
         except MailboxClosed:
             raise self._slot.error() from None
+        except MailboxFullError:
+            raise self._full(cell.mailbox.statistics().capacity) from None
         return fut
+
+    def _full(self, capacity: int) -> MailboxFullError:
+        return MailboxFullError(
+            f"the mailbox of actor {self.path!r} is full ({capacity} messages queued); "
+            "await tell()/ask() to wait for room, or give it a larger mailbox_size"
+        )
 
     async def ask(self, message: Any, timeout: float | None = None) -> Any:
         """Send and wait for the answer (the handler's return value, or its exception).

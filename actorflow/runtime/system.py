@@ -96,13 +96,18 @@ class ActorSystem:
         name: str | None = None,
         max_concurrency: int | None = None,
         mailbox_size: int | None = None,
+        well_known: bool = False,
     ) -> ActorRef:
         """Start ``factory(*args)`` as a top-level actor and return its ref once its
         ``on_start`` has run. An exception from the factory or from ``on_start`` is raised here.
-        ``name`` registers it for :meth:`lookup`; names are unique while the actor lives."""
+        ``name`` registers it for :meth:`lookup`; names are unique while the actor lives.
+        ``well_known`` makes the name its id too, so another process that knows only this
+        system's address can address it (the cluster's head and nodes)."""
         if self._closing:
             raise RuntimeError(f"{self!r} is shutting down; it starts no new actors")
-        slot = self.new_slot(name)
+        if well_known and not name:
+            raise ValueError("a well-known actor needs a name")
+        slot = self.new_slot(name, slot_id=name if well_known else None)
         self._top[slot.id] = slot
         try:
             await self.start_incarnation(
@@ -113,9 +118,12 @@ class ActorSystem:
             raise
         return ActorRef(slot)
 
-    def new_slot(self, path: str | None = None) -> Slot:
+    def new_slot(self, path: str | None = None, *, slot_id: str | None = None) -> Slot:
         """A fresh identity (used by spawn and by supervisors for their children)."""
-        slot_id = f"{next(self._ids)}"
+        if slot_id is None:
+            slot_id = f"{next(self._ids)}"
+        elif slot_id in self._slots or slot_id.isdigit():
+            raise ValueError(f"slot id {slot_id!r} is taken or reserved")
         if path is None:
             path = f"${slot_id}"
         elif path in self._names:

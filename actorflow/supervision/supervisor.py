@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from actorflow._errors import SupervisionError
+from actorflow._errors import GetTimeoutError, SupervisionError
 from actorflow.runtime import (
     Actor,
     ActorRef,
@@ -447,7 +447,12 @@ class Tree:
     async def wait(self, timeout: float | None = None) -> None:
         """Return when the tree has stopped; raise SupervisionError if it gave up (or ended
         abnormally in another way)."""
-        notice = await asyncio.wait_for(asyncio.shield(self._ended), timeout)
+        try:
+            notice = await asyncio.wait_for(asyncio.shield(self._ended), timeout)
+        except TimeoutError:
+            raise GetTimeoutError(
+                f"supervisor {self.ref.path!r} was still running after {timeout} s"
+            ) from None
         if notice.reason.abnormal or notice.cause is not None:
             if isinstance(notice.cause, SupervisionError):
                 raise notice.cause

@@ -1,0 +1,122 @@
+"""Objects: put, get, wait, as_completed, cancel."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+from actorflow._errors import GetTimeoutError
+from actorflow.cluster.core import Core
+from actorflow.cluster.protocol import Payload
+from actorflow.objects.ref import ObjectRef, current_core
+
+__all__ = ["as_completed", "cancel", "get", "put", "wait"]
+
+
+def put(value: Any) -> ObjectRef:
+    """Store ``value`` in the cluster and return its ref (synchronous). The value is serialized
+    now (later changes to it are not seen); a large numpy array is copied once, into shared
+    memory, and read back without a copy."""
+    return current_core().put(value)
+
+
+def _check(refs: Sequence[Any], what: str) -> None:
+    for ref in refs:
+        if not isinstance(ref, ObjectRef):
+            raise TypeError(f"{what} takes ObjectRefs, got {type(ref).__name__}: {ref!r}")
+
+
+async def _values(core: Core, refs: Sequence[ObjectRef]) -> list[Any]:
+    # all fetches start at once; then each is awaited in order (cheap when already done)
+    futures = [core.payload_future(ref) for ref in refs]
+    if not all(fut.done() for fut in futures):
+        await core.wait_ready(futures)
+    return [core.materialize(fut.result()) for fut in futures]
+
+
+async def get(refs: ObjectRef | Sequence[ObjectRef], *, timeout: float | None = None) -> Any:
+    """The value of a ref, or the values of a list of refs (same order).
+
+    Raises the task's error (a TaskError that is also the original exception's type),
+    GetTimeoutError after ``timeout`` seconds.
+    """
+    core = current_core()
+    single = isinstance(refs, ObjectRef)
+    seq: Sequence[ObjectRef] = [refs] if isinstance(refs, ObjectRef) else list(refs)
+    _check(seq, "get()")
+    if timeout is None:
+        values = await _values(core, seq)
+    else:
+        try:
+            async with asyncio.timeout(timeout):
+                values = await _values(core, seq)
+        except TimeoutError:
+            raise GetTimeoutError(
+                f"get() of {len(seq)} object(s) timed out after {timeout} s; the tasks may still "
+                "be running: raise the timeout, or use af.wait() to take what is ready"
+            ) from None
+    return values[0] if single else values
+
+
+async def wait(
+    refs: Sequence[ObjectRef],
+    *,
+    num_returns: int = 1,
+    timeout: float | None = None,
+    fetch_local: bool = True,
+) -> tuple[list[ObjectRef], list[ObjectRef]]:
+    """Wait until ``num_returns`` of ``refs`` are ready (or ``timeout`` passes); returns
+    ``(ready, not_ready)``, each in the order of ``refs``. A failed task counts as ready."""
+    core = current_core()
+    refs = list(refs)
+    _check(refs, "wait()")
+    if num_returns < 0 or num_returns > len(refs):
+        raise ValueError(f"num_returns must be between 0 and {len(refs)}, got {num_returns}")
+    pairs = [(ref, core.payload_future(ref)) for ref in refs]
+    loop = asyncio.get_running_loop()
+    deadline = None if timeout is None else loop.time() + timeout
+    pending = {fut for _, fut in pairs if not fut.done()}
+    while len(refs) - _undone(pairs) < num_returns and pending:
+        remaining = None if deadline is None else deadline - loop.time()
+        if remaining is not None and remaining <= 0:
+            break
+        finished, pending = await asyncio.wait(pending, timeout=remaining,
+                                               return_when=asyncio.FIRST_COMPLETED)
+        if not finished:
+            break
+    ready: list[ObjectRef] = []
+    not_ready: list[ObjectRef] = []
+    for ref, fut in pairs:
+        if fut.done() and len(ready) < num_returns:
+            ready.append(ref)
+        else:
+            not_ready.append(ref)
+    return ready, not_ready
+
+
+def _undone(pairs: list[tuple[ObjectRef, asyncio.Future[Payload]]]) -> int:
+    return sum(1 for _, fut in pairs if not fut.done())
+
+
+async def as_completed(refs: Sequence[ObjectRef]) -> AsyncIterator[ObjectRef]:
+    """Yield each ref as soon as its value is ready (or its task failed)."""
+    core = current_core()
+    refs = list(refs)
+    _check(refs, "as_completed()")
+    futures = {core.payload_future(ref): ref for ref in refs}
+    pending = set(futures)
+    while pending:
+        finished, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+        for fut in finished:
+            yield futures[fut]
+
+
+async def cancel(ref: ObjectRef, *, force: bool = False) -> None:
+    """Cancel the task that produces ``ref``: a queued task never runs, a running ``async``
+    task gets CancelledError inside; ``get`` then raises TaskCancelledError. ``force`` ends
+    the worker process of a running plain-``def`` task."""
+    core = current_core()
+    if not isinstance(ref, ObjectRef):
+        raise TypeError(f"cancel() takes an ObjectRef, got {type(ref).__name__}")
+    core.submitter.cancel(ref.id, force)

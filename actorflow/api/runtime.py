@@ -1,0 +1,325 @@
+"""Starting, joining and stopping: ``init``, ``shutdown``, ``run`` and the cluster views.
+
+``af.init()`` with no address starts the embedded default cluster inside this process's event
+loop: the Head and one Node (actors of this process's ActorSystem, which listens on 127.0.0.1
+for its workers), and worker processes started in the background, never blocking the loop. It
+works inside an already running service (aiohttp, FastAPI).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import sys
+from collections.abc import Awaitable, Callable, Generator, Mapping
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, TypeVar
+
+from actorflow._errors import ActorDiedError, AuthenticationError
+from actorflow.api.remote import ActorHandle
+from actorflow.cluster import bootstrap, state
+from actorflow.cluster.core import Core, task_context
+from actorflow.cluster.protocol import GetNamedActor, KillActor, ListState
+from actorflow.objects.ref import current_core, set_current_core
+from actorflow.placement.resources import Resources
+from actorflow.runtime import ActorSystem
+
+__all__ = [
+    "Runtime",
+    "RuntimeContext",
+    "available_resources",
+    "cluster_resources",
+    "get_actor",
+    "get_gpu_ids",
+    "get_runtime_context",
+    "init",
+    "is_initialized",
+    "kill",
+    "nodes",
+    "run",
+    "shutdown",
+]
+
+T = TypeVar("T")
+
+log = logging.getLogger("actorflow")
+
+
+@dataclass(slots=True)
+class Runtime:
+    """What ``af.init()`` returns: this process's connection to its cluster."""
+
+    address: str | None
+    node_id: str
+    job_id: str
+    namespace: str
+    session: str
+    options: dict[str, Any] = field(repr=False)
+    system: ActorSystem = field(repr=False)
+    core: Core = field(repr=False)
+    _closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list, repr=False)
+
+    async def shutdown(self) -> None:
+        await shutdown()
+
+
+_RUNTIME: Runtime | None = None
+_LOCK: asyncio.Lock | None = None
+
+
+def is_initialized() -> bool:
+    """True between a successful ``init`` and ``shutdown`` in this process."""
+    return _RUNTIME is not None
+
+
+def _detect_gpus() -> int:
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return len([v for v in visible.split(",") if v.strip() and v.strip() != "-1"])
+    try:
+        return len(os.listdir("/proc/driver/nvidia/gpus"))
+    except OSError:
+        return 0
+
+
+def _resources(opts: dict[str, Any]) -> Resources:
+    num_cpus = opts.get("num_cpus")
+    if num_cpus is None:
+        num_cpus = os.cpu_count() or 1
+    num_gpus = opts.get("num_gpus")
+    if num_gpus is None:
+        num_gpus = _detect_gpus()
+    amounts: dict[str, float] = {"CPU": float(num_cpus)}
+    if num_gpus:
+        amounts["GPU"] = float(num_gpus)
+    amounts.update(opts.get("resources") or {})
+    return Resources.of(amounts)
+
+
+def _address_and_token(opts: dict[str, Any]) -> tuple[str | None, str | None]:
+    address = opts.get("address") or os.environ.get("ACTORFLOW_ADDRESS") or None
+    token = opts.get("token") or os.environ.get("ACTORFLOW_TOKEN") or None
+    if address == "auto":
+        info = state.read_cluster()
+        if info is None:
+            raise ConnectionError(
+                "address='auto' found no cluster started on this machine; run "
+                "`actorflow start --head` first, or pass the head's ws:// address"
+            )
+        address = info["address"]
+        token = token or state.read_token()
+    return address, token
+
+
+async def _start(opts: dict[str, Any]) -> Runtime:
+    address, token = _address_and_token(opts)
+    if opts.get("dashboard"):
+        log.warning("af.init(dashboard=True): this version has no dashboard yet; use "
+                    "`await af.nodes()` or `actorflow status` instead")
+    if address:
+        if token is None:
+            raise AuthenticationError(
+                f"no token for the cluster at {address}: pass token=..., set ACTORFLOW_TOKEN, "
+                "or use address='auto' on the head's machine"
+            )
+        if any(opts.get(k) is not None for k in ("num_cpus", "num_gpus", "resources")):
+            raise ValueError("num_cpus / num_gpus / resources describe a new cluster; they "
+                             "cannot be given when joining one at an address")
+        proc = await bootstrap.connect(address, token)
+        if proc.node is None or proc.node_id is None:
+            await proc.aclose()
+            raise ConnectionError(f"the cluster at {address} has no live node")
+    else:
+        token = token or secrets.token_hex(16)
+        proc = await bootstrap.start_head(
+            token=token, resources=_resources(opts),
+            log_to_driver=bool(opts.get("log_to_driver", True)),
+        )
+    assert proc.node is not None and proc.node_id is not None
+    try:
+        core = Core(proc.system, node=proc.node, head=proc.head, node_id=proc.node_id,
+                    job_id=secrets.token_hex(4), session=proc.session,
+                    namespace=opts.get("namespace") or "")
+        await core.start()
+    except BaseException:
+        await proc.aclose()
+        raise
+    runtime = Runtime(proc.address, proc.node_id, core.job_id, core.namespace, proc.session,
+                      opts, proc.system, core)
+    runtime._closers.append(proc.remoting.aclose)
+    return runtime
+
+
+async def _init(opts: dict[str, Any]) -> Runtime:
+    global _RUNTIME, _LOCK
+    if _LOCK is None:
+        _LOCK = asyncio.Lock()
+    async with _LOCK:
+        if _RUNTIME is not None:
+            if _RUNTIME.options == opts:
+                return _RUNTIME
+            raise RuntimeError(
+                "actorflow is already initialized in this process with other options "
+                f"({_RUNTIME.options}); call `await af.shutdown()` first"
+            )
+        runtime = await _start(opts)
+        _RUNTIME = runtime
+        set_current_core(runtime.core)
+        return runtime
+
+
+class _InitCall:
+    """``await af.init(...)`` or ``async with af.init(...) as rt:`` (shutdown on exit)."""
+
+    def __init__(self, opts: dict[str, Any]) -> None:
+        self._opts = opts
+
+    def __await__(self) -> Generator[Any, None, Runtime]:
+        return _init(self._opts).__await__()
+
+    async def __aenter__(self) -> Runtime:
+        return await _init(self._opts)
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await shutdown()
+
+
+def init(
+    address: str | None = None,
+    *,
+    num_cpus: float | None = None,
+    num_gpus: float | None = None,
+    resources: Mapping[str, float] | None = None,
+    object_store_memory: int | None = None,
+    token: str | None = None,
+    namespace: str | None = None,
+    log_to_driver: bool = True,
+    dashboard: bool = False,
+) -> _InitCall:
+    """Start (or join) a cluster; see API.md §1. Await it, or use it with ``async with``."""
+    opts = {
+        "address": address, "num_cpus": num_cpus, "num_gpus": num_gpus,
+        "resources": dict(resources) if resources else None,
+        "object_store_memory": object_store_memory, "token": token, "namespace": namespace,
+        "log_to_driver": log_to_driver, "dashboard": dashboard,
+    }
+    return _InitCall(opts)
+
+
+async def shutdown() -> None:
+    """Stop what ``init`` started in this process (workers included) and forget it."""
+    global _RUNTIME
+    runtime = _RUNTIME
+    if runtime is None:
+        return
+    _RUNTIME = None
+    try:
+        await runtime.core.close()
+        await runtime.system.shutdown()
+    finally:
+        for close in runtime._closers:
+            await close()
+        set_current_core(None)
+
+
+def run(main: Callable[..., Awaitable[T]], *args: Any, **init_kwargs: Any) -> T:
+    """Synchronous entry point: a fresh event loop (uvloop when installed), ``init``,
+    ``await main(*args)``, ``shutdown``; returns what ``main`` returned."""
+
+    async def runner() -> T:
+        async with init(**init_kwargs):
+            return await main(*args)
+
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency where it installs
+        return asyncio.run(runner())
+    if sys.version_info >= (3, 12):  # pragma: no cover
+        return asyncio.run(runner(), loop_factory=uvloop.new_event_loop)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as r:
+        return r.run(runner())
+
+
+# -- actors by name, kill ------------------------------------------------------------------------
+
+
+async def get_actor(name: str, namespace: str | None = None) -> ActorHandle:
+    """The handle of the named actor (in ``namespace``, default: this job's)."""
+    core = current_core()
+    ns = namespace if namespace is not None else core.namespace
+    actor_id, spec = await core.head.ask(GetNamedActor(name, ns))
+    return ActorHandle(actor_id, spec.class_name, spec.methods, spec.max_task_retries)
+
+
+async def kill(actor: ActorHandle, *, no_restart: bool = True) -> None:
+    """Kill the actor's process now. With ``no_restart=False`` it restarts if its
+    ``max_restarts`` allows; otherwise later calls raise ActorDiedError."""
+    if not isinstance(actor, ActorHandle):
+        raise TypeError(f"kill() takes an ActorHandle, got {type(actor).__name__}")
+    core = current_core()
+    await core.head.ask(KillActor(actor._actor_id, no_restart))
+    client = core.actors.get(actor._actor_id)
+    if client is not None and no_restart:
+        client._die(ActorDiedError(actor._class_name, "it was killed with af.kill()"))
+
+
+# -- cluster views ---------------------------------------------------------------------------------
+
+
+async def nodes() -> list[dict[str, Any]]:
+    """One dict per node: node_id, address, alive, resources (totals), available."""
+    views: list[dict[str, Any]] = await current_core().head.ask(ListState("nodes"))
+    return [{k: v for k, v in view.items() if k != "ref"} for view in views]
+
+
+def _sum(views: list[dict[str, Any]], key: str) -> dict[str, float]:
+    total: dict[str, float] = {}
+    for view in views:
+        if view.get("alive"):
+            for name, amount in view.get(key, {}).items():
+                total[name] = total.get(name, 0.0) + amount
+    return total
+
+
+async def cluster_resources() -> dict[str, float]:
+    """Totals of the live cluster, e.g. ``{"CPU": 2.0, "GPU": 1.0}``."""
+    return _sum(await nodes(), "resources")
+
+
+async def available_resources() -> dict[str, float]:
+    """What is free now in the live cluster."""
+    return _sum(await nodes(), "available")
+
+
+# -- context -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RuntimeContext:
+    """Where the calling code runs (``af.get_runtime_context()``)."""
+
+    node_id: str
+    job_id: str
+    task_id: str | None
+    actor_id: str | None
+    worker_pid: int
+    namespace: str
+    name: str
+
+
+def get_runtime_context() -> RuntimeContext:
+    core = current_core()
+    ctx = task_context.get()
+    return RuntimeContext(core.node_id, core.job_id, ctx.task_id, ctx.actor_id, os.getpid(),
+                          core.namespace, ctx.name)
+
+
+def get_gpu_ids() -> list[int]:
+    """The GPU ids assigned to the calling task or actor (what CUDA_VISIBLE_DEVICES holds)."""
+    return list(task_context.get().gpu_ids)

@@ -1,0 +1,266 @@
+"""The caller's side of one actor: resolve its location, push calls in order, survive restarts.
+
+Calls made before the actor's location is known queue here and leave in submission order once
+it is, so calls from one caller run in the order they were made. When the incarnation serving
+the calls dies, the client asks the head what happened: if the actor is restarting, calls that
+were in flight fail with ActorUnavailableError (or are re-sent while ``max_task_retries``
+allows) and queued ones wait for the new incarnation; if it is dead for good, every pending and
+later call fails with ActorDiedError and its cause.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections import deque
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+from actorflow._errors import ActorDiedError, ActorUnavailableError
+from actorflow.cluster.protocol import (
+    ActorCall,
+    ActorLocation,
+    ActorSpec,
+    CreateActor,
+    Failed,
+    ResolveActor,
+    TaskReply,
+)
+
+if TYPE_CHECKING:
+    from actorflow.cluster.core import Core
+    from actorflow.objects.ref import ObjectRef
+
+__all__ = ["ActorClient", "PendingCall"]
+
+
+@dataclass(slots=True)
+class PendingCall:
+    call: ActorCall
+    return_ids: tuple[str, ...]
+    retries_left: int
+    deps: list[ObjectRef]
+    ready: bool = True
+
+
+class ActorClient:
+    def __init__(self, core: Core, actor_id: str, class_name: str, max_task_retries: int) -> None:
+        self.core = core
+        self.actor_id = actor_id
+        self.class_name = class_name
+        self.max_task_retries = max_task_retries
+        self.location: ActorLocation | None = None
+        self.queue: deque[PendingCall] = deque()  # waiting for a location (or for deps)
+        self.inflight: dict[int, PendingCall] = {}
+        self.resolving = False
+        self.dead: ActorDiedError | None = None
+        self._seq = 0
+        self._closed = False
+        self._creating = False  # calls wait until the head has accepted the actor
+
+    def creating(
+        self, core: Core, spec: ActorSpec, deps: list[ObjectRef], get_if_exists: bool
+    ) -> None:
+        """Ask the head to create the actor (once its ObjectRef arguments are ready)."""
+        self._creating = True
+
+        def send(resolved: tuple[Any, ...]) -> None:
+            try:
+                fut = core.head.ask_nowait(
+                    CreateActor(replace(spec, resolved=resolved), get_if_exists)
+                )
+            except Exception as exc:
+                self._created_failed(exc)
+                return
+            fut.add_done_callback(self._created)
+
+        if not deps:
+            send(())
+            return
+        futures = [core.payload_future(ref) for ref in deps]
+        remaining = len(futures)
+
+        def on_dep(_: asyncio.Future[Any]) -> None:
+            nonlocal remaining
+            remaining -= 1
+            if remaining:
+                return
+            payloads = [f.result() for f in futures]
+            for payload in payloads:
+                if isinstance(payload, Failed):
+                    self._created_failed(payload.error)
+                    return
+            send(tuple(payloads))
+
+        for fut in futures:
+            fut.add_done_callback(on_dep)
+
+    def _created(self, fut: asyncio.Future[Any]) -> None:
+        if fut.cancelled():
+            self._created_failed(ActorDiedError(self.class_name, "its creation was cancelled"))
+            return
+        exc = fut.exception()
+        if exc is not None:
+            self._created_failed(exc)
+            return
+        self._creating = False
+        real_id, _spec = fut.result()
+        self.actor_id = real_id  # get_if_exists may have found an existing actor
+        self._flush()
+
+    def _created_failed(self, exc: BaseException) -> None:
+        self._creating = False
+        self._die(ActorDiedError(self.class_name, "it could not be created", exc))
+
+    def call(self, pending: PendingCall) -> None:
+        if pending.deps:
+            pending.ready = False
+            self.queue.append(pending)
+            self._resolve_deps(pending)
+        else:
+            self.queue.append(pending)
+        self._flush()
+
+    def _resolve_deps(self, pending: PendingCall) -> None:
+        futures = [self.core.payload_future(ref) for ref in pending.deps]
+        remaining = len(futures)
+
+        def on_dep(_: asyncio.Future[Any]) -> None:
+            nonlocal remaining
+            remaining -= 1
+            if remaining:
+                return
+            values = []
+            for fut in futures:
+                payload = fut.result()
+                if isinstance(payload, Failed):
+                    self.queue.remove(pending)
+                    self._finish(pending, (payload,) * len(pending.return_ids))
+                    self._flush()
+                    return
+                values.append(payload)
+            c = pending.call
+            pending.call = ActorCall(c.method, c.args, tuple(values), c.num_returns)
+            pending.deps = []
+            pending.ready = True
+            self._flush()
+
+        for fut in futures:
+            fut.add_done_callback(on_dep)
+
+    def _flush(self) -> None:
+        if self.dead is not None:
+            while self.queue:
+                self._fail(self.queue.popleft(), self.dead)
+            return
+        loc = self.location
+        if self._creating:
+            return
+        if loc is None:
+            if self.queue and not self.resolving:
+                self._resolve(-1)
+            return
+        queue = self.queue
+        while queue and queue[0].ready:  # order: a call waiting on deps holds back later ones
+            pending = queue.popleft()
+            try:
+                fut = loc.worker.ask_nowait(pending.call)
+            except Exception as exc:
+                queue.appendleft(pending)
+                self._lost(loc, exc)
+                return
+            self._seq += 1
+            key = self._seq
+            self.inflight[key] = pending
+            fut.add_done_callback(functools.partial(self._done, key, loc))
+
+    def _done(self, key: int, loc: ActorLocation, fut: asyncio.Future[Any]) -> None:
+        pending = self.inflight.pop(key, None)
+        if pending is None:
+            return
+        if fut.cancelled():
+            self._fail(pending, ActorUnavailableError(self.class_name, "the call was cancelled"))
+            return
+        exc = fut.exception()
+        if exc is None:
+            reply: TaskReply = fut.result()
+            self._finish(pending, reply.returns)
+            return
+        # the incarnation that had the call is gone: ask the head what happens next
+        self._orphans.append(pending)
+        self._lost(loc, exc)
+
+    @property
+    def _orphans(self) -> list[PendingCall]:
+        orphans: list[PendingCall] | None = getattr(self, "_orphan_list", None)
+        if orphans is None:
+            orphans = []
+            self._orphan_list = orphans
+        return orphans
+
+    def _lost(self, loc: ActorLocation, exc: BaseException) -> None:
+        if self.location is loc:
+            self.location = None
+        if not self.resolving:
+            self._resolve(loc.incarnation)
+
+    def _resolve(self, after: int) -> None:
+        if self._closed:
+            return
+        self.resolving = True
+        try:
+            fut = self.core.head.ask_nowait(ResolveActor(self.actor_id, after))
+        except Exception as exc:
+            self.resolving = False
+            self._die(ActorDiedError(self.class_name, "the cluster head is unreachable", exc))
+            return
+        fut.add_done_callback(self._resolved)
+
+    def _resolved(self, fut: asyncio.Future[Any]) -> None:
+        self.resolving = False
+        if fut.cancelled():
+            return
+        exc = fut.exception()
+        if exc is not None:
+            error = exc if isinstance(exc, ActorDiedError) else ActorDiedError(
+                self.class_name, "its state could not be resolved", exc)
+            self._die(error)
+            return
+        self.location = fut.result()
+        orphans, self._orphan_list = self._orphans, []
+        # calls that were running when the old incarnation died
+        for pending in reversed(orphans):
+            if pending.retries_left > 0:
+                pending.retries_left -= 1
+                self.queue.appendleft(pending)
+            else:
+                self._fail(pending, ActorUnavailableError(
+                    self.class_name, "its process died during the call; it has restarted"))
+        self._flush()
+
+    def _die(self, error: ActorDiedError) -> None:
+        self.dead = error
+        self.location = None
+        for pending in self._orphans:
+            self._fail(pending, error)
+        self._orphan_list = []
+        for pending in list(self.inflight.values()):
+            self._fail(pending, error)
+        self.inflight.clear()
+        self._flush()
+
+    def _finish(self, pending: PendingCall, returns: tuple[Any, ...]) -> None:
+        for oid, payload in zip(pending.return_ids, returns, strict=False):
+            self.core.objects.resolve(oid, payload)
+
+    def _fail(self, pending: PendingCall, error: BaseException) -> None:
+        self._finish(pending, (Failed(error),) * len(pending.return_ids))
+
+    def close(self) -> None:
+        self._closed = True
+        error = ActorDiedError(self.class_name, "the caller shut down")
+        for pending in list(self.queue) + list(self.inflight.values()) + self._orphans:
+            self._fail(pending, error)
+        self.queue.clear()
+        self.inflight.clear()
+        self._orphan_list = []

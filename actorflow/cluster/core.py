@@ -1,0 +1,319 @@
+"""The per-process core: the owner of objects and the submitter of tasks and actor calls.
+
+Every process that uses the API has one :class:`Core`: the driver, and every worker (tasks may
+submit tasks). It owns
+
+- the object table: the values of the refs it created (``put`` and task returns), each entry a
+  future of a :data:`Payload` plus a local reference count;
+- the :class:`ObjectOwner` actor, which answers other processes' fetches of those objects;
+- the task submitter (:mod:`actorflow.cluster.submitter`) and the actor clients
+  (:mod:`actorflow.cluster.actor_client`).
+
+Values are encoded once: small ones inline, large ones into a shared-memory segment of the
+node, read back zero-copy by every process of the node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import secrets
+import threading
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from actorflow._errors import ObjectLostError, PeerUnreachableError, TaskError
+from actorflow.cluster.protocol import Failed, Inline, InShm, Payload, WorkerBlocked
+from actorflow.objects import shm
+from actorflow.objects.ref import ObjectRef
+from actorflow.objects.serialization import INLINE_LIMIT, deserialize, serialize
+from actorflow.runtime import Actor, ActorRef, ActorSystem
+
+if TYPE_CHECKING:
+    from actorflow.cluster.actor_client import ActorClient
+    from actorflow.cluster.submitter import TaskSubmitter
+
+__all__ = ["Core", "Fetch", "ObjectOwner", "ObjectTable", "TaskContext", "task_context"]
+
+
+@dataclass(frozen=True, slots=True)
+class Fetch:
+    """Ask an owner for the payload of one of its objects (waits until it is ready)."""
+
+    object_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class TaskContext:
+    """What runs in this context: the values behind ``af.get_runtime_context()``."""
+
+    task_id: str | None = None
+    actor_id: str | None = None
+    name: str = "driver"
+    gpu_ids: tuple[int, ...] = ()
+
+
+# TaskContext is a frozen dataclass: immutable, so a shared default is safe
+task_context: ContextVar[TaskContext] = ContextVar(
+    "actorflow_task", default=TaskContext()  # noqa: B039
+)
+
+
+class _Entry:
+    __slots__ = ("fut", "pinned", "refs")
+
+    def __init__(self, fut: asyncio.Future[Payload]) -> None:
+        self.fut = fut
+        self.refs = 0
+        self.pinned = False
+
+
+class ObjectTable:
+    """The owner's objects: payload futures with local reference counts."""
+
+    def __init__(self, core: Core) -> None:
+        self.core = core
+        self.entries: dict[str, _Entry] = {}
+
+    def create(self, object_id: str) -> _Entry:
+        entry = _Entry(self.core.loop.create_future())
+        self.entries[object_id] = entry
+        return entry
+
+    def resolve(self, object_id: str, payload: Payload) -> None:
+        entry = self.entries.get(object_id)
+        if entry is None:  # every ref was dropped before the value came
+            self._discard(payload)
+            return
+        if not entry.fut.done():
+            entry.fut.set_result(payload)
+
+    def incref(self, object_id: str) -> None:
+        entry = self.entries.get(object_id)
+        if entry is not None:
+            entry.refs += 1
+
+    def decref(self, object_id: str) -> None:
+        entry = self.entries.get(object_id)
+        if entry is None:
+            return
+        entry.refs -= 1
+        if entry.refs <= 0 and not entry.pinned:
+            del self.entries[object_id]
+            fut = entry.fut
+            if fut.done() and not fut.cancelled():
+                self._discard(fut.result())
+
+    def pin(self, object_id: str) -> None:
+        entry = self.entries.get(object_id)
+        if entry is not None:
+            entry.pinned = True
+
+    def _discard(self, payload: Payload) -> None:
+        if isinstance(payload, InShm) and payload.node_id == self.core.node_id:
+            shm.unlink_segment(payload.name)
+
+    async def payload(self, object_id: str) -> Payload:
+        entry = self.entries.get(object_id)
+        if entry is None:
+            raise ObjectLostError(
+                f"object {object_id} was freed: every reference to it had been dropped"
+            )
+        return await asyncio.shield(entry.fut)
+
+    def clear(self) -> None:
+        for entry in self.entries.values():
+            fut = entry.fut
+            if fut.done() and not fut.cancelled():
+                self._discard(fut.result())
+            else:
+                fut.cancel()
+        self.entries.clear()
+
+
+class ObjectOwner(Actor):
+    """Answers other processes' fetches of this process's objects."""
+
+    max_concurrency = 100_000  # a fetch waits for its object; waits must not queue
+
+    def __init__(self, core: Core) -> None:
+        self.core = core
+
+    async def receive(self, message: Any) -> Any:
+        if isinstance(message, Fetch):
+            return await self.core.objects.payload(message.object_id)
+        raise TypeError(f"ObjectOwner got an unexpected {type(message).__name__}")
+
+
+class Core:
+    """The process's owner and submitter (see the module docstring)."""
+
+    def __init__(
+        self,
+        system: ActorSystem,
+        *,
+        node: ActorRef,
+        head: ActorRef,
+        node_id: str,
+        job_id: str,
+        session: str,
+        namespace: str = "",
+        worker_id: str | None = None,
+    ) -> None:
+        from actorflow.cluster.submitter import TaskSubmitter
+
+        self.system = system
+        self.loop = asyncio.get_running_loop()
+        self.loop_thread = threading.get_ident()
+        self.node = node
+        self.head = head
+        self.node_id = node_id
+        self.job_id = job_id
+        self.session = session
+        self.namespace = namespace
+        self.worker_id = worker_id
+        self.objects = ObjectTable(self)
+        self.submitter: TaskSubmitter = TaskSubmitter(self)
+        self.actors: dict[str, ActorClient] = {}
+        self.owner_ref: ActorRef | None = None
+        self._prefix = secrets.token_hex(5)
+        self._ids = itertools.count(1)
+        self.closed = False
+
+    async def start(self) -> None:
+        self.owner_ref = await self.system.spawn(ObjectOwner, self, name="object-owner")
+
+    def new_id(self) -> str:
+        return f"{self._prefix}{next(self._ids):x}"
+
+    # -- objects -------------------------------------------------------------------------------
+
+    def encode(self, value: Any, what: str = "value") -> Payload:
+        """Serialize once: inline when small, else into a shared-memory segment."""
+        ser = serialize(value, what)
+        if ser.nbytes < INLINE_LIMIT:
+            return Inline(ser.meta, tuple(bytes(b) for b in ser.buffers))
+        name = f"af-{self.node_id}-{self.new_id()}"
+        nbytes = shm.write_segment(name, ser)
+        return InShm(name, self.node_id, nbytes)
+
+    def materialize(self, payload: Payload) -> Any:
+        """Payload to value; raises the error a failed task left."""
+        if type(payload) is Inline:
+            return deserialize(payload.meta, payload.buffers)
+        if type(payload) is InShm:
+            if payload.node_id != self.node_id:
+                raise ObjectLostError(
+                    f"object in segment {payload.name} lives on node {payload.node_id}; "
+                    "fetching objects across nodes is not supported yet"
+                )
+            try:
+                meta, buffers = shm.read_segment(payload.name)
+            except FileNotFoundError:
+                raise ObjectLostError(
+                    f"object segment {payload.name} is gone (its owner freed it or exited)"
+                ) from None
+            return deserialize(meta, buffers)
+        if type(payload) is Failed:
+            error = payload.error
+            if isinstance(error, TaskError):
+                raise error.as_instanceof_cause()
+            raise error
+        raise TypeError(f"not an object payload: {payload!r}")
+
+    def put(self, value: Any) -> ObjectRef:
+        assert self.owner_ref is not None
+        object_id = self.new_id()
+        self.objects.create(object_id)
+        ref = ObjectRef(object_id, self.owner_ref, self)
+        self.objects.resolve(object_id, self.encode(value, "the value given to put()"))
+        return ref
+
+    def new_pending(self, object_id: str) -> ObjectRef:
+        assert self.owner_ref is not None
+        self.objects.create(object_id)
+        return ObjectRef(object_id, self.owner_ref, self)
+
+    def payload_future(self, ref: ObjectRef) -> asyncio.Future[Payload]:
+        """A future of the ref's payload, without awaiting (for dependency resolution)."""
+        if ref.owned_by(self):
+            entry = self.objects.entries.get(ref.id)
+            if entry is not None:
+                return entry.fut
+            fut: asyncio.Future[Payload] = self.loop.create_future()
+            fut.set_result(Failed(ObjectLostError(f"object {ref.id} was freed")))
+            return fut
+        return self._fetch(ref)
+
+    def _fetch(self, ref: ObjectRef) -> asyncio.Future[Payload]:
+        out: asyncio.Future[Payload] = self.loop.create_future()
+        try:
+            asked = ref.owner.ask_nowait(Fetch(ref.id))
+        except Exception as exc:
+            out.set_result(Failed(self._lost(ref, exc)))
+            return out
+
+        def done(f: asyncio.Future[Any]) -> None:
+            if out.done():
+                return
+            if f.cancelled():
+                out.cancel()
+            elif f.exception() is not None:
+                exc = f.exception()
+                assert exc is not None
+                out.set_result(Failed(self._lost(ref, exc)))
+            else:
+                out.set_result(f.result())
+
+        asked.add_done_callback(done)
+        return out
+
+    def _lost(self, ref: ObjectRef, exc: BaseException) -> BaseException:
+        if isinstance(exc, ObjectLostError):
+            return exc
+        if isinstance(exc, PeerUnreachableError) or "dead" in str(exc):
+            return ObjectLostError(
+                f"object {ref.id} is lost: its owner ({ref.owner.path}) is gone ({exc})"
+            )
+        return exc
+
+    async def get_one(self, ref: ObjectRef) -> Any:
+        fut = self.payload_future(ref)
+        if not fut.done():
+            await self.wait_ready([fut])
+        return self.materialize(fut.result())
+
+    async def wait_ready(self, futures: list[asyncio.Future[Payload]]) -> None:
+        """Wait for payload futures. A task that waits inside a worker lends its CPU to the
+        node meanwhile, so parents waiting on their children cannot deadlock the node."""
+        lend = self.worker_id is not None and task_context.get().task_id is not None
+        if lend:
+            self.node.tell_nowait(WorkerBlocked(self.worker_id or "", True))
+        try:
+            for fut in futures:
+                if not fut.done():
+                    await asyncio.shield(fut)
+        finally:
+            if lend:
+                self.node.tell_nowait(WorkerBlocked(self.worker_id or "", False))
+
+    # -- lifetime ------------------------------------------------------------------------------
+
+    async def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        await self.submitter.close()
+        for client in list(self.actors.values()):
+            client.close()
+        self.objects.clear()
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "node_id": self.node_id,
+            "job_id": self.job_id,
+            "worker_pid": os.getpid(),
+            "objects": len(self.objects.entries),
+        }

@@ -1,0 +1,410 @@
+"""The Head actor: the cluster's directory of nodes, actors, names and namespaces.
+
+It decides nothing per task (leases go to nodes directly). For actors it keeps the record that
+callers resolve: where the actor's current incarnation runs, or why it is dead. Each record
+moves through::
+
+    PENDING --ActorUp--> ALIVE --ActorDown(final=False)--> RESTARTING --ActorUp--> ALIVE ...
+       |                   |                                   |
+       +-------------------+----ActorDown(final=True)----------+--> DEAD (with the cause)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import enum
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from actorflow._errors import ActorDiedError, ActorflowError, InfeasibleError, NodeDiedError
+from actorflow.cluster.protocol import (
+    ActorDown,
+    ActorLocation,
+    ActorSpec,
+    ActorStatus,
+    ActorUp,
+    ClusterInfo,
+    CreateActor,
+    GetClusterInfo,
+    GetNamedActor,
+    KillActor,
+    ListState,
+    NodeInfo,
+    NodeLoad,
+    PlaceTask,
+    RegisterNode,
+    ResolveActor,
+    RestartActor,
+    RetireActor,
+    StartActor,
+    WaitActorDown,
+)
+from actorflow.placement.resources import Resources
+from actorflow.runtime import Actor, ActorRef, ErrorReply, Terminated
+
+__all__ = ["ActorRecord", "ActorState", "Head"]
+
+log = logging.getLogger("actorflow.head")
+
+
+def _unsupervised(spec: ActorSpec) -> ActorSpec:
+    return dataclasses.replace(spec, supervised=False)
+
+
+class ActorState(enum.Enum):
+    PENDING = "PENDING"
+    ALIVE = "ALIVE"
+    RESTARTING = "RESTARTING"
+    DEAD = "DEAD"
+
+
+@dataclass(slots=True)
+class _NodeRecord:
+    node_id: str
+    ref: ActorRef
+    address: str | None
+    resources: Resources
+    available: Resources
+    alive: bool = True
+    pending: int = 0
+
+    def fits_ever(self, demand: Resources) -> bool:
+        return demand.fits_in(self.resources)
+
+
+@dataclass(slots=True)
+class ActorRecord:
+    spec: ActorSpec
+    state: ActorState = ActorState.PENDING
+    location: ActorLocation | None = None
+    death: ActorDiedError | None = None
+    node_id: str | None = None
+    pid: int | None = None
+    restarts: int = 0
+    generation: int = 0  # counts incarnations cluster-wide (the head is the authority)
+    last_error: BaseException | None = None
+    failed_attempt: BaseException | None = None  # a supervised start that ended
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class Head(Actor):
+    """See the module docstring."""
+
+    max_concurrency = 100_000  # ResolveActor waits for actors to come up
+    mailbox_size = 1 << 16
+
+    def __init__(self, session: str = "") -> None:
+        self.session = session
+        self.nodes: dict[str, _NodeRecord] = {}
+        self._spread = 0
+        self.actors: dict[str, ActorRecord] = {}
+        self.names: dict[tuple[str, str], str] = {}
+        self.aliases: dict[str, str] = {}  # get_if_exists hits: provisional id -> existing id
+        self.closing = False
+
+    def on_stop_requested(self) -> None:
+        # resolvers waiting for actors to come up would hold the stop up: wake them to fail
+        self.closing = True
+        for record in self.actors.values():
+            self._changed(record)
+
+    def _id(self, actor_id: str) -> str:
+        return self.aliases.get(actor_id, actor_id)
+
+    async def receive(self, message: Any) -> Any:
+        # a rejected request fails that caller only: the directory serves everyone else
+        try:
+            return await self._handle(message)
+        except Exception as exc:
+            if not isinstance(exc, (ActorflowError, ValueError, TypeError)):
+                log.exception("head failed on %s", type(message).__name__)
+            return ErrorReply(exc)
+
+    async def _handle(self, message: Any) -> Any:
+        kind = type(message)
+        if kind is ResolveActor:
+            return await self._resolve(
+                self._id(message.actor_id), message.after_incarnation, message.fail_if_down
+            )
+        if kind is ActorUp:
+            self._up(message)
+            return None
+        if kind is ActorDown:
+            self._down(message)
+            return None
+        if kind is CreateActor:
+            return self._create(message.spec, message.get_if_exists)
+        if kind is GetNamedActor:
+            return self._named(message.name, message.namespace)
+        if kind is ActorStatus:
+            record = self.actors.get(self._id(message.actor_id))
+            if record is None:
+                return ("DEAD", ActorDiedError(message.actor_id, "no such actor"))
+            return (record.state.value, record.death)
+        if kind is KillActor:
+            await self._kill(message)
+            return None
+        if kind is WaitActorDown:
+            return await self._wait_down(self._id(message.actor_id), message.generation)
+        if kind is RestartActor:
+            return self._restart(self._id(message.actor_id))
+        if kind is RetireActor:
+            self._retire(self._id(message.actor_id), message.error)
+            return None
+        if kind is PlaceTask:
+            node = self._choose(message.demand, message.strategy, message.from_node, "a task")
+            return node.node_id, node.ref
+        if kind is NodeLoad:
+            loaded = self.nodes.get(message.node_id)
+            if loaded is not None:
+                loaded.available = message.available
+                loaded.pending = message.pending
+            return None
+        if kind is RegisterNode:
+            self._register(message)
+            return None
+        if kind is GetClusterInfo:
+            return ClusterInfo(self.session, [
+                {"node_id": n.node_id, "ref": n.ref, "address": n.address, "alive": n.alive}
+                for n in self.nodes.values()
+            ])
+        if kind is ListState:
+            return await self._list(message.what)
+        raise TypeError(f"head got an unexpected {kind.__name__}")
+
+    # -- actors --------------------------------------------------------------------------------
+
+    def _create(self, spec: ActorSpec, get_if_exists: bool) -> tuple[str, ActorSpec]:
+        if spec.name is not None:
+            key = (spec.namespace, spec.name)
+            existing = self.names.get(key)
+            if existing is not None:
+                if get_if_exists:
+                    self.aliases[spec.actor_id] = existing
+                    return existing, self.actors[existing].spec
+                raise ValueError(
+                    f"an actor named {spec.name!r} already exists in namespace "
+                    f"{spec.namespace!r}; pass get_if_exists=True to get it, or pick another name"
+                )
+            self.names[key] = spec.actor_id
+        self.actors[spec.actor_id] = ActorRecord(spec)
+        node = self._place(spec)
+        node.ref.tell_nowait(StartActor(spec))
+        return spec.actor_id, spec
+
+    def _place(self, spec: ActorSpec) -> _NodeRecord:
+        return self._choose(spec.demand, spec.strategy, None, f"actor {spec.class_name}")
+
+    def _choose(self, demand: Resources, strategy: Any, local: str | None, what: str
+                ) -> _NodeRecord:
+        """Pick a node for ``demand``; raise InfeasibleError when none could ever fit it."""
+        alive = [n for n in self.nodes.values() if n.alive]
+        fitting = [n for n in alive if n.fits_ever(demand)]
+        if not fitting:
+            largest = max(alive, key=lambda n: sum(n.resources.values()), default=None)
+            has = largest.resources.to_amounts() if largest is not None else {}
+            raise InfeasibleError(
+                f"{what} needs {demand.to_amounts()}; the largest node has {has}. "
+                "Lower the demand or add a node that has it."
+            )
+        if strategy == "SPREAD":
+            self._spread += 1
+            return fitting[self._spread % len(fitting)]
+        node_id = getattr(strategy, "node_id", None)
+        if node_id is not None:
+            target = self.nodes.get(node_id)
+            if target is not None and target.alive and target.fits_ever(demand):
+                return target
+            if not getattr(strategy, "soft", False):
+                raise InfeasibleError(
+                    f"{what} is pinned to node {node_id}, which is "
+                    + ("not alive" if target is None or not target.alive else "too small")
+                    + f" for {demand.to_amounts()}; use soft=True or another node"
+                )
+        free = [n for n in fitting if demand.fits_in(n.available)]
+        if local is not None:
+            for n in free:
+                if n.node_id == local:
+                    return n
+        pool = free or fitting
+        return max(pool, key=lambda n: n.available["CPU"] - n.pending)
+
+    # -- membership ----------------------------------------------------------------------------
+
+    def _register(self, msg: RegisterNode) -> None:
+        self.nodes[msg.node_id] = _NodeRecord(
+            msg.node_id, msg.node, msg.address, msg.resources, msg.resources
+        )
+        node_id = msg.node_id
+        self.system.on_terminated(msg.node, lambda notice: self._node_lost(node_id, notice))
+
+    def _node_lost(self, node_id: str, notice: Terminated) -> None:
+        """A node stopped or went silent: its resources leave the cluster; its actors restart
+        elsewhere while their max_restarts allows, else die with NodeDiedError."""
+        record = self.nodes.get(node_id)
+        if record is None or not record.alive:
+            return
+        record.alive = False
+        if notice.reason.abnormal and not self.closing:
+            log.warning("node %s is gone (%s)", node_id, notice.reason.value)
+        for actor in self.actors.values():
+            if actor.node_id != node_id or actor.state is ActorState.DEAD:
+                continue
+            spec = actor.spec
+            cause = NodeDiedError(f"node {node_id} died ({notice.reason.value})")
+            left = spec.max_restarts < 0 or actor.restarts < spec.max_restarts
+            if left and not self.closing and any(n.alive for n in self.nodes.values()):
+                actor.restarts += 1
+                actor.state = ActorState.RESTARTING
+                actor.location = None
+                actor.node_id = None
+                self._changed(actor)
+                try:
+                    self._place(spec).ref.tell_nowait(StartActor(spec))
+                except Exception as exc:
+                    self._down(ActorDown(spec.actor_id, -1, True, exc))
+            else:
+                self._down(ActorDown(spec.actor_id, -1, True, cause))
+
+    def _named(self, name: str, namespace: str) -> tuple[str, ActorSpec]:
+        actor_id = self.names.get((namespace, name))
+        if actor_id is None:
+            raise ValueError(
+                f"no actor named {name!r} in namespace {namespace!r}; check the name and the "
+                "namespace (af.init(namespace=...) or .options(namespace=...))"
+            )
+        return actor_id, self.actors[actor_id].spec
+
+    def _up(self, msg: ActorUp) -> None:
+        record = self.actors.get(msg.actor_id)
+        if record is None or record.state is ActorState.DEAD:
+            return
+        if record.generation > 0:
+            record.restarts += 1
+        record.generation += 1
+        record.state = ActorState.ALIVE
+        record.location = ActorLocation(msg.actor_id, msg.worker, record.generation, msg.node_id)
+        record.node_id = msg.node_id
+        record.pid = msg.pid
+        self._changed(record)
+
+    def _down(self, msg: ActorDown) -> None:
+        record = self.actors.get(msg.actor_id)
+        if record is None or record.state is ActorState.DEAD:
+            return
+        record.last_error = msg.error
+        if msg.final and record.spec.supervised:
+            # its tree decides: restart it (RestartActor) or retire it (RetireActor)
+            if record.state is not ActorState.ALIVE:
+                record.failed_attempt = msg.error or ActorDiedError(
+                    record.spec.class_name, "it ended while starting")
+            record.state = ActorState.RESTARTING
+            record.location = None
+        elif msg.final:
+            record.state = ActorState.DEAD
+            error = msg.error
+            if not isinstance(error, ActorDiedError):
+                error = ActorDiedError(record.spec.class_name, "it was killed", error)
+            record.death = error
+            record.location = None
+            spec = record.spec
+            key = (spec.namespace, spec.name or "")
+            if spec.name is not None and self.names.get(key) == spec.actor_id:
+                del self.names[key]
+        else:
+            record.state = ActorState.RESTARTING
+        self._changed(record)
+
+    async def _wait_down(self, actor_id: str, generation: int) -> BaseException | None:
+        while True:
+            record = self.actors.get(actor_id)
+            if record is None:
+                return ActorDiedError(actor_id, "no such actor in this cluster")
+            if self.closing:
+                return ActorDiedError(record.spec.class_name, "the cluster is shutting down")
+            if record.generation > generation or record.state is not ActorState.ALIVE:
+                return record.last_error if record.state is not ActorState.DEAD else record.death
+            await record.changed.wait()
+
+    def _restart(self, actor_id: str) -> int:
+        record = self.actors.get(actor_id)
+        if record is None or record.state is ActorState.DEAD:
+            raise ActorDiedError(actor_id, "it cannot be restarted: it is dead for good")
+        record.state = ActorState.RESTARTING
+        record.location = None
+        record.failed_attempt = None
+        self._changed(record)
+        self._place(record.spec).ref.tell_nowait(StartActor(record.spec))
+        return record.generation
+
+    def _retire(self, actor_id: str, error: BaseException | None) -> None:
+        record = self.actors.get(actor_id)
+        if record is None or record.state is ActorState.DEAD:
+            return
+        record.spec = _unsupervised(record.spec)
+        self._down(ActorDown(actor_id, -1, True, error))
+
+    @staticmethod
+    def _changed(record: ActorRecord) -> None:
+        record.changed.set()
+        record.changed = asyncio.Event()
+
+    async def _resolve(self, actor_id: str, after: int, fail_if_down: bool = False
+                       ) -> ActorLocation:
+        while True:
+            record = self.actors.get(actor_id)
+            if record is None:
+                raise ActorDiedError(actor_id, "no such actor in this cluster")
+            if self.closing:
+                raise ActorDiedError(record.spec.class_name, "the cluster is shutting down")
+            if record.state is ActorState.DEAD:
+                d = record.death
+                assert d is not None
+                raise ActorDiedError(d.actor, d.reason, d.cause)
+            if fail_if_down and record.failed_attempt is not None:
+                raise ActorDiedError(record.spec.class_name, "it failed to start",
+                                     record.failed_attempt)
+            loc = record.location
+            if record.state is ActorState.ALIVE and loc is not None and loc.incarnation > after:
+                return loc
+            await record.changed.wait()
+
+    async def _kill(self, msg: KillActor) -> None:
+        record = self.actors.get(self._id(msg.actor_id))
+        if record is None or record.state is ActorState.DEAD:
+            return
+        node = self.nodes.get(record.node_id or "") if record.node_id else None
+        targets = [node] if node is not None else list(self.nodes.values())
+        for target in targets:
+            await target.ref.ask(KillActor(record.spec.actor_id, msg.no_restart))
+
+    # -- views ---------------------------------------------------------------------------------
+
+    async def _list(self, what: str) -> Any:
+        if what == "nodes":
+            out = []
+            for node in self.nodes.values():
+                info: dict[str, Any] = {
+                    "node_id": node.node_id, "address": node.address, "alive": node.alive,
+                    "resources": node.resources.to_amounts(), "ref": node.ref,
+                }
+                if node.alive:
+                    try:
+                        live = await node.ref.ask(NodeInfo(), timeout=5.0)
+                        info["available"] = live["available"]
+                    except Exception:
+                        info["alive"] = False
+                out.append(info)
+            return out
+        if what == "actors":
+            return [
+                {
+                    "actor_id": aid, "class_name": r.spec.class_name, "name": r.spec.name,
+                    "namespace": r.spec.namespace, "state": r.state.value,
+                    "node_id": r.node_id, "pid": r.pid, "restarts": r.restarts,
+                }
+                for aid, r in self.actors.items()
+            ]
+        raise ValueError(f"unknown view {what!r}; use nodes or actors")

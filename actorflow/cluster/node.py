@@ -1,0 +1,589 @@
+"""The Node actor: one per machine (per ``actorflow start``): local resources, worker leases,
+worker processes, and the user actors placed here.
+
+Leases: an owner asks for a worker for a resource shape; the node grants an idle worker once
+the shape fits the free resources (never more CPU-holding work than ``num_cpus``), starting a
+worker process if none is idle. A demand larger than the whole node fails at once with
+InfeasibleError. GPU ids are assigned per lease: whole GPUs exclusively, fractions share an id.
+
+User actors: each lives under its own one-child supervisor (restart kind ``transient``,
+intensity ``max_restarts`` with no window, as Ray counts restarts), whose child, an
+:class:`ActorHost`, takes a worker process for the actor, builds the instance there, and
+reports the actor's location to the head. The actor's process dying crashes the host, and the
+supervisor restarts it while ``max_restarts`` allows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import math
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+from actorflow._errors import (
+    ActorDiedError,
+    ActorflowError,
+    InfeasibleError,
+    TaskError,
+    WorkerCrashedError,
+)
+from actorflow.cluster.pool import WorkerHandle, WorkerPool, WorkerState
+from actorflow.cluster.protocol import (
+    ActorDown,
+    ActorSpec,
+    ActorUp,
+    HostActor,
+    KillActor,
+    Lease,
+    NodeInfo,
+    NodeLoad,
+    PlaceTask,
+    RequestLease,
+    ReturnLease,
+    Spillback,
+    StartActor,
+    WorkerBlocked,
+    WorkerReady,
+)
+from actorflow.objects import shm
+from actorflow.placement.resources import UNIT, Resources
+from actorflow.runtime import Actor, ActorRef, ErrorReply, Terminated
+from actorflow.supervision import ChildSpec, Supervisor, add_restart
+
+__all__ = ["ActorHost", "Node"]
+
+log = logging.getLogger("actorflow.node")
+
+
+@dataclass(frozen=True, slots=True)
+class _ProcessDied:
+    pid: int
+    code: int | None
+
+
+@dataclass(slots=True)
+class _LeaseRecord:
+    lease_id: int
+    demand: Resources
+    worker: WorkerHandle
+    gpu_ids: tuple[int, ...]
+    gpu_units: int
+    blocked: bool = False
+    owner: ActorRef | None = None
+
+
+class Node(Actor):
+    """See the module docstring."""
+
+    max_concurrency = 100_000  # lease requests wait for resources; waits must not queue
+    mailbox_size = 1 << 16
+
+    def __init__(
+        self,
+        *,
+        node_id: str,
+        resources: Resources,
+        session: str,
+        head: ActorRef,
+        token: str,
+        log_to_driver: bool,
+        prestart: int,
+        max_workers: int | None = None,
+    ) -> None:
+        self.node_id = node_id
+        self.total = resources
+        self.available = resources
+        self.session = session
+        self.head = head
+        self.token = token
+        self.log_to_driver = log_to_driver
+        self.prestart = prestart
+        self.max_workers = max_workers or max(4, 4 * prestart)
+        self.gpu_free = [UNIT] * (resources["GPU"] // UNIT)
+        self.leases: dict[int, _LeaseRecord] = {}
+        self.waiting: deque[tuple[Resources, asyncio.Future[_LeaseRecord], bool]] = deque()
+        self.actors: dict[str, ActorRef] = {}  # actor_id -> its supervisor
+        self.owner_leases: dict[ActorRef, set[int]] = {}
+        self.hosts: dict[str, ActorHost] = {}  # actor_id -> running host
+        self._lease_ids = itertools.count(1)
+        self._bg: set[asyncio.Task[Any]] = set()
+        self._replacements: tuple[float, ...] = ()
+        self.pool: WorkerPool | None = None
+        self.started_at = time.time()
+        self._load_handle: asyncio.Handle | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def on_start(self) -> None:
+        assert self.system.address is not None, "the node's system must listen first"
+        boot = {
+            "node_id": self.node_id,
+            "session": self.session,
+            "node": _ref_args(self.ref),
+            "head": _ref_args(self.head),
+        }
+        self.pool = WorkerPool(
+            boot=boot, token=self.token, log_to_driver=self.log_to_driver,
+            on_exit=self._worker_exited,
+        )
+        for _ in range(self.prestart):
+            self._spawn_worker()
+
+    def on_stop_requested(self) -> None:
+        # lease requests waiting for resources would hold the stop up: fail them now
+        for _, fut, _ in self.waiting:
+            if not fut.done():
+                fut.set_exception(WorkerCrashedError(f"node {self.node_id} is shutting down"))
+        self.waiting.clear()
+
+    async def on_stop(self) -> None:
+        if self._load_handle is not None:
+            self._load_handle.cancel()
+        for sup in list(self.actors.values()):
+            await self.system.stop(sup, timeout=5.0)
+        if self.pool is not None:
+            await self.pool.close()
+        for task in list(self._bg):
+            task.cancel()
+        if self._bg:
+            await asyncio.gather(*self._bg, return_exceptions=True)
+        shm.cleanup_session(f"af-{self.node_id}-")
+
+    def _background(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._bg.add(task)
+        task.add_done_callback(self._bg_done)
+
+    def _bg_done(self, task: asyncio.Task[Any]) -> None:
+        self._bg.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("node %s background work failed", self.node_id, exc_info=task.exception())
+
+    # -- messages ------------------------------------------------------------------------------
+
+    async def receive(self, message: Any) -> Any:
+        # a rejected request fails that caller only: the node serves everyone else
+        try:
+            return await self._handle(message)
+        except Exception as exc:
+            if not isinstance(exc, (ActorflowError, ValueError, TypeError)):
+                log.exception("node %s failed on %s", self.node_id, type(message).__name__)
+            return ErrorReply(exc)
+
+    async def _handle(self, message: Any) -> Any:
+        kind = type(message)
+        if kind is RequestLease:
+            if not self._serve_here(message):
+                node_id, node = await self.head.ask(
+                    PlaceTask(message.demand, message.strategy, self.node_id)
+                )
+                if node_id != self.node_id:
+                    return Spillback(node_id, node)
+            record = await self.acquire(message.demand, what="a task")
+            if message.owner_ref is not None:
+                self._track_owner(message.owner_ref, record.lease_id)
+            assert record.worker.ref is not None
+            return Lease(record.lease_id, record.worker.ref, self.node_id, record.gpu_ids,
+                         record.worker.control, self.ref)
+        if kind is ReturnLease:
+            self.release(message.lease_id, worker_ok=message.worker_ok)
+            return None
+        if kind is WorkerReady:
+            assert self.pool is not None
+            if self.pool.mark_ready(message.worker_id, message.worker, message.control):
+                self._dispatch()
+            return None
+        if kind is WorkerBlocked:
+            self._blocked(message.worker_id, message.blocked)
+            return None
+        if kind is StartActor:
+            await self._start_actor(message.spec)
+            return None
+        if kind is KillActor:
+            await self._kill_actor(message.actor_id, message.no_restart)
+            return None
+        if kind is NodeInfo:
+            return self.info()
+        if kind is Terminated:
+            return None
+        raise TypeError(f"node got an unexpected {kind.__name__}")
+
+    def _track_owner(self, owner: ActorRef, lease_id: int) -> None:
+        """Leases of an owner that is gone (its process died, or its link) come back."""
+        leases = self.owner_leases.get(owner)
+        if leases is None:
+            leases = self.owner_leases[owner] = set()
+            self.system.on_terminated(owner, lambda notice: self._owner_gone(owner))
+        leases.add(lease_id)
+        self.leases[lease_id].owner = owner
+
+    def _owner_gone(self, owner: ActorRef) -> None:
+        for lease_id in self.owner_leases.pop(owner, set()):
+            record = self.leases.get(lease_id)
+            if record is not None:
+                # its worker may still run that owner's task: don't hand it out again
+                self.release(lease_id, worker_ok=False)
+
+    def _serve_here(self, req: RequestLease) -> bool:
+        """May this node take the lease without asking the head? (DEFAULT, fits here.)"""
+        if req.no_spill:
+            return True
+        strategy = req.strategy
+        if strategy not in (None, "DEFAULT"):
+            return False
+        return req.demand.fits_in(self.total) and self._gpu_feasible(req.demand["GPU"])
+
+    def _load_changed(self) -> None:
+        if self._load_handle is None:
+            self._load_handle = asyncio.get_running_loop().call_soon(self._report_load)
+
+    def _report_load(self) -> None:
+        self._load_handle = None
+        try:
+            self.head.tell_nowait(NodeLoad(self.node_id, self.available, len(self.waiting)))
+        except Exception:
+            pass  # the head is gone: the node will be told to stop
+
+    def info(self) -> dict[str, Any]:
+        pool = self.pool
+        return {
+            "node_id": self.node_id,
+            "address": self.system.address,
+            "alive": True,
+            "resources": self.total.to_amounts(),
+            "available": self.available.to_amounts(),
+            "workers": len(pool.workers) if pool else 0,
+            "leases": len(self.leases),
+            "pending_leases": len(self.waiting),
+            "pending_demands": [d.to_amounts() for d, _, _ in self.waiting],
+            "actors": len(self.actors),
+            "lease_list": [
+                {"lease_id": r.lease_id, "demand": r.demand.to_amounts(),
+                 "worker_pid": r.worker.pid, "state": r.worker.state.value,
+                 "gpu_ids": list(r.gpu_ids)}
+                for r in self.leases.values()
+            ],
+            "object_list": shm.list_segments(f"af-{self.node_id}-"),
+        }
+
+    # -- leases --------------------------------------------------------------------------------
+
+    async def acquire(self, demand: Resources, *, what: str, dedicated: bool = False
+                      ) -> _LeaseRecord:
+        """Wait until ``demand`` fits and a worker is idle; grant both."""
+        if not demand.fits_in(self.total) or not self._gpu_feasible(demand["GPU"]):
+            raise InfeasibleError(
+                f"{what} needs {demand.to_amounts()}; the largest node has "
+                f"{self.total.to_amounts()}. Lower the demand or add a node that has it."
+            )
+        fut: asyncio.Future[_LeaseRecord] = asyncio.get_running_loop().create_future()
+        self.waiting.append((demand, fut, dedicated))
+        self._dispatch()
+        return await fut
+
+    def _dispatch(self) -> None:
+        pool = self.pool
+        if pool is None:
+            return
+        skipped: deque[tuple[Resources, asyncio.Future[_LeaseRecord], bool]] = deque()
+        need_worker = False
+        while self.waiting:
+            demand, fut, dedicated = self.waiting.popleft()
+            if fut.done():
+                continue
+            gpus = self._pick_gpus(demand["GPU"]) if demand["GPU"] else ()
+            if not demand.fits_in(self.available) or gpus is None:
+                skipped.append((demand, fut, dedicated))
+                continue
+            worker = pool.idle()
+            if worker is None:
+                skipped.append((demand, fut, dedicated))
+                need_worker = True
+                continue
+            self.available = self.available - demand
+            self._load_changed()
+            units = demand["GPU"]
+            for gid in gpus:
+                self.gpu_free[gid] -= min(units, UNIT)
+            record = _LeaseRecord(next(self._lease_ids), demand, worker, gpus, units)
+            worker.state = WorkerState.ACTOR if dedicated else WorkerState.LEASED
+            worker.lease_id = record.lease_id
+            self.leases[record.lease_id] = record
+            fut.set_result(record)
+            if dedicated:
+                self._replenish()
+        self.waiting = skipped
+        if (need_worker and pool.count(WorkerState.STARTING) == 0
+                and len(pool.workers) < self.max_workers + len(self.actors)):
+            self._spawn_worker()
+
+    def release(self, lease_id: int, *, keep_worker: bool = False, worker_ok: bool = True
+                ) -> None:
+        """Give a lease's resources back; its worker becomes idle again unless ``keep_worker``
+        (an actor's) or the owner saw it fail (``worker_ok=False``: it is killed, not reused).
+        """
+        record = self.leases.pop(lease_id, None)
+        if record is None:
+            return
+        if record.owner is not None:
+            owned = self.owner_leases.get(record.owner)
+            if owned is not None:
+                owned.discard(lease_id)
+        if not worker_ok and self.pool is not None:
+            keep_worker = True
+            record.worker.state = WorkerState.DEAD  # its exit is handled when it is reaped
+            self.pool.kill(record.worker)
+        self.available = self.available + record.demand if not record.blocked else (
+            self.available + (record.demand - Resources({"CPU": record.demand["CPU"]}))
+        )
+        for gid in record.gpu_ids:
+            self.gpu_free[gid] += min(record.gpu_units, UNIT)
+        self._load_changed()
+        worker = record.worker
+        if worker.state in (WorkerState.LEASED, WorkerState.ACTOR) and not keep_worker:
+            worker.state = WorkerState.IDLE
+            worker.lease_id = None
+        self._dispatch()
+
+    def resize(self, lease_id: int, hold: Resources) -> None:
+        """An actor is up: it keeps only ``hold`` of what it needed to be placed."""
+        record = self.leases.get(lease_id)
+        if record is None:
+            return
+        cpu_back = record.demand["CPU"] - hold["CPU"]
+        if cpu_back > 0:
+            record.demand = record.demand - Resources({"CPU": cpu_back})
+            self.available = self.available + Resources({"CPU": cpu_back})
+            self._load_changed()
+            self._dispatch()
+
+    def _blocked(self, worker_id: str, blocked: bool) -> None:
+        pool = self.pool
+        handle = pool.workers.get(worker_id) if pool is not None else None
+        if handle is None or handle.lease_id is None:
+            return
+        record = self.leases.get(handle.lease_id)
+        if record is None or record.blocked == blocked:
+            return
+        cpu = Resources({"CPU": record.demand["CPU"]})
+        record.blocked = blocked
+        if blocked:
+            self.available = self.available + cpu
+        else:  # may oversubscribe for a moment, as Ray does, rather than deadlock
+            avail = dict(self.available)
+            avail["CPU"] = avail.get("CPU", 0) - cpu["CPU"]
+            self.available = Resources(avail)
+        self._load_changed()
+        self._dispatch()
+
+    def _gpu_feasible(self, units: int) -> bool:
+        if units == 0:
+            return True
+        if units > UNIT:
+            return units % UNIT == 0 and units // UNIT <= len(self.gpu_free)
+        return len(self.gpu_free) > 0
+
+    def _pick_gpus(self, units: int) -> tuple[int, ...] | None:
+        """GPU ids for a demand of ``units``: whole GPUs exclusive, a fraction shares one."""
+        if units >= UNIT:
+            if units % UNIT:
+                return None
+            free = [i for i, f in enumerate(self.gpu_free) if f == UNIT]
+            need = units // UNIT
+            return tuple(free[:need]) if len(free) >= need else None
+        fits = [i for i, f in enumerate(self.gpu_free) if f >= units]
+        if not fits:
+            return None
+        return (min(fits, key=lambda i: self.gpu_free[i]),)  # pack fractions together
+
+    # -- workers -------------------------------------------------------------------------------
+
+    def _spawn_worker(self) -> None:
+        assert self.pool is not None
+        self._background(self._start_worker())
+
+    async def _start_worker(self) -> None:
+        assert self.pool is not None
+        try:
+            await self.pool.start()
+        except Exception as exc:
+            if self.pool.closing:
+                return  # shutting down: a worker still starting was stopped on purpose
+            log.error("node %s could not start a worker: %s", self.node_id, exc)
+            self._fail_waiting(exc)
+            return
+        self._dispatch()
+
+    def _fail_waiting(self, exc: BaseException) -> None:
+        pool = self.pool
+        if pool is not None and pool.count(WorkerState.IDLE, WorkerState.STARTING):
+            return
+        for _, fut, _ in self.waiting:
+            if not fut.done():
+                fut.set_exception(WorkerCrashedError(f"no worker process could start: {exc}"))
+        self.waiting.clear()
+
+    def _replenish(self) -> None:
+        """Keep ``prestart`` workers available for tasks."""
+        pool = self.pool
+        if pool is None:
+            return
+        usable = pool.count(WorkerState.IDLE, WorkerState.STARTING, WorkerState.LEASED)
+        if usable < self.prestart and len(pool.workers) < self.max_workers + len(self.actors):
+            self._replacements, exceeded = add_restart(
+                self._replacements, time.monotonic(), 10 * max(1, self.prestart), 10.0
+            )
+            if exceeded:
+                log.error("node %s: workers keep dying; not replacing them for now", self.node_id)
+                return
+            self._spawn_worker()
+
+    def _worker_exited(self, handle: WorkerHandle) -> None:
+        if handle.lease_id is not None:
+            self.release(handle.lease_id, keep_worker=True)
+        for host in list(self.hosts.values()):
+            if host.worker is handle:
+                host.process_died(handle.exit_code)
+        self._replenish()
+        self._dispatch()
+
+    # -- user actors ---------------------------------------------------------------------------
+
+    async def _start_actor(self, spec: ActorSpec) -> None:
+        old = self.actors.pop(spec.actor_id, None)
+        if old is not None:  # a restart by an af.supervise tree: the last generation is over
+            await self.system.stop(old)
+        restarts = spec.max_restarts if spec.max_restarts >= 0 else 1_000_000_000
+        try:
+            sup = await self.system.spawn(
+                lambda: Supervisor(
+                    [ChildSpec(factory=ActorHost, args=(self, spec), name="host",
+                               restart="transient", shutdown=5.0)],
+                    max_restarts=restarts, within_s=math.inf,
+                ),
+                name=f"actor-{spec.actor_id}",
+            )
+        except Exception as exc:
+            cause = exc.__cause__ if exc.__cause__ is not None else exc
+            self.head.tell_nowait(ActorDown(spec.actor_id, -1, True, _creation_error(spec, cause)))
+            return
+        self.actors[spec.actor_id] = sup
+        self.system.on_terminated(sup, lambda n: self._actor_sup_ended(spec, n))
+
+    def _actor_sup_ended(self, spec: ActorSpec, notice: Terminated) -> None:
+        self.actors.pop(spec.actor_id, None)
+        self.hosts.pop(spec.actor_id, None)
+        error: BaseException | None = None
+        if notice.cause is not None:
+            error = ActorDiedError(
+                spec.class_name, f"it crashed and max_restarts={spec.max_restarts} is used up",
+                notice.cause.__cause__ or notice.cause,
+            )
+        self.head.tell_nowait(ActorDown(spec.actor_id, -1, True, error))
+
+    async def _kill_actor(self, actor_id: str, no_restart: bool) -> None:
+        sup = self.actors.get(actor_id)
+        if sup is None:
+            return
+        if no_restart:
+            host = self.hosts.get(actor_id)
+            if host is not None:
+                host.killed = True
+            await self.system.stop(sup)
+        else:
+            host = self.hosts.get(actor_id)
+            if host is not None and host.worker is not None and self.pool is not None:
+                self.pool.kill(host.worker)
+
+
+def _ref_args(ref: ActorRef) -> list[Any]:
+    """What a worker needs to rebuild ``ref`` (see actorflow.runtime.restore_ref)."""
+    system = ref._slot.system
+    return [system.uid, system.address, ref.id, ref.path]
+
+
+def _creation_error(spec: ActorSpec, cause: BaseException) -> ActorDiedError:
+    return ActorDiedError(spec.class_name, "it could not be created", cause)
+
+
+class ActorHost(Actor):
+    """Runs one incarnation of a user actor: a worker process, the instance, its location."""
+
+    def __init__(self, node: Node, spec: ActorSpec) -> None:
+        self.node = node
+        self.spec = spec
+        self.worker: WorkerHandle | None = None
+        self.lease_id: int | None = None
+        self.killed = False
+
+    async def on_start(self) -> None:
+        node, spec = self.node, self.spec
+        record = await node.acquire(spec.demand, what=f"actor {spec.class_name}", dedicated=True)
+        self.lease_id = record.lease_id
+        self.worker = record.worker
+        assert record.worker.ref is not None
+        try:
+            actor_ref = await record.worker.ref.ask(HostActor(
+                spec.actor_id, spec.class_name, spec.cls_blob, spec.args, spec.resolved,
+                spec.max_concurrency, record.gpu_ids, spec.job_id,
+            ))
+        except TaskError as exc:
+            # the constructor raised (or the process died while building it): the actor is
+            # dead for good, as in Ray; a normal stop keeps the transient host from restarting
+            self._release(kill=True)
+            node.head.tell_nowait(ActorDown(spec.actor_id, self._incarnation(), True,
+                                            _creation_error(spec, exc)))
+            self.killed = True
+            self.stop()
+            return
+        except Exception as exc:  # the process died while building it: a crash, restartable
+            self._release(kill=True)
+            raise WorkerCrashedError(
+                f"the process of actor {spec.class_name} died while it was being created: {exc}"
+            ) from exc
+        node.resize(record.lease_id, spec.hold)
+        node.hosts[spec.actor_id] = self
+        node.head.tell_nowait(ActorUp(spec.actor_id, actor_ref, self._incarnation(),
+                                      node.node_id, record.worker.pid))
+
+    def _incarnation(self) -> int:
+        cell = self.ref._slot.cell
+        return cell.incarnation if cell is not None else 0
+
+    def process_died(self, code: int | None) -> None:
+        if self.worker is not None:
+            try:
+                self.ref.tell_nowait(_ProcessDied(self.worker.pid, code))
+            except Exception:
+                pass
+
+    async def receive(self, message: Any) -> Any:
+        if type(message) is _ProcessDied:
+            self._release(kill=False)
+            self.node.head.tell_nowait(ActorDown(self.spec.actor_id, self._incarnation(), False))
+            raise WorkerCrashedError(
+                f"the process (pid {message.pid}) of actor {self.spec.class_name} exited "
+                f"with code {message.code}"
+            )
+        raise TypeError(f"actor host got an unexpected {type(message).__name__}")
+
+    async def on_stop(self) -> None:
+        worker = self.worker
+        self._release(kill=True)
+        if worker is not None and worker.exited is not None:
+            await asyncio.wait([worker.exited], timeout=5.0)
+
+    def _release(self, *, kill: bool) -> None:
+        node = self.node
+        if self.lease_id is not None:
+            node.release(self.lease_id, keep_worker=True)
+            self.lease_id = None
+        worker, self.worker = self.worker, None
+        if kill and worker is not None and node.pool is not None:
+            node.pool.kill(worker)
+        if node.hosts.get(self.spec.actor_id) is self:
+            del node.hosts[self.spec.actor_id]

@@ -1,0 +1,334 @@
+"""Messages between the cluster's actors (owners, nodes, workers, the head).
+
+Hot records are slotted dataclasses; they travel pickled inside transport frames. Object
+payloads say where a value is: inline bytes, a shared-memory segment on a node, or an error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from actorflow.placement.resources import Resources
+from actorflow.runtime import ActorRef
+
+# -- object payloads --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Inline:
+    """A small value: the pickle stream with its out-of-band buffers appended."""
+
+    meta: bytes
+    buffers: tuple[bytes, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class InShm:
+    """A large value in shared-memory segment ``name`` on node ``node_id``."""
+
+    name: str
+    node_id: str
+    nbytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    """The task that was to produce the value failed with ``error`` (an af error)."""
+
+    error: BaseException
+
+
+Payload = Inline | InShm | Failed
+
+
+# -- tasks ---------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class TaskSpec:
+    """Everything a worker needs to run one task."""
+
+    task_id: str
+    name: str
+    fn_id: str
+    fn_blob: bytes | None  # the cloudpickled function, sent once per worker
+    args: bytes  # pickled (args, kwargs); top-level ObjectRefs replaced by ResolvedArg
+    resolved: tuple[Payload, ...]  # values of the top-level ObjectRef arguments
+    num_returns: int
+    owner: ActorRef  # the owner's ObjectOwner actor (where nested refs are rooted)
+    job_id: str
+    gpu_ids: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedArg:
+    """Placeholder for the i-th resolved ObjectRef argument."""
+
+    index: int
+
+
+@dataclass(frozen=True, slots=True)
+class TaskReply:
+    """One payload per return value (or one Failed for all); ``run_s`` is how long it ran."""
+
+    returns: tuple[Payload, ...]
+    run_s: float = 0.0
+
+
+class MissingFunction(Exception):
+    """The worker does not have the task's function (its first copy was lost): resend it."""
+
+
+# -- leases --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RequestLease:
+    demand: Resources
+    owner: str  # for logs and `actorflow list`
+    strategy: Any = None
+    no_spill: bool = False  # the head chose this node already: queue here
+    owner_ref: ActorRef | None = None  # watched: its leases come back when it is gone
+
+
+@dataclass(frozen=True, slots=True)
+class Spillback:
+    """Answer to RequestLease: ask that node instead."""
+
+    node_id: str
+    node: ActorRef
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    lease_id: int
+    worker: ActorRef
+    node_id: str
+    gpu_ids: tuple[int, ...] = ()
+    control: ActorRef | None = None
+    node: ActorRef | None = None  # the node that granted it (where it is returned)
+
+
+@dataclass(frozen=True, slots=True)
+class ReturnLease:
+    lease_id: int
+    worker_ok: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerBlocked:
+    """The task running on this worker awaits objects: lend its CPU out meanwhile (Ray does
+    too), so tasks waiting on their own child tasks cannot starve the node."""
+
+    worker_id: str
+    blocked: bool
+
+
+# -- workers --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerReady:
+    worker_id: str
+    worker: ActorRef
+    pid: int
+    control: ActorRef | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HostActor:
+    """Become the process of user actor ``actor_id``: build ``cls(*args, **kwargs)``."""
+
+    actor_id: str
+    name: str
+    cls_blob: bytes
+    args: bytes
+    resolved: tuple[Payload, ...]
+    max_concurrency: int
+    gpu_ids: tuple[int, ...] = ()
+    job_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ActorCall:
+    method: str
+    args: bytes
+    resolved: tuple[Payload, ...]
+    num_returns: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class CancelTask:
+    task_id: str
+    force: bool = False
+
+
+# -- actors at the head ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ActorSpec:
+    actor_id: str
+    class_name: str
+    cls_blob: bytes
+    args: bytes
+    resolved: tuple[Payload, ...]
+    demand: Resources  # what it needs free to be placed
+    hold: Resources  # what it holds while alive
+    max_restarts: int
+    max_task_retries: int
+    max_concurrency: int
+    name: str | None = None
+    namespace: str = ""
+    lifetime: str | None = None
+    job_id: str = ""
+    owner: str = ""
+    strategy: Any = None
+    methods: tuple[str, ...] = ()
+    supervised: bool = False  # restarted by an af.supervise tree, not by its node
+
+
+@dataclass(frozen=True, slots=True)
+class CreateActor:
+    spec: ActorSpec
+    get_if_exists: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ActorLocation:
+    actor_id: str
+    worker: ActorRef
+    incarnation: int
+    node_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ResolveActor:
+    """Answer the actor's location once it is alive (waits while it starts or restarts)."""
+
+    actor_id: str
+    after_incarnation: int = -1  # wait for an incarnation newer than this one
+    fail_if_down: bool = False  # raise if this start attempt ended (af.supervise proxies)
+
+
+@dataclass(frozen=True, slots=True)
+class ActorStatus:
+    """Ask: answers ``(state, death)`` for the actor."""
+
+    actor_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class WaitActorDown:
+    """Ask: answers the error (or None) once generation ``generation`` of the actor ends."""
+
+    actor_id: str
+    generation: int
+
+
+@dataclass(frozen=True, slots=True)
+class RestartActor:
+    """Ask (from an af.supervise tree): start a new generation of a supervised actor."""
+
+    actor_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class RetireActor:
+    """Tell (from an af.supervise tree): the supervised actor is dead for good."""
+
+    actor_id: str
+    error: BaseException | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GetNamedActor:
+    name: str
+    namespace: str
+
+
+@dataclass(frozen=True, slots=True)
+class KillActor:
+    actor_id: str
+    no_restart: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class ActorUp:
+    """Node -> head: an incarnation of the actor is running."""
+
+    actor_id: str
+    worker: ActorRef
+    incarnation: int
+    node_id: str
+    pid: int
+
+
+@dataclass(frozen=True, slots=True)
+class ActorDown:
+    """Node -> head: the actor's process ended; ``final`` when no restart follows."""
+
+    actor_id: str
+    incarnation: int
+    final: bool
+    error: BaseException | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ListState:
+    """Ask the head for a view: ``what`` is nodes | actors | resources | available."""
+
+    what: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+# -- membership and placement -------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RegisterNode:
+    node_id: str
+    node: ActorRef
+    address: str | None
+    resources: Resources
+
+
+@dataclass(frozen=True, slots=True)
+class GetClusterInfo:
+    """Ask: answers a ClusterInfo."""
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterInfo:
+    session: str
+    nodes: list[dict[str, Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class NodeLoad:
+    """Node -> head: what is free on the node now (sent when it changes)."""
+
+    node_id: str
+    available: Resources
+    pending: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class PlaceTask:
+    """Ask (node -> head): which node should run a task of this demand and strategy?
+    Answers ``(node_id, node_ref)`` or raises InfeasibleError."""
+
+    demand: Resources
+    strategy: Any
+    from_node: str
+
+
+@dataclass(frozen=True, slots=True)
+class StartActor:
+    spec: ActorSpec
+
+
+@dataclass(frozen=True, slots=True)
+class NodeInfo:
+    """Ask: answers the node's view (a dict)."""

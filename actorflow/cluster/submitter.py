@@ -1,0 +1,352 @@
+"""Task submission: leases per resource shape, direct pushes, retries.
+
+The owner asks its node for a *lease* on a worker for a resource shape, then pushes that shape's
+tasks straight to the leased worker; the worker answers straight to the owner. The node sees
+leases, not tasks. Per lease, tasks are pipelined (several in flight) only while they are short:
+the depth adapts to the measured run time, so long tasks spread over workers instead of queueing
+behind each other. An idle lease is returned after a short linger, so a burst of sequential
+tasks reuses the same worker.
+
+Nothing here awaits: submission is synchronous (``.remote()`` returns at once) and progress is
+driven by future callbacks; the only timers are loop handles owned and cancelled here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from actorflow._errors import (
+    ActorflowError,
+    InfeasibleError,
+    TaskCancelledError,
+    TaskError,
+    WorkerCrashedError,
+)
+from actorflow.cluster.protocol import (
+    CancelTask,
+    Failed,
+    Lease,
+    MissingFunction,
+    Payload,
+    RequestLease,
+    ReturnLease,
+    Spillback,
+    TaskReply,
+    TaskSpec,
+)
+from actorflow.placement.resources import Resources
+from actorflow.runtime import ActorRef
+
+if TYPE_CHECKING:
+    from actorflow.cluster.core import Core
+    from actorflow.objects.ref import ObjectRef
+
+__all__ = ["PendingTask", "TaskSubmitter"]
+
+LINGER_S = 0.1  # how long an idle lease is kept for the next task of its shape
+MAX_DEPTH = 64  # most tasks in flight on one lease (for tasks that run in microseconds)
+SHORT_TASK_S = 0.002  # tasks shorter than this on average get pipelined
+
+
+@dataclass(slots=True)
+class PendingTask:
+    spec: TaskSpec
+    return_ids: tuple[str, ...]
+    shape: Resources
+    retries_left: int
+    retry_exceptions: bool | tuple[type[BaseException], ...]
+    fn_blob: bytes
+    strategy: Any = None
+    cancelled: bool = False
+    lease: _Lease | None = None
+    deps: list[ObjectRef] = field(default_factory=list)
+
+
+class _Lease:
+    __slots__ = ("idle_handle", "inflight", "lease", "lost", "state")
+
+    def __init__(self, lease: Lease, state: _Shape) -> None:
+        self.lease = lease
+        self.state = state
+        self.inflight = 0
+        self.idle_handle: asyncio.TimerHandle | None = None
+        self.lost = False
+
+
+class _Shape:
+    """The tasks of one resource shape and scheduling strategy, and their leases."""
+
+    __slots__ = ("avg_run_s", "leases", "max_requests", "queue", "requesting", "shape",
+                 "strategy")
+
+    def __init__(self, shape: Resources, strategy: Any) -> None:
+        self.shape = shape
+        self.strategy = strategy
+        self.queue: deque[PendingTask] = deque()
+        self.leases: list[_Lease] = []
+        self.requesting = 0
+        # SPREAD wants many workers at once (one lease request per task, up to a bound)
+        self.max_requests = 16 if strategy == "SPREAD" else 1
+        self.avg_run_s = 1.0  # unknown until measured: assume long, pipeline nothing
+
+    def depth(self) -> int:
+        if self.strategy == "SPREAD":
+            return 1
+        return MAX_DEPTH if self.avg_run_s < SHORT_TASK_S else 1
+
+
+class TaskSubmitter:
+    def __init__(self, core: Core) -> None:
+        self.core = core
+        self.shapes: dict[tuple[Resources, Any], _Shape] = {}
+        self.by_return: dict[str, PendingTask] = {}
+        self.sent_fns: dict[ActorRef, set[str]] = {}
+        self._closed = False
+
+    # -- submission ----------------------------------------------------------------------------
+
+    def submit(self, pending: PendingTask) -> None:
+        for oid in pending.return_ids:
+            self.by_return[oid] = pending
+        if not pending.deps:
+            self._enqueue(pending)
+            return
+        futures = [self.core.payload_future(ref) for ref in pending.deps]
+        remaining = len(futures)
+
+        def on_dep(_: asyncio.Future[Payload]) -> None:
+            nonlocal remaining
+            remaining -= 1
+            if remaining:
+                return
+            resolved: list[Payload] = []
+            for fut in futures:
+                payload: Payload = fut.result() if not fut.cancelled() else Failed(
+                    TaskCancelledError(f"an argument of task {pending.spec.name!r} was cancelled")
+                )
+                if isinstance(payload, Failed):
+                    self._finish(pending, (payload,) * len(pending.return_ids))
+                    return
+                resolved.append(payload)
+            pending.spec.resolved = tuple(resolved)
+            pending.deps = []
+            if pending.cancelled:
+                self._cancelled(pending)
+            else:
+                self._enqueue(pending)
+
+        for fut in futures:
+            fut.add_done_callback(on_dep)
+
+    def _enqueue(self, pending: PendingTask) -> None:
+        if self._closed:
+            self._finish(pending, self._failed(pending, TaskCancelledError("actorflow shut down")))
+            return
+        key = (pending.shape, pending.strategy)
+        state = self.shapes.get(key)
+        if state is None:
+            state = self.shapes[key] = _Shape(pending.shape, pending.strategy)
+        state.queue.append(pending)
+        self._pump(state)
+
+    def _pump(self, state: _Shape) -> None:
+        queue = state.queue
+        if queue:
+            depth = state.depth()
+            leases = state.leases
+            while queue:
+                best: _Lease | None = None
+                for lease in leases:
+                    if lease.inflight < depth and (best is None or lease.inflight < best.inflight):
+                        best = lease
+                if best is None:
+                    break
+                self._push(queue.popleft(), best)
+            wanted = min(len(queue), state.max_requests)
+            while state.requesting < wanted and not self._closed:
+                self._request_lease(state, self.core.node, no_spill=False)
+        for lease in state.leases:
+            if lease.inflight == 0 and lease.idle_handle is None and not queue:
+                lease.idle_handle = self.core.loop.call_later(LINGER_S, self._linger_over, lease)
+
+    def _push(self, pending: PendingTask, lease: _Lease) -> None:
+        if lease.idle_handle is not None:
+            lease.idle_handle.cancel()
+            lease.idle_handle = None
+        spec = pending.spec
+        worker = lease.lease.worker
+        sent = self.sent_fns.setdefault(worker, set())
+        if spec.fn_id in sent:
+            spec.fn_blob = None
+        else:
+            spec.fn_blob = pending.fn_blob
+            sent.add(spec.fn_id)
+        spec.gpu_ids = lease.lease.gpu_ids
+        try:
+            fut = worker.ask_nowait(spec)
+        except Exception as exc:  # the worker is gone (or its mailbox is full)
+            self._lease_lost(lease, exc)
+            lease.state.queue.appendleft(pending)
+            return
+        lease.inflight += 1
+        pending.lease = lease
+        fut.add_done_callback(lambda f: self._task_done(pending, lease, f))
+
+    def _task_done(self, pending: PendingTask, lease: _Lease, fut: asyncio.Future[Any]) -> None:
+        lease.inflight -= 1
+        pending.lease = None
+        state = lease.state
+        exc = None if fut.cancelled() else fut.exception()
+        if fut.cancelled():
+            self._finish(pending, self._failed(pending, TaskCancelledError("cancelled")))
+        elif exc is not None:
+            # the worker died (or the link to it did) with the task in flight
+            self._lease_lost(lease, exc)
+            if pending.retries_left > 0 and not pending.cancelled:
+                pending.retries_left -= 1
+                state.queue.appendleft(pending)
+            else:
+                error = WorkerCrashedError(
+                    f"the worker running task {pending.spec.name!r} died ({exc}) and its "
+                    "retries are used up; raise max_retries to retry on another worker"
+                )
+                self._finish(pending, self._failed(pending, error))
+        else:
+            reply: TaskReply = fut.result()
+            state.avg_run_s = 0.8 * state.avg_run_s + 0.2 * reply.run_s
+            returns = reply.returns
+            first = returns[0] if returns else None
+            if isinstance(first, Failed) and self._should_retry(pending, first.error):
+                pending.retries_left -= 1
+                state.queue.append(pending)
+            elif isinstance(first, Failed) and isinstance(first.error, MissingFunction):
+                self.sent_fns.pop(lease.lease.worker, None)
+                state.queue.appendleft(pending)
+            else:
+                self._finish(pending, returns)
+        self._pump(state)
+
+    def _should_retry(self, pending: PendingTask, error: BaseException) -> bool:
+        if pending.retries_left <= 0 or pending.cancelled or not isinstance(error, TaskError):
+            return False
+        allowed = pending.retry_exceptions
+        if allowed is True:
+            return True
+        if allowed is False:
+            return False
+        return isinstance(error.cause, allowed)
+
+    def _finish(self, pending: PendingTask, returns: tuple[Payload, ...]) -> None:
+        objects = self.core.objects
+        for oid, payload in zip(pending.return_ids, returns, strict=False):
+            self.by_return.pop(oid, None)
+            objects.resolve(oid, payload)
+
+    @staticmethod
+    def _failed(pending: PendingTask, error: BaseException) -> tuple[Payload, ...]:
+        return (Failed(error),) * len(pending.return_ids)
+
+    # -- leases --------------------------------------------------------------------------------
+
+    def _request_lease(self, state: _Shape, node: ActorRef, *, no_spill: bool) -> None:
+        state.requesting += 1
+        try:
+            fut = node.ask_nowait(RequestLease(
+                state.shape, owner=self.core.worker_id or "driver", strategy=state.strategy,
+                no_spill=no_spill, owner_ref=self.core.owner_ref,
+            ))
+        except Exception as exc:
+            state.requesting -= 1
+            self._fail_queue(state, exc)
+            return
+        fut.add_done_callback(lambda f: self._lease_granted(state, f))
+
+    def _lease_granted(self, state: _Shape, fut: asyncio.Future[Any]) -> None:
+        state.requesting -= 1
+        if fut.cancelled():
+            return
+        exc = fut.exception()
+        if exc is not None:
+            self._fail_queue(state, exc)
+            return
+        answer = fut.result()
+        if type(answer) is Spillback:  # the head chose another node: ask it
+            if state.queue and not self._closed:
+                self._request_lease(state, answer.node, no_spill=True)
+            return
+        lease = _Lease(answer, state)
+        if self._closed:
+            self._return(lease)
+            return
+        state.leases.append(lease)
+        self._pump(state)
+
+    def _fail_queue(self, state: _Shape, exc: BaseException) -> None:
+        if not isinstance(exc, (InfeasibleError, ActorflowError)):
+            exc = WorkerCrashedError(f"could not get a worker: {type(exc).__name__}: {exc}")
+        while state.queue:
+            pending = state.queue.popleft()
+            self._finish(pending, self._failed(pending, exc))
+
+    def _linger_over(self, lease: _Lease) -> None:
+        lease.idle_handle = None
+        if lease.inflight == 0 and not lease.state.queue and lease in lease.state.leases:
+            lease.state.leases.remove(lease)
+            self._return(lease)
+
+    def _return(self, lease: _Lease, worker_ok: bool = True) -> None:
+        if lease.idle_handle is not None:
+            lease.idle_handle.cancel()
+            lease.idle_handle = None
+        try:
+            self._node_of(lease).tell_nowait(ReturnLease(lease.lease.lease_id, worker_ok))
+        except Exception:
+            pass  # the node is gone: the lease went with it
+
+    def _node_of(self, lease: _Lease) -> ActorRef:
+        return lease.lease.node if lease.lease.node is not None else self.core.node
+
+    def _lease_lost(self, lease: _Lease, exc: BaseException) -> None:
+        if lease.lost:
+            return
+        lease.lost = True
+        state = lease.state
+        if lease in state.leases:
+            state.leases.remove(lease)
+        self.sent_fns.pop(lease.lease.worker, None)
+        self._return(lease, worker_ok=False)
+
+    # -- cancel and close ----------------------------------------------------------------------
+
+    def cancel(self, object_id: str, force: bool) -> bool:
+        """Cancel the task producing ``object_id``. Returns False if it is already done."""
+        pending = self.by_return.get(object_id)
+        if pending is None:
+            return False
+        pending.cancelled = True
+        state = self.shapes.get((pending.shape, pending.strategy))
+        if state is not None and pending in state.queue:
+            state.queue.remove(pending)
+            self._cancelled(pending)
+        elif pending.lease is not None:
+            try:
+                target = pending.lease.lease.control or pending.lease.lease.worker
+                target.tell_nowait(CancelTask(pending.spec.task_id, force))
+            except Exception:
+                pass
+        return True
+
+    def _cancelled(self, pending: PendingTask) -> None:
+        error = TaskCancelledError(f"task {pending.spec.name!r} was cancelled before it ran")
+        self._finish(pending, self._failed(pending, error))
+
+    async def close(self) -> None:
+        self._closed = True
+        for state in self.shapes.values():
+            self._fail_queue(state, TaskCancelledError("actorflow shut down"))
+            for lease in state.leases:
+                self._return(lease)
+            state.leases.clear()

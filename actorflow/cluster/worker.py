@@ -1,0 +1,266 @@
+"""Worker-side actors: run tasks, host one user actor.
+
+A worker process runs one :class:`Worker` actor (tasks, one at a time: a task holds its CPU
+while it runs), a :class:`WorkerControl` actor (cancels, which must not wait behind the running
+task), and, once it becomes a user actor's process, a :class:`UserActor` that handles that
+actor's method calls (``max_concurrency`` at a time).
+
+``async def`` code runs on the worker's loop; plain ``def`` code runs in a thread, so it never
+blocks the loop (heartbeats, cancels and log forwarding go on while it runs).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import os
+import time
+import traceback
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextvars import copy_context
+from typing import TYPE_CHECKING, Any
+
+import cloudpickle
+
+from actorflow._errors import RemoteException, SerializationError, TaskCancelledError, TaskError
+from actorflow.cluster.core import TaskContext, task_context
+from actorflow.cluster.protocol import (
+    ActorCall,
+    CancelTask,
+    Failed,
+    HostActor,
+    MissingFunction,
+    Payload,
+    ResolvedArg,
+    TaskReply,
+    TaskSpec,
+)
+from actorflow.objects.serialization import loads
+from actorflow.runtime import Actor, ActorRef
+
+if TYPE_CHECKING:
+    from actorflow.cluster.core import Core
+
+__all__ = ["UserActor", "Worker", "WorkerControl", "capture_error", "resolve_args"]
+
+
+def resolve_args(core: Core, blob: bytes, resolved: tuple[Payload, ...]) -> tuple[Any, Any]:
+    """Unpickle ``(args, kwargs)`` and put the resolved ObjectRef values in place."""
+    args, kwargs = loads(blob)
+    if resolved:
+        values = [core.materialize(p) for p in resolved]
+        args = tuple(values[a.index] if type(a) is ResolvedArg else a for a in args)
+        kwargs = {k: values[v.index] if type(v) is ResolvedArg else v for k, v in kwargs.items()}
+    return args, kwargs
+
+
+def capture_error(exc: BaseException, where: str) -> TaskError:
+    """A TaskError for ``exc`` that is sure to pickle (an unpicklable cause is replaced by a
+    RemoteException carrying its type name and text)."""
+    tb = "".join(traceback.format_exception(exc))
+    error = TaskError(exc, tb, where)
+    try:
+        cloudpickle.dumps(error)
+    except Exception:
+        error = TaskError(RemoteException(type(exc).__qualname__, str(exc)), tb, where)
+    return error
+
+
+def _encode_returns(core: Core, result: Any, num_returns: int, name: str) -> tuple[Payload, ...]:
+    try:
+        if num_returns == 1:
+            return (core.encode(result, f"the result of {name!r}"),)
+        values = tuple(result)
+        if len(values) != num_returns:
+            raise ValueError(
+                f"{name!r} has num_returns={num_returns} but returned {len(values)} values"
+            )
+        return tuple(core.encode(v, f"a result of {name!r}") for v in values)
+    except SerializationError as exc:
+        return (Failed(exc),) * num_returns
+    except Exception as exc:
+        return (Failed(capture_error(exc, name)),) * num_returns
+
+
+async def _call(
+    fn: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    executor: ThreadPoolExecutor,
+) -> Any:
+    if inspect.iscoroutinefunction(fn):
+        return await fn(*args, **kwargs)
+    loop = asyncio.get_running_loop()
+    ctx = copy_context()
+    result = await loop.run_in_executor(executor, lambda: ctx.run(fn, *args, **kwargs))
+    if inspect.isawaitable(result):  # a plain def that returned a coroutine
+        return await result
+    return result
+
+
+class Worker(Actor):
+    """Runs the tasks pushed to this worker, one at a time, in arrival order."""
+
+    mailbox_size = 1 << 16
+
+    def __init__(self, core: Core) -> None:
+        self.core = core
+        self.functions: dict[str, Callable[..., Any]] = {}
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="af-task")
+        self.running: tuple[str, asyncio.Task[Any]] | None = None
+        self.cancelled: set[str] = set()
+        self.user_actor: ActorRef | None = None
+        self.pid = os.getpid()
+
+    async def on_stop(self) -> None:
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+    async def receive(self, message: Any) -> Any:
+        if type(message) is TaskSpec:
+            return await self._run_task(message)
+        if type(message) is HostActor:
+            return await self._host_actor(message)
+        raise TypeError(f"worker got an unexpected {type(message).__name__}")
+
+    async def _run_task(self, spec: TaskSpec) -> TaskReply:
+        start = time.perf_counter()
+        if spec.task_id in self.cancelled:
+            self.cancelled.discard(spec.task_id)
+            error = TaskCancelledError(f"task {spec.name!r} was cancelled before it ran")
+            return TaskReply((Failed(error),) * spec.num_returns)
+        fn = self.functions.get(spec.fn_id)
+        if fn is None:
+            if spec.fn_blob is None:
+                return TaskReply((Failed(MissingFunction(spec.fn_id)),) * spec.num_returns)
+            fn = self.functions[spec.fn_id] = loads(spec.fn_blob)
+        where = f"task {spec.name} (pid={self.pid})"
+        if spec.gpu_ids:
+            os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, spec.gpu_ids))
+        token = task_context.set(TaskContext(task_id=spec.task_id, name=spec.name,
+                                             gpu_ids=spec.gpu_ids))
+        try:
+            args, kwargs = resolve_args(self.core, spec.args, spec.resolved)
+            if inspect.iscoroutinefunction(fn):
+                task = asyncio.get_running_loop().create_task(fn(*args, **kwargs))
+                self.running = (spec.task_id, task)
+                try:
+                    result = await task
+                finally:
+                    self.running = None
+            else:
+                result = await _call(fn, args, kwargs, self.executor)
+        except asyncio.CancelledError:
+            if self.running is None and spec.task_id in self.cancelled:
+                self.cancelled.discard(spec.task_id)
+                error = TaskCancelledError(f"task {spec.name!r} was cancelled while it ran")
+                return TaskReply((Failed(error),) * spec.num_returns, time.perf_counter() - start)
+            raise
+        except Exception as exc:
+            failed = Failed(capture_error(exc, where))
+            return TaskReply((failed,) * spec.num_returns, time.perf_counter() - start)
+        finally:
+            task_context.reset(token)
+        returns = _encode_returns(self.core, result, spec.num_returns, spec.name)
+        return TaskReply(returns, time.perf_counter() - start)
+
+    def cancel(self, task_id: str, force: bool) -> None:
+        running = self.running
+        if running is not None and running[0] == task_id:
+            self.cancelled.add(task_id)
+            running[1].cancel()
+        elif force and running is None:
+            os._exit(1)  # a sync task cannot be interrupted: end the process (Ray does too)
+        else:
+            self.cancelled.add(task_id)
+
+    async def _host_actor(self, msg: HostActor) -> ActorRef:
+        if msg.gpu_ids:
+            os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, msg.gpu_ids))
+        cls = loads(msg.cls_blob)
+        ctx = TaskContext(actor_id=msg.actor_id, name=msg.name, gpu_ids=msg.gpu_ids)
+        token = task_context.set(ctx)
+        try:
+            args, kwargs = resolve_args(self.core, msg.args, msg.resolved)
+            instance = cls(*args, **kwargs)
+        except Exception as exc:
+            raise capture_error(exc, f"{msg.name}.__init__ (pid={self.pid})") from None
+        finally:
+            task_context.reset(token)
+        ref = await self.system.spawn(
+            UserActor, self.core, instance, ctx, max_concurrency=msg.max_concurrency,
+            name=f"actor-{msg.actor_id}",
+        )
+        self.user_actor = ref
+        return ref
+
+
+class UserActor(Actor):
+    """Handles method calls of the user actor this process hosts."""
+
+    mailbox_size = 1 << 16
+
+    def __init__(self, core: Core, instance: Any, ctx: TaskContext) -> None:
+        self.core = core
+        self.instance = instance
+        self.ctx = ctx
+        self.pid = os.getpid()
+        self.methods: dict[str, Callable[..., Any]] = {}
+        # sync methods run in threads: one for a serial actor (thread affinity), more when the
+        # actor allows concurrent calls
+        self.executor: ThreadPoolExecutor | None = None
+
+    async def on_start(self) -> None:
+        threads = type(self).max_concurrency
+        cell = self.ref._slot.cell
+        if cell is not None:
+            threads = cell.max_concurrency
+        self.executor = ThreadPoolExecutor(
+            max_workers=max(1, min(threads, 32)), thread_name_prefix="af-actor"
+        )
+
+    async def on_stop(self) -> None:
+        if self.executor is not None:
+            self.executor.shutdown(wait=False, cancel_futures=True)
+
+    async def receive(self, message: Any) -> Any:
+        if type(message) is not ActorCall:
+            raise TypeError(f"actor got an unexpected {type(message).__name__}")
+        call: ActorCall = message
+        start = time.perf_counter()
+        where = f"{self.ctx.name}.{call.method} (pid={self.pid})"
+        token = task_context.set(self.ctx)
+        try:
+            method = self.methods.get(call.method)
+            if method is None:
+                method = getattr(self.instance, call.method)
+                if call.method.startswith("_") and call.method != "__call__":
+                    raise AttributeError(f"{call.method!r} is private")
+                self.methods[call.method] = method
+            args, kwargs = resolve_args(self.core, call.args, call.resolved)
+            assert self.executor is not None
+            result = await _call(method, args, kwargs, self.executor)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            failed = Failed(capture_error(exc, where))
+            return TaskReply((failed,) * call.num_returns, time.perf_counter() - start)
+        finally:
+            task_context.reset(token)
+        returns = _encode_returns(self.core, result, call.num_returns, where)
+        return TaskReply(returns, time.perf_counter() - start)
+
+
+class WorkerControl(Actor):
+    """Control messages that must not wait behind the running task."""
+
+    max_concurrency = 16
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+
+    async def receive(self, message: Any) -> Any:
+        if type(message) is CancelTask:
+            self.worker.cancel(message.task_id, message.force)
+            return None
+        raise TypeError(f"worker control got an unexpected {type(message).__name__}")

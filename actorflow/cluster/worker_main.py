@@ -1,0 +1,119 @@
+"""The worker process: ``python -m actorflow.cluster.worker_main`` (started by a node).
+
+Its boot facts come in the environment (``ACTORFLOW_WORKER_BOOT``, JSON; ``ACTORFLOW_TOKEN``).
+It starts an ActorSystem that listens on loopback, a Core (so tasks can submit tasks), the
+Worker and WorkerControl actors, reports WorkerReady to its node, and runs until the node tells
+it to stop, the link to the node is lost, or a signal ends it. On Linux it also asks the kernel
+to SIGKILL it when its parent dies, so a node killed hard leaves no orphan workers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import io
+import json
+import os
+import signal
+import sys
+from typing import Any, TextIO
+
+from actorflow.cluster.core import Core, task_context
+from actorflow.cluster.protocol import WorkerReady
+from actorflow.cluster.worker import Worker, WorkerControl
+from actorflow.objects.ref import set_current_core
+from actorflow.runtime import ActorSystem, Terminated, restore_ref
+
+
+class _PrefixedLines(io.TextIOBase):
+    """Writes each line as ``(name pid=N) line`` (the node forwards it to the driver)."""
+
+    def __init__(self, out: TextIO) -> None:
+        self._out = out
+        self._pid = os.getpid()
+        self._partial = ""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        data = self._partial + text
+        lines = data.split("\n")
+        self._partial = lines.pop()
+        if lines:
+            prefix = f"({task_context.get().name} pid={self._pid}) "
+            self._out.write("".join(prefix + line + "\n" for line in lines))
+            self._out.flush()
+        return len(text)
+
+    def flush(self) -> None:
+        if self._partial:
+            self.write("\n")
+        self._out.flush()
+
+
+def _die_with_parent() -> None:
+    if sys.platform != "linux":
+        return
+    with contextlib.suppress(Exception):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
+        if os.getppid() == 1:  # the parent already died before we asked
+            os._exit(1)
+
+
+async def _main(boot: dict[str, Any], token: str) -> None:
+    from actorflow.transport.remote import serve_system
+
+    loop = asyncio.get_running_loop()
+    stop = loop.create_future()
+    def request_stop() -> None:
+        if not stop.done():
+            stop.set_result(None)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, request_stop)
+    system = ActorSystem(f"worker-{boot['worker_id']}")
+    server = await serve_system(system, token=token)
+    try:
+        node = restore_ref(*boot["node"])
+        head = restore_ref(*boot["head"])
+        core = Core(system, node=node, head=head, node_id=boot["node_id"], job_id="",
+                    session=boot["session"], worker_id=boot["worker_id"])
+        await core.start()
+        set_current_core(core)
+        worker = Worker(core)
+        worker_ref = await system.spawn(lambda: worker, name="worker")
+        control = await system.spawn(lambda: WorkerControl(worker), name="control")
+
+        def node_lost(notice: Terminated) -> None:
+            request_stop()
+
+        system.on_terminated(node, node_lost)
+        node.tell_nowait(WorkerReady(boot["worker_id"], worker_ref, os.getpid(), control))
+        await stop
+        await core.close()
+    finally:
+        await system.shutdown(timeout=2.0)
+        await server.aclose()
+
+
+def main() -> None:
+    _die_with_parent()
+    boot = json.loads(os.environ["ACTORFLOW_WORKER_BOOT"])
+    token = os.environ.pop("ACTORFLOW_TOKEN", "")
+    sys.stdout = _PrefixedLines(sys.__stdout__)  # type: ignore[arg-type]
+    sys.stderr = _PrefixedLines(sys.__stderr__)  # type: ignore[arg-type]
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover
+        asyncio.run(_main(boot, token))
+        return
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(_main(boot, token))
+
+
+if __name__ == "__main__":
+    main()

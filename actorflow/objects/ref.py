@@ -1,0 +1,87 @@
+"""ObjectRef: a handle to a value that a task produced or ``put`` stored.
+
+The process that created the ref is its owner (Ray's ownership model): it holds the value (or
+where it lies) and counts the refs to it in its own process. A ref that leaves the owner's
+process (pickled into an argument, a message, a result) pins the object until the owner's job
+ends: borrowers do not report back yet, so the owner cannot know when they are done with it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from actorflow.cluster.core import Core
+    from actorflow.runtime import ActorRef
+
+__all__ = ["ObjectRef", "current_core", "set_current_core"]
+
+_CORE: Core | None = None
+
+
+def set_current_core(core: Core | None) -> None:
+    global _CORE
+    _CORE = core
+
+
+def current_core() -> Core:
+    core = _CORE
+    if core is None:
+        raise RuntimeError(
+            "actorflow is not initialized in this process: call `await af.init()` first "
+            "(or use `af.run(main)` / `actorflow run app.py`)"
+        )
+    return core
+
+
+class ObjectRef:
+    """A reference to a (possibly future) value in the cluster.
+
+    ``await ref`` (or ``await af.get(ref)``) returns the value. Refs are hashable, picklable,
+    and may be passed inside arguments, containers and messages.
+    """
+
+    __slots__ = ("__weakref__", "_core", "id", "owner")
+
+    def __init__(self, object_id: str, owner: ActorRef, core: Core | None = None) -> None:
+        self.id = object_id
+        self.owner = owner
+        self._core = core  # set when this process owns the object: the ref counts itself
+        if core is not None:
+            core.objects.incref(object_id)
+
+    def __del__(self) -> None:
+        core = self._core
+        if core is not None:
+            try:
+                core.objects.decref(self.id)
+            except Exception:  # interpreter shutdown: nothing left to free
+                pass
+
+    def __repr__(self) -> str:
+        return f"ObjectRef({self.id})"
+
+    def __hash__(self) -> int:
+        return hash(self.id)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ObjectRef) and other.id == self.id
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        if self._core is not None:
+            self._core.objects.pin(self.id)
+        return (_restore, (self.id, self.owner))
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        return current_core().get_one(self).__await__()
+
+    def owned_by(self, core: Core) -> bool:
+        return self._core is core
+
+
+def _restore(object_id: str, owner: ActorRef) -> ObjectRef:
+    core = _CORE
+    if core is not None and core.owner_ref == owner:
+        return ObjectRef(object_id, owner, core)
+    return ObjectRef(object_id, owner)

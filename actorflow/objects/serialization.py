@@ -1,0 +1,86 @@
+"""Values to bytes and back: cloudpickle protocol 5 with out-of-band buffers.
+
+A serialized value is ``meta`` (the pickle stream) plus ``buffers`` (the raw memory of numpy
+arrays and other protocol-5 buffers, not copied into the stream). Small values travel inline
+(``meta`` and the buffers joined); large ones are written once into a shared-memory segment and
+read back zero-copy (see :mod:`actorflow.objects.shm`).
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import cloudpickle
+
+from actorflow._errors import SerializationError
+
+__all__ = ["INLINE_LIMIT", "Serialized", "deserialize", "dumps", "loads", "serialize"]
+
+#: Values whose serialized size is below this travel inline in messages; larger ones go to the
+#: node's shared-memory store.
+INLINE_LIMIT = 100 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Serialized:
+    """A value as pickle stream + out-of-band buffers."""
+
+    meta: bytes
+    buffers: tuple[memoryview, ...] = ()
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.meta) + sum(b.nbytes for b in self.buffers)
+
+
+def _describe(value: Any) -> str:
+    text = repr(value)
+    if len(text) > 80:
+        text = text[:77] + "..."
+    return f"{type(value).__module__}.{type(value).__qualname__} {text}"
+
+
+def serialize(value: Any, what: str = "value") -> Serialized:
+    """Pickle ``value`` keeping large buffers out of band. Raises SerializationError naming
+    the object and the cause."""
+    buffers: list[memoryview] = []
+
+    def keep(buf: pickle.PickleBuffer) -> bool:
+        view = buf.raw()
+        if view.nbytes < 4096:
+            return True  # small buffers are cheaper in-band
+        buffers.append(view)
+        return False
+
+    try:
+        meta = cloudpickle.dumps(value, protocol=5, buffer_callback=keep)
+    except Exception as exc:
+        raise SerializationError(
+            f"cannot serialize {what} {_describe(value)}: {type(exc).__name__}: {exc}. "
+            "Pass picklable data (or create the object inside the task or actor)."
+        ) from exc
+    return Serialized(meta, tuple(buffers))
+
+
+def deserialize(meta: bytes | memoryview, buffers: Sequence[Any] = ()) -> Any:
+    """Inverse of :func:`serialize`; buffers may be views into shared memory (zero-copy)."""
+    return pickle.loads(meta, buffers=buffers)
+
+
+def dumps(value: Any, what: str = "value") -> bytes:
+    """Serialize to one bytes object (buffers joined in-band)."""
+    try:
+        data: bytes = cloudpickle.dumps(value, protocol=5)
+    except Exception as exc:
+        raise SerializationError(
+            f"cannot serialize {what} {_describe(value)}: {type(exc).__name__}: {exc}. "
+            "Pass picklable data (or create the object inside the task or actor)."
+        ) from exc
+    return data
+
+
+def loads(data: bytes | memoryview) -> Any:
+    return pickle.loads(data)

@@ -1,0 +1,390 @@
+"""The transport interface: a :class:`Transport` makes :class:`Listener` s and dials
+:class:`Link` s; a link carries batches of messages both ways.
+
+A link is the same object for every transport: it runs the codec over a :class:`Carrier`, the
+small thing each transport implements (a websocket, or a pair of in-memory queues). So
+batching, streaming, ordering and the handshake behave the same on all of them, and one
+conformance suite (``tests/transport/test_conformance.py``) checks every transport.
+
+Link lifecycle::
+
+    OPEN     send() queues, receive() returns batches, drain() waits for room
+    CLOSING  aclose() was called: send() raises, queued messages get close_timeout_s to leave
+    CLOSED   the carrier is closed; send() and receive() raise PeerUnreachableError
+             (or the ProtocolError that closed it), and so do they if the peer goes first
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from typing import Any
+
+from actorflow._errors import PeerUnreachableError, ProtocolError
+from actorflow.transport.codec import FLAT_LIMIT, INLINE_STR, Batch, Encoder
+from actorflow.transport.config import TransportConfig
+from actorflow.transport.decoder import Decoder
+
+__all__ = [
+    "Carrier",
+    "Link",
+    "LinkStatistics",
+    "Listener",
+    "ListenerStatistics",
+    "Transport",
+]
+
+log = logging.getLogger("actorflow.transport")
+
+#: Websocket close codes the transport uses.
+CLOSE_NORMAL = 1000
+CLOSE_PROTOCOL_ERROR = 1002
+CLOSE_POLICY = 1008  # authentication refused
+CLOSE_TOO_BIG = 1009
+CLOSE_TRY_LATER = 1013
+
+
+class Carrier(abc.ABC):
+    """A bidirectional pipe of whole messages, in order: what a transport must provide.
+
+    ``receive`` returns ``bytes`` (binary) or ``str`` (text, used by the handshake only) and
+    raises :class:`PeerUnreachableError` once the pipe is closed or lost, or
+    :class:`ProtocolError` if the peer broke the framing (an oversized message). One task
+    receives at a time; any task may send.
+    """
+
+    #: Who is at the other end, for logs and errors (an address, never a secret).
+    peer: str = "?"
+
+    @abc.abstractmethod
+    async def send(self, data: bytes | memoryview) -> None: ...
+
+    def send_nowait(self, data: bytes | memoryview) -> Awaitable[None] | None:
+        """Send without awaiting when the pipe has room (return None); otherwise return an
+        awaitable that completes the send. The default always returns ``send(data)``."""
+        return self.send(data)
+
+    @abc.abstractmethod
+    async def send_text(self, text: str) -> None: ...
+
+    @abc.abstractmethod
+    async def receive(self) -> bytes | str: ...
+
+    @abc.abstractmethod
+    async def close(self, code: int = CLOSE_NORMAL, reason: str = "") -> None:
+        """Close the pipe; never raises, never waits longer than the config's close timeout."""
+
+
+@dataclass(frozen=True, slots=True)
+class LinkStatistics:
+    """A snapshot of one link's counters."""
+
+    messages_sent: int
+    messages_received: int
+    frames_sent: int
+    frames_received: int
+    bytes_sent: int
+    bytes_received: int
+    queued_messages: int
+    queued_bytes: int
+    open_streams_in: int
+    closed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerStatistics:
+    """A snapshot of one listener's counters."""
+
+    accepted: int
+    refused: int
+    open_connections: int
+
+
+class Link:
+    """An authenticated link to one peer. Made by :meth:`Transport.connect` or
+    :meth:`Listener.accept`, never directly by users.
+
+    ``send`` never awaits: it queues the message, and the link's writer (a callback at the
+    next loop turn) sends everything queued in the turn as one frame. ``receive`` returns the
+    next batch of messages (a :class:`Batch` of ``(kind, target, sender, cid, value)``). The
+    owner must call :meth:`aclose`.
+    """
+
+    def __init__(
+        self,
+        carrier: Carrier,
+        config: TransportConfig,
+        *,
+        peer_hello: dict[str, Any],
+        peer_max_frame: int,
+    ) -> None:
+        self.peer = carrier.peer
+        #: What the peer said about itself during the handshake.
+        self.peer_hello = peer_hello
+        self._carrier = carrier
+        self._config = config
+        self._enc = Encoder(
+            batch_bytes=config.batch_bytes,
+            stream_threshold=config.stream_threshold,
+            chunk_size=config.chunk_size,
+            max_frame_size=peer_max_frame,
+            high_water=config.high_water_bytes,
+        )
+        self._dec = Decoder(max_message_size=config.max_message_size)
+        self._error: BaseException | None = None  # why the link is closing or closed
+        self._loop = asyncio.get_running_loop()
+        # The writer: a loop callback scheduled by the first send of a turn writes everything
+        # queued, synchronously while the carrier takes it. When the carrier is full, a task
+        # (owned by the link) finishes that send, then flushes on.
+        self._scheduled = False  # a flush callback is pending
+        self._out: deque[bytes | memoryview] = deque()  # cut into messages, not yet sent
+        self._blocked: asyncio.Task[None] | None = None  # finishing a send the carrier held
+        self._flushed = asyncio.Event()  # nothing queued
+        self._flushed.set()
+        self._room = asyncio.Event()  # backlog under the high-water mark
+        self._room.set()
+        self._closed = asyncio.Event()
+        self._frames_sent = self._bytes_sent = 0
+        self._frames_received = self._bytes_received = self._messages_received = 0
+
+    # ------------------------------------------------------------------ sending
+    def send(self, kind: int, target: str, value: Any, sender: str = "", cid: int = 0) -> None:
+        """Queue one message; never awaits.
+
+        ``target`` and ``sender`` must be ``str``. Raises :class:`SerializationError` (the
+        value cannot be pickled) or :class:`PeerUnreachableError` (the link is closed). A large
+        out-of-band buffer (a numpy array) is read when it goes out, not copied now: do not
+        mutate it until the receiver has it.
+        """
+        if self._error is not None:
+            raise self._closed_error()
+        enc = self._enc
+        t = type(value)
+        if t is int or t is bool or value is None or (t is str and len(value) <= INLINE_STR):
+            flat = enc.flat
+            flat += (kind, target, sender, cid, value)
+            if len(flat) >= FLAT_LIMIT:
+                self._seal()
+        elif (
+            t is bytes
+            and len(value) < enc.stream_threshold
+            and (size := enc.size + len(value)) <= enc.batch_bytes
+        ):
+            enc.size = size
+            flat = enc.flat
+            flat += (kind, target, sender, cid, value)
+            if len(flat) >= FLAT_LIMIT:
+                self._seal()
+        else:
+            enc.add(kind, target, sender, cid, value)
+            if enc.over:
+                self._room.clear()
+        if not self._scheduled:
+            self._scheduled = True
+            self._flushed.clear()
+            self._loop.call_soon(self._flush)
+
+    def _seal(self) -> None:
+        self._enc.seal()
+        if self._enc.over:
+            self._room.clear()
+
+    async def drain(self) -> None:
+        """Wait until the link's backlog is under ``high_water_bytes`` (push-back for fast
+        producers). Raises :class:`PeerUnreachableError` if the link closes meanwhile."""
+        while not self._room.is_set():
+            if self._error is not None:
+                raise self._closed_error()
+            await self._room.wait()
+        if self._error is not None:
+            raise self._closed_error()
+
+    def _flush(self) -> None:
+        """Hand everything queued to the carrier (a loop callback; never raises)."""
+        self._scheduled = False
+        if self._blocked is not None or self._error_is_final():
+            return
+        enc, out, carrier = self._enc, self._out, self._carrier
+        try:
+            while True:
+                if not out:
+                    if not enc.has_output():
+                        break
+                    out.extend(enc.next_output())
+                data = out.popleft()
+                waiter = carrier.send_nowait(data)
+                self._frames_sent += 1
+                self._bytes_sent += len(data)
+                if waiter is not None:  # the carrier is full: a task finishes this send
+                    self._blocked = self._loop.create_task(
+                        self._finish_send(waiter), name=f"actorflow link writer to {self.peer}"
+                    )
+                    return
+        except (PeerUnreachableError, ProtocolError) as exc:
+            self._fail(exc)
+            return
+        except Exception as exc:  # a bug: say so, and close rather than hang the peer
+            log.exception("link writer to %s failed", self.peer)
+            self._fail(PeerUnreachableError(f"link to {self.peer} failed: {exc!r}"))
+            return
+        if not enc.over:
+            self._room.set()
+        self._flushed.set()
+
+    async def _finish_send(self, waiter: Awaitable[None]) -> None:
+        try:
+            await waiter
+        except (PeerUnreachableError, ProtocolError) as exc:
+            self._fail(exc)
+            return
+        except Exception as exc:
+            log.exception("link writer to %s failed", self.peer)
+            self._fail(PeerUnreachableError(f"link to {self.peer} failed: {exc!r}"))
+            return
+        finally:
+            self._blocked = None
+        if not self._enc.over:
+            self._room.set()
+        self._flush()
+
+    def _error_is_final(self) -> bool:
+        """True once nothing more may be written (the link failed, or aclose gave up)."""
+        return self._error is not None and self._closed.is_set()
+
+    # ------------------------------------------------------------------ receiving
+    async def receive(self) -> Batch:
+        """The next batch of messages from the peer, in order.
+
+        Raises :class:`PeerUnreachableError` when the link is closed or lost and
+        :class:`ProtocolError` when the peer sent a malformed frame (the link is then closed).
+        One task receives at a time."""
+        dec, carrier = self._dec, self._carrier
+        while True:
+            if self._error is not None:
+                raise self._closed_error()
+            try:
+                data = await carrier.receive()
+                if type(data) is not bytes:
+                    raise ProtocolError("text message after the handshake")
+                batch = dec.decode(data)
+            except ProtocolError as exc:
+                log.warning("closing link to %s: %s", self.peer, exc)
+                self._fail(exc)
+                await carrier.close(CLOSE_PROTOCOL_ERROR, "protocol error")
+                raise
+            except PeerUnreachableError as exc:
+                self._fail(exc)
+                raise
+            self._frames_received += 1
+            self._bytes_received += len(data)
+            if len(batch):
+                self._messages_received += len(batch)
+                return batch
+
+    # ------------------------------------------------------------------ closing
+    @property
+    def closed(self) -> bool:
+        """True once the link is closing or closed."""
+        return self._error is not None
+
+    async def wait_closed(self) -> None:
+        """Return once the link is closed (by either side)."""
+        await self._closed.wait()
+
+    def _fail(self, exc: BaseException) -> None:
+        if self._error is None:
+            self._error = exc
+        if self._blocked is not None:
+            self._blocked.cancel()
+        self._room.set()  # wake drain() waiters: they raise
+        self._flushed.set()
+        self._closed.set()
+
+    def _closed_error(self) -> BaseException:
+        exc = self._error
+        if isinstance(exc, PeerUnreachableError | ProtocolError):
+            return exc
+        return PeerUnreachableError(f"link to {self.peer} is closed")
+
+    async def aclose(self) -> None:
+        """Close the link: queued messages get ``close_timeout_s`` to leave, then the carrier
+        is closed. Idempotent; safe to call after the peer went away."""
+        timeout = self._config.close_timeout_s
+        if self._error is None:
+            self._error = PeerUnreachableError(f"link to {self.peer} was closed by this process")
+            try:
+                async with asyncio.timeout(timeout):
+                    await self._flushed.wait()
+            except TimeoutError:
+                log.warning("link to %s closed with messages still queued", self.peer)
+        blocked = self._blocked
+        self._fail(self._error)
+        if blocked is not None:
+            await asyncio.wait([blocked])
+        await self._carrier.close(CLOSE_NORMAL, "closed")
+
+    # ------------------------------------------------------------------ introspection
+    def statistics(self) -> LinkStatistics:
+        enc = self._enc
+        return LinkStatistics(
+            messages_sent=enc.sent_messages,
+            messages_received=self._messages_received,
+            frames_sent=self._frames_sent,
+            frames_received=self._frames_received,
+            bytes_sent=self._bytes_sent,
+            bytes_received=self._bytes_received,
+            queued_messages=enc.pending_messages(),
+            queued_bytes=enc.queued_bytes,
+            open_streams_in=self._dec.open_streams,
+            closed=self._error is not None,
+        )
+
+    def __repr__(self) -> str:
+        state = "closed" if self._error is not None else "open"
+        return f"<Link to {self.peer} {state}>"
+
+
+class Listener(abc.ABC):
+    """Accepts authenticated links. Every connection passes the handshake of
+    :mod:`actorflow.transport.auth` before :meth:`accept` sees it."""
+
+    #: Where peers can dial this listener (``ws://...``, ``ws+unix://...``, ``mem://...``).
+    addresses: list[str]
+
+    @abc.abstractmethod
+    async def accept(self) -> Link:
+        """The next authenticated link. The caller owns it (and must ``aclose`` it).
+        Raises :class:`PeerUnreachableError` once the listener is closed."""
+
+    @abc.abstractmethod
+    async def aclose(self) -> None:
+        """Stop listening and close every link this listener accepted."""
+
+    @abc.abstractmethod
+    def statistics(self) -> ListenerStatistics: ...
+
+    async def __aenter__(self) -> Listener:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+
+class Transport(abc.ABC):
+    """Makes listeners and dials links. ``hello`` is a small JSON-able dict each side gives
+    the other during the handshake (``Link.peer_hello``), e.g. its node id."""
+
+    @abc.abstractmethod
+    async def listen(self, config: TransportConfig, *, hello: dict[str, Any]) -> Listener: ...
+
+    @abc.abstractmethod
+    async def connect(
+        self, address: str, config: TransportConfig, *, hello: dict[str, Any]
+    ) -> Link:
+        """Dial ``address`` and authenticate. Raises :class:`AuthenticationError` (token
+        refused, or the server does not know it), :class:`ProtocolError` (another protocol
+        version, or not an actorflow server) or :class:`PeerUnreachableError`."""

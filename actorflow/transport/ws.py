@@ -1,0 +1,373 @@
+"""The websocket transport (aiohttp): one HTTP server per listener, on TCP (optionally TLS)
+and optionally on a unix socket, serving websocket upgrades at ``/actorflow``.
+
+Every connection passes, in order: the per-peer connection cap, the HTTP upgrade (aiohttp
+closes a connection that sends no request within ``handshake_timeout_s``), and the token
+handshake of :mod:`actorflow.transport.auth` (bounded by the same timeout), before a
+:class:`Link` exists for it. Messages are never compressed; the largest accepted websocket
+message is ``max_frame_size``. Idle links are pinged; a peer silent past ``peer_timeout_s``
+is declared lost.
+
+Addresses: ``ws://HOST:PORT``, ``wss://HOST:PORT`` (TLS) and ``ws+unix:///PATH``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import stat
+from collections import Counter
+from collections.abc import Awaitable, Coroutine
+from typing import Any
+
+import aiohttp
+from aiohttp import WSMsgType, web
+
+from actorflow._errors import PeerUnreachableError, ProtocolError
+from actorflow.transport.auth import HandshakeRefused, accept_handshake, dial_handshake
+from actorflow.transport.base import (
+    CLOSE_NORMAL,
+    CLOSE_TOO_BIG,
+    Carrier,
+    Link,
+    Listener,
+    ListenerStatistics,
+    Transport,
+)
+from actorflow.transport.config import TransportConfig
+
+__all__ = ["WebSocketTransport", "parse_address"]
+
+log = logging.getLogger("actorflow.transport")
+
+PATH = "/actorflow"
+_REFUSED_HEADER = "X-Actorflow-Refused"
+_UNIX_PEER = "unix socket"
+
+
+def parse_address(address: str) -> tuple[str, str, str | None]:
+    """``(url, printable peer, unix path or None)`` for a websocket address."""
+    if address.startswith("ws+unix://"):
+        path = address.removeprefix("ws+unix://")
+        if not path.startswith("/"):
+            raise ValueError(f"unix socket address must be absolute: {address!r}")
+        return f"http://localhost{PATH}", address, path
+    if address.startswith(("ws://", "wss://")):
+        base = address.rstrip("/")
+        return base + PATH if not base.endswith(PATH) else base, address, None
+    raise ValueError(
+        f"not a websocket address: {address!r} (expected ws://HOST:PORT, wss://HOST:PORT or "
+        "ws+unix:///PATH)"
+    )
+
+
+class _WSCarrier(Carrier):
+    def __init__(
+        self,
+        ws: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
+        peer: str,
+        config: TransportConfig,
+        session: aiohttp.ClientSession | None = None,
+    ) -> None:
+        self._ws = ws
+        self.peer = peer
+        self._config = config
+        self._session = session
+
+    async def send(self, data: bytes | memoryview) -> None:
+        try:
+            await self._ws.send_bytes(data)  # type: ignore[arg-type]  # takes any buffer
+        except (ConnectionError, aiohttp.ClientError, RuntimeError) as exc:
+            raise PeerUnreachableError(f"link to {self.peer} is lost: {exc}") from None
+
+    def send_nowait(self, data: bytes | memoryview) -> Awaitable[None] | None:
+        # aiohttp's send_bytes completes without suspending unless the socket's buffer is
+        # full; run its first step here, and hand back the rest only when it suspended.
+        coro = self._ws.send_bytes(data)  # type: ignore[arg-type]  # takes any buffer
+        try:
+            yielded = coro.send(None)
+        except StopIteration:
+            return None
+        except (ConnectionError, aiohttp.ClientError, RuntimeError) as exc:
+            raise PeerUnreachableError(f"link to {self.peer} is lost: {exc}") from None
+        return self._resume(coro, yielded)
+
+    async def _resume(self, coro: Coroutine[Any, Any, None], yielded: Any) -> None:
+        """Drive a suspended send to its end, as a task drives a coroutine: wait for what it
+        waits on, then resume it (it reads the outcome itself)."""
+        try:
+            while True:
+                if yielded is None:
+                    await asyncio.sleep(0)
+                else:
+                    try:
+                        await asyncio.shield(yielded)
+                    except asyncio.CancelledError:
+                        if not yielded.cancelled():
+                            raise  # we were cancelled, not what it waits on
+                    except Exception:
+                        pass  # the coroutine sees the outcome when resumed
+                yielded = coro.send(None)
+        except StopIteration:
+            return
+        except (ConnectionError, aiohttp.ClientError, RuntimeError) as exc:
+            raise PeerUnreachableError(f"link to {self.peer} is lost: {exc}") from None
+        finally:
+            coro.close()
+
+    async def send_text(self, text: str) -> None:
+        try:
+            await self._ws.send_str(text)
+        except (ConnectionError, aiohttp.ClientError, RuntimeError) as exc:
+            raise PeerUnreachableError(f"link to {self.peer} is lost: {exc}") from None
+
+    async def receive(self) -> bytes | str:
+        msg = await self._ws.receive()
+        kind = msg.type
+        if kind is WSMsgType.BINARY or kind is WSMsgType.TEXT:
+            return msg.data  # type: ignore[no-any-return]
+        if kind is WSMsgType.ERROR:
+            exc = msg.data
+            if isinstance(exc, aiohttp.WebSocketError) and exc.code == CLOSE_TOO_BIG:
+                raise ProtocolError(
+                    f"{self.peer} sent a message larger than max_frame_size "
+                    f"({self._config.max_frame_size} bytes)"
+                )
+            if isinstance(exc, aiohttp.ServerTimeoutError | asyncio.TimeoutError):
+                raise PeerUnreachableError(
+                    f"{self.peer} did not answer for {self._config.peer_timeout_s} s "
+                    "(peer_timeout_s): it is lost"
+                )
+            raise PeerUnreachableError(f"link to {self.peer} is lost: {exc!r}")
+        code = self._ws.close_code
+        raise PeerUnreachableError(f"{self.peer} closed the link (code {code})")
+
+    async def close(self, code: int = CLOSE_NORMAL, reason: str = "") -> None:
+        try:
+            async with asyncio.timeout(self._config.close_timeout_s):
+                await self._ws.close(code=code, message=reason.encode()[:120])
+        except (TimeoutError, ConnectionError, aiohttp.ClientError, RuntimeError):
+            pass
+        finally:
+            if self._session is not None:
+                await self._session.close()
+
+
+def _refusal(status: int, why: str) -> web.Response:
+    return web.Response(status=status, text=why, headers={_REFUSED_HEADER: why})
+
+
+def _remove_stale_socket(path: str) -> None:
+    """Remove a unix socket left by a dead process; refuse to touch anything else."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise FileExistsError(f"unix_path {path!r} exists and is not a socket")
+    os.unlink(path)
+
+
+def _peer_name(request: web.Request) -> str:
+    transport = request.transport
+    peername = transport.get_extra_info("peername") if transport is not None else None
+    if isinstance(peername, tuple) and len(peername) >= 2:
+        return f"{peername[0]}:{peername[1]}"
+    return request.remote or _UNIX_PEER
+
+
+def _heartbeat(config: TransportConfig) -> float:
+    # aiohttp pings after `heartbeat` s without receiving and gives up `heartbeat / 2` s
+    # later: a silent peer is lost after 1.5 * heartbeat = peer_timeout_s.
+    return config.peer_timeout_s / 1.5
+
+
+class _WebSocketListener(Listener):
+    def __init__(self, config: TransportConfig, hello: dict[str, Any]) -> None:
+        self._config = config
+        self._hello = hello
+        self.addresses = []
+        self._runner: web.AppRunner | None = None
+        self._accepted: asyncio.Queue[Link] = asyncio.Queue()
+        self._links: set[Link] = set()
+        self._per_peer: Counter[str] = Counter()
+        self._closed = False
+        self._n_accepted = self._n_refused = 0
+
+    async def _start(self) -> None:
+        config = self._config
+        app = web.Application()
+        app.router.add_get(PATH, self._handle)
+        runner = web.AppRunner(
+            app,
+            access_log=None,
+            handle_signals=False,
+            # Also closes connections that never send their HTTP request.
+            keepalive_timeout=config.handshake_timeout_s,
+            shutdown_timeout=config.close_timeout_s,
+        )
+        await runner.setup()
+        self._runner = runner
+        try:
+            site = web.TCPSite(runner, config.host, config.port, ssl_context=config.server_ssl)
+            await site.start()
+            host, port = site._server.sockets[0].getsockname()[:2]  # type: ignore[union-attr]
+            if config.host not in ("", "0.0.0.0", "::"):
+                host = config.host  # the name peers dial (and a TLS certificate names)
+            scheme = "wss" if config.server_ssl is not None else "ws"
+            shown = f"[{host}]" if ":" in host else host
+            self.addresses.append(f"{scheme}://{shown}:{port}")
+            if config.unix_path is not None:
+                _remove_stale_socket(config.unix_path)
+                unix = web.UnixSite(runner, config.unix_path)
+                await unix.start()
+                os.chmod(config.unix_path, 0o600)
+                self.addresses.append(f"ws+unix://{config.unix_path}")
+        except BaseException:
+            await runner.cleanup()
+            raise
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        config = self._config
+        peer_key = request.remote or _UNIX_PEER
+        peer = _peer_name(request)
+        if self._closed:
+            return _refusal(503, "the listener is shutting down")
+        if self._per_peer[peer_key] >= config.max_connections_per_peer:
+            self._n_refused += 1
+            log.warning(
+                "refused connection from %s: it already holds %d connections "
+                "(max_connections_per_peer)",
+                peer_key,
+                config.max_connections_per_peer,
+            )
+            return _refusal(503, "too many connections from this host (max_connections_per_peer)")
+        ws = web.WebSocketResponse(
+            max_msg_size=config.max_frame_size,
+            compress=False,
+            heartbeat=_heartbeat(config),
+            autoping=True,
+            timeout=config.close_timeout_s,
+        )
+        if not ws.can_prepare(request).ok:
+            self._n_refused += 1
+            log.warning("refused request from %s: not a websocket upgrade", peer_key)
+            return _refusal(400, "expected a websocket upgrade")
+        self._per_peer[peer_key] += 1
+        try:
+            await ws.prepare(request)
+            carrier = _WSCarrier(ws, peer, config)
+            try:
+                async with asyncio.timeout(config.handshake_timeout_s):
+                    hello = await accept_handshake(carrier, config, self._hello)
+            except HandshakeRefused as exc:
+                self._n_refused += 1
+                log.warning("refused connection from %s: %s", peer, exc)
+                return ws
+            except (TimeoutError, PeerUnreachableError, ProtocolError) as exc:
+                self._n_refused += 1
+                log.warning(
+                    "handshake with %s failed: %s", peer, exc or "handshake_timeout_s passed"
+                )
+                await carrier.close()
+                return ws
+            link = Link(carrier, config, peer_hello=hello.hello, peer_max_frame=hello.max_frame)
+            self._links.add(link)
+            self._n_accepted += 1
+            self._accepted.put_nowait(link)
+            try:
+                await link.wait_closed()  # the connection lives while this handler runs
+            finally:
+                self._links.discard(link)
+            return ws
+        finally:
+            self._per_peer[peer_key] -= 1
+            if not self._per_peer[peer_key]:
+                del self._per_peer[peer_key]
+
+    async def accept(self) -> Link:
+        if self._closed:
+            raise PeerUnreachableError(f"listener {self.addresses[0]} is closed")
+        return await self._accepted.get()
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        await asyncio.gather(*(link.aclose() for link in list(self._links)))
+        while not self._accepted.empty():
+            await self._accepted.get_nowait().aclose()
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self._config.unix_path is not None:
+            try:
+                os.unlink(self._config.unix_path)
+            except FileNotFoundError:
+                pass
+
+    def statistics(self) -> ListenerStatistics:
+        return ListenerStatistics(self._n_accepted, self._n_refused, sum(self._per_peer.values()))
+
+
+class WebSocketTransport(Transport):
+    """Links over aiohttp websockets."""
+
+    async def listen(self, config: TransportConfig, *, hello: dict[str, Any]) -> Listener:
+        if config.token is None:
+            raise ValueError("a listener needs a cluster token (TransportConfig.token)")
+        listener = _WebSocketListener(config, hello)
+        await listener._start()
+        return listener
+
+    async def connect(
+        self, address: str, config: TransportConfig, *, hello: dict[str, Any]
+    ) -> Link:
+        url, peer, unix_path = parse_address(address)
+        connector: aiohttp.BaseConnector
+        if unix_path is not None:
+            connector = aiohttp.UnixConnector(path=unix_path)
+        else:
+            connector = aiohttp.TCPConnector()
+        session = aiohttp.ClientSession(connector=connector)
+        try:
+            async with asyncio.timeout(config.connect_timeout_s):
+                ws = await session.ws_connect(
+                    url,
+                    max_msg_size=config.max_frame_size,
+                    compress=0,
+                    heartbeat=_heartbeat(config),
+                    autoping=True,
+                    timeout=aiohttp.ClientWSTimeout(
+                        ws_receive=None, ws_close=config.close_timeout_s
+                    ),
+                    ssl=config.client_ssl if config.client_ssl is not None else True,
+                )
+        except aiohttp.WSServerHandshakeError as exc:
+            await session.close()
+            why = (exc.headers.get(_REFUSED_HEADER) if exc.headers else None) or exc.message
+            raise PeerUnreachableError(
+                f"{address} refused the connection (HTTP {exc.status}: {why})"
+            ) from None
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            await session.close()
+            why = str(exc) or "connect_timeout_s passed"
+            raise PeerUnreachableError(f"cannot reach {address}: {why}") from None
+        except BaseException:
+            await session.close()
+            raise
+        carrier = _WSCarrier(ws, peer, config, session)
+        try:
+            async with asyncio.timeout(config.handshake_timeout_s):
+                hello_back = await dial_handshake(carrier, config, hello)
+        except TimeoutError:
+            await carrier.close()
+            raise PeerUnreachableError(
+                f"{address} did not finish the handshake within {config.handshake_timeout_s} s"
+            ) from None
+        except BaseException:
+            await carrier.close()
+            raise
+        return Link(
+            carrier, config, peer_hello=hello_back.hello, peer_max_frame=hello_back.max_frame
+        )

@@ -1,0 +1,114 @@
+"""Helpers of the transport tests: peer processes, bounded waits, config shortcuts.
+
+Every wait is bounded (``within``); order comes from events and replies, never from sleeps.
+Every process a test starts is ended by the test (its stdin closed, then killed if needed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Awaitable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from actorflow.transport import Link, TransportConfig, WebSocketTransport
+
+T = TypeVar("T")
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent.parent
+TOKEN = "test-token-0123456789abcdef"
+#: The bound on every wait expected to succeed; only a bug makes one run out.
+WAIT = 10.0
+
+
+async def within(aw: Awaitable[T], timeout: float = WAIT) -> T:
+    return await asyncio.wait_for(aw, timeout)
+
+
+def config(**options: Any) -> TransportConfig:
+    options.setdefault("token", TOKEN)
+    return TransportConfig(**options)
+
+
+class PeerProcess:
+    """A ``tp_peer.py`` child process. Its stderr is collected in the background (a reader
+    thread owned by this object), so the tests can read what it logged."""
+
+    def __init__(self, mode: str, **options: Any) -> None:
+        env = dict(os.environ, AF_TEST_TOKEN=TOKEN, PYTHONPATH=str(ROOT))
+        self.proc = subprocess.Popen(
+            [sys.executable, str(HERE / "tp_peer.py"), mode, json.dumps(options)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        self._stderr: list[str] = []
+        self._reader = threading.Thread(target=self._drain, daemon=True)
+        self._reader.start()
+        line = self.proc.stdout.readline() if self.proc.stdout else ""
+        if not line:
+            self.close()
+            raise RuntimeError(f"tp_peer {mode} did not start:\n{self.stderr()}")
+        self.info: dict[str, Any] = json.loads(line)
+        self.pid: int = self.info["pid"]
+
+    @property
+    def address(self) -> str:
+        address = self.info["address"]
+        return address[0] if isinstance(address, list) else address
+
+    def _drain(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self._stderr.append(line)
+
+    def stderr(self) -> str:
+        return "".join(self._stderr)
+
+    def signal(self, sig: signal.Signals) -> None:
+        self.proc.send_signal(sig)
+
+    def close(self) -> None:
+        """Ask it to stop (stdin closed); kill it if it has not after 10 s."""
+        if self.proc.poll() is None:
+            try:
+                os.kill(self.proc.pid, signal.SIGCONT)
+                if self.proc.stdin is not None:
+                    self.proc.stdin.close()
+                self.proc.wait(timeout=10)
+            except (subprocess.TimeoutExpired, OSError):
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        for stream in (self.proc.stdin, self.proc.stdout):
+            if stream is not None and not stream.closed:
+                stream.close()
+        self._reader.join(timeout=10)
+        if self.proc.stderr is not None:
+            self.proc.stderr.close()
+
+
+async def echo_round_trip(link: Link, value: Any) -> Any:
+    """Send ``value`` as kind 2 to a ``listener`` peer and return what it echoes."""
+    link.send(2, "t", value, "", 7)
+    batch = await within(link.receive())
+    [(kind, _target, _sender, cid, echoed)] = list(batch)
+    assert (kind, cid) == (3, 7)
+    return echoed
+
+
+async def assert_served(address: str, **options: Any) -> None:
+    """A good client still gets served at ``address``."""
+    link = await within(WebSocketTransport().connect(address, config(**options), hello={}))
+    try:
+        assert await echo_round_trip(link, "still serving") == "still serving"
+    finally:
+        await link.aclose()
