@@ -32,7 +32,10 @@ async def _values(core: Core, refs: Sequence[ObjectRef]) -> list[Any]:
     futures = [core.payload_future(ref) for ref in refs]
     if not all(fut.done() for fut in futures):
         await core.wait_ready(futures)
-    return [core.materialize(fut.result()) for fut in futures]
+    payloads = [fut.result() for fut in futures]
+    if not all(core.is_local(p) for p in payloads):
+        payloads = list(await core.localize(payloads))
+    return [core.materialize(p) for p in payloads]
 
 
 async def get(refs: ObjectRef | Sequence[ObjectRef], *, timeout: float | None = None) -> Any:

@@ -25,7 +25,16 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from actorflow._errors import ObjectLostError, PeerUnreachableError, TaskError
-from actorflow.cluster.protocol import Failed, Inline, InShm, Payload, WorkerBlocked
+from actorflow.cluster.protocol import (
+    Failed,
+    Fetched,
+    GetClusterInfo,
+    Inline,
+    InShm,
+    Payload,
+    ReadSegment,
+    WorkerBlocked,
+)
 from actorflow.objects import shm
 from actorflow.objects.ref import ObjectRef
 from actorflow.objects.serialization import INLINE_LIMIT, deserialize, serialize
@@ -180,6 +189,7 @@ class Core:
         self.owner_ref: ActorRef | None = None
         self._prefix = secrets.token_hex(5)
         self._ids = itertools.count(1)
+        self._nodes: dict[str, ActorRef] = {}
         self.closed = False
 
     async def start(self) -> None:
@@ -203,12 +213,11 @@ class Core:
         """Payload to value; raises the error a failed task left."""
         if type(payload) is Inline:
             return deserialize(payload.meta, payload.buffers)
+        if type(payload) is Fetched:
+            return deserialize(payload.meta, payload.buffers)
         if type(payload) is InShm:
             if payload.node_id != self.node_id:
-                raise ObjectLostError(
-                    f"object in segment {payload.name} lives on node {payload.node_id}; "
-                    "fetching objects across nodes is not supported yet"
-                )
+                raise RuntimeError(f"segment {payload.name} must be localized first (a bug)")
             try:
                 meta, buffers = shm.read_segment(payload.name)
             except FileNotFoundError:
@@ -222,6 +231,40 @@ class Core:
                 raise error.as_instanceof_cause()
             raise error
         raise TypeError(f"not an object payload: {payload!r}")
+
+    def is_local(self, payload: Payload) -> bool:
+        return type(payload) is not InShm or payload.node_id == self.node_id
+
+    async def localize(self, payloads: tuple[Payload, ...] | list[Payload]
+                       ) -> tuple[Payload, ...]:
+        """Fetch the large values that live on other nodes (each once, from its node)."""
+        out: list[Payload] = []
+        for payload in payloads:
+            if type(payload) is InShm and payload.node_id != self.node_id:
+                node = await self._node_ref(payload.node_id)
+                try:
+                    fetched: Payload = await node.ask(ReadSegment(payload.name))
+                except ObjectLostError as exc:
+                    fetched = Failed(exc)
+                except Exception as exc:
+                    fetched = Failed(ObjectLostError(
+                        f"object segment {payload.name} could not be fetched from node "
+                        f"{payload.node_id}: {exc}"))
+                out.append(fetched)
+            else:
+                out.append(payload)
+        return tuple(out)
+
+    async def _node_ref(self, node_id: str) -> ActorRef:
+        ref = self._nodes.get(node_id)
+        if ref is None:
+            info = await self.head.ask(GetClusterInfo(), timeout=30.0)
+            for node in info.nodes:
+                self._nodes[node["node_id"]] = node["ref"]
+            ref = self._nodes.get(node_id)
+            if ref is None:
+                raise ObjectLostError(f"node {node_id} is not part of this cluster any more")
+        return ref
 
     def put(self, value: Any) -> ObjectRef:
         assert self.owner_ref is not None
@@ -283,7 +326,10 @@ class Core:
         fut = self.payload_future(ref)
         if not fut.done():
             await self.wait_ready([fut])
-        return self.materialize(fut.result())
+        payload = fut.result()
+        if not self.is_local(payload):
+            (payload,) = await self.localize((payload,))
+        return self.materialize(payload)
 
     async def wait_ready(self, futures: list[asyncio.Future[Payload]]) -> None:
         """Wait for payload futures. A task that waits inside a worker lends its CPU to the

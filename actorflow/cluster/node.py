@@ -19,6 +19,7 @@ import asyncio
 import itertools
 import logging
 import math
+import pickle
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from actorflow._errors import (
     ActorDiedError,
     ActorflowError,
     InfeasibleError,
+    ObjectLostError,
     TaskError,
     WorkerCrashedError,
 )
@@ -36,12 +38,14 @@ from actorflow.cluster.protocol import (
     ActorDown,
     ActorSpec,
     ActorUp,
+    Fetched,
     HostActor,
     KillActor,
     Lease,
     NodeInfo,
     NodeLoad,
     PlaceTask,
+    ReadSegment,
     RequestLease,
     ReturnLease,
     Spillback,
@@ -208,6 +212,8 @@ class Node(Actor):
             return None
         if kind is NodeInfo:
             return self.info()
+        if kind is ReadSegment:
+            return self._read_segment(message.name)
         if kind is Terminated:
             return None
         raise TypeError(f"node got an unexpected {kind.__name__}")
@@ -227,6 +233,18 @@ class Node(Actor):
             if record is not None:
                 # its worker may still run that owner's task: don't hand it out again
                 self.release(lease_id, worker_ok=False)
+
+    def _read_segment(self, name: str) -> Fetched:
+        """One of this node's segments, for a reader on another node: the mapped pages go out
+        as out-of-band buffers, not copied here."""
+        if not name.startswith(f"af-{self.node_id}-"):
+            raise ValueError(f"segment {name!r} does not belong to node {self.node_id}")
+        try:
+            meta, buffers = shm.read_segment(name)
+        except FileNotFoundError:
+            raise ObjectLostError(f"object segment {name} is gone from node {self.node_id} "
+                                  "(its owner freed it or exited)") from None
+        return Fetched(bytes(meta), tuple(pickle.PickleBuffer(b) for b in buffers))
 
     def _serve_here(self, req: RequestLease) -> bool:
         """May this node take the lease without asking the head? (DEFAULT, fits here.)"""

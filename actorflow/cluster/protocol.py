@@ -33,13 +33,28 @@ class InShm:
 
 
 @dataclass(frozen=True, slots=True)
+class Fetched:
+    """A large value copied here from another node: its pickle stream and buffers."""
+
+    meta: Any
+    buffers: tuple[Any, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ReadSegment:
+    """Ask a node for one of its shared-memory segments (answers ``Fetched``)."""
+
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
 class Failed:
     """The task that was to produce the value failed with ``error`` (an af error)."""
 
     error: BaseException
 
 
-Payload = Inline | InShm | Failed
+Payload = Inline | InShm | Fetched | Failed
 
 
 # -- tasks ---------------------------------------------------------------------------------------

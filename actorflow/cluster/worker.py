@@ -140,7 +140,10 @@ class Worker(Actor):
         token = task_context.set(TaskContext(task_id=spec.task_id, name=spec.name,
                                              gpu_ids=spec.gpu_ids))
         try:
-            args, kwargs = resolve_args(self.core, spec.args, spec.resolved)
+            resolved = spec.resolved
+            if not all(self.core.is_local(p) for p in resolved):
+                resolved = await self.core.localize(resolved)
+            args, kwargs = resolve_args(self.core, spec.args, resolved)
             if inspect.iscoroutinefunction(fn):
                 task = asyncio.get_running_loop().create_task(fn(*args, **kwargs))
                 self.running = (spec.task_id, task)
@@ -181,7 +184,8 @@ class Worker(Actor):
         ctx = TaskContext(actor_id=msg.actor_id, name=msg.name, gpu_ids=msg.gpu_ids)
         token = task_context.set(ctx)
         try:
-            args, kwargs = resolve_args(self.core, msg.args, msg.resolved)
+            resolved = await self.core.localize(msg.resolved)
+            args, kwargs = resolve_args(self.core, msg.args, resolved)
             instance = cls(*args, **kwargs)
         except Exception as exc:
             raise capture_error(exc, f"{msg.name}.__init__ (pid={self.pid})") from None
@@ -237,7 +241,10 @@ class UserActor(Actor):
                 if call.method.startswith("_") and call.method != "__call__":
                     raise AttributeError(f"{call.method!r} is private")
                 self.methods[call.method] = method
-            args, kwargs = resolve_args(self.core, call.args, call.resolved)
+            resolved = call.resolved
+            if not all(self.core.is_local(p) for p in resolved):
+                resolved = await self.core.localize(resolved)
+            args, kwargs = resolve_args(self.core, call.args, resolved)
             assert self.executor is not None
             result = await _call(method, args, kwargs, self.executor)
         except asyncio.CancelledError:
