@@ -3,8 +3,6 @@
 Everything public is imported from here (``import actorflow as af``); the rest is private.
 """
 
-from __future__ import annotations
-
 from actorflow._errors import (
     ActorDiedError,
     ActorflowError,

@@ -135,7 +135,13 @@ class MailboxFullError(ActorflowError):
 
 
 class PeerUnreachableError(ActorflowError, ConnectionError):
-    """The process hosting an actor cannot be reached, or the link to it was lost."""
+    """The process hosting an actor cannot be reached, or the link to it was lost.
+
+    ``delivered`` is False when the message surely never left this process (the peer could
+    not be reached at all), None when that is unknown (the link was lost with it in flight).
+    """
+
+    delivered: bool | None = None
 
 
 class ProtocolError(ActorflowError, ValueError):
@@ -155,10 +161,14 @@ class TaskError(ActorflowError):
         self.where = where
         origin = f" in {where}" if where else ""
         name = type(cause).__name__ if cause is not None else "Exception"
-        super().__init__(f"{name} raised{origin}:\n\n{traceback_str.rstrip()}")
+        # Exception.__init__ directly: in the class that is also the cause's type, super()
+        # would reach the cause's own __init__, whose arguments may differ
+        Exception.__init__(self, f"{name} raised{origin}:\n\n{traceback_str.rstrip()}")
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_rebuild_task_error, (self.cause, self.traceback_str, self.where))
+        cause = self.cause
+        carried = _exception_state(cause) if cause is not None else None
+        return (_rebuild_task_error, (carried, self.traceback_str, self.where))
 
     def as_instanceof_cause(self) -> TaskError:
         """Return a TaskError that is also an instance of the cause's type."""
@@ -194,8 +204,28 @@ def _dual_class(cause_type: type[BaseException]) -> type[TaskError] | None:
     return cls
 
 
-def _rebuild_task_error(cause: BaseException | None, tb: str, where: str) -> TaskError:
-    return TaskError(cause, tb, where).as_instanceof_cause()
+def _exception_state(exc: BaseException) -> tuple[type[BaseException], tuple[Any, ...],
+                                                    dict[str, Any]]:
+    """An exception as (class, args, attributes): rebuilt without calling its ``__init__``,
+    so exceptions whose constructor takes other arguments than ``args`` still cross."""
+    return (type(exc), exc.args, dict(getattr(exc, "__dict__", {})))
+
+
+def _rebuild_exception(state: Any) -> BaseException | None:
+    if state is None or isinstance(state, BaseException):
+        return state
+    cls, args, attrs = state
+    exc: BaseException = cls.__new__(cls)
+    exc.args = args
+    try:
+        exc.__dict__.update(attrs)
+    except AttributeError:  # a C-level exception without a __dict__
+        pass
+    return exc
+
+
+def _rebuild_task_error(cause: Any, tb: str, where: str) -> TaskError:
+    return TaskError(_rebuild_exception(cause), tb, where).as_instanceof_cause()
 
 
 class RemoteException(Exception):

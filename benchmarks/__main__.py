@@ -25,6 +25,7 @@ GROUPS: dict[str, str] = {
     "kernel": "benchmarks.kernel",
     "transport": "benchmarks.transport",
     "cluster": "benchmarks.cluster",
+    "placement": "benchmarks.placement",
 }
 
 Runner = Callable[..., list[dict[str, Any]]]

@@ -21,13 +21,16 @@ def fib(n: int) -> int:
     return a
 
 
+RUNTIME = web.AppKey("actorflow", af.Runtime)
+
+
 async def handle_fib(request: web.Request) -> web.Response:
     n = int(request.query.get("n", "20"))
     return web.json_response({"n": n, "fib": await fib.remote(n)})
 
 
 async def start_actorflow(app: web.Application) -> None:
-    app["actorflow"] = await af.init(log_to_driver=False)
+    app[RUNTIME] = await af.init(log_to_driver=False)
 
 
 async def stop_actorflow(app: web.Application) -> None:

@@ -263,8 +263,10 @@ async def kill(actor: ActorHandle, *, no_restart: bool = True) -> None:
     if not isinstance(actor, ActorHandle):
         raise TypeError(f"kill() takes an ActorHandle, got {type(actor).__name__}")
     core = current_core()
-    await core.head.ask(KillActor(actor._actor_id, no_restart))
     client = core.actors.get(actor._actor_id)
+    if client is not None and not no_restart:
+        client.invalidate()  # before the kill: no call of ours may go to the dying process
+    await core.head.ask(KillActor(actor._actor_id, no_restart))
     if client is not None and no_restart:
         client._die(ActorDiedError(actor._class_name, "it was killed with af.kill()"))
 
@@ -314,6 +316,8 @@ class RuntimeContext:
 
 
 def get_runtime_context() -> RuntimeContext:
+    """Where the calling code runs: node_id, job_id, task_id, actor_id (None outside an
+    actor), worker_pid, namespace and the task or actor name."""
     core = current_core()
     ctx = task_context.get()
     return RuntimeContext(core.node_id, core.job_id, ctx.task_id, ctx.actor_id, os.getpid(),

@@ -81,12 +81,13 @@ class _Down:
 class _UserChild(Actor):
     """Proxy of one user actor in a tree (see the module docstring)."""
 
-    def __init__(self, core: Core, spec: ActorSpec, deps: list[Any], state: dict[str, Any]
-                 ) -> None:
+    def __init__(self, core: Core, spec: ActorSpec, deps: list[Any], state: dict[str, Any],
+                 restart: str = "permanent") -> None:
         self.core = core
         self.spec = spec
         self.deps = deps
         self.state = state  # shared across incarnations: {"created": bool}
+        self.restart = restart
         self.generation = 0
 
     async def on_start(self) -> None:
@@ -120,8 +121,10 @@ class _UserChild(Actor):
 
     async def receive(self, message: Any) -> Any:
         if isinstance(message, _Down):
-            cause = message.error
-            raise ActorDiedError(self.spec.class_name, "its process ended", cause)
+            error = ActorDiedError(self.spec.class_name, "its process ended", message.error)
+            if self.restart == "temporary":  # no restart will come: callers must not wait
+                self.core.head.tell_nowait(RetireActor(self.spec.actor_id, error))
+            raise error
         raise TypeError(f"tree proxy got an unexpected {type(message).__name__}")
 
     async def on_stop(self) -> None:
@@ -183,8 +186,8 @@ async def supervise(
                                       spec.max_task_retries)
         actor_ids.append(spec.actor_id)
         state: dict[str, Any] = {}
-        specs.append(ChildSpec(factory=_UserChild, args=(core, spec, deps, state), name=c.name,
-                               restart=c.restart, shutdown=15.0))
+        specs.append(ChildSpec(factory=_UserChild, args=(core, spec, deps, state, c.restart),
+                               name=c.name, restart=c.restart, shutdown=15.0))
     tree_name = name or f"tree-{core.new_id()}"
     try:
         ref = await core.system.spawn(

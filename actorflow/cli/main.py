@@ -1,6 +1,7 @@
 """The ``actorflow`` command: ``run``, and ``start | stop | status | list`` (cluster_cmds).
 
-``actorflow run app.py [--address ADDR] [--num-cpus N] [--num-gpus N] [-- ARGS...]``:
+``actorflow run app.py [--address ADDR] [--num-cpus N] [--num-gpus N] [-- ARGS...]``
+(everything after ``--`` goes to ``main(argv)``):
 
 ``run`` loads the app file as a module, finds its ``async def main()`` (or ``main(argv)``),
 and runs it on the embedded default cluster (or on ``--address``). The module is shipped to
@@ -50,7 +51,6 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--address", default=None, help="join this cluster instead of embedding")
     run.add_argument("--num-cpus", type=float, default=None)
     run.add_argument("--num-gpus", type=float, default=None)
-    run.add_argument("args", nargs=argparse.REMAINDER, help="arguments for main(argv), after --")
 
     start = sub.add_parser("start", help="start a head, or a node that joins one")
     start.add_argument("--head", action="store_true", help="start a head (and its own node)")
@@ -85,8 +85,6 @@ def _run(ns: argparse.Namespace) -> int:
     import actorflow as af
 
     argv = list(ns.args)
-    if argv and argv[0] == "--":
-        argv = argv[1:]
     sys.argv = [ns.app, *argv]
     try:
         module = load_app(ns.app)
@@ -118,8 +116,14 @@ def _run(ns: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    app_args: list[str] = []
+    if argv and argv[0] == "run" and "--" in argv:  # run's own options may follow the app path
+        cut = argv.index("--")
+        argv, app_args = argv[:cut], argv[cut + 1:]
     ns = _parser().parse_args(argv)
     if ns.command == "run":
+        ns.args = app_args
         return _run(ns)
     from actorflow.cli import cluster_cmds
 

@@ -16,7 +16,7 @@ from collections import deque
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from actorflow._errors import ActorDiedError, ActorUnavailableError
+from actorflow._errors import ActorDiedError, ActorUnavailableError, PeerUnreachableError
 from actorflow.cluster.protocol import (
     ActorCall,
     ActorLocation,
@@ -57,6 +57,8 @@ class ActorClient:
         self._seq = 0
         self._closed = False
         self._creating = False  # calls wait until the head has accepted the actor
+        self._stale_after = -1  # resolve an incarnation newer than this one
+        self._unsent: list[tuple[int, PendingCall]] = []  # failed before leaving: resend
 
     def creating(
         self, core: Core, spec: ActorSpec, deps: list[ObjectRef], get_if_exists: bool
@@ -158,7 +160,7 @@ class ActorClient:
             return
         if loc is None:
             if self.queue and not self.resolving:
-                self._resolve(-1)
+                self._resolve(self._stale_after)
             return
         queue = self.queue
         while queue and queue[0].ready:  # order: a call waiting on deps holds back later ones
@@ -175,6 +177,8 @@ class ActorClient:
             fut.add_done_callback(functools.partial(self._done, key, loc))
 
     def _done(self, key: int, loc: ActorLocation, fut: asyncio.Future[Any]) -> None:
+        if not fut.cancelled():
+            fut.exception()  # retrieved even when the call was settled otherwise (close)
         pending = self.inflight.pop(key, None)
         if pending is None:
             return
@@ -187,7 +191,11 @@ class ActorClient:
             self._finish(pending, reply.returns)
             return
         # the incarnation that had the call is gone: ask the head what happens next
-        self._orphans.append(pending)
+        if isinstance(exc, PeerUnreachableError) and exc.delivered is False:
+            # it never reached that process: send it to the next incarnation, in order
+            self._unsent.append((key, pending))
+        else:
+            self._orphans.append(pending)
         self._lost(loc, exc)
 
     @property
@@ -227,6 +235,9 @@ class ActorClient:
             self._die(error)
             return
         self.location = fut.result()
+        unsent, self._unsent = sorted(self._unsent, key=lambda kp: kp[0]), []
+        for _, pending in reversed(unsent):  # never delivered: they keep their place in line
+            self.queue.appendleft(pending)
         orphans, self._orphan_list = self._orphans, []
         # calls that were running when the old incarnation died
         for pending in reversed(orphans):
@@ -238,12 +249,25 @@ class ActorClient:
                     self.class_name, "its process died during the call; it has restarted"))
         self._flush()
 
+    def invalidate(self) -> None:
+        """The current incarnation was killed on purpose: later calls wait for a newer one
+        instead of going to the dead process."""
+        loc = self.location
+        if loc is not None:
+            self.location = None
+            self._stale_after = loc.incarnation
+        if self.queue and not self.resolving:
+            self._resolve(self._stale_after)
+
     def _die(self, error: ActorDiedError) -> None:
         self.dead = error
         self.location = None
         for pending in self._orphans:
             self._fail(pending, error)
         self._orphan_list = []
+        for _, pending in self._unsent:
+            self._fail(pending, error)
+        self._unsent = []
         for pending in list(self.inflight.values()):
             self._fail(pending, error)
         self.inflight.clear()
@@ -259,8 +283,10 @@ class ActorClient:
     def close(self) -> None:
         self._closed = True
         error = ActorDiedError(self.class_name, "the caller shut down")
-        for pending in list(self.queue) + list(self.inflight.values()) + self._orphans:
+        unsent = [p for _, p in self._unsent]
+        for pending in list(self.queue) + list(self.inflight.values()) + self._orphans + unsent:
             self._fail(pending, error)
+        self._unsent = []
         self.queue.clear()
         self.inflight.clear()
         self._orphan_list = []

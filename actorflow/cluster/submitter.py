@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from actorflow._errors import (
     ActorflowError,
     InfeasibleError,
+    PeerUnreachableError,
     TaskCancelledError,
     TaskError,
     WorkerCrashedError,
@@ -202,6 +203,10 @@ class TaskSubmitter:
         exc = None if fut.cancelled() else fut.exception()
         if fut.cancelled():
             self._finish(pending, self._failed(pending, TaskCancelledError("cancelled")))
+        elif exc is not None and not isinstance(exc, PeerUnreachableError):
+            # the worker answered, but the answer cannot be used here (it did not unpickle):
+            # the task failed; the worker is fine
+            self._finish(pending, self._failed(pending, exc))
         elif exc is not None:
             # the worker died (or the link to it did) with the task in flight
             self._lease_lost(lease, exc)

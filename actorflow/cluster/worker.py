@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import os
+import pickle
 import time
 import traceback
 from collections.abc import Callable
@@ -37,7 +38,7 @@ from actorflow.cluster.protocol import (
     TaskSpec,
 )
 from actorflow.objects.serialization import loads
-from actorflow.runtime import Actor, ActorRef
+from actorflow.runtime import Actor, ActorRef, ErrorReply
 
 if TYPE_CHECKING:
     from actorflow.cluster.core import Core
@@ -56,12 +57,13 @@ def resolve_args(core: Core, blob: bytes, resolved: tuple[Payload, ...]) -> tupl
 
 
 def capture_error(exc: BaseException, where: str) -> TaskError:
-    """A TaskError for ``exc`` that is sure to pickle (an unpicklable cause is replaced by a
-    RemoteException carrying its type name and text)."""
+    """A TaskError for ``exc`` that is sure to cross back: it must pickle and unpickle (here,
+    at least); a cause that does not is replaced by a RemoteException carrying its type name,
+    text and traceback."""
     tb = "".join(traceback.format_exception(exc))
     error = TaskError(exc, tb, where)
     try:
-        cloudpickle.dumps(error)
+        pickle.loads(cloudpickle.dumps(error))
     except Exception:
         error = TaskError(RemoteException(type(exc).__qualname__, str(exc)), tb, where)
     return error
@@ -129,12 +131,16 @@ class Worker(Actor):
             self.cancelled.discard(spec.task_id)
             error = TaskCancelledError(f"task {spec.name!r} was cancelled before it ran")
             return TaskReply((Failed(error),) * spec.num_returns)
+        where = f"task {spec.name} (pid={self.pid})"
         fn = self.functions.get(spec.fn_id)
         if fn is None:
             if spec.fn_blob is None:
                 return TaskReply((Failed(MissingFunction(spec.fn_id)),) * spec.num_returns)
-            fn = self.functions[spec.fn_id] = loads(spec.fn_blob)
-        where = f"task {spec.name} (pid={self.pid})"
+            try:
+                fn = self.functions[spec.fn_id] = loads(spec.fn_blob)
+            except Exception as exc:  # e.g. it needs a module this worker cannot import
+                failed = Failed(capture_error(exc, f"loading the function of {where}"))
+                return TaskReply((failed,) * spec.num_returns)
         if spec.gpu_ids:
             os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, spec.gpu_ids))
         token = task_context.set(TaskContext(task_id=spec.task_id, name=spec.name,
@@ -177,18 +183,18 @@ class Worker(Actor):
         else:
             self.cancelled.add(task_id)
 
-    async def _host_actor(self, msg: HostActor) -> ActorRef:
+    async def _host_actor(self, msg: HostActor) -> ActorRef | ErrorReply:
         if msg.gpu_ids:
             os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, msg.gpu_ids))
-        cls = loads(msg.cls_blob)
         ctx = TaskContext(actor_id=msg.actor_id, name=msg.name, gpu_ids=msg.gpu_ids)
         token = task_context.set(ctx)
         try:
+            cls = loads(msg.cls_blob)
             resolved = await self.core.localize(msg.resolved)
             args, kwargs = resolve_args(self.core, msg.args, resolved)
             instance = cls(*args, **kwargs)
-        except Exception as exc:
-            raise capture_error(exc, f"{msg.name}.__init__ (pid={self.pid})") from None
+        except Exception as exc:  # answered as an error; this worker carries on
+            return ErrorReply(capture_error(exc, f"{msg.name}.__init__ (pid={self.pid})"))
         finally:
             task_context.reset(token)
         ref = await self.system.spawn(

@@ -137,16 +137,14 @@ class Link:
         self._dec = Decoder(max_message_size=config.max_message_size)
         self._error: BaseException | None = None  # why the link is closing or closed
         self._loop = asyncio.get_running_loop()
-        # The writer: a loop callback scheduled by the first send of a turn writes everything
-        # queued, synchronously while the carrier takes it. When the carrier is full, a task
-        # (owned by the link) finishes that send, then flushes on.
+        # The writer is a loop callback, scheduled by the first send of a turn: it hands
+        # everything queued to the carrier, synchronously while the carrier takes it. When
+        # the carrier is full, a task owned by the link finishes that send and flushes on.
         self._scheduled = False  # a flush callback is pending
         self._out: deque[bytes | memoryview] = deque()  # cut into messages, not yet sent
         self._blocked: asyncio.Task[None] | None = None  # finishing a send the carrier held
-        self._flushed = asyncio.Event()  # nothing queued
-        self._flushed.set()
-        self._room = asyncio.Event()  # backlog under the high-water mark
-        self._room.set()
+        self._room_waiters: list[asyncio.Future[None]] = []  # drain() while over high water
+        self._idle_waiters: list[asyncio.Future[None]] = []  # aclose() while flushing
         self._closed = asyncio.Event()
         self._frames_sent = self._bytes_sent = 0
         self._frames_received = self._bytes_received = self._messages_received = 0
@@ -164,58 +162,62 @@ class Link:
             raise self._closed_error()
         enc = self._enc
         t = type(value)
-        if t is int or t is bool or value is None or (t is str and len(value) <= INLINE_STR):
+        if t is bytes:
+            n = len(value)
+            if n < enc.stream_threshold and (size := enc.size + n) <= enc.batch_bytes:
+                enc.size = size
+                flat = enc.flat
+                flat += (kind, target, sender, cid, value)
+                if len(flat) >= FLAT_LIMIT:
+                    enc.seal()
+            else:
+                enc.add(kind, target, sender, cid, value)
+        elif t is int or t is bool or value is None or (t is str and len(value) <= INLINE_STR):
             flat = enc.flat
             flat += (kind, target, sender, cid, value)
             if len(flat) >= FLAT_LIMIT:
-                self._seal()
-        elif (
-            t is bytes
-            and len(value) < enc.stream_threshold
-            and (size := enc.size + len(value)) <= enc.batch_bytes
-        ):
-            enc.size = size
-            flat = enc.flat
-            flat += (kind, target, sender, cid, value)
-            if len(flat) >= FLAT_LIMIT:
-                self._seal()
+                enc.seal()
         else:
             enc.add(kind, target, sender, cid, value)
-            if enc.over:
-                self._room.clear()
         if not self._scheduled:
             self._scheduled = True
-            self._flushed.clear()
             self._loop.call_soon(self._flush)
 
-    def _seal(self) -> None:
-        self._enc.seal()
-        if self._enc.over:
-            self._room.clear()
+    def flush_soon(self) -> None:
+        """Schedule the writer now, behind the callbacks already queued: a reader that has
+        just woken actors with asks calls this, so their replies leave in the same turn."""
+        if not self._scheduled and self._error is None:
+            self._scheduled = True
+            self._loop.call_soon(self._flush)
 
     async def drain(self) -> None:
         """Wait until the link's backlog is under ``high_water_bytes`` (push-back for fast
         producers). Raises :class:`PeerUnreachableError` if the link closes meanwhile."""
-        while not self._room.is_set():
-            if self._error is not None:
-                raise self._closed_error()
-            await self._room.wait()
+        while self._enc.over and self._error is None:
+            fut = self._loop.create_future()
+            self._room_waiters.append(fut)
+            await fut
         if self._error is not None:
             raise self._closed_error()
 
     def _flush(self) -> None:
         """Hand everything queued to the carrier (a loop callback; never raises)."""
         self._scheduled = False
-        if self._blocked is not None or self._error_is_final():
+        if self._blocked is not None or self._closed.is_set():
             return
         enc, out, carrier = self._enc, self._out, self._carrier
         try:
             while True:
-                if not out:
-                    if not enc.has_output():
-                        break
-                    out.extend(enc.next_output())
-                data = out.popleft()
+                data: bytes | memoryview | None = None
+                if out:
+                    data = out.popleft()
+                else:
+                    data = enc.next_frame()
+                    if data is None:
+                        if not enc.has_output():
+                            break
+                        out.extend(enc.next_output())
+                        data = out.popleft()
                 waiter = carrier.send_nowait(data)
                 self._frames_sent += 1
                 self._bytes_sent += len(data)
@@ -231,9 +233,10 @@ class Link:
             log.exception("link writer to %s failed", self.peer)
             self._fail(PeerUnreachableError(f"link to {self.peer} failed: {exc!r}"))
             return
-        if not enc.over:
-            self._room.set()
-        self._flushed.set()
+        if self._room_waiters and not enc.over:
+            _wake(self._room_waiters)
+        if self._idle_waiters:
+            _wake(self._idle_waiters)
 
     async def _finish_send(self, waiter: Awaitable[None]) -> None:
         try:
@@ -247,13 +250,7 @@ class Link:
             return
         finally:
             self._blocked = None
-        if not self._enc.over:
-            self._room.set()
         self._flush()
-
-    def _error_is_final(self) -> bool:
-        """True once nothing more may be written (the link failed, or aclose gave up)."""
-        return self._error is not None and self._closed.is_set()
 
     # ------------------------------------------------------------------ receiving
     async def receive(self) -> Batch:
@@ -264,7 +261,7 @@ class Link:
         One task receives at a time."""
         dec, carrier = self._dec, self._carrier
         while True:
-            if self._error is not None:
+            if self._error is not None and self._closed.is_set():
                 raise self._closed_error()
             try:
                 data = await carrier.receive()
@@ -281,8 +278,9 @@ class Link:
                 raise
             self._frames_received += 1
             self._bytes_received += len(data)
-            if len(batch):
-                self._messages_received += len(batch)
+            count = len(batch)
+            if count:
+                self._messages_received += count
                 return batch
 
     # ------------------------------------------------------------------ closing
@@ -300,8 +298,8 @@ class Link:
             self._error = exc
         if self._blocked is not None:
             self._blocked.cancel()
-        self._room.set()  # wake drain() waiters: they raise
-        self._flushed.set()
+        _wake(self._room_waiters)  # drain() waiters raise
+        _wake(self._idle_waiters)
         self._closed.set()
 
     def _closed_error(self) -> BaseException:
@@ -310,15 +308,20 @@ class Link:
             return exc
         return PeerUnreachableError(f"link to {self.peer} is closed")
 
+    def _flushing(self) -> bool:
+        return bool(self._scheduled or self._blocked or self._out or self._enc.has_output())
+
     async def aclose(self) -> None:
         """Close the link: queued messages get ``close_timeout_s`` to leave, then the carrier
         is closed. Idempotent; safe to call after the peer went away."""
-        timeout = self._config.close_timeout_s
         if self._error is None:
             self._error = PeerUnreachableError(f"link to {self.peer} was closed by this process")
             try:
-                async with asyncio.timeout(timeout):
-                    await self._flushed.wait()
+                async with asyncio.timeout(self._config.close_timeout_s):
+                    while self._flushing() and not self._closed.is_set():
+                        fut = self._loop.create_future()
+                        self._idle_waiters.append(fut)
+                        await fut
             except TimeoutError:
                 log.warning("link to %s closed with messages still queued", self.peer)
         blocked = self._blocked
@@ -346,6 +349,13 @@ class Link:
     def __repr__(self) -> str:
         state = "closed" if self._error is not None else "open"
         return f"<Link to {self.peer} {state}>"
+
+
+def _wake(waiters: list[asyncio.Future[None]]) -> None:
+    for fut in waiters:
+        if not fut.done():
+            fut.set_result(None)
+    waiters.clear()
 
 
 class Listener(abc.ABC):

@@ -30,9 +30,10 @@ class TransportConfig(BaseModel):
     host: str = Field(default="127.0.0.1", description="TCP address a listener binds to.")
     port: int = Field(default=0, ge=0, le=65535, description="TCP port; 0 picks a free one.")
     unix_path: str | None = Field(
-        default=None,
-        description="Also listen on this unix socket (peers on the same host dial it: it is "
-        "faster than loopback TCP). None: TCP only.",
+        default="auto",
+        description="Also listen on this unix socket: peers on the same host dial it, which "
+        "is faster than loopback TCP. 'auto': a per-user path named after the TCP port, when "
+        "the listener binds a loopback address. None: TCP only.",
     )
     server_ssl: ssl.SSLContext | None = Field(
         default=None, description="TLS for the listener's TCP socket (wss://). None: plain."
@@ -69,10 +70,10 @@ class TransportConfig(BaseModel):
         "out-of-band buffers) accepted from a peer.",
     )
     max_connections_per_peer: int = Field(
-        default=64,
+        default=256,
         ge=1,
-        description="Open connections one remote host (or all local unix "
-        "socket peers together) may hold on a listener.",
+        description="Open connections one remote host (loopback counts as one host) may hold "
+        "on a listener. Unix-socket peers are not counted: the socket admits only this user.",
     )
     batch_bytes: int = Field(
         default=256 * KIB,

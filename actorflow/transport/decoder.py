@@ -12,8 +12,8 @@ from __future__ import annotations
 import pickle
 import struct
 from collections import deque
-from itertools import accumulate, pairwise
-from typing import Any, Final
+from itertools import accumulate, chain, pairwise
+from typing import Any, Final, NoReturn
 
 import orjson
 
@@ -32,6 +32,8 @@ from actorflow.transport.codec import (
 __all__ = ["Decoder"]
 
 _EMPTY: Final = Batch([])
+_HEAD: Final = PREFIX.pack(MAGIC, PROTOCOL_VERSION, 0, 0)[:4]  # magic, version, no flags
+_U32: Final = struct.Struct("<I")
 
 
 class _Pending:
@@ -68,6 +70,24 @@ def _loads(data: memoryview, buffers: list[Any]) -> Any:
         return UndecodableValue(exc)
 
 
+def _columns(entries: Any) -> tuple[Any, Any, Any, list[Any], list[Any]]:
+    """The compact form of entries (see ``codec.compact``), checked."""
+    if type(entries) is not dict or len(entries) != 5:
+        raise ProtocolError("the entries are neither a list nor the compact form")
+    cids, values = entries["c"], entries["v"]
+    if type(cids) is not list:
+        raise ProtocolError("the compact entries' call ids are not a list")
+    if values is None:
+        values = [None] * len(cids)
+    elif type(values) is not list or len(values) != len(cids):
+        raise ProtocolError("the compact entries' values do not match their call ids")
+    return entries["k"], entries["t"], entries["s"], cids, values
+
+
+def _flatten(cols: tuple[Any, Any, Any, list[Any], list[Any]]) -> list[Any]:
+    return list(chain.from_iterable(Batch([], cols)))
+
+
 def _length(n: Any) -> int:
     if type(n) is not int or n < 0:
         raise ProtocolError(f"invalid length {n!r}")
@@ -102,32 +122,40 @@ class Decoder:
 
     def _frame(self, data: bytes) -> Batch:
         size = len(data)
-        if size < PREFIX.size:
-            raise ProtocolError(f"a frame of {size} bytes is shorter than the prefix")
-        magic, version, flags, hlen = PREFIX.unpack_from(data, 0)
-        if magic != MAGIC:
-            raise ProtocolError("not an actorflow frame (bad magic bytes)")
-        if version != PROTOCOL_VERSION:
-            raise ProtocolError(
-                f"a frame of protocol version {version}; this process speaks {PROTOCOL_VERSION}"
-            )
-        if flags:
-            raise ProtocolError(f"unknown frame flags {flags:#x}")
-        off = PREFIX.size + hlen
+        if data[:4] != _HEAD:  # magic, version, flags: say which is wrong
+            self._bad_prefix(data)
+        off = 8 + _U32.unpack_from(data, 4)[0]
         if off > size:
             raise ProtocolError("the frame header runs past the end of the frame")
-        view = memoryview(data)
-        header = orjson.loads(view[PREFIX.size : off])
+        header = orjson.loads(data[8:off])
         if type(header) is not list or len(header) != 5:
             raise ProtocolError("the frame header is not [entries, bidx, blens, special, raw]")
-        flat, bidx, blens, special, raw = header
-        if type(flat) is not list or type(special) is not list or len(flat) % 5:
+        entries, bidx, blens, special, raw = header
+        if type(special) is not list:
             raise ProtocolError("the frame header is not [entries, bidx, blens, special, raw]")
-        count = len(flat) // 5
+        flat: list[Any] | None = None
+        cols: tuple[Any, Any, Any, list[Any], list[Any]] | None = None
+        if type(entries) is list:
+            if len(entries) % 5:
+                raise ProtocolError("the entries are not five items per message")
+            flat = entries
+            count = len(entries) // 5
+        else:
+            cols = _columns(entries)
+            count = len(cols[3])
+        values = cols[4] if cols is not None else None
         if blens:
-            off = self._blobs(data, off, flat, bidx, blens)
+            off = self._blobs(data, off, flat, values, count, bidx, blens)
         elif bidx is not None:
             raise ProtocolError("bytes indices without lengths")
+        if not special and raw is None and not self._held:  # the common frame
+            if off != size:
+                raise ProtocolError(f"{size - off} stray bytes after the frame body")
+            return Batch(flat or [], cols)
+        if flat is None:
+            assert cols is not None
+            flat = _flatten(cols)
+        view = memoryview(data)
         opened: dict[int, _InStream] | None = None
         i, end = 0, len(special)
         while i < end:
@@ -167,26 +195,55 @@ class Decoder:
         return self._order(flat, opened or {})
 
     @staticmethod
-    def _blobs(data: bytes, off: int, flat: list[Any], bidx: Any, blens: Any) -> int:
-        """Put the bytes values into ``flat``; return the offset after them."""
+    def _blobs(
+        data: bytes,
+        off: int,
+        flat: list[Any] | None,
+        values: list[Any] | None,
+        count: int,
+        bidx: Any,
+        blens: Any,
+    ) -> int:
+        """Put the bytes values into the entries; return the offset after them."""
         if type(blens) is not list or min(blens) < 0:
             raise ProtocolError("malformed bytes lengths")
         ends = list(accumulate(blens, initial=off))
         if ends[-1] > len(data):
             raise ProtocolError("bytes values run past the frame")
-        values = [data[a:b] for a, b in pairwise(ends)]
+        blobs = [data[a:b] for a, b in pairwise(ends)]
         if bidx is None:
-            if len(values) != len(flat) // 5:
+            if len(blobs) != count:
                 raise ProtocolError("bytes lengths do not match the messages")
-            flat[4::5] = values
+            if flat is not None:
+                flat[4::5] = blobs
+            else:
+                assert values is not None
+                values[:] = blobs
         else:
-            if type(bidx) is not list or len(bidx) != len(values):
+            if type(bidx) is not list or len(bidx) != len(blobs):
                 raise ProtocolError("bytes indices do not match their lengths")
-            if min(bidx) < 0 or max(bidx) >= len(flat) // 5:
+            if min(bidx) < 0 or max(bidx) >= count:
                 raise ProtocolError("a bytes index is out of range")
-            for i, value in zip(bidx, values, strict=True):
-                flat[5 * i + 4] = value
+            for i, value in zip(bidx, blobs, strict=True):
+                if flat is not None:
+                    flat[5 * i + 4] = value
+                else:
+                    assert values is not None
+                    values[i] = value
         return ends[-1]  # type: ignore[no-any-return]
+
+    @staticmethod
+    def _bad_prefix(data: bytes) -> NoReturn:
+        if len(data) < PREFIX.size:
+            raise ProtocolError(f"a frame of {len(data)} bytes is shorter than the prefix")
+        magic, version, flags, _ = PREFIX.unpack_from(data, 0)
+        if magic != MAGIC:
+            raise ProtocolError("not an actorflow frame (bad magic bytes)")
+        if version != PROTOCOL_VERSION:
+            raise ProtocolError(
+                f"a frame of protocol version {version}; this process speaks {PROTOCOL_VERSION}"
+            )
+        raise ProtocolError(f"unknown frame flags {flags:#x}")
 
     def _open(self, enc: int, values: list[Any]) -> _InStream:
         if len(values) < 2 or (enc == ENC_STREAM_BYTES and len(values) != 2):

@@ -37,6 +37,7 @@ from actorflow._errors import (
     SerializationError,
 )
 from actorflow.runtime import ActorRef, ActorSystem, ExitReason, Reply, Terminated, current_system
+from actorflow.runtime.mailbox import MailboxClosed
 from actorflow.runtime.ref import Slot
 from actorflow.transport.base import Link, Listener, Transport
 from actorflow.transport.codec import UndecodableValue
@@ -56,13 +57,14 @@ from actorflow.transport.remote_ref import (
     rebuild_error,
     undecodable_error,
 )
-from actorflow.transport.ws import WebSocketTransport
+from actorflow.transport.ws import WebSocketTransport, same_host_unix
 
 __all__ = ["Remoting", "serve_system"]
 
 log = logging.getLogger("actorflow.transport")
 
 _OVERFLOW_LIMIT: Final = 100_000
+_TO_ACTORS: Final = frozenset((ASK, TELL))
 
 
 async def serve_system(
@@ -147,6 +149,7 @@ class Remoting:
         self._overflow: dict[str, _Overflow] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closed = False
+        self.loop = asyncio.get_running_loop()
 
     # -- lifecycle
     async def start(self) -> None:
@@ -208,7 +211,18 @@ class Remoting:
         return RemoteActorRef(peer, slot_id, path)
 
     async def dial(self, address: str) -> Link:
-        """A new authenticated link to ``address`` (used by peers)."""
+        """A new authenticated link to ``address`` (used by peers): through the listener's
+        unix socket when it is on this host, else as addressed."""
+        unix = same_host_unix(address) if self.config.unix_path == "auto" else None
+        if unix is not None:
+            try:
+                link = await self._transport.connect(unix, self.config, hello=self._hello)
+            except PeerUnreachableError:
+                pass  # no such socket (another kind of listener): dial as addressed
+            else:
+                if link.peer_hello.get("address") == address:
+                    return link
+                await link.aclose()  # another listener took that path: not our peer
         return await self._transport.connect(address, self.config, hello=self._hello)
 
     def adopt(self, link: Link) -> Channel:
@@ -235,15 +249,35 @@ class Remoting:
         current_system.set(self.system)  # refs unpickled on this task resolve through us
         link = channel.link
         error: BaseException = PeerUnreachableError(f"the link to {link.peer} was closed")
+        slots = self.system._slots
+        overflow = self._overflow
+        pending = channel.pending
         try:
             while True:
                 batch = await link.receive()
+                asked = False
                 try:
                     for kind, target, _sender, cid, value in batch:
-                        if kind in (ASK, TELL):
-                            self._deliver(channel, kind, target, cid, value)
+                        if kind in _TO_ACTORS:
+                            reply = _LinkReply(link, cid) if kind == ASK else None
+                            asked = asked or kind == ASK
+                            # Straight into the mailbox when there is room and nothing of
+                            # this link waits for the actor already (order per sender).
+                            slot = slots.get(target)
+                            if (
+                                slot is not None
+                                and slot.cell is not None
+                                and target not in overflow
+                                and type(value) is not UndecodableValue
+                            ):
+                                try:
+                                    slot.cell.mailbox.put_nowait((value, reply))
+                                    continue
+                                except (MailboxFullError, MailboxClosed):
+                                    pass
+                            self._deliver(target, value, reply)
                         elif kind == REPLY:
-                            fut = channel.pending.pop(cid, None)
+                            fut = pending.pop(cid, None)
                             if fut is not None and not fut.done():
                                 if type(value) is UndecodableValue:
                                     fut.set_exception(undecodable_error(value, "the answer"))
@@ -253,6 +287,8 @@ class Remoting:
                             self._control(channel, kind, target, cid, value)
                 except (TypeError, ValueError, KeyError, AttributeError) as exc:
                     raise ProtocolError(f"malformed message from {link.peer}: {exc!r}") from exc
+                if asked:
+                    link.flush_soon()  # behind the actors just woken: their replies go at once
         except (PeerUnreachableError, ProtocolError) as exc:
             error = exc
         except Exception as exc:  # a bug: log it, and still fail what waits on this link
@@ -265,8 +301,9 @@ class Remoting:
             channel.lost(error)
             await link.aclose()
 
-    def _deliver(self, channel: Channel, kind: int, target: Any, cid: int, value: Any) -> None:
-        reply = _LinkReply(channel.link, cid) if kind == ASK else None
+    def _deliver(self, target: Any, value: Any, reply: _LinkReply | None) -> None:
+        """The slow path of delivery: an undecodable message, an unknown actor, or one whose
+        mailbox is full or that is restarting (queued in order, fed by a task)."""
         if type(value) is UndecodableValue:
             undecodable = undecodable_error(value, "the message")
             if reply is not None:
@@ -276,14 +313,7 @@ class Remoting:
             return
         overflow = self._overflow.get(target)
         if overflow is None:
-            slot = self.system._slots.get(target)
-            cell = slot.cell if slot is not None else None
-            if cell is not None:
-                mailbox = cell.mailbox
-                if not mailbox.full() and not mailbox._putters and not mailbox.closed:
-                    mailbox.put_nowait((value, reply))
-                    return
-            if slot is None:
+            if target not in self.system._slots:
                 if reply is not None:
                     reply.set_exception(
                         ActorDiedError(f"#{target}", f"no such actor runs in {self.address}")

@@ -124,7 +124,7 @@ class Channel:
     replies, our watches waiting for termination notices, and the watches the peer set on
     our actors."""
 
-    __slots__ = ("_ids", "address", "link", "pending", "served", "uid", "watches")
+    __slots__ = ("address", "ids", "link", "pending", "served", "uid", "watches")
 
     def __init__(self, link: Link) -> None:
         self.link = link
@@ -135,10 +135,7 @@ class Channel:
         self.pending: dict[int, asyncio.Future[Any]] = {}
         self.watches: dict[int, tuple[ActorRef, WatchCallback]] = {}
         self.served: dict[int, Callable[[], None]] = {}  # the peer's watches on our actors
-        self._ids = itertools.count(1)
-
-    def next_id(self) -> int:
-        return next(self._ids)
+        self.ids = itertools.count(1)  # call and watch ids
 
     def lost(self, error: BaseException) -> None:
         """The link is gone: fail our asks, tell our watchers, drop the peer's watches."""
@@ -249,10 +246,10 @@ class Peer:
         self._later(_Backlogged(kind, target, _checked(value), ref))
 
     def ask(self, target: str, value: Any, ref: ActorRef) -> asyncio.Future[Any]:
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[Any] = self._remoting.loop.create_future()
         channel = self.channel
         if channel is not None:
-            cid = channel.next_id()
+            cid = next(channel.ids)
             try:
                 channel.link.send(ASK, target, value, "", cid)
             except PeerUnreachableError:
@@ -277,7 +274,7 @@ class Peer:
         channel = self.channel
         target = ref.id
         if channel is not None:
-            wid = channel.next_id()
+            wid = next(channel.ids)
             try:
                 channel.link.send(WATCH, target, None, "", wid)
             except PeerUnreachableError:
@@ -350,13 +347,13 @@ class Peer:
                 assert item.fut is not None
                 if item.fut.done():
                     return
-                cid = channel.next_id()
+                cid = next(channel.ids)
                 channel.pending[cid] = item.fut
             elif item.kind == WATCH:
                 assert item.watch is not None
                 if item.watch.cancelled:
                     return
-                cid = channel.next_id()
+                cid = next(channel.ids)
                 channel.watches[cid] = (item.ref, item.watch.callback)
                 item.watch.registered(channel, item.target, cid)
             link.send(item.kind, item.target, item.value, "", cid)
@@ -376,6 +373,8 @@ class Peer:
                     if not isinstance(error, PeerUnreachableError)
                     else (PeerUnreachableError(f"cannot reach actor {item.ref.path!r}: {error}"))
                 )
+                if isinstance(exc, PeerUnreachableError):
+                    exc.delivered = False  # it was still in the backlog: it never left
             if item.fut is not None and not item.fut.done():
                 item.fut.set_exception(exc)
             elif item.watch is not None and not item.watch.cancelled:

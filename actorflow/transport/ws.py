@@ -16,10 +16,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import socket
 import stat
+import tempfile
 from collections import Counter
 from collections.abc import Awaitable, Coroutine
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp import WSMsgType, web
@@ -37,7 +40,7 @@ from actorflow.transport.base import (
 )
 from actorflow.transport.config import TransportConfig
 
-__all__ = ["WebSocketTransport", "parse_address"]
+__all__ = ["WebSocketTransport", "auto_unix_path", "parse_address", "same_host_unix"]
 
 log = logging.getLogger("actorflow.transport")
 
@@ -63,6 +66,15 @@ def parse_address(address: str) -> tuple[str, str, str | None]:
 
 
 class _WSCarrier(Carrier):
+    """A websocket as a carrier, with its own liveness check.
+
+    Liveness costs nothing per message: a timer ticks four times per ``peer_timeout_s`` and
+    looks whether anything arrived since the last tick. After one silent tick it pings (the
+    peer answers pings at once); after three, the peer is lost and the connection is shut
+    down, so the pending receive ends. A silent peer is therefore declared lost between
+    3/4 and all of ``peer_timeout_s`` after the last thing it sent.
+    """
+
     def __init__(
         self,
         ws: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
@@ -74,6 +86,53 @@ class _WSCarrier(Carrier):
         self.peer = peer
         self._config = config
         self._session = session
+        self._loop = asyncio.get_running_loop()
+        self._received = 0  # messages received, of any type
+        self._seen = 0  # ... as of the last tick
+        self._silent_ticks = 0
+        self._lost: str | None = None
+        self._interval = config.peer_timeout_s / 4
+        self._timer: asyncio.TimerHandle | None = self._loop.call_later(self._interval, self._tick)
+
+    def _tick(self) -> None:
+        self._timer = None
+        if self._ws.closed:
+            return
+        if self._received != self._seen:
+            self._seen = self._received
+            self._silent_ticks = 0
+        else:
+            self._silent_ticks += 1
+            if self._silent_ticks >= 3:
+                self._declare_lost()
+                return
+            self._ping()
+        self._timer = self._loop.call_later(self._interval, self._tick)
+
+    def _ping(self) -> None:
+        coro = self._ws.ping()
+        try:
+            coro.send(None)
+        except StopIteration:
+            return
+        except Exception:
+            pass  # a failing connection: the reader hears of it
+        coro.close()  # it waits for room in the socket; the ping is written already
+
+    def _declare_lost(self) -> None:
+        self._lost = (
+            f"{self.peer} did not answer for {self._config.peer_timeout_s} s "
+            "(peer_timeout_s): it is lost"
+        )
+        # End the connection at the OS level, so the pending receive returns now.
+        sock = self._ws.get_extra_info("socket")
+        if sock is None:
+            return
+        try:
+            with socket.socket(fileno=os.dup(sock.fileno())) as dup:
+                dup.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
 
     async def send(self, data: bytes | memoryview) -> None:
         try:
@@ -123,10 +182,23 @@ class _WSCarrier(Carrier):
             raise PeerUnreachableError(f"link to {self.peer} is lost: {exc}") from None
 
     async def receive(self) -> bytes | str:
-        msg = await self._ws.receive()
-        kind = msg.type
-        if kind is WSMsgType.BINARY or kind is WSMsgType.TEXT:
-            return msg.data  # type: ignore[no-any-return]
+        ws = self._ws
+        while True:
+            msg = await ws.receive()
+            self._received += 1
+            kind = msg.type
+            if kind is WSMsgType.BINARY or kind is WSMsgType.TEXT:
+                return msg.data  # type: ignore[no-any-return]
+            if kind is WSMsgType.PING:
+                try:
+                    await ws.pong(msg.data)
+                except (ConnectionError, aiohttp.ClientError, RuntimeError):
+                    pass  # the connection is going: the next receive says so
+                continue
+            if kind is not WSMsgType.PONG:
+                break
+        if self._lost is not None:
+            raise PeerUnreachableError(self._lost)
         if kind is WSMsgType.ERROR:
             exc = msg.data
             if isinstance(exc, aiohttp.WebSocketError) and exc.code == CLOSE_TOO_BIG:
@@ -134,16 +206,14 @@ class _WSCarrier(Carrier):
                     f"{self.peer} sent a message larger than max_frame_size "
                     f"({self._config.max_frame_size} bytes)"
                 )
-            if isinstance(exc, aiohttp.ServerTimeoutError | asyncio.TimeoutError):
-                raise PeerUnreachableError(
-                    f"{self.peer} did not answer for {self._config.peer_timeout_s} s "
-                    "(peer_timeout_s): it is lost"
-                )
             raise PeerUnreachableError(f"link to {self.peer} is lost: {exc!r}")
         code = self._ws.close_code
         raise PeerUnreachableError(f"{self.peer} closed the link (code {code})")
 
     async def close(self, code: int = CLOSE_NORMAL, reason: str = "") -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         try:
             async with asyncio.timeout(self._config.close_timeout_s):
                 await self._ws.close(code=code, message=reason.encode()[:120])
@@ -156,6 +226,42 @@ class _WSCarrier(Carrier):
 
 def _refusal(status: int, why: str) -> web.Response:
     return web.Response(status=status, text=why, headers={_REFUSED_HEADER: why})
+
+
+_LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+def auto_unix_path(host: str | None, port: int) -> str | None:
+    """The unix socket a listener on loopback ``port`` also serves (``unix_path="auto"``):
+    ``<tmp>/actorflow-<uid>/<port>.sock``, in a directory only this user may enter. None
+    when ``host`` is not loopback or that directory cannot be made safely."""
+    if host not in _LOOPBACK:
+        return None
+    directory = os.path.join(tempfile.gettempdir(), f"actorflow-{os.getuid()}")
+    try:
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        info = os.lstat(directory)
+    except OSError:
+        return None
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
+        return None  # not ours, or others may enter it: do not trust it
+    return os.path.join(directory, f"{port}.sock")
+
+
+def same_host_unix(address: str) -> str | None:
+    """The ``ws+unix://`` address a loopback ``ws://`` address's listener also serves, if
+    it was started with ``unix_path="auto"`` by this user."""
+    if not address.startswith("ws://"):
+        return None
+    parts = urlsplit(address)
+    try:
+        port = parts.port
+    except ValueError:
+        return None
+    if port is None:
+        return None
+    path = auto_unix_path(parts.hostname, port)
+    return f"ws+unix://{path}" if path is not None else None
 
 
 def _remove_stale_socket(path: str) -> None:
@@ -177,18 +283,13 @@ def _peer_name(request: web.Request) -> str:
     return request.remote or _UNIX_PEER
 
 
-def _heartbeat(config: TransportConfig) -> float:
-    # aiohttp pings after `heartbeat` s without receiving and gives up `heartbeat / 2` s
-    # later: a silent peer is lost after 1.5 * heartbeat = peer_timeout_s.
-    return config.peer_timeout_s / 1.5
-
-
 class _WebSocketListener(Listener):
     def __init__(self, config: TransportConfig, hello: dict[str, Any]) -> None:
         self._config = config
         self._hello = hello
         self.addresses = []
         self._runner: web.AppRunner | None = None
+        self._unix_path: str | None = None
         self._accepted: asyncio.Queue[Link] = asyncio.Queue()
         self._links: set[Link] = set()
         self._per_peer: Counter[str] = Counter()
@@ -218,12 +319,16 @@ class _WebSocketListener(Listener):
             scheme = "wss" if config.server_ssl is not None else "ws"
             shown = f"[{host}]" if ":" in host else host
             self.addresses.append(f"{scheme}://{shown}:{port}")
-            if config.unix_path is not None:
-                _remove_stale_socket(config.unix_path)
-                unix = web.UnixSite(runner, config.unix_path)
+            path = config.unix_path
+            if path == "auto":
+                path = auto_unix_path(config.host, port) if config.server_ssl is None else None
+            if path is not None:
+                _remove_stale_socket(path)
+                unix = web.UnixSite(runner, path)
                 await unix.start()
-                os.chmod(config.unix_path, 0o600)
-                self.addresses.append(f"ws+unix://{config.unix_path}")
+                os.chmod(path, 0o600)
+                self._unix_path = path
+                self.addresses.append(f"ws+unix://{path}")
         except BaseException:
             await runner.cleanup()
             raise
@@ -234,7 +339,7 @@ class _WebSocketListener(Listener):
         peer = _peer_name(request)
         if self._closed:
             return _refusal(503, "the listener is shutting down")
-        if self._per_peer[peer_key] >= config.max_connections_per_peer:
+        if peer_key != _UNIX_PEER and self._per_peer[peer_key] >= config.max_connections_per_peer:
             self._n_refused += 1
             log.warning(
                 "refused connection from %s: it already holds %d connections "
@@ -246,8 +351,7 @@ class _WebSocketListener(Listener):
         ws = web.WebSocketResponse(
             max_msg_size=config.max_frame_size,
             compress=False,
-            heartbeat=_heartbeat(config),
-            autoping=True,
+            autoping=False,  # the carrier answers pings and keeps its own liveness check
             timeout=config.close_timeout_s,
         )
         if not ws.can_prepare(request).ok:
@@ -300,9 +404,9 @@ class _WebSocketListener(Listener):
             await self._accepted.get_nowait().aclose()
         if self._runner is not None:
             await self._runner.cleanup()
-        if self._config.unix_path is not None:
+        if self._unix_path is not None:
             try:
-                os.unlink(self._config.unix_path)
+                os.unlink(self._unix_path)
             except FileNotFoundError:
                 pass
 
@@ -336,8 +440,7 @@ class WebSocketTransport(Transport):
                     url,
                     max_msg_size=config.max_frame_size,
                     compress=0,
-                    heartbeat=_heartbeat(config),
-                    autoping=True,
+                    autoping=False,  # the carrier answers pings and checks liveness
                     timeout=aiohttp.ClientWSTimeout(
                         ws_receive=None, ws_close=config.close_timeout_s
                     ),
