@@ -22,6 +22,7 @@ from actorflow._errors import (
     WorkerCrashedError,
 )
 from actorflow.api.objects import as_completed, cancel, get, put, wait
+from actorflow.api.placement import PlacementGroup, placement_group, remove_placement_group
 from actorflow.api.remote import ActorClass, ActorHandle, ActorMethod, RemoteFunction, remote
 from actorflow.api.runtime import (
     Runtime,
@@ -40,6 +41,7 @@ from actorflow.api.runtime import (
 )
 from actorflow.api.supervise import Child, SupervisionTree, child, supervise
 from actorflow.objects.ref import ObjectRef
+from actorflow.placement.strategies import NodeAffinity, PlacementGroupStrategy
 
 __version__ = "0.1.0"
 
@@ -55,10 +57,13 @@ __all__ = [
     "GetTimeoutError",
     "InfeasibleError",
     "MailboxFullError",
+    "NodeAffinity",
     "NodeDiedError",
     "ObjectLostError",
     "ObjectRef",
     "PeerUnreachableError",
+    "PlacementGroup",
+    "PlacementGroupStrategy",
     "ProtocolError",
     "RemoteFunction",
     "Runtime",
@@ -83,8 +88,10 @@ __all__ = [
     "is_initialized",
     "kill",
     "nodes",
+    "placement_group",
     "put",
     "remote",
+    "remove_placement_group",
     "run",
     "shutdown",
     "supervise",

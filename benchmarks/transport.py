@@ -8,20 +8,24 @@ both sides (a second child) and reported as ``asyncio_loop_value`` /
 
 - ``transport_ask`` (us): n sequential ``await ref.ask(i)`` from this process to an echo actor
   (``receive`` returns its message) in the child, through a ``RemoteActorRef``: the actor
-  kernel, the remoting layer and an authenticated websocket link on both sides. Results are
-  checked. Floor ``ws_rpc_sync`` (floor_bench.py, reimplemented here line for line): pickled
-  ``(call_id, "noop", (i,))`` over one aiohttp websocket, a future per call, a reader task
-  resolving futures from pickled ``(call_id, result)`` replies; the server unpickles, calls,
-  pickles the reply. Both timed by the same per-call loop (extras ``per_s``, ``p50_us``,
-  ``p99_us``). Target: value <= 1.5 x baseline.
+  kernel, the remoting layer and an authenticated websocket link on both sides, dialed as
+  actorflow dials any peer on the same host (its listener's unix socket). Results are
+  checked. Extra ``tcp_value``: the same over loopback TCP. Floor ``ws_rpc_sync``
+  (floor_bench.py, reimplemented here line for line): pickled ``(call_id, "noop", (i,))`` over
+  one aiohttp websocket, a future per call, a reader task resolving futures from pickled
+  ``(call_id, result)`` replies; the server unpickles, calls, pickles the reply. Both timed by
+  the same per-call loop (extras ``per_s``, ``p50_us``, ``p99_us``). Target: value <= 1.5 x
+  baseline.
 - ``transport_oneway`` (msgs/s): n messages of 64 random bytes sent with ``Link.send`` on an
-  authenticated actorflow link (the real codec: each message has its header of kind, target,
-  sender and call id); the producer lets the loop turn (``await asyncio.sleep(0)``) and awaits
-  ``drain()`` after every 1,000 sends, so frames leave while it produces; the child's receiver
-  counts the messages and answers "done" after the n-th; timed from the first send to "done".
-  Floor ``ws_oneway_batched``: n 64-byte messages, 100 per websocket frame (u32 length
-  prefixes, frames built inside the timed loop), the server splitting every frame; timed the
-  same way. Target: value >= 0.6 x baseline.
+  authenticated actorflow link to the child (the real codec: each message has its header of
+  kind, target, sender and call id; dialed on the listener's unix socket, as the remoting
+  layer dials a same-host peer; extra ``tcp_value``: over loopback TCP). The producer lets
+  the loop turn (``await asyncio.sleep(0)``) and awaits ``drain()`` after every 1,000 sends,
+  so frames leave while it produces; the child's receiver counts the messages and answers
+  "done" after the n-th; timed from the first send to "done". Floor ``ws_oneway_batched``: n
+  64-byte messages, 100 per websocket frame (u32 length prefixes, frames built inside the
+  timed loop), the server splitting every frame; timed the same way. Target: value >= 0.6 x
+  baseline.
 """
 
 from __future__ import annotations
@@ -205,13 +209,15 @@ async def _floor_oneway_batched(port: int, n: int) -> float:
 # -- actorflow -----------------------------------------------------------------------------------
 
 
-async def _af_ask(ref_info: list[Any], n: int) -> dict[str, float]:
+async def _af_ask(ref_info: list[Any], n: int, *, tcp: bool = False) -> dict[str, float]:
     from actorflow.runtime import ActorSystem, restore_ref
     from actorflow.transport import TransportConfig
     from actorflow.transport.remote import serve_system
 
     system = ActorSystem("bench-driver")
-    remoting = await serve_system(system, config=TransportConfig(token=_TOKEN))
+    # By default a same-host peer is dialed on its unix socket; tcp=True forces loopback TCP.
+    config = TransportConfig(token=_TOKEN, unix_path=None if tcp else "auto")
+    remoting = await serve_system(system, config=config)
     try:
         ref = restore_ref(*ref_info)
         ask = ref.ask
@@ -227,9 +233,12 @@ async def _af_ask(ref_info: list[Any], n: int) -> dict[str, float]:
         await remoting.aclose()
 
 
-async def _af_oneway(address: str, n: int) -> float:
+async def _af_oneway(address: str, n: int, *, tcp: bool = False) -> float:
     from actorflow.transport import TransportConfig, WebSocketTransport
+    from actorflow.transport.ws import same_host_unix
 
+    if not tcp:  # the path the remoting layer takes to a listener on this host
+        address = same_host_unix(address) or address
     link = await WebSocketTransport().connect(address, TransportConfig(token=_TOKEN), hello={})
     payload = os.urandom(_MSG_BYTES)
     send = link.send
@@ -237,11 +246,11 @@ async def _af_oneway(address: str, n: int) -> float:
     async def once(count: int) -> float:
         send(_EXPECT, "", count)
         t0 = time.perf_counter()
-        for i in range(count):
-            send(_DATA, "sink", payload, "", i)
-            if i % _YIELD_EVERY == _YIELD_EVERY - 1:
-                await asyncio.sleep(0)  # a loop turn: the writer ships what is queued
-                await link.drain()
+        for start in range(0, count, _YIELD_EVERY):
+            for i in range(start, min(start + _YIELD_EVERY, count)):
+                send(_DATA, "sink", payload, "", i)
+            await asyncio.sleep(0)  # a loop turn: the writer ships what is queued
+            await link.drain()
         batch = await link.receive()
         dt = time.perf_counter() - t0
         [(kind, _, _, _, total)] = list(batch)
@@ -310,11 +319,16 @@ async def _serve() -> None:
             task.add_done_callback(counters.discard)
 
     acceptor = loop.create_task(accept())
-    print(json.dumps({
-        "floor_port": floor_port,
-        "ref": [system.uid, system.address, echo.id, echo.path],
-        "link_address": listener.addresses[0],
-    }), flush=True)
+    print(
+        json.dumps(
+            {
+                "floor_port": floor_port,
+                "ref": [system.uid, system.address, echo.id, echo.path],
+                "link_address": listener.addresses[0],
+            }
+        ),
+        flush=True,
+    )
     try:
         await loop.run_in_executor(None, sys.stdin.read)
     finally:
@@ -333,7 +347,11 @@ class _Child:
         env = dict(os.environ, PYTHONPATH=str(_ROOT))
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "benchmarks.transport", "--serve", "--loop", loop_kind],
-            cwd=_ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
+            cwd=_ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
         )
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
@@ -363,6 +381,8 @@ def _ask_pass(kind: str, child: _Child, n: int, meter: CpuMeter | None) -> dict[
         before = meter.snap() if meter is not None else {}
         out: dict[str, Any] = await _af_ask(child.info["ref"], n)
         after = meter.snap(end=True) if meter is not None else {}
+        if meter is not None:  # extra, on the uvloop pass: the same over loopback TCP
+            out["tcp_value"] = (await _af_ask(child.info["ref"], n, tcp=True))["value"]
         out["baseline_value"] = floor["value"]
         out["baseline_p50_us"] = floor["p50_us"]
         out["baseline_p99_us"] = floor["p99_us"]
@@ -380,6 +400,8 @@ def _oneway_pass(kind: str, child: _Child, n: int, meter: CpuMeter | None) -> di
         af_s = await _af_oneway(child.info["link_address"], n)
         after = meter.snap(end=True) if meter is not None else {}
         out: dict[str, Any] = {"value": n / af_s, "baseline_value": n / floor_s}
+        if meter is not None:  # extra, on the uvloop pass: the same over loopback TCP
+            out["tcp_value"] = n / await _af_oneway(child.info["link_address"], n, tcp=True)
         if meter is not None:
             meter.add(out, before, after, n)
         return out

@@ -7,6 +7,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from actorflow.placement.strategies import parse_strategy
+
 __all__ = ["ActorOptions", "TaskOptions", "validate"]
 
 
@@ -28,6 +30,11 @@ class _Options(BaseModel):
                 if amount < 0:
                     raise ValueError(f"resource {key!r} must be >= 0, got {amount}")
         return value
+
+    @field_validator("scheduling_strategy")
+    @classmethod
+    def _check_strategy(cls, value: Any) -> Any:
+        return parse_strategy(value) if value is not None else None
 
     @field_validator("num_gpus")
     @classmethod

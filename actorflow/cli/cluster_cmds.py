@@ -145,17 +145,20 @@ async def _run_blocking(args: Any) -> int:
         kind = "node"
         # a node whose head is gone has nothing left to do
         proc.system.on_terminated(proc.head, lambda notice: request_stop())
-    state.record_process(kind, proc.address)
+    address = proc.address
+    state.record_process(kind, address)
     _mark_ready()
-    print(f"actorflow {kind} running at {proc.address} (node {proc.node_id}); "
+    print(f"actorflow {kind} running at {address} (node {proc.node_id}); "
           "SIGTERM or Ctrl-C stops it", flush=True)
     try:
         await stop
     finally:
-        await proc.aclose()
-        if kind == "head":
-            state.clear_cluster(proc.address)
-        state.forget_process()
+        try:
+            await proc.aclose()
+        finally:
+            if kind == "head":
+                state.clear_cluster(address)
+            state.forget_process()
     return 0
 
 
@@ -194,6 +197,8 @@ def cmd_stop(args: Any) -> int:
             pass
     for entry in procs:
         state.forget_process(int(entry["pid"]))
+        if entry.get("kind") == "head" and entry.get("address"):
+            state.clear_cluster(str(entry["address"]))  # also when the head was killed hard
     print(f"stopped {len(procs)} process(es)" + (f"; killed {len(live)}" if live else ""))
     return 0
 

@@ -25,6 +25,7 @@ from actorflow.cluster.protocol import (
     Failed,
     ResolveActor,
     TaskReply,
+    WaitActorDown,
 )
 
 if TYPE_CHECKING:
@@ -235,6 +236,7 @@ class ActorClient:
             self._die(error)
             return
         self.location = fut.result()
+        self._follow(self.location)
         unsent, self._unsent = sorted(self._unsent, key=lambda kp: kp[0]), []
         for _, pending in reversed(unsent):  # never delivered: they keep their place in line
             self.queue.appendleft(pending)
@@ -248,6 +250,23 @@ class ActorClient:
                 self._fail(pending, ActorUnavailableError(
                     self.class_name, "its process died during the call; it has restarted"))
         self._flush()
+
+    def _follow(self, loc: ActorLocation) -> None:
+        """Hear from the head when this incarnation ends, so later calls wait for the next one
+        instead of going to a process that is gone (the head knows first: a node's death, a
+        crash seen by the node)."""
+        try:
+            fut = self.core.head.ask_nowait(WaitActorDown(self.actor_id, loc.incarnation))
+        except Exception:
+            return
+
+        def ended(f: asyncio.Future[Any]) -> None:
+            if not f.cancelled():
+                f.exception()
+            if self.location is loc:
+                self.invalidate()
+
+        fut.add_done_callback(ended)
 
     def invalidate(self) -> None:
         """The current incarnation was killed on purpose: later calls wait for a newer one

@@ -23,12 +23,20 @@ from pydantic import SecretStr
 from actorflow.cluster.head import Head
 from actorflow.cluster.node import Node
 from actorflow.cluster.protocol import ClusterInfo, GetClusterInfo, RegisterNode
+from actorflow.placement.actor import Placement
 from actorflow.placement.resources import Resources
 from actorflow.runtime import ActorRef, ActorSystem, restore_ref
 from actorflow.transport.config import TransportConfig
 from actorflow.transport.remote import Remoting, serve_system
 
-__all__ = ["ClusterProcess", "connect", "discover_head", "start_head", "start_node"]
+__all__ = [
+    "ClusterProcess",
+    "connect",
+    "discover_head",
+    "placement_of",
+    "start_head",
+    "start_node",
+]
 
 
 @dataclass
@@ -75,6 +83,12 @@ async def discover_head(remoting: Remoting, address: str) -> ActorRef:
     return restore_ref(uid, address, "head", "head")
 
 
+def placement_of(head: ActorRef) -> ActorRef:
+    """The Placement actor beside ``head`` (same process, well-known id ``placement``)."""
+    system = head._slot.system
+    return restore_ref(system.uid, system.address, "placement", "placement")
+
+
 async def _spawn_node(
     system: ActorSystem, head: ActorRef, *, session: str, token: str, resources: Resources,
     prestart: int | None, log_to_driver: bool, node_id: str | None = None,
@@ -82,9 +96,11 @@ async def _spawn_node(
     node_id = node_id or secrets.token_hex(4)
     cpus = resources["CPU"] // 10_000
     workers = prestart if prestart is not None else max(1, min(cpus, 64))
+    placement = placement_of(head)
     node = await system.spawn(
         lambda: Node(node_id=node_id, resources=resources, session=session, head=head,
-                     token=token, log_to_driver=log_to_driver, prestart=workers),
+                     placement=placement, token=token, log_to_driver=log_to_driver,
+                     prestart=workers),
         name="node", well_known=True,
     )
     await head.ask(RegisterNode(node_id, node, system.address, resources), timeout=30.0)
@@ -107,7 +123,8 @@ async def start_head(
     system = ActorSystem(f"{name}-{session}")
     remoting = await serve_system(system, config=_config(token, host, port, peer_timeout_s))
     try:
-        head = await system.spawn(lambda: Head(session), name="head", well_known=True)
+        placement = await system.spawn(Placement, name="placement", well_known=True)
+        head = await system.spawn(lambda: Head(session, placement), name="head", well_known=True)
         proc = ClusterProcess(system, remoting, head, session, token)
         if with_node:
             proc.node, proc.node_id = await _spawn_node(

@@ -18,7 +18,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from actorflow._errors import ActorDiedError, ActorflowError, InfeasibleError, NodeDiedError
+from actorflow._errors import ActorDiedError, ActorflowError, NodeDiedError
 from actorflow.cluster.protocol import (
     ActorDown,
     ActorLocation,
@@ -32,7 +32,6 @@ from actorflow.cluster.protocol import (
     KillActor,
     ListState,
     NodeInfo,
-    NodeLoad,
     PlaceTask,
     RegisterNode,
     ResolveActor,
@@ -41,6 +40,7 @@ from actorflow.cluster.protocol import (
     StartActor,
     WaitActorDown,
 )
+from actorflow.placement.messages import AddNode, NodeGone
 from actorflow.placement.resources import Resources
 from actorflow.runtime import Actor, ActorRef, ErrorReply, Terminated
 
@@ -58,6 +58,23 @@ class ActorState(enum.Enum):
     ALIVE = "ALIVE"
     RESTARTING = "RESTARTING"
     DEAD = "DEAD"
+
+
+@dataclass(frozen=True, slots=True)
+class StartAt:
+    """Where the placement put an actor: a node, and maybe a placement group bundle."""
+
+    node: ActorRef
+    bundle: tuple[str, int] | None
+
+    def start(self, spec: ActorSpec) -> None:
+        self.node.tell_nowait(StartActor(spec, self.bundle))
+
+
+@dataclass(frozen=True, slots=True)
+class _NodeLost:
+    node_id: str
+    notice: Terminated
 
 
 @dataclass(slots=True)
@@ -95,8 +112,9 @@ class Head(Actor):
     max_concurrency = 100_000  # ResolveActor waits for actors to come up
     mailbox_size = 1 << 16
 
-    def __init__(self, session: str = "") -> None:
+    def __init__(self, session: str, placement: ActorRef) -> None:
         self.session = session
+        self.placement = placement
         self.nodes: dict[str, _NodeRecord] = {}
         self._spread = 0
         self.actors: dict[str, ActorRecord] = {}
@@ -135,7 +153,7 @@ class Head(Actor):
             self._down(message)
             return None
         if kind is CreateActor:
-            return self._create(message.spec, message.get_if_exists)
+            return await self._create(message.spec, message.get_if_exists)
         if kind is GetNamedActor:
             return self._named(message.name, message.namespace)
         if kind is ActorStatus:
@@ -149,18 +167,12 @@ class Head(Actor):
         if kind is WaitActorDown:
             return await self._wait_down(self._id(message.actor_id), message.generation)
         if kind is RestartActor:
-            return self._restart(self._id(message.actor_id))
+            return await self._restart(self._id(message.actor_id))
         if kind is RetireActor:
             self._retire(self._id(message.actor_id), message.error)
             return None
-        if kind is PlaceTask:
-            node = self._choose(message.demand, message.strategy, message.from_node, "a task")
-            return node.node_id, node.ref
-        if kind is NodeLoad:
-            loaded = self.nodes.get(message.node_id)
-            if loaded is not None:
-                loaded.available = message.available
-                loaded.pending = message.pending
+        if kind is _NodeLost:
+            await self._node_lost(message.node_id, message.notice)
             return None
         if kind is RegisterNode:
             self._register(message)
@@ -176,7 +188,7 @@ class Head(Actor):
 
     # -- actors --------------------------------------------------------------------------------
 
-    def _create(self, spec: ActorSpec, get_if_exists: bool) -> tuple[str, ActorSpec]:
+    async def _create(self, spec: ActorSpec, get_if_exists: bool) -> tuple[str, ActorSpec]:
         if spec.name is not None:
             key = (spec.namespace, spec.name)
             existing = self.names.get(key)
@@ -189,47 +201,24 @@ class Head(Actor):
                     f"{spec.namespace!r}; pass get_if_exists=True to get it, or pick another name"
                 )
             self.names[key] = spec.actor_id
+        # the record exists before the placement is awaited: a lookup by name meanwhile
+        # finds the actor (PENDING), and calls wait for it to come up
         self.actors[spec.actor_id] = ActorRecord(spec)
-        node = self._place(spec)
-        node.ref.tell_nowait(StartActor(spec))
+        try:
+            node = await self._place(spec)
+        except BaseException:
+            del self.actors[spec.actor_id]
+            if spec.name is not None:
+                self.names.pop((spec.namespace, spec.name), None)
+            raise
+        node.start(spec)
         return spec.actor_id, spec
 
-    def _place(self, spec: ActorSpec) -> _NodeRecord:
-        return self._choose(spec.demand, spec.strategy, None, f"actor {spec.class_name}")
-
-    def _choose(self, demand: Resources, strategy: Any, local: str | None, what: str
-                ) -> _NodeRecord:
-        """Pick a node for ``demand``; raise InfeasibleError when none could ever fit it."""
-        alive = [n for n in self.nodes.values() if n.alive]
-        fitting = [n for n in alive if n.fits_ever(demand)]
-        if not fitting:
-            largest = max(alive, key=lambda n: sum(n.resources.values()), default=None)
-            has = largest.resources.to_amounts() if largest is not None else {}
-            raise InfeasibleError(
-                f"{what} needs {demand.to_amounts()}; the largest node has {has}. "
-                "Lower the demand or add a node that has it."
-            )
-        if strategy == "SPREAD":
-            self._spread += 1
-            return fitting[self._spread % len(fitting)]
-        node_id = getattr(strategy, "node_id", None)
-        if node_id is not None:
-            target = self.nodes.get(node_id)
-            if target is not None and target.alive and target.fits_ever(demand):
-                return target
-            if not getattr(strategy, "soft", False):
-                raise InfeasibleError(
-                    f"{what} is pinned to node {node_id}, which is "
-                    + ("not alive" if target is None or not target.alive else "too small")
-                    + f" for {demand.to_amounts()}; use soft=True or another node"
-                )
-        free = [n for n in fitting if demand.fits_in(n.available)]
-        if local is not None:
-            for n in free:
-                if n.node_id == local:
-                    return n
-        pool = free or fitting
-        return max(pool, key=lambda n: n.available["CPU"] - n.pending)
+    async def _place(self, spec: ActorSpec) -> StartAt:
+        _, node, bundle = await self.placement.ask(
+            PlaceTask(spec.demand, spec.strategy, None, f"actor {spec.class_name}")
+        )
+        return StartAt(node, bundle)
 
     # -- membership ----------------------------------------------------------------------------
 
@@ -237,10 +226,19 @@ class Head(Actor):
         self.nodes[msg.node_id] = _NodeRecord(
             msg.node_id, msg.node, msg.address, msg.resources, msg.resources
         )
+        self.placement.tell_nowait(AddNode(msg.node_id, msg.node, msg.resources))
         node_id = msg.node_id
-        self.system.on_terminated(msg.node, lambda notice: self._node_lost(node_id, notice))
 
-    def _node_lost(self, node_id: str, notice: Terminated) -> None:
+        def lost(notice: Terminated) -> None:
+            self.placement.tell_nowait(NodeGone(node_id))
+            try:
+                self.ref.tell_nowait(_NodeLost(node_id, notice))
+            except Exception:
+                pass  # the head itself is stopping
+
+        self.system.on_terminated(msg.node, lost)
+
+    async def _node_lost(self, node_id: str, notice: Terminated) -> None:
         """A node stopped or went silent: its resources leave the cluster; its actors restart
         elsewhere while their max_restarts allows, else die with NodeDiedError."""
         record = self.nodes.get(node_id)
@@ -256,13 +254,15 @@ class Head(Actor):
             cause = NodeDiedError(f"node {node_id} died ({notice.reason.value})")
             left = spec.max_restarts < 0 or actor.restarts < spec.max_restarts
             if left and not self.closing and any(n.alive for n in self.nodes.values()):
-                actor.restarts += 1
+                if spec.max_restarts >= 0:  # restarts count cluster-wide, as in Ray
+                    spec = dataclasses.replace(
+                        spec, max_restarts=max(0, spec.max_restarts - actor.restarts - 1))
                 actor.state = ActorState.RESTARTING
                 actor.location = None
                 actor.node_id = None
                 self._changed(actor)
                 try:
-                    self._place(spec).ref.tell_nowait(StartActor(spec))
+                    (await self._place(spec)).start(spec)
                 except Exception as exc:
                     self._down(ActorDown(spec.actor_id, -1, True, exc))
             else:
@@ -328,7 +328,7 @@ class Head(Actor):
                 return record.last_error if record.state is not ActorState.DEAD else record.death
             await record.changed.wait()
 
-    def _restart(self, actor_id: str) -> int:
+    async def _restart(self, actor_id: str) -> int:
         record = self.actors.get(actor_id)
         if record is None or record.state is ActorState.DEAD:
             raise ActorDiedError(actor_id, "it cannot be restarted: it is dead for good")
@@ -336,7 +336,7 @@ class Head(Actor):
         record.location = None
         record.failed_attempt = None
         self._changed(record)
-        self._place(record.spec).ref.tell_nowait(StartActor(record.spec))
+        (await self._place(record.spec)).start(record.spec)
         return record.generation
 
     def _retire(self, actor_id: str, error: BaseException | None) -> None:

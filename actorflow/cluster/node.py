@@ -46,7 +46,9 @@ from actorflow.cluster.protocol import (
     NodeLoad,
     PlaceTask,
     ReadSegment,
+    ReleaseBundles,
     RequestLease,
+    ReserveBundles,
     ReturnLease,
     Spillback,
     StartActor,
@@ -70,6 +72,14 @@ class _ProcessDied:
 
 
 @dataclass(slots=True)
+class _Waiting:
+    demand: Resources
+    fut: asyncio.Future[_LeaseRecord]
+    dedicated: bool
+    pool: tuple[str, int] | None = None
+
+
+@dataclass(slots=True)
 class _LeaseRecord:
     lease_id: int
     demand: Resources
@@ -78,6 +88,7 @@ class _LeaseRecord:
     gpu_units: int
     blocked: bool = False
     owner: ActorRef | None = None
+    pool: tuple[str, int] | None = None
 
 
 class Node(Actor):
@@ -93,6 +104,7 @@ class Node(Actor):
         resources: Resources,
         session: str,
         head: ActorRef,
+        placement: ActorRef,
         token: str,
         log_to_driver: bool,
         prestart: int,
@@ -103,15 +115,20 @@ class Node(Actor):
         self.available = resources
         self.session = session
         self.head = head
+        self.placement = placement
         self.token = token
         self.log_to_driver = log_to_driver
         self.prestart = prestart
         self.max_workers = max_workers or max(4, 4 * prestart)
         self.gpu_free = [UNIT] * (resources["GPU"] // UNIT)
         self.leases: dict[int, _LeaseRecord] = {}
-        self.waiting: deque[tuple[Resources, asyncio.Future[_LeaseRecord], bool]] = deque()
+        self.waiting: deque[_Waiting] = deque()
         self.actors: dict[str, ActorRef] = {}  # actor_id -> its supervisor
         self.owner_leases: dict[ActorRef, set[int]] = {}
+        # placement group bundles set aside here: (group_id, index) -> what is free in it
+        self.pools: dict[tuple[str, int], Resources] = {}
+        self.reserving: deque[tuple[ReserveBundles, asyncio.Future[None]]] = deque()
+        self.reserved_seq = 0
         self.hosts: dict[str, ActorHost] = {}  # actor_id -> running host
         self._lease_ids = itertools.count(1)
         self._bg: set[asyncio.Task[Any]] = set()
@@ -139,10 +156,15 @@ class Node(Actor):
 
     def on_stop_requested(self) -> None:
         # lease requests waiting for resources would hold the stop up: fail them now
-        for _, fut, _ in self.waiting:
+        for waiting in self.waiting:
+            if not waiting.fut.done():
+                waiting.fut.set_exception(
+                    WorkerCrashedError(f"node {self.node_id} is shutting down"))
+        self.waiting.clear()
+        for _, fut in self.reserving:
             if not fut.done():
                 fut.set_exception(WorkerCrashedError(f"node {self.node_id} is shutting down"))
-        self.waiting.clear()
+        self.reserving.clear()
 
     async def on_stop(self) -> None:
         if self._load_handle is not None:
@@ -181,13 +203,14 @@ class Node(Actor):
     async def _handle(self, message: Any) -> Any:
         kind = type(message)
         if kind is RequestLease:
+            bundle = message.bundle
             if not self._serve_here(message):
-                node_id, node = await self.head.ask(
+                node_id, node, bundle = await self.placement.ask(
                     PlaceTask(message.demand, message.strategy, self.node_id)
                 )
-                if node_id != self.node_id:
-                    return Spillback(node_id, node)
-            record = await self.acquire(message.demand, what="a task")
+                if node_id != self.node_id or bundle is not None:
+                    return Spillback(node_id, node, bundle)
+            record = await self.acquire(message.demand, what="a task", pool=bundle)
             if message.owner_ref is not None:
                 self._track_owner(message.owner_ref, record.lease_id)
             assert record.worker.ref is not None
@@ -205,10 +228,19 @@ class Node(Actor):
             self._blocked(message.worker_id, message.blocked)
             return None
         if kind is StartActor:
-            await self._start_actor(message.spec)
+            await self._start_actor(message.spec, message.bundle)
             return None
         if kind is KillActor:
             await self._kill_actor(message.actor_id, message.no_restart)
+            return None
+        if kind is ReserveBundles:
+            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self.reserving.append((message, fut))
+            self._dispatch()
+            await fut
+            return None
+        if kind is ReleaseBundles:
+            self._release_bundles(message.group_id)
             return None
         if kind is NodeInfo:
             return self.info()
@@ -246,10 +278,23 @@ class Node(Actor):
                                   "(its owner freed it or exited)") from None
         return Fetched(bytes(meta), tuple(pickle.PickleBuffer(b) for b in buffers))
 
+    def _release_bundles(self, group_id: str) -> None:
+        """The group is removed: what is free in its bundles comes back now; what its running
+        leases hold comes back as they end."""
+        for key in [k for k in self.pools if k[0] == group_id]:
+            self.available = self.available + self.pools.pop(key)
+        for record in self.leases.values():
+            if record.pool is not None and record.pool[0] == group_id:
+                record.pool = None
+        self._load_changed()
+        self._dispatch()
+
     def _serve_here(self, req: RequestLease) -> bool:
         """May this node take the lease without asking the head? (DEFAULT, fits here.)"""
         if req.no_spill:
             return True
+        if req.bundle is not None:
+            return False
         strategy = req.strategy
         if strategy not in (None, "DEFAULT"):
             return False
@@ -262,7 +307,8 @@ class Node(Actor):
     def _report_load(self) -> None:
         self._load_handle = None
         try:
-            self.head.tell_nowait(NodeLoad(self.node_id, self.available, len(self.waiting)))
+            self.placement.tell_nowait(NodeLoad(self.node_id, self.available, len(self.waiting),
+                                                 self.reserved_seq))
         except Exception:
             pass  # the head is gone: the node will be told to stop
 
@@ -277,7 +323,8 @@ class Node(Actor):
             "workers": len(pool.workers) if pool else 0,
             "leases": len(self.leases),
             "pending_leases": len(self.waiting),
-            "pending_demands": [d.to_amounts() for d, _, _ in self.waiting],
+            "pending_demands": [w.demand.to_amounts() for w in self.waiting],
+            "bundles": {f"{g}[{i}]": r.to_amounts() for (g, i), r in self.pools.items()},
             "actors": len(self.actors),
             "lease_list": [
                 {"lease_id": r.lease_id, "demand": r.demand.to_amounts(),
@@ -290,16 +337,22 @@ class Node(Actor):
 
     # -- leases --------------------------------------------------------------------------------
 
-    async def acquire(self, demand: Resources, *, what: str, dedicated: bool = False
-                      ) -> _LeaseRecord:
-        """Wait until ``demand`` fits and a worker is idle; grant both."""
+    async def acquire(self, demand: Resources, *, what: str, dedicated: bool = False,
+                      pool: tuple[str, int] | None = None) -> _LeaseRecord:
+        """Wait until ``demand`` fits (in placement group bundle ``pool`` when given) and a
+        worker is idle; grant both."""
+        if pool is not None and pool not in self.pools:
+            raise InfeasibleError(
+                f"{what} asks for bundle {pool[1]} of placement group {pool[0]!r}, which is "
+                f"not reserved on node {self.node_id} (removed, or not ready yet)"
+            )
         if not demand.fits_in(self.total) or not self._gpu_feasible(demand["GPU"]):
             raise InfeasibleError(
                 f"{what} needs {demand.to_amounts()}; the largest node has "
                 f"{self.total.to_amounts()}. Lower the demand or add a node that has it."
             )
         fut: asyncio.Future[_LeaseRecord] = asyncio.get_running_loop().create_future()
-        self.waiting.append((demand, fut, dedicated))
+        self.waiting.append(_Waiting(demand, fut, dedicated, pool))
         self._dispatch()
         return await fut
 
@@ -307,27 +360,55 @@ class Node(Actor):
         pool = self.pool
         if pool is None:
             return
-        skipped: deque[tuple[Resources, asyncio.Future[_LeaseRecord], bool]] = deque()
+        # bundle reservations first: they were decided cluster-wide and hold nothing yet
+        while self.reserving:
+            reserve, rfut = self.reserving[0]
+            total = Resources()
+            for _, bundle in reserve.bundles:
+                total = total + bundle
+            if rfut.done():
+                self.reserving.popleft()
+                continue
+            if not total.fits_in(self.available):
+                break
+            self.reserving.popleft()
+            self.available = self.available - total
+            for index, bundle in reserve.bundles:
+                self.pools[(reserve.group_id, index)] = bundle
+            self.reserved_seq = max(self.reserved_seq, reserve.seq)
+            self._load_changed()
+            rfut.set_result(None)
+        skipped: deque[_Waiting] = deque()
         need_worker = False
         while self.waiting:
-            demand, fut, dedicated = self.waiting.popleft()
+            waiting = self.waiting.popleft()
+            demand, fut, dedicated = waiting.demand, waiting.fut, waiting.dedicated
             if fut.done():
                 continue
+            free = self.pools.get(waiting.pool) if waiting.pool is not None else self.available
+            if free is None:  # its placement group was removed meanwhile
+                fut.set_exception(InfeasibleError(
+                    f"placement group {waiting.pool[0]!r} was removed"))  # type: ignore[index]
+                continue
             gpus = self._pick_gpus(demand["GPU"]) if demand["GPU"] else ()
-            if not demand.fits_in(self.available) or gpus is None:
-                skipped.append((demand, fut, dedicated))
+            if not demand.fits_in(free) or gpus is None:
+                skipped.append(waiting)
                 continue
             worker = pool.idle()
             if worker is None:
-                skipped.append((demand, fut, dedicated))
+                skipped.append(waiting)
                 need_worker = True
                 continue
-            self.available = self.available - demand
+            if waiting.pool is not None:
+                self.pools[waiting.pool] = free - demand
+            else:
+                self.available = self.available - demand
             self._load_changed()
             units = demand["GPU"]
             for gid in gpus:
                 self.gpu_free[gid] -= min(units, UNIT)
-            record = _LeaseRecord(next(self._lease_ids), demand, worker, gpus, units)
+            record = _LeaseRecord(next(self._lease_ids), demand, worker, gpus, units,
+                                  pool=waiting.pool)
             worker.state = WorkerState.ACTOR if dedicated else WorkerState.LEASED
             worker.lease_id = record.lease_id
             self.leases[record.lease_id] = record
@@ -355,9 +436,15 @@ class Node(Actor):
             keep_worker = True
             record.worker.state = WorkerState.DEAD  # its exit is handled when it is reaped
             self.pool.kill(record.worker)
-        self.available = self.available + record.demand if not record.blocked else (
-            self.available + (record.demand - Resources({"CPU": record.demand["CPU"]}))
+        back = record.demand if not record.blocked else (
+            record.demand - Resources({"CPU": record.demand["CPU"]})
         )
+        if record.pool is not None and record.pool in self.pools:
+            self.pools[record.pool] = self.pools[record.pool] + record.demand
+            if record.blocked:  # its CPU was lent to the node's free pool meanwhile
+                self.available = self.available - Resources({"CPU": record.demand["CPU"]})
+        else:
+            self.available = self.available + back
         for gid in record.gpu_ids:
             self.gpu_free[gid] += min(record.gpu_units, UNIT)
         self._load_changed()
@@ -374,8 +461,12 @@ class Node(Actor):
             return
         cpu_back = record.demand["CPU"] - hold["CPU"]
         if cpu_back > 0:
-            record.demand = record.demand - Resources({"CPU": cpu_back})
-            self.available = self.available + Resources({"CPU": cpu_back})
+            back = Resources({"CPU": cpu_back})
+            record.demand = record.demand - back
+            if record.pool is not None and record.pool in self.pools:
+                self.pools[record.pool] = self.pools[record.pool] + back
+            else:
+                self.available = self.available + back
             self._load_changed()
             self._dispatch()
 
@@ -440,9 +531,10 @@ class Node(Actor):
         pool = self.pool
         if pool is not None and pool.count(WorkerState.IDLE, WorkerState.STARTING):
             return
-        for _, fut, _ in self.waiting:
-            if not fut.done():
-                fut.set_exception(WorkerCrashedError(f"no worker process could start: {exc}"))
+        for waiting in self.waiting:
+            if not waiting.fut.done():
+                waiting.fut.set_exception(
+                    WorkerCrashedError(f"no worker process could start: {exc}"))
         self.waiting.clear()
 
     def _replenish(self) -> None:
@@ -471,7 +563,8 @@ class Node(Actor):
 
     # -- user actors ---------------------------------------------------------------------------
 
-    async def _start_actor(self, spec: ActorSpec) -> None:
+    async def _start_actor(self, spec: ActorSpec, bundle: tuple[str, int] | None = None
+                           ) -> None:
         old = self.actors.pop(spec.actor_id, None)
         if old is not None:  # a restart by an af.supervise tree: the last generation is over
             await self.system.stop(old)
@@ -479,7 +572,7 @@ class Node(Actor):
         try:
             sup = await self.system.spawn(
                 lambda: Supervisor(
-                    [ChildSpec(factory=ActorHost, args=(self, spec), name="host",
+                    [ChildSpec(factory=ActorHost, args=(self, spec, bundle), name="host",
                                restart="transient", shutdown=5.0)],
                     max_restarts=restarts, within_s=math.inf,
                 ),
@@ -531,16 +624,19 @@ def _creation_error(spec: ActorSpec, cause: BaseException) -> ActorDiedError:
 class ActorHost(Actor):
     """Runs one incarnation of a user actor: a worker process, the instance, its location."""
 
-    def __init__(self, node: Node, spec: ActorSpec) -> None:
+    def __init__(self, node: Node, spec: ActorSpec, bundle: tuple[str, int] | None = None
+                 ) -> None:
         self.node = node
         self.spec = spec
+        self.bundle = bundle
         self.worker: WorkerHandle | None = None
         self.lease_id: int | None = None
         self.killed = False
 
     async def on_start(self) -> None:
         node, spec = self.node, self.spec
-        record = await node.acquire(spec.demand, what=f"actor {spec.class_name}", dedicated=True)
+        record = await node.acquire(spec.demand, what=f"actor {spec.class_name}", dedicated=True,
+                                    pool=self.bundle)
         self.lease_id = record.lease_id
         self.worker = record.worker
         assert record.worker.ref is not None

@@ -107,6 +107,11 @@ class WorkerPool:
         loop = asyncio.get_running_loop()
         handle = WorkerHandle(worker_id, proc, ready=loop.create_future(),
                               exited=loop.create_future())
+        if self.closing:  # close() ran while the process was being created: end it here
+            self.kill(handle)
+            await proc.wait()
+            _close_pipes(handle)
+            raise RuntimeError("the worker pool is shutting down")
         self.workers[worker_id] = handle
         assert proc.stdout is not None and proc.stderr is not None
         handle.tasks = [
@@ -152,6 +157,11 @@ class WorkerPool:
 
     async def _wait(self, handle: WorkerHandle) -> None:
         code = await handle.proc.wait()
+        # let the forwarders pass on its last lines, then close its pipes now (not at GC)
+        forwarders = [t for t in handle.tasks if t is not asyncio.current_task()]
+        if forwarders:
+            await asyncio.wait(forwarders, timeout=1.0)
+        _close_pipes(handle)
         handle.exit_code = code
         handle.state = WorkerState.DEAD
         self.workers.pop(handle.worker_id, None)
@@ -185,7 +195,13 @@ class WorkerPool:
                 task.cancel()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
-        for handle in handles:  # close the pipes' transports now, not at garbage collection
-            transport = getattr(handle.proc, "_transport", None)
-            if transport is not None:
-                transport.close()
+        for handle in handles:
+            _close_pipes(handle)
+
+
+def _close_pipes(handle: WorkerHandle) -> None:
+    """Close the process's pipe transports now, not at garbage collection (asyncio's
+    Process has no public close; its transport's close closes the pipes)."""
+    transport = getattr(handle.proc, "_transport", None)
+    if transport is not None:
+        transport.close()

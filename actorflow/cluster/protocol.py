@@ -9,8 +9,27 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from actorflow.placement.messages import (
+    CreateGroup,
+    NodeLoad,
+    PlaceTask,
+    ReleaseBundles,
+    RemoveGroup,
+    ReserveBundles,
+    WaitGroup,
+)
 from actorflow.placement.resources import Resources
 from actorflow.runtime import ActorRef
+
+__all__ = [  # the placement messages are re-exported: every message is reachable from here
+    "CreateGroup",
+    "NodeLoad",
+    "PlaceTask",
+    "ReleaseBundles",
+    "RemoveGroup",
+    "ReserveBundles",
+    "WaitGroup",
+]
 
 # -- object payloads --------------------------------------------------------------------------
 
@@ -105,14 +124,16 @@ class RequestLease:
     strategy: Any = None
     no_spill: bool = False  # the head chose this node already: queue here
     owner_ref: ActorRef | None = None  # watched: its leases come back when it is gone
+    bundle: tuple[str, int] | None = None  # lease from this placement group bundle's pool
 
 
 @dataclass(frozen=True, slots=True)
 class Spillback:
-    """Answer to RequestLease: ask that node instead."""
+    """Answer to RequestLease: ask that node instead (in that placement group bundle)."""
 
     node_id: str
     node: ActorRef
+    bundle: tuple[str, int] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -321,27 +342,9 @@ class ClusterInfo:
 
 
 @dataclass(frozen=True, slots=True)
-class NodeLoad:
-    """Node -> head: what is free on the node now (sent when it changes)."""
-
-    node_id: str
-    available: Resources
-    pending: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class PlaceTask:
-    """Ask (node -> head): which node should run a task of this demand and strategy?
-    Answers ``(node_id, node_ref)`` or raises InfeasibleError."""
-
-    demand: Resources
-    strategy: Any
-    from_node: str
-
-
-@dataclass(frozen=True, slots=True)
 class StartActor:
     spec: ActorSpec
+    bundle: tuple[str, int] | None = None  # place it in this placement group bundle
 
 
 @dataclass(frozen=True, slots=True)

@@ -155,6 +155,12 @@ class TaskSubmitter:
 
     def _pump(self, state: _Shape) -> None:
         queue = state.queue
+        if state.strategy == "SPREAD":
+            # every SPREAD task gets its own placement decision and its own lease
+            while queue and state.requesting < state.max_requests and not self._closed:
+                self._request_lease(state, self.core.node, no_spill=False,
+                                    bound=queue.popleft())
+            return
         if queue:
             depth = state.depth()
             leases = state.leases
@@ -200,6 +206,10 @@ class TaskSubmitter:
         lease.inflight -= 1
         pending.lease = None
         state = lease.state
+        if state.strategy == "SPREAD" and lease.inflight == 0 and lease in state.leases:
+            # SPREAD: every task gets its own placement decision, so no lease is reused
+            state.leases.remove(lease)
+            self._return(lease)
         exc = None if fut.cancelled() else fut.exception()
         if fut.cancelled():
             self._finish(pending, self._failed(pending, TaskCancelledError("cancelled")))
@@ -256,37 +266,55 @@ class TaskSubmitter:
 
     # -- leases --------------------------------------------------------------------------------
 
-    def _request_lease(self, state: _Shape, node: ActorRef, *, no_spill: bool) -> None:
+    def _request_lease(self, state: _Shape, node: ActorRef, *, no_spill: bool,
+                       bundle: tuple[str, int] | None = None,
+                       bound: PendingTask | None = None) -> None:
+        """Ask ``node`` for a lease; ``bound`` is the one task it is for (SPREAD)."""
         state.requesting += 1
         try:
             fut = node.ask_nowait(RequestLease(
                 state.shape, owner=self.core.worker_id or "driver", strategy=state.strategy,
-                no_spill=no_spill, owner_ref=self.core.owner_ref,
+                no_spill=no_spill, owner_ref=self.core.owner_ref, bundle=bundle,
             ))
         except Exception as exc:
             state.requesting -= 1
+            if bound is not None:
+                state.queue.appendleft(bound)
             self._fail_queue(state, exc)
             return
-        fut.add_done_callback(lambda f: self._lease_granted(state, f))
+        fut.add_done_callback(lambda f: self._lease_granted(state, f, bound))
 
-    def _lease_granted(self, state: _Shape, fut: asyncio.Future[Any]) -> None:
+    def _lease_granted(self, state: _Shape, fut: asyncio.Future[Any],
+                       bound: PendingTask | None = None) -> None:
         state.requesting -= 1
         if fut.cancelled():
+            if bound is not None:
+                self._cancelled(bound)
             return
         exc = fut.exception()
         if exc is not None:
+            if bound is not None:
+                state.queue.appendleft(bound)
             self._fail_queue(state, exc)
             return
         answer = fut.result()
-        if type(answer) is Spillback:  # the head chose another node: ask it
-            if state.queue and not self._closed:
-                self._request_lease(state, answer.node, no_spill=True)
+        if type(answer) is Spillback:  # the placement chose another node: ask it
+            if (state.queue or bound is not None) and not self._closed:
+                self._request_lease(state, answer.node, no_spill=True, bundle=answer.bundle,
+                                    bound=bound)
             return
         lease = _Lease(answer, state)
         if self._closed:
             self._return(lease)
+            if bound is not None:
+                self._finish(bound, self._failed(bound, TaskCancelledError("shut down")))
             return
         state.leases.append(lease)
+        if bound is not None:
+            if bound.cancelled:
+                self._cancelled(bound)
+            else:
+                self._push(bound, lease)
         self._pump(state)
 
     def _fail_queue(self, state: _Shape, exc: BaseException) -> None:

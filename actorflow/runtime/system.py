@@ -228,6 +228,8 @@ class ActorSystem:
         """End the actor now, without ``on_stop`` (reason ``killed``). Its supervisor restarts
         it as its restart kind says, unless ``no_restart``."""
         slot = ref._slot
+        if slot.system is not self:
+            raise ValueError(f"{ref!r} belongs to another ActorSystem")
         cell = slot.cell
         if no_restart:
             if cell is not None:

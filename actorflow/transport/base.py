@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from actorflow._errors import PeerUnreachableError, ProtocolError
-from actorflow.transport.codec import FLAT_LIMIT, INLINE_STR, Batch, Encoder
+from actorflow.transport.codec import BYTES_OVERHEAD, FLAT_LIMIT, INLINE_STR, Batch, Encoder
 from actorflow.transport.config import TransportConfig
 from actorflow.transport.decoder import Decoder
 
@@ -45,7 +45,6 @@ CLOSE_NORMAL = 1000
 CLOSE_PROTOCOL_ERROR = 1002
 CLOSE_POLICY = 1008  # authentication refused
 CLOSE_TOO_BIG = 1009
-CLOSE_TRY_LATER = 1013
 
 
 class Carrier(abc.ABC):
@@ -158,20 +157,17 @@ class Link:
         out-of-band buffer (a numpy array) is read when it goes out, not copied now: do not
         mutate it until the receiver has it.
         """
-        if self._error is not None:
-            raise self._closed_error()
+        if not self._scheduled:  # the first send of this turn: schedule the writer
+            if self._error is not None:
+                raise self._closed_error()
+            self._scheduled = True
+            self._loop.call_soon(self._flush)
         enc = self._enc
         t = type(value)
-        if t is bytes:
-            n = len(value)
-            if n < enc.stream_threshold and (size := enc.size + n) <= enc.batch_bytes:
-                enc.size = size
-                flat = enc.flat
-                flat += (kind, target, sender, cid, value)
-                if len(flat) >= FLAT_LIMIT:
-                    enc.seal()
-            else:
-                enc.add(kind, target, sender, cid, value)
+        if t is bytes and (size := enc.size + len(value) + BYTES_OVERHEAD) < enc.fast_limit:
+            enc.size = size
+            flat = enc.flat
+            flat += (kind, target, sender, cid, value)
         elif t is int or t is bool or value is None or (t is str and len(value) <= INLINE_STR):
             flat = enc.flat
             flat += (kind, target, sender, cid, value)
@@ -179,9 +175,6 @@ class Link:
                 enc.seal()
         else:
             enc.add(kind, target, sender, cid, value)
-        if not self._scheduled:
-            self._scheduled = True
-            self._loop.call_soon(self._flush)
 
     def flush_soon(self) -> None:
         """Schedule the writer now, behind the callbacks already queued: a reader that has
@@ -296,6 +289,7 @@ class Link:
     def _fail(self, exc: BaseException) -> None:
         if self._error is None:
             self._error = exc
+        self._scheduled = False  # so that the next send() sees the error
         if self._blocked is not None:
             self._blocked.cancel()
         _wake(self._room_waiters)  # drain() waiters raise
@@ -316,6 +310,7 @@ class Link:
         is closed. Idempotent; safe to call after the peer went away."""
         if self._error is None:
             self._error = PeerUnreachableError(f"link to {self.peer} was closed by this process")
+            self._scheduled = False  # so that the next send() sees the error
             try:
                 async with asyncio.timeout(self._config.close_timeout_s):
                     while self._flushing() and not self._closed.is_set():

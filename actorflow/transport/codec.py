@@ -41,6 +41,7 @@ import orjson
 from actorflow._errors import SerializationError
 
 __all__ = [
+    "BYTES_OVERHEAD",
     "ENC_PICKLE",
     "ENC_STREAM_BYTES",
     "ENC_STREAM_PICKLE",
@@ -79,6 +80,9 @@ INLINE_STR: Final = 1024
 FLAT_LIMIT: Final = 5 * 4096
 _NOTHING: Final[list[int]] = []
 _PREFIX_PACK: Final = PREFIX.pack
+#: What a bytes message counts for in a batch's size beside its bytes: at most
+#: ``batch_bytes / BYTES_OVERHEAD`` such messages share a frame.
+BYTES_OVERHEAD: Final = 64
 # Bytes an inline message is reckoned to take, for push-back.
 _ENTRY_ESTIMATE: Final = 48
 
@@ -282,12 +286,14 @@ class Encoder:
 
     - a value :func:`inline` accepts: append ``kind, target, sender, cid, value`` to
       :attr:`flat`;
-    - a ``bytes`` value of ``n < stream_threshold`` bytes with ``size + n <= batch_bytes``:
-      add ``n`` to :attr:`size` and append the same five items;
+    - a ``bytes`` value, when ``size + len(value) + BYTES_OVERHEAD < fast_limit``: set
+      :attr:`size` to that sum and append the same five items (the overhead bounds the
+      number of such messages in a batch);
     - anything else: :meth:`add`.
 
-    and then, once ``len(flat) >= FLAT_LIMIT``, :meth:`seal`. :attr:`over` says whether the
-    backlog passed the high-water mark. :meth:`next_output` gives what to send next.
+    and then, once ``len(flat) >= FLAT_LIMIT`` after an inline append, :meth:`seal`.
+    :attr:`over` says whether the backlog passed the high-water mark. :meth:`next_output`
+    gives what to send next.
     """
 
     __slots__ = (
@@ -301,6 +307,7 @@ class Encoder:
         "_streams",
         "batch_bytes",
         "body",
+        "fast_limit",
         "flat",
         "over",
         "sent_messages",
@@ -325,6 +332,8 @@ class Encoder:
         self._chunk_size = min(chunk_size, room)
         self._high_water = high_water
         self.stream_threshold = min(stream_threshold, self.batch_bytes)
+        #: Below this, a bytes message fits the current batch and is not streamed.
+        self.fast_limit = self.stream_threshold
         self._sealed: deque[_Batch] = deque()
         self._sealed_bytes = 0
         self._streams: deque[_OutStream] = deque()  # announced, chunks still to send
@@ -358,9 +367,9 @@ class Encoder:
             if n >= self.stream_threshold:
                 self._add_stream(kind, target, sender, cid, ENC_STREAM_BYTES, [memoryview(value)])
                 return
-            if self.size + n > self.batch_bytes:
+            if self.size + n + BYTES_OVERHEAD > self.batch_bytes:
                 self.seal()
-            self.size += n
+            self.size += n + BYTES_OVERHEAD
             self.flat += (kind, target, sender, cid, value)
         else:
             data, buffers = dumps(value)

@@ -122,7 +122,7 @@ class _MemoryListener(Listener):
         self._config = config
         self._hello = hello
         self.addresses = [f"mem://{name}"]
-        self._accepted: asyncio.Queue[Link] = asyncio.Queue()
+        self._accepted: asyncio.Queue[Link | None] = asyncio.Queue()  # None: closed
         self._links: set[Link] = set()
         self._handshakes: set[asyncio.Task[None]] = set()
         self._closed = False
@@ -155,9 +155,11 @@ class _MemoryListener(Listener):
         self._accepted.put_nowait(link)
 
     async def accept(self) -> Link:
-        if self._closed:
+        link = None if self._closed else await self._accepted.get()
+        if link is None:
+            self._accepted.put_nowait(None)  # for the next waiter
             raise PeerUnreachableError(f"listener {self.addresses[0]} is closed")
-        return await self._accepted.get()
+        return link
 
     async def aclose(self) -> None:
         if self._closed:
@@ -169,6 +171,7 @@ class _MemoryListener(Listener):
         if self._handshakes:
             await asyncio.wait(self._handshakes)
         await asyncio.gather(*(link.aclose() for link in self._links))
+        self._accepted.put_nowait(None)  # wakes whoever waits in accept()
 
     def statistics(self) -> ListenerStatistics:
         open_links = sum(1 for link in self._links if not link.closed)

@@ -31,6 +31,7 @@ from pydantic import SecretStr
 from actorflow._errors import (
     ActorDiedError,
     ActorflowError,
+    AuthenticationError,
     MailboxFullError,
     PeerUnreachableError,
     ProtocolError,
@@ -217,8 +218,8 @@ class Remoting:
         if unix is not None:
             try:
                 link = await self._transport.connect(unix, self.config, hello=self._hello)
-            except PeerUnreachableError:
-                pass  # no such socket (another kind of listener): dial as addressed
+            except (PeerUnreachableError, AuthenticationError, ProtocolError):
+                pass  # no such socket, or another cluster's: dial as addressed
             else:
                 if link.peer_hello.get("address") == address:
                     return link

@@ -290,7 +290,7 @@ class _WebSocketListener(Listener):
         self.addresses = []
         self._runner: web.AppRunner | None = None
         self._unix_path: str | None = None
-        self._accepted: asyncio.Queue[Link] = asyncio.Queue()
+        self._accepted: asyncio.Queue[Link | None] = asyncio.Queue()  # None: closed
         self._links: set[Link] = set()
         self._per_peer: Counter[str] = Counter()
         self._closed = False
@@ -391,9 +391,11 @@ class _WebSocketListener(Listener):
                 del self._per_peer[peer_key]
 
     async def accept(self) -> Link:
-        if self._closed:
+        link = None if self._closed else await self._accepted.get()
+        if link is None:
+            self._accepted.put_nowait(None)  # for the next waiter
             raise PeerUnreachableError(f"listener {self.addresses[0]} is closed")
-        return await self._accepted.get()
+        return link
 
     async def aclose(self) -> None:
         if self._closed:
@@ -401,7 +403,10 @@ class _WebSocketListener(Listener):
         self._closed = True
         await asyncio.gather(*(link.aclose() for link in list(self._links)))
         while not self._accepted.empty():
-            await self._accepted.get_nowait().aclose()
+            left = self._accepted.get_nowait()
+            if left is not None:
+                await left.aclose()
+        self._accepted.put_nowait(None)  # wakes whoever waits in accept()
         if self._runner is not None:
             await self._runner.cleanup()
         if self._unix_path is not None:

@@ -289,15 +289,21 @@ async def test_numpy_arrays_are_read_zero_copy_from_shared_memory(
 
 async def test_large_put_is_not_copied_through_python_memory(shared_cluster: af.Runtime) -> None:
     arr = np.ones(4_000_000, dtype=np.float64)  # 32 MB
-    tracemalloc.start()
+    was_tracing = tracemalloc.is_tracing()  # (PYTHONTRACEMALLOC may have started it)
+    if not was_tracing:
+        tracemalloc.start()
     try:
+        base = tracemalloc.get_traced_memory()[0]
+        tracemalloc.reset_peak()
         ref = af.put(arr)
-        _, put_peak = tracemalloc.get_traced_memory()
+        put_peak = tracemalloc.get_traced_memory()[1] - base
+        base = tracemalloc.get_traced_memory()[0]
         tracemalloc.reset_peak()
         out = await within(ref)
-        _, get_peak = tracemalloc.get_traced_memory()
+        get_peak = tracemalloc.get_traced_memory()[1] - base
     finally:
-        tracemalloc.stop()
+        if not was_tracing:
+            tracemalloc.stop()
     # a pickled copy (or a bytes copy of the buffer) would show up as ~32 MB here
     assert put_peak < arr.nbytes // 8, f"put allocated {put_peak} bytes for {arr.nbytes}"
     assert get_peak < arr.nbytes // 8, f"get allocated {get_peak} bytes for {arr.nbytes}"

@@ -238,3 +238,37 @@ def test_a_stream_over_the_message_limit_is_refused() -> None:
 def test_prefix_layout_is_what_protocol_md_says() -> None:
     assert PREFIX.size == 8
     assert struct.unpack("<2sBBI", VALID[0][:8])[:3] == (b"AF", PROTOCOL_VERSION, 0)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(values, min_size=2, max_size=40), st.sampled_from(["", "t"]))
+def test_compact_frames_round_trip(sent: list[Any], target: str) -> None:
+    # One kind, target and sender for every message: the header takes the compact form.
+    enc = encoder()
+    for i, value in enumerate(sent):
+        enc.add(9, target, "me", i, value)
+    frames = drain(enc)
+    assert b'{"k":9' in frames[0]
+    got = decode_all(frames)
+    assert sorted(m[3] for m in got) == list(range(len(sent)))
+    for kind, got_target, sender, cid, value in got:
+        assert (kind, got_target, sender) == (9, target, "me")
+        assert same(sent[cid], value)
+    if target:
+        assert [m[3] for m in got] == list(range(len(sent)))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.dictionaries(
+        st.sampled_from(["k", "t", "s", "c", "v", "x"]),
+        json_values | st.lists(st.integers(-2, 5) | st.none(), max_size=6),
+        max_size=6,
+    ),
+    st.lists(st.integers(-3, 300), max_size=6),
+    st.binary(max_size=100),
+)
+def test_fuzz_compact_entries(entries: dict[str, Any], blens: list[int], body: bytes) -> None:
+    header = orjson.dumps((entries, None, blens, [], None))
+    data = PREFIX.pack(MAGIC, PROTOCOL_VERSION, 0, len(header)) + header + body
+    _decode_only_protocol_errors([data])

@@ -325,3 +325,14 @@ async def test_long_headers_are_split_to_fit(make_pair: Any) -> None:
         pair.client.send(1, target, i)
     got = await collect(pair.server, 1000)
     assert [m[4] for m in got] == list(range(1000))
+
+
+async def test_closing_a_listener_wakes_accept(transport: Transport) -> None:
+    listener = await transport.listen(config(), hello={})
+    waiting = asyncio.ensure_future(listener.accept())
+    await asyncio.sleep(0)  # a loop turn: accept() is waiting
+    await listener.aclose()
+    with pytest.raises(PeerUnreachableError, match="closed"):
+        await within(waiting)
+    with pytest.raises(PeerUnreachableError, match="closed"):
+        await within(listener.accept())

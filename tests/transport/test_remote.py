@@ -20,7 +20,15 @@ from actorflow import (
     SerializationError,
 )
 from actorflow._errors import RemoteException
-from actorflow.runtime import Actor, ActorRef, ActorSystem, ExitReason, Terminated, restore_ref
+from actorflow.runtime import (
+    Actor,
+    ActorRef,
+    ActorSystem,
+    ExitReason,
+    Terminated,
+    current_system,
+    restore_ref,
+)
 from actorflow.transport.remote import Remoting, serve_system
 from actorflow.transport.remote_ref import RemoteActorRef
 
@@ -40,15 +48,29 @@ def peer() -> Iterator[PeerProcess]:
 async def local() -> AsyncIterator[tuple[ActorSystem, Remoting]]:
     system = ActorSystem("driver", stop_timeout_s=2.0)
     remoting = await serve_system(system, config=config(peer_timeout_s=PEER_TIMEOUT))
+    _SYSTEM.append(system)
     try:
         yield system, remoting
     finally:
+        _SYSTEM.remove(system)
         await within(system.shutdown())
         await within(remoting.aclose())
 
 
+_SYSTEM: list[ActorSystem] = []  # the test's own system (set by the local fixture)
+
+
+def rebuild(*info: Any) -> ActorRef:
+    """``restore_ref`` on behalf of this test's system (other tests' systems may linger)."""
+    token = current_system.set(_SYSTEM[-1])
+    try:
+        return restore_ref(*info)
+    finally:
+        current_system.reset(token)
+
+
 def remote(peer: PeerProcess, name: str = "echo") -> ActorRef:
-    return restore_ref(*peer.info["refs"][name])
+    return rebuild(*peer.info["refs"][name])
 
 
 def ended(system: ActorSystem, ref: ActorRef) -> asyncio.Future[Terminated]:
@@ -78,7 +100,11 @@ async def test_ask_and_tell_across_processes(peer: PeerProcess, local: Any) -> N
 
 async def test_refs_pickle_to_the_same_actor(peer: PeerProcess, local: Any) -> None:
     ref = remote(peer)
-    again = pickle.loads(pickle.dumps(ref))
+    token = current_system.set(_SYSTEM[-1])
+    try:
+        again = pickle.loads(pickle.dumps(ref))
+    finally:
+        current_system.reset(token)
     assert again == ref and hash(again) == hash(ref)
     assert await within(again.ask("same")) == "same"
     assert ref != remote(peer, "other")
@@ -211,8 +237,28 @@ async def test_sigstop_is_noticed_within_the_timeout(peer: PeerProcess, local: A
 
 async def test_a_peer_that_never_existed(local: Any) -> None:
     system, _ = local
-    ref = restore_ref("f" * 16, "ws://127.0.0.1:9", "1", "ghost")  # nothing listens on port 9
+    ref = rebuild("f" * 16, "ws://127.0.0.1:9", "1", "ghost")  # nothing listens on port 9
     notice = ended(system, ref)
     with pytest.raises(PeerUnreachableError, match="cannot reach actor 'ghost'"):
         await within(ref.ask("hello?"))
     assert (await within(notice)).reason is ExitReason.PEER_LOST
+
+
+async def test_same_host_peers_use_the_unix_socket(peer: PeerProcess, local: Any) -> None:
+    ref = remote(peer)
+    assert await within(ref.ask("via unix")) == "via unix"
+    assert isinstance(ref, RemoteActorRef)
+    channel = ref._peer.channel
+    assert channel is not None and channel.link.peer.startswith("ws+unix://")
+
+
+async def test_tcp_when_the_peer_serves_no_unix_socket(local: Any) -> None:
+    process = PeerProcess("system", unix_path=None)
+    try:
+        ref = remote(process)
+        assert await within(ref.ask("via tcp")) == "via tcp"
+        assert isinstance(ref, RemoteActorRef)
+        channel = ref._peer.channel
+        assert channel is not None and channel.link.peer.startswith("ws://127.0.0.1:")
+    finally:
+        process.close()

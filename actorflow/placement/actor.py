@@ -1,0 +1,316 @@
+"""The Placement actor: where tasks, actors and placement groups go in the cluster.
+
+It lives in the head's process (well-known id ``placement``) and keeps one
+:class:`~actorflow.placement.policy.ClusterView`: nodes join and leave through the head
+(``AddNode``, ``NodeGone``) and report what is free (``NodeLoad``). Decisions are the pure
+policies of :mod:`actorflow.placement.policy` and :mod:`actorflow.placement.groups`; this actor
+only applies them and keeps the books.
+
+- Tasks: a node that should not (or cannot) take a lease itself asks ``PlaceTask``; the answer
+  names a node (and, for placement group work, a bundle). Leases themselves stay between owners
+  and nodes: the scheduler sees lease decisions, not tasks.
+- Placement groups are reserved all bundles or none: a group is planned against the view and
+  reserved in it in one step, then each node sets its bundles aside (``ReserveBundles``). A
+  group that does not fit now waits here, holding nothing; one that never could fails with
+  InfeasibleError from ``WaitGroup``. Two groups competing for the same nodes therefore never
+  hold half of each other's resources.
+- Load reports race with reservations in flight, so each reservation to a node carries a
+  sequence number that the node echoes in its reports: the view subtracts those it has not
+  applied yet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import functools
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from actorflow._errors import ActorflowError, InfeasibleError
+from actorflow.placement.groups import (
+    GroupPlan,
+    GroupReservations,
+    plan_group,
+    release_group,
+    reserve_group,
+)
+from actorflow.placement.messages import (
+    AddNode,
+    CreateGroup,
+    NodeGone,
+    NodeLoad,
+    PlaceTask,
+    ReleaseBundles,
+    RemoveGroup,
+    ReserveBundles,
+    WaitGroup,
+)
+from actorflow.placement.policy import ClusterView, Infeasible, NodeView, Place, choose_node
+from actorflow.placement.resources import Resources
+from actorflow.placement.strategies import PlacementGroupStrategy
+from actorflow.runtime import Actor, ActorRef, ErrorReply
+
+__all__ = ["GroupState", "Placement"]
+
+log = logging.getLogger("actorflow.placement")
+
+
+class GroupState(enum.Enum):
+    PENDING = "PENDING"  # waits for room; holds nothing
+    RESERVING = "RESERVING"  # planned and held in the view; nodes are setting bundles aside
+    READY = "READY"
+    INFEASIBLE = "INFEASIBLE"
+    REMOVED = "REMOVED"
+
+
+@dataclass(slots=True)
+class _Group:
+    group_id: str
+    bundles: tuple[Resources, ...]
+    strategy: str
+    name: str | None
+    state: GroupState = GroupState.PENDING
+    plan: GroupPlan | None = None
+    error: BaseException | None = None
+    acks_left: int = 0
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class Placement(Actor):
+    """See the module docstring."""
+
+    max_concurrency = 100_000  # WaitGroup answers when a group is ready
+    mailbox_size = 1 << 16
+
+    def __init__(self, spread_threshold: float = 0.5) -> None:
+        self.view = ClusterView(spread_threshold=spread_threshold)
+        self.groups = GroupReservations()
+        self.refs: dict[str, ActorRef] = {}
+        self.records: dict[str, _Group] = {}
+        self.waiting: list[str] = []
+        self._seq: dict[str, int] = {}
+        self._unapplied: dict[str, dict[int, Resources]] = {}
+        self._cursor = 0
+
+    async def receive(self, message: Any) -> Any:
+        try:
+            return await self._handle(message)
+        except Exception as exc:
+            if not isinstance(exc, (ActorflowError, ValueError, TypeError, KeyError)):
+                log.exception("placement failed on %s", type(message).__name__)
+            return ErrorReply(exc)
+
+    async def _handle(self, message: Any) -> Any:
+        kind = type(message)
+        if kind is PlaceTask:
+            return self.place(message.demand, message.strategy, message.from_node, message.what)
+        if kind is NodeLoad:
+            self._load(message)
+            return None
+        if kind is AddNode:
+            self.view.add_node(NodeView(message.node_id, message.resources, message.resources))
+            self.refs[message.node_id] = message.ref
+            self._try_groups()
+            return None
+        if kind is NodeGone:
+            self._node_gone(message.node_id)
+            return None
+        if kind is CreateGroup:
+            self._create_group(message)
+            return None
+        if kind is WaitGroup:
+            return await self._wait_group(message.group_id)
+        if kind is RemoveGroup:
+            self._remove_group(message.group_id)
+            return None
+        raise TypeError(f"placement got an unexpected {kind.__name__}")
+
+    # -- tasks and actors ----------------------------------------------------------------------
+
+    def place(self, demand: Resources, strategy: Any, local: str | None, what: str
+              ) -> tuple[str, ActorRef, tuple[str, int] | None]:
+        """``(node_id, node_ref, bundle)`` for ``demand``; InfeasibleError when no node ever
+        could take it. When nothing is free now, the best node to wait on."""
+        if strategy == "SPREAD":
+            # round-robin over every live node that can ever fit it, busy or not: the task
+            # queues there (a busy node still gets its share, as users expect of SPREAD)
+            fits = sorted((n for n in self.view.nodes() if n.alive and demand.fits_in(n.total)),
+                          key=lambda n: n.node_id)
+            if fits:
+                self._cursor += 1
+                chosen = fits[self._cursor % len(fits)]
+                return chosen.node_id, self.refs[chosen.node_id], None
+        decision = choose_node(demand, self.view, strategy, local_node_id=local,
+                               groups=self.groups, what=what)
+        if type(decision) is Place:
+            bundle = None
+            if decision.bundle_index is not None and isinstance(strategy, PlacementGroupStrategy):
+                bundle = (strategy.group_id, decision.bundle_index)
+            return decision.node_id, self.refs[decision.node_id], bundle
+        if type(decision) is Infeasible:
+            raise InfeasibleError(decision.message)
+        return self._wait_on(demand, strategy, local, what)
+
+    def _wait_on(self, demand: Resources, strategy: Any, local: str | None, what: str
+                 ) -> tuple[str, ActorRef, tuple[str, int] | None]:
+        """Nothing is free now: pick where the request should queue."""
+        if isinstance(strategy, PlacementGroupStrategy):
+            record = self.records.get(strategy.group_id)
+            if record is None or record.plan is None:
+                raise InfeasibleError(
+                    f"{what} uses placement group {strategy.group_id!r}, which is not "
+                    "reserved: await pg.ready() before submitting work to it"
+                )
+            index = strategy.bundle_index
+            if index < 0:  # the first bundle large enough, on a live node
+                index = next(i for i, b in enumerate(record.bundles) if demand.fits_in(b))
+            node_id = record.plan.nodes[index]
+            return node_id, self.refs[node_id], (strategy.group_id, index)
+        target = getattr(strategy, "node_id", None)
+        candidates = [n for n in self.view.nodes() if n.alive and demand.fits_in(n.total)]
+        if target is not None:
+            chosen = [n for n in candidates if n.node_id == target]
+            candidates = chosen or candidates
+        if not candidates:
+            raise InfeasibleError(f"{what} needs {demand.to_amounts()}: no live node fits it now")
+        if strategy == "SPREAD":  # nothing is free: still spread the queueing
+            self._cursor += 1
+            spread = sorted(candidates, key=lambda n: n.node_id)
+            pick = spread[self._cursor % len(spread)]
+            return pick.node_id, self.refs[pick.node_id], None
+        if local is not None:
+            mine = [n for n in candidates if n.node_id == local]
+            candidates = mine or candidates
+        best = max(candidates, key=lambda n: sum(n.available.values()))
+        return best.node_id, self.refs[best.node_id], None
+
+    # -- load ----------------------------------------------------------------------------------
+
+    def _load(self, msg: NodeLoad) -> None:
+        if msg.node_id not in self.view:
+            return
+        pending = self._unapplied.get(msg.node_id, {})
+        for seq in [s for s in pending if s <= msg.reserved_seq]:
+            del pending[seq]  # the node's figure includes these already
+        available = dict(msg.available)
+        for reserved in pending.values():
+            for name, units in reserved.items():
+                available[name] = max(0, available.get(name, 0) - units)
+        total = self.view.node(msg.node_id).total
+        self.view.set_available(msg.node_id, Resources(
+            {k: min(v, total[k]) for k, v in available.items()}
+        ))
+        if self.waiting:
+            self._try_groups()
+
+    def _node_gone(self, node_id: str) -> None:
+        if node_id not in self.view:
+            return
+        self.view.set_alive(node_id, False)
+        self._unapplied.pop(node_id, None)
+        for group_id in self.groups.node_lost(node_id):
+            log.warning("placement group %s lost bundles on node %s", group_id, node_id)
+
+    # -- placement groups ----------------------------------------------------------------------
+
+    def _create_group(self, msg: CreateGroup) -> None:
+        if msg.group_id in self.records:
+            raise ValueError(f"placement group {msg.group_id!r} exists already")
+        self.records[msg.group_id] = _Group(msg.group_id, msg.bundles, msg.strategy, msg.name)
+        self.waiting.append(msg.group_id)
+        self._try_groups()
+
+    def _try_groups(self) -> None:
+        for group_id in list(self.waiting):
+            record = self.records[group_id]
+            decision = plan_group(list(record.bundles), record.strategy, self.view,
+                                  name=record.name)
+            if isinstance(decision, GroupPlan):
+                self.waiting.remove(group_id)
+                self._reserve(record, decision)
+            elif type(decision) is Infeasible:
+                self.waiting.remove(group_id)
+                record.state = GroupState.INFEASIBLE
+                record.error = InfeasibleError(decision.message)
+                self._changed(record)
+
+    def _reserve(self, record: _Group, plan: GroupPlan) -> None:
+        bundles = list(record.bundles)
+        reserve_group(self.view, bundles, plan)
+        self.groups.add(record.group_id, bundles, plan, name=record.name)
+        record.plan = plan
+        record.state = GroupState.RESERVING
+        by_node: dict[str, list[tuple[int, Resources]]] = {}
+        for index, node_id in enumerate(plan.nodes):
+            by_node.setdefault(node_id, []).append((index, bundles[index]))
+        record.acks_left = len(by_node)
+        for node_id, items in by_node.items():
+            seq = self._seq[node_id] = self._seq.get(node_id, 0) + 1
+            total = Resources()
+            for _, bundle in items:
+                total = total + bundle
+            self._unapplied.setdefault(node_id, {})[seq] = total
+            fut = self.refs[node_id].ask_nowait(ReserveBundles(record.group_id, tuple(items), seq))
+            fut.add_done_callback(functools.partial(self._reserved, record))
+
+    def _reserved(self, record: _Group, fut: asyncio.Future[Any]) -> None:
+        error = None if fut.cancelled() else fut.exception()
+        if record.state is not GroupState.RESERVING:
+            return
+        if error is not None:
+            log.warning("placement group %s: a node failed to reserve: %s",
+                        record.group_id, error)
+            return  # the node is gone: NodeGone marks its bundles lost
+        record.acks_left -= 1
+        if record.acks_left == 0:
+            record.state = GroupState.READY
+            self._changed(record)
+
+    async def _wait_group(self, group_id: str) -> None:
+        while True:
+            record = self.records.get(group_id)
+            if record is None:
+                raise KeyError(f"no placement group {group_id!r}")
+            if record.state is GroupState.READY:
+                return
+            if record.state is GroupState.INFEASIBLE:
+                assert record.error is not None
+                raise InfeasibleError(str(record.error))
+            if record.state is GroupState.REMOVED:
+                raise InfeasibleError(f"placement group {group_id!r} was removed")
+            await record.changed.wait()
+
+    def _remove_group(self, group_id: str) -> None:
+        record = self.records.get(group_id)
+        if record is None or record.state is GroupState.REMOVED:
+            return
+        if group_id in self.waiting:
+            self.waiting.remove(group_id)
+        if record.plan is not None and group_id in self.groups:
+            self.groups.remove(group_id)
+            release_group(self.view, list(record.bundles), record.plan)
+            for node_id in set(record.plan.nodes):
+                ref = self.refs.get(node_id)
+                if ref is not None:
+                    try:
+                        ref.tell_nowait(ReleaseBundles(group_id))
+                    except Exception:
+                        pass  # the node is gone, and its bundles with it
+        record.state = GroupState.REMOVED
+        self._changed(record)
+        self._try_groups()
+
+    @staticmethod
+    def _changed(record: _Group) -> None:
+        record.changed.set()
+        record.changed = asyncio.Event()
+
+    def group_views(self) -> list[dict[str, Any]]:
+        return [
+            {"group_id": r.group_id, "name": r.name, "strategy": r.strategy,
+             "state": r.state.value, "bundles": [b.to_amounts() for b in r.bundles],
+             "nodes": list(r.plan.nodes) if r.plan is not None else None}
+            for r in self.records.values()
+        ]

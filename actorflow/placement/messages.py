@@ -1,0 +1,97 @@
+"""Messages to and from the Placement actor (see :mod:`actorflow.placement.actor`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from actorflow.placement.resources import Resources
+
+__all__ = [
+    "AddNode",
+    "CreateGroup",
+    "NodeGone",
+    "NodeLoad",
+    "PlaceTask",
+    "ReleaseBundles",
+    "RemoveGroup",
+    "ReserveBundles",
+    "WaitGroup",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class AddNode:
+    """Head -> placement: a node joined (``ref`` is its Node actor)."""
+
+    node_id: str
+    ref: Any
+    resources: Resources
+
+
+@dataclass(frozen=True, slots=True)
+class NodeGone:
+    """Head -> placement: a node left or died."""
+
+    node_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class NodeLoad:
+    """Node -> head: what is free on the node now (sent when it changes), and the sequence
+    number of the last bundle reservation it has applied (so the head knows which of its
+    reservations the figure already includes)."""
+
+    node_id: str
+    available: Resources
+    pending: int = 0
+    reserved_seq: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ReserveBundles:
+    """Ask (head -> node): set these bundles of group ``group_id`` aside (waits for room)."""
+
+    group_id: str
+    bundles: tuple[tuple[int, Resources], ...]
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseBundles:
+    """Tell (head -> node): the group is removed; give its bundles back."""
+
+    group_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class CreateGroup:
+    """Ask (owner -> head): reserve a placement group, all bundles or none; answers at once."""
+
+    group_id: str
+    bundles: tuple[Resources, ...]
+    strategy: str
+    name: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class WaitGroup:
+    """Ask: answers once the group is reserved; raises InfeasibleError if it never can be."""
+
+    group_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class RemoveGroup:
+    group_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class PlaceTask:
+    """Ask (node -> head): which node should run a task of this demand and strategy?
+    Answers ``(node_id, node_ref)`` or raises InfeasibleError."""
+
+    demand: Resources
+    strategy: Any
+    from_node: str | None
+    what: str = "a task"
