@@ -135,7 +135,7 @@ class RemoteFunction(Generic[T]):
         export = self._exported()
         opts = self._options
         args, kwargs, deps = _split_refs(args, kwargs)
-        blob = dumps((args, kwargs), f"an argument of {self._name!r}")
+        blob, keep = core.pack_args(args, kwargs, f"an argument of {self._name!r}")
         task_id = core.new_id()
         n = opts.num_returns
         return_ids = (task_id,) if n == 1 else tuple(f"{task_id}.{i}" for i in range(n))
@@ -146,7 +146,8 @@ class RemoteFunction(Generic[T]):
         retries = opts.max_retries if opts.max_retries >= 0 else 1 << 30
         core.submitter.submit(PendingTask(spec, return_ids, self._shape, retries,
                                           self._retry_exceptions, export.blob,
-                                          strategy=opts.scheduling_strategy, deps=deps))
+                                          strategy=opts.scheduling_strategy, deps=deps,
+                                          keep=keep))
         return refs[0] if n == 1 else refs
 
 
@@ -300,7 +301,8 @@ class ActorMethod:
     def _call(self, core: Core, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         handle = self._handle
         args, kwargs, deps = _split_refs(args, kwargs)
-        blob = dumps((args, kwargs), f"an argument of {handle._class_name}.{self._name}")
+        blob, keep = core.pack_args(args, kwargs,
+                                    f"an argument of {handle._class_name}.{self._name}")
         n = self._options.num_returns
         call_id = core.new_id()
         return_ids = (call_id,) if n == 1 else tuple(f"{call_id}.{i}" for i in range(n))
@@ -308,7 +310,7 @@ class ActorMethod:
         retries = handle._max_task_retries
         _client(core, handle).call(PendingCall(
             ActorCall(self._name, blob, (), n), return_ids,
-            retries if retries >= 0 else 1 << 30, deps,
+            retries if retries >= 0 else 1 << 30, deps, keep=keep,
         ))
         return refs[0] if n == 1 else refs
 

@@ -42,6 +42,7 @@ class PendingCall:
     retries_left: int
     deps: list[ObjectRef]
     ready: bool = True
+    keep: Any = None  # the ObjectRef of its arguments in shared memory, held until it is done
 
 
 class ActorClient:

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from actorflow._errors import ObjectLostError, PeerUnreachableError, TaskError
 from actorflow.cluster.protocol import (
+    Args,
     Failed,
     Fetched,
     GetClusterInfo,
@@ -37,7 +38,13 @@ from actorflow.cluster.protocol import (
 )
 from actorflow.objects import shm
 from actorflow.objects.ref import ObjectRef
-from actorflow.objects.serialization import INLINE_LIMIT, deserialize, serialize
+from actorflow.objects.serialization import (
+    INLINE_LIMIT,
+    Serialized,
+    deserialize,
+    dumps,
+    serialize,
+)
 from actorflow.runtime import Actor, ActorRef, ActorSystem
 
 if TYPE_CHECKING:
@@ -65,6 +72,9 @@ class TaskContext:
 
 
 # TaskContext is a frozen dataclass: immutable, so a shared default is safe
+#: how many shared-memory segments a process keeps mapped for reuse
+MAPPED_SEGMENTS = 8
+
 task_context: ContextVar[TaskContext] = ContextVar(
     "actorflow_task", default=TaskContext()  # noqa: B039
 )
@@ -190,6 +200,7 @@ class Core:
         self._prefix = secrets.token_hex(5)
         self._ids = itertools.count(1)
         self._nodes: dict[str, ActorRef] = {}
+        self._mapped: dict[str, tuple[memoryview, list[memoryview]]] = {}
         self.closed = False
 
     async def start(self) -> None:
@@ -205,9 +216,27 @@ class Core:
         ser = serialize(value, what)
         if ser.nbytes < INLINE_LIMIT:
             return Inline(ser.meta, tuple(bytes(b) for b in ser.buffers))
+        return self._to_segment(ser)
+
+    def _to_segment(self, ser: Serialized) -> InShm:
         name = f"af-{self.node_id}-{self.new_id()}"
         nbytes = shm.write_segment(name, ser)
         return InShm(name, self.node_id, nbytes)
+
+    def pack_args(self, args: tuple[Any, ...], kwargs: dict[str, Any], what: str
+                  ) -> tuple[Args, ObjectRef | None]:
+        """A call's arguments, serialized once. Large ones go to shared memory (one copy)
+        under an object this process owns; the returned ref keeps it until the call is done."""
+        ser = serialize((args, kwargs), what)
+        if ser.nbytes < INLINE_LIMIT:
+            return (ser.meta if not ser.buffers else dumps((args, kwargs), what)), None
+        assert self.owner_ref is not None
+        object_id = self.new_id()
+        self.objects.create(object_id)
+        ref = ObjectRef(object_id, self.owner_ref, self)
+        payload = self._to_segment(ser)
+        self.objects.resolve(object_id, payload)
+        return payload, ref
 
     def materialize(self, payload: Payload) -> Any:
         """Payload to value; raises the error a failed task left."""
@@ -218,12 +247,20 @@ class Core:
         if type(payload) is InShm:
             if payload.node_id != self.node_id:
                 raise RuntimeError(f"segment {payload.name} must be localized first (a bug)")
-            try:
-                meta, buffers = shm.read_segment(payload.name)
-            except FileNotFoundError:
-                raise ObjectLostError(
-                    f"object segment {payload.name} is gone (its owner freed it or exited)"
-                ) from None
+            mapped = self._mapped.get(payload.name)
+            if mapped is None:
+                try:
+                    mapped = shm.read_segment(payload.name)
+                except FileNotFoundError:
+                    raise ObjectLostError(
+                        f"object segment {payload.name} is gone (its owner freed it or exited)"
+                    ) from None
+                # keep a few mappings: a segment read again (an argument passed to many
+                # calls) costs no new page faults; arrays keep their own mapping anyway
+                self._mapped[payload.name] = mapped
+                if len(self._mapped) > MAPPED_SEGMENTS:
+                    self._mapped.pop(next(iter(self._mapped)))
+            meta, buffers = mapped
             return deserialize(meta, buffers)
         if type(payload) is Failed:
             error = payload.error

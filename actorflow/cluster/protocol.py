@@ -75,6 +75,10 @@ class Failed:
 
 Payload = Inline | InShm | Fetched | Failed
 
+#: A call's (args, kwargs): pickled bytes, or, when large, a shared-memory segment (one copy,
+#: read zero-copy by the worker)
+Args = bytes | InShm
+
 
 # -- tasks ---------------------------------------------------------------------------------------
 
@@ -87,7 +91,7 @@ class TaskSpec:
     name: str
     fn_id: str
     fn_blob: bytes | None  # the cloudpickled function, sent once per worker
-    args: bytes  # pickled (args, kwargs); top-level ObjectRefs replaced by ResolvedArg
+    args: Args  # pickled (args, kwargs); top-level ObjectRefs replaced by ResolvedArg
     resolved: tuple[Payload, ...]  # values of the top-level ObjectRef arguments
     num_returns: int
     owner: ActorRef  # the owner's ObjectOwner actor (where nested refs are rooted)
@@ -189,7 +193,7 @@ class HostActor:
 @dataclass(frozen=True, slots=True)
 class ActorCall:
     method: str
-    args: bytes
+    args: Args
     resolved: tuple[Payload, ...]
     num_returns: int = 1
 

@@ -64,6 +64,7 @@ class PendingTask:
     cancelled: bool = False
     lease: _Lease | None = None
     deps: list[ObjectRef] = field(default_factory=list)
+    keep: Any = None  # the ObjectRef of its arguments in shared memory, held until it is done
 
 
 class _Lease:

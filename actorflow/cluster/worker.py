@@ -28,15 +28,18 @@ from actorflow._errors import RemoteException, SerializationError, TaskCancelled
 from actorflow.cluster.core import TaskContext, task_context
 from actorflow.cluster.protocol import (
     ActorCall,
+    Args,
     CancelTask,
     Failed,
     HostActor,
+    InShm,
     MissingFunction,
     Payload,
     ResolvedArg,
     TaskReply,
     TaskSpec,
 )
+from actorflow.cluster.threads import SyncRunner
 from actorflow.objects.serialization import loads
 from actorflow.runtime import Actor, ActorRef, ErrorReply
 
@@ -46,9 +49,19 @@ if TYPE_CHECKING:
 __all__ = ["UserActor", "Worker", "WorkerControl", "capture_error", "resolve_args"]
 
 
-def resolve_args(core: Core, blob: bytes, resolved: tuple[Payload, ...]) -> tuple[Any, Any]:
-    """Unpickle ``(args, kwargs)`` and put the resolved ObjectRef values in place."""
-    args, kwargs = loads(blob)
+async def local_args(core: Core, blob: Args) -> bytes | Payload:
+    """The arguments blob, fetched first when it lies in another node's shared memory."""
+    if isinstance(blob, InShm) and not core.is_local(blob):
+        (fetched,) = await core.localize((blob,))
+        return fetched
+    return blob
+
+
+def resolve_args(core: Core, blob: bytes | Payload, resolved: tuple[Payload, ...]
+                 ) -> tuple[Any, Any]:
+    """Unpickle ``(args, kwargs)`` (from shared memory when large) and put the resolved
+    ObjectRef values in place."""
+    args, kwargs = loads(blob) if isinstance(blob, bytes) else core.materialize(blob)
     if resolved:
         values = [core.materialize(p) for p in resolved]
         args = tuple(values[a.index] if type(a) is ResolvedArg else a for a in args)
@@ -89,34 +102,46 @@ async def _call(
     fn: Callable[..., Any],
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
-    executor: ThreadPoolExecutor,
+    runner: SyncRunner | ThreadPoolExecutor,
 ) -> Any:
     if inspect.iscoroutinefunction(fn):
         return await fn(*args, **kwargs)
-    loop = asyncio.get_running_loop()
     ctx = copy_context()
-    result = await loop.run_in_executor(executor, lambda: ctx.run(fn, *args, **kwargs))
+    if isinstance(runner, SyncRunner):
+        result = await runner.run(ctx, fn, *args, **kwargs)
+    else:
+        loop = asyncio.get_running_loop()
+        result = await loop.run_in_executor(runner, lambda: ctx.run(fn, *args, **kwargs))
     if inspect.isawaitable(result):  # a plain def that returned a coroutine
         return await result
     return result
 
 
 class Worker(Actor):
-    """Runs the tasks pushed to this worker, one at a time, in arrival order."""
+    """Runs the tasks pushed to this worker, one at a time, in arrival order.
+
+    Plain-def tasks queued together run back to back in one hop to the task thread
+    (``batches``); each still has its own task context and its own reply.
+    """
 
     mailbox_size = 1 << 16
+    batches = True
 
     def __init__(self, core: Core) -> None:
         self.core = core
         self.functions: dict[str, Callable[..., Any]] = {}
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="af-task")
+        self.executor: SyncRunner | None = None  # made in on_start, on the worker's loop
         self.running: tuple[str, asyncio.Task[Any]] | None = None
         self.cancelled: set[str] = set()
         self.user_actor: ActorRef | None = None
         self.pid = os.getpid()
 
+    async def on_start(self) -> None:
+        self.executor = SyncRunner("af-task")
+
     async def on_stop(self) -> None:
-        self.executor.shutdown(wait=False, cancel_futures=True)
+        if self.executor is not None:
+            self.executor.close()
 
     async def receive(self, message: Any) -> Any:
         if type(message) is TaskSpec:
@@ -124,6 +149,76 @@ class Worker(Actor):
         if type(message) is HostActor:
             return await self._host_actor(message)
         raise TypeError(f"worker got an unexpected {type(message).__name__}")
+
+    def _batchable(self, message: Any) -> Callable[..., Any] | None:
+        if type(message) is not TaskSpec:
+            return None
+        spec: TaskSpec = message
+        fn = self.functions.get(spec.fn_id)
+        if (fn is None or inspect.iscoroutinefunction(fn) or spec.gpu_ids
+                or spec.task_id in self.cancelled or not isinstance(spec.args, bytes)
+                or (spec.resolved and not all(self.core.is_local(p) for p in spec.resolved))):
+            return None
+        return fn
+
+    async def receive_batch(self, items: list[tuple[Any, Any]]) -> None:
+        i = 0
+        while i < len(items):
+            run: list[tuple[TaskSpec, Any, Callable[..., Any]]] = []
+            while i < len(items) and (fn := self._batchable(items[i][0])) is not None:
+                run.append((items[i][0], items[i][1], fn))
+                i += 1
+            if len(run) > 1:
+                await self._run_batch(run)
+                continue
+            if run:
+                i -= 1
+            message, reply = items[i]
+            i += 1
+            result = await self.receive(message)
+            if reply is not None and not reply.done():
+                if type(result) is ErrorReply:
+                    reply.set_exception(result.error)
+                else:
+                    reply.set_result(result)
+
+    async def _run_batch(self, run: list[tuple[TaskSpec, Any, Callable[..., Any]]]) -> None:
+        calls: list[tuple[Any, Callable[..., Any], tuple[Any, ...], dict[str, Any]]] = []
+        ready: list[tuple[TaskSpec, Any]] = []
+        for spec, reply, fn in run:
+            where = f"task {spec.name} (pid={self.pid})"
+            token = task_context.set(TaskContext(task_id=spec.task_id, name=spec.name))
+            try:
+                args, kwargs = resolve_args(self.core, spec.args, spec.resolved)
+                ctx = copy_context()
+            except Exception as exc:
+                failed = Failed(capture_error(exc, where))
+                if reply is not None and not reply.done():
+                    reply.set_result(TaskReply((failed,) * spec.num_returns))
+                continue
+            finally:
+                task_context.reset(token)
+            calls.append((ctx, fn, args, kwargs))
+            ready.append((spec, reply))
+        if not calls:
+            return
+        assert self.executor is not None
+        start = time.perf_counter()
+        outcomes = await self.executor.run_many(calls)
+        run_s = (time.perf_counter() - start) / len(calls)
+        for (spec, reply), (ok, value) in zip(ready, outcomes, strict=True):
+            where = f"task {spec.name} (pid={self.pid})"
+            if ok and inspect.isawaitable(value):
+                try:
+                    value = await value
+                except Exception as exc:
+                    ok, value = False, exc
+            if ok:
+                returns = _encode_returns(self.core, value, spec.num_returns, spec.name)
+            else:
+                returns = (Failed(capture_error(value, where)),) * spec.num_returns
+            if reply is not None and not reply.done():
+                reply.set_result(TaskReply(returns, run_s))
 
     async def _run_task(self, spec: TaskSpec) -> TaskReply:
         start = time.perf_counter()
@@ -149,7 +244,8 @@ class Worker(Actor):
             resolved = spec.resolved
             if not all(self.core.is_local(p) for p in resolved):
                 resolved = await self.core.localize(resolved)
-            args, kwargs = resolve_args(self.core, spec.args, resolved)
+            blob = await local_args(self.core, spec.args)
+            args, kwargs = resolve_args(self.core, blob, resolved)
             if inspect.iscoroutinefunction(fn):
                 task = asyncio.get_running_loop().create_task(fn(*args, **kwargs))
                 self.running = (spec.task_id, task)
@@ -158,6 +254,7 @@ class Worker(Actor):
                 finally:
                     self.running = None
             else:
+                assert self.executor is not None
                 result = await _call(fn, args, kwargs, self.executor)
         except asyncio.CancelledError:
             if self.running is None and spec.task_id in self.cancelled:
@@ -206,9 +303,14 @@ class Worker(Actor):
 
 
 class UserActor(Actor):
-    """Handles method calls of the user actor this process hosts."""
+    """Handles method calls of the user actor this process hosts.
+
+    Calls to plain ``def`` methods that are queued together run back to back in one hop to
+    the actor's thread (``batches``): the same order and thread, one hand-off instead of many.
+    """
 
     mailbox_size = 1 << 16
+    batches = True
 
     def __init__(self, core: Core, instance: Any, ctx: TaskContext) -> None:
         self.core = core
@@ -216,22 +318,95 @@ class UserActor(Actor):
         self.ctx = ctx
         self.pid = os.getpid()
         self.methods: dict[str, Callable[..., Any]] = {}
-        # sync methods run in threads: one for a serial actor (thread affinity), more when the
-        # actor allows concurrent calls
-        self.executor: ThreadPoolExecutor | None = None
+        # sync methods run in threads: one for a serial actor (thread affinity), a pool when
+        # the actor allows concurrent calls
+        self.executor: SyncRunner | ThreadPoolExecutor | None = None
 
     async def on_start(self) -> None:
         threads = type(self).max_concurrency
         cell = self.ref._slot.cell
         if cell is not None:
             threads = cell.max_concurrency
-        self.executor = ThreadPoolExecutor(
-            max_workers=max(1, min(threads, 32)), thread_name_prefix="af-actor"
-        )
+        if threads <= 1:
+            self.executor = SyncRunner("af-actor")
+        else:
+            self.executor = ThreadPoolExecutor(
+                max_workers=min(threads, 32), thread_name_prefix="af-actor"
+            )
 
     async def on_stop(self) -> None:
-        if self.executor is not None:
+        if isinstance(self.executor, SyncRunner):
+            self.executor.close()
+        elif self.executor is not None:
             self.executor.shutdown(wait=False, cancel_futures=True)
+
+    def _sync_method(self, message: Any) -> Callable[..., Any] | None:
+        """The plain-def method a queued call can run in a batch, if it can."""
+        if type(message) is not ActorCall or not isinstance(self.executor, SyncRunner):
+            return None
+        call: ActorCall = message
+        if not isinstance(call.args, bytes) or (call.resolved and not all(
+                self.core.is_local(p) for p in call.resolved)):
+            return None
+        method = self.methods.get(call.method)
+        if method is None or inspect.iscoroutinefunction(method):
+            return None
+        return method
+
+    async def receive_batch(self, items: list[tuple[Any, Any]]) -> None:
+        i = 0
+        while i < len(items):
+            run: list[tuple[ActorCall, Any, Callable[..., Any]]] = []
+            while i < len(items) and (method := self._sync_method(items[i][0])) is not None:
+                run.append((items[i][0], items[i][1], method))
+                i += 1
+            if len(run) > 1:
+                await self._run_batch(run)
+                continue
+            if run:
+                i -= 1
+            message, reply = items[i]
+            i += 1
+            result = await self.receive(message)
+            if reply is not None and not reply.done():
+                reply.set_result(result)
+
+    async def _run_batch(self, run: list[tuple[ActorCall, Any, Callable[..., Any]]]) -> None:
+        token = task_context.set(self.ctx)
+        ctx = copy_context()
+        task_context.reset(token)
+        calls: list[tuple[Any, Callable[..., Any], tuple[Any, ...], dict[str, Any]]] = []
+        ready: list[tuple[ActorCall, Any]] = []
+        for call, reply, method in run:
+            try:
+                args, kwargs = resolve_args(self.core, call.args, call.resolved)
+            except Exception as exc:
+                where = f"{self.ctx.name}.{call.method} (pid={self.pid})"
+                failed = Failed(capture_error(exc, where))
+                if reply is not None and not reply.done():
+                    reply.set_result(TaskReply((failed,) * call.num_returns))
+                continue
+            calls.append((ctx, method, args, kwargs))
+            ready.append((call, reply))
+        if not calls:
+            return
+        assert isinstance(self.executor, SyncRunner)
+        start = time.perf_counter()
+        outcomes = await self.executor.run_many(calls)
+        run_s = (time.perf_counter() - start) / len(calls)
+        for (call, reply), (ok, value) in zip(ready, outcomes, strict=True):
+            where = f"{self.ctx.name}.{call.method} (pid={self.pid})"
+            if ok and inspect.isawaitable(value):  # a plain def that returned a coroutine
+                try:
+                    value = await value
+                except Exception as exc:
+                    ok, value = False, exc
+            if ok:
+                returns = _encode_returns(self.core, value, call.num_returns, where)
+            else:
+                returns = (Failed(capture_error(value, where)),) * call.num_returns
+            if reply is not None and not reply.done():
+                reply.set_result(TaskReply(returns, run_s))
 
     async def receive(self, message: Any) -> Any:
         if type(message) is not ActorCall:
@@ -250,7 +425,8 @@ class UserActor(Actor):
             resolved = call.resolved
             if not all(self.core.is_local(p) for p in resolved):
                 resolved = await self.core.localize(resolved)
-            args, kwargs = resolve_args(self.core, call.args, resolved)
+            blob = await local_args(self.core, call.args)
+            args, kwargs = resolve_args(self.core, blob, resolved)
             assert self.executor is not None
             result = await _call(method, args, kwargs, self.executor)
         except asyncio.CancelledError:

@@ -86,6 +86,9 @@ class Actor:
 
     max_concurrency: ClassVar[int] = 1
     mailbox_size: ClassVar[int] = 1024
+    #: With ``max_concurrency`` 1, True makes the runtime hand every message already queued to
+    #: :meth:`receive_batch` at once (in order) instead of one by one to :meth:`receive`.
+    batches: ClassVar[bool] = False
 
     ref: ActorRef
     system: ActorSystem
@@ -116,6 +119,16 @@ class Actor:
         dropped. An exception fails that ask and crashes the actor (its supervisor decides
         what happens next); return :class:`ErrorReply` to fail the ask and carry on."""
         raise TypeError(f"{type(self).__name__} does not handle {type(message).__name__} messages")
+
+    async def receive_batch(self, items: list[tuple[Any, Any]]) -> None:
+        """Handle several queued messages at once (only when ``batches`` is True): ``items``
+        are ``(message, reply)`` pairs in mailbox order, and this method answers each reply
+        that is not None (``reply.set_result`` / ``set_exception``). An exception crashes the
+        actor, and every reply it left unanswered gets that exception."""
+        for message, reply in items:
+            result = await self.receive(message)
+            if reply is not None and not reply.done():
+                reply.set_result(result)
 
     def stop(self) -> None:
         """Ask this actor to stop after the message in hand (a normal exit)."""

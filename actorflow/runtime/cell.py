@@ -36,6 +36,7 @@ class _Control:
 
 
 _STOP = _Control("stop")
+BATCH = 64  # most messages handed to one receive_batch call
 _WAKE = _Control("wake")  # a concurrent handler crashed: wake the loop to notice
 
 
@@ -139,11 +140,17 @@ class Cell:
         """One message at a time, in mailbox order. Returns the crash cause, or None on stop."""
         mailbox = self.mailbox
         receive = self.actor.receive
+        batch = self.actor.receive_batch if self.actor.batches else None
         while True:
             if mailbox._items:
                 item = mailbox.get_nowait()
             else:
                 item = await mailbox.get()
+            if batch is not None and mailbox._items:
+                crash = await self._batch(item, batch)
+                if crash is not None:
+                    return crash if crash is not _STOP else None
+                continue
             message, reply = item
             if message is _STOP:
                 try:
@@ -167,6 +174,44 @@ class Cell:
                     reply.set_exception(result.error)
                 else:
                     reply.set_result(result)
+
+    async def _batch(self, first: Any, batch: Any) -> Any:
+        """Hand ``first`` and every message queued behind it (up to BATCH) to receive_batch.
+        Returns the crash cause, _STOP when a stop request was met, or None."""
+        mailbox = self.mailbox
+        items = [first]
+        stop = None
+        while mailbox._items and len(items) < BATCH:
+            item = mailbox.get_nowait()
+            if item[0] is _STOP:
+                stop = item
+                break
+            items.append(item)
+        if items[0][0] is _STOP:
+            self._stop_requested()
+            return _STOP
+        try:
+            await batch(items)
+        except asyncio.CancelledError:
+            for _, reply in items:
+                if reply is not None and not reply.done():
+                    reply.set_exception(self._lost_error(ExitReason.KILLED))
+            raise
+        except Exception as exc:
+            for _, reply in items:
+                if reply is not None and not reply.done():
+                    reply.set_exception(exc)
+            return exc
+        if stop is not None:
+            self._stop_requested()
+            return _STOP
+        return None
+
+    def _stop_requested(self) -> None:
+        try:
+            self.actor.on_stop_requested()
+        except Exception:
+            self.system._log.exception("on_stop_requested of %s raised", self.slot.path)
 
     async def _concurrent_loop(self) -> BaseException | None:
         """Up to ``max_concurrency`` handlers at once, each in a task owned by this cell."""

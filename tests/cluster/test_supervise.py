@@ -57,8 +57,7 @@ class Writer:
 
 
 async def test_sample_of_section_6(shared_cluster: af.Runtime, tmp_path: Path) -> None:
-    os.chdir(tmp_path)  # "out.txt" as in the sample; the writer's process has its own cwd
-    out = str(tmp_path / "out.txt")
+    out = str(tmp_path / "out.txt")  # the sample's "out.txt", made absolute (workers' cwd is ours)
     tree = await within(af.supervise(
         [af.child(Parser, name="parser"), af.child(Writer, out, name="writer")],
         strategy="rest_for_one",               # "one_for_one" | "one_for_all" | "rest_for_one"
