@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+import pytest_asyncio
 
 import actorflow as af
 
@@ -43,7 +44,7 @@ def pytest_configure(config: pytest.Config) -> None:
     )
 
 
-@pytest.fixture
+@pytest_asyncio.fixture
 async def af_cluster(request: pytest.FixtureRequest) -> AsyncIterator[af.Runtime]:
     """A running embedded cluster for one test (see the module docstring)."""
     marker = request.node.get_closest_marker("af_cluster")

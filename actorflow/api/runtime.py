@@ -320,8 +320,8 @@ def get_runtime_context() -> RuntimeContext:
     actor), worker_pid, namespace and the task or actor name."""
     core = current_core()
     ctx = task_context.get()
-    return RuntimeContext(core.node_id, core.job_id, ctx.task_id, ctx.actor_id, os.getpid(),
-                          core.namespace, ctx.name)
+    return RuntimeContext(core.node_id, ctx.job_id or core.job_id, ctx.task_id, ctx.actor_id,
+                          os.getpid(), core.namespace, ctx.name)
 
 
 def get_gpu_ids() -> list[int]:

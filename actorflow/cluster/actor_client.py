@@ -249,7 +249,7 @@ class ActorClient:
                 self.queue.appendleft(pending)
             else:
                 self._fail(pending, ActorUnavailableError(
-                    self.class_name, "its process died during the call; it has restarted"))
+                    self.class_name, "its process died during the call"))
         self._flush()
 
     def _follow(self, loc: ActorLocation) -> None:

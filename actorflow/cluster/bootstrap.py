@@ -167,8 +167,9 @@ async def start_node(
 
 async def connect(address: str, token: str, *, host: str = "127.0.0.1",
                   name: str = "driver") -> ClusterProcess:
-    """Join the cluster at ``address`` as a client; picks a node of this machine (the first
-    node listening on a loopback address, else the head's) for leases and objects."""
+    """Join the cluster at ``address`` as a client. Its leases and objects go through the
+    first live node the head lists (the head's own node when it has one); the placement
+    sends work on from there."""
     system = ActorSystem(f"{name}-{os.getpid()}")
     remoting = await serve_system(system, config=_config(token, host, 0, None))
     try:

@@ -29,6 +29,7 @@ from actorflow.cluster.protocol import (
     Args,
     Failed,
     Fetched,
+    FreeSegment,
     GetClusterInfo,
     Inline,
     InShm,
@@ -69,6 +70,7 @@ class TaskContext:
     actor_id: str | None = None
     name: str = "driver"
     gpu_ids: tuple[int, ...] = ()
+    job_id: str | None = None  # the job that submitted it (None: this process's own)
 
 
 # TaskContext is a frozen dataclass: immutable, so a shared default is safe
@@ -131,8 +133,19 @@ class ObjectTable:
             entry.pinned = True
 
     def _discard(self, payload: Payload) -> None:
-        if isinstance(payload, InShm) and payload.node_id == self.core.node_id:
+        if not isinstance(payload, InShm):
+            return
+        if payload.node_id == self.core.node_id:
             shm.unlink_segment(payload.name)
+            return
+        node = self.core._nodes.get(payload.node_id)  # known once a value was fetched from it
+        if node is None:
+            node = self.core._node_by_id(payload.node_id)
+        if node is not None:
+            try:
+                node.tell_nowait(FreeSegment(payload.name))
+            except Exception:
+                pass  # that node is gone, and its segments with it
 
     async def payload(self, object_id: str) -> Payload:
         entry = self.entries.get(object_id)
@@ -291,6 +304,12 @@ class Core:
             else:
                 out.append(payload)
         return tuple(out)
+
+    def _node_by_id(self, node_id: str) -> ActorRef | None:
+        """A node's ref without asking anyone: its Node actor has the well-known id ``node``
+        in a system whose address the segment's producer reported (not known here), so only
+        the nodes met already are reachable; the others free their segments when they stop."""
+        return self._nodes.get(node_id)
 
     async def _node_ref(self, node_id: str) -> ActorRef:
         ref = self._nodes.get(node_id)

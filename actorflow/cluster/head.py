@@ -306,7 +306,9 @@ class Head(Actor):
             record.state = ActorState.DEAD
             error = msg.error
             if not isinstance(error, ActorDiedError):
-                error = ActorDiedError(record.spec.class_name, "it was killed", error)
+                reason = ("its node died" if isinstance(error, NodeDiedError)
+                          else "it was killed" if error is None else "it ended")
+                error = ActorDiedError(record.spec.class_name, reason, error)
             record.death = error
             record.location = None
             spec = record.spec

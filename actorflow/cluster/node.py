@@ -39,6 +39,7 @@ from actorflow.cluster.protocol import (
     ActorSpec,
     ActorUp,
     Fetched,
+    FreeSegment,
     HostActor,
     KillActor,
     Lease,
@@ -246,6 +247,10 @@ class Node(Actor):
             return self.info()
         if kind is ReadSegment:
             return self._read_segment(message.name)
+        if kind is FreeSegment:
+            if message.name.startswith(f"af-{self.node_id}-"):
+                shm.unlink_segment(message.name)
+            return None
         if kind is Terminated:
             return None
         raise TypeError(f"node got an unexpected {kind.__name__}")
@@ -298,7 +303,11 @@ class Node(Actor):
         strategy = req.strategy
         if strategy not in (None, "DEFAULT"):
             return False
-        return req.demand.fits_in(self.total) and self._gpu_feasible(req.demand["GPU"])
+        if not (req.demand.fits_in(self.total) and self._gpu_feasible(req.demand["GPU"])):
+            return False
+        # free here now: take it; busy here: let the placement send it where there is room
+        # (it keeps it here when no node has room, so it queues where it was asked)
+        return req.demand.fits_in(self.available)
 
     def _load_changed(self) -> None:
         if self._load_handle is None:

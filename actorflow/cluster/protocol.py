@@ -60,6 +60,13 @@ class Fetched:
 
 
 @dataclass(frozen=True, slots=True)
+class FreeSegment:
+    """Tell a node: the owner freed this object; unlink its segment."""
+
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
 class ReadSegment:
     """Ask a node for one of its shared-memory segments (answers ``Fetched``)."""
 

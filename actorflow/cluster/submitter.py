@@ -221,7 +221,11 @@ class TaskSubmitter:
         elif exc is not None:
             # the worker died (or the link to it did) with the task in flight
             self._lease_lost(lease, exc)
-            if pending.retries_left > 0 and not pending.cancelled:
+            if pending.cancelled:  # af.cancel(force=True) ended its process on purpose
+                cancelled = TaskCancelledError(
+                    f"task {pending.spec.name!r} was cancelled (force)")
+                self._finish(pending, self._failed(pending, cancelled))
+            elif pending.retries_left > 0:
                 pending.retries_left -= 1
                 state.queue.appendleft(pending)
             else:

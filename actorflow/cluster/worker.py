@@ -17,7 +17,7 @@ import os
 import pickle
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextvars import copy_context
 from typing import TYPE_CHECKING, Any
@@ -117,6 +117,36 @@ async def _call(
     return result
 
 
+async def _in_runs(
+    items: list[tuple[Any, Any]],
+    pick: Callable[[Any], Callable[..., Any] | None],
+    run_batch: Callable[[list[Any]], Awaitable[None]],
+    receive: Callable[[Any], Awaitable[Any]],
+) -> None:
+    """Handle queued ``(message, reply)`` items in order: runs of two or more that ``pick``
+    accepts (plain-def calls ready to run) go to ``run_batch`` in one thread hop; any other
+    item goes to ``receive`` on its own."""
+    i = 0
+    while i < len(items):
+        run: list[tuple[Any, Any, Callable[..., Any]]] = []
+        while i < len(items) and (fn := pick(items[i][0])) is not None:
+            run.append((items[i][0], items[i][1], fn))
+            i += 1
+        if len(run) > 1:
+            await run_batch(run)
+            continue
+        if run:
+            i -= 1
+        message, reply = items[i]
+        i += 1
+        result = await receive(message)
+        if reply is not None and not reply.done():
+            if type(result) is ErrorReply:
+                reply.set_exception(result.error)
+            else:
+                reply.set_result(result)
+
+
 class Worker(Actor):
     """Runs the tasks pushed to this worker, one at a time, in arrival order.
 
@@ -162,32 +192,15 @@ class Worker(Actor):
         return fn
 
     async def receive_batch(self, items: list[tuple[Any, Any]]) -> None:
-        i = 0
-        while i < len(items):
-            run: list[tuple[TaskSpec, Any, Callable[..., Any]]] = []
-            while i < len(items) and (fn := self._batchable(items[i][0])) is not None:
-                run.append((items[i][0], items[i][1], fn))
-                i += 1
-            if len(run) > 1:
-                await self._run_batch(run)
-                continue
-            if run:
-                i -= 1
-            message, reply = items[i]
-            i += 1
-            result = await self.receive(message)
-            if reply is not None and not reply.done():
-                if type(result) is ErrorReply:
-                    reply.set_exception(result.error)
-                else:
-                    reply.set_result(result)
+        await _in_runs(items, self._batchable, self._run_batch, self.receive)
 
     async def _run_batch(self, run: list[tuple[TaskSpec, Any, Callable[..., Any]]]) -> None:
         calls: list[tuple[Any, Callable[..., Any], tuple[Any, ...], dict[str, Any]]] = []
         ready: list[tuple[TaskSpec, Any]] = []
         for spec, reply, fn in run:
             where = f"task {spec.name} (pid={self.pid})"
-            token = task_context.set(TaskContext(task_id=spec.task_id, name=spec.name))
+            token = task_context.set(TaskContext(task_id=spec.task_id, name=spec.name,
+                                                 job_id=spec.job_id))
             try:
                 args, kwargs = resolve_args(self.core, spec.args, spec.resolved)
                 ctx = copy_context()
@@ -239,7 +252,7 @@ class Worker(Actor):
         if spec.gpu_ids:
             os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, spec.gpu_ids))
         token = task_context.set(TaskContext(task_id=spec.task_id, name=spec.name,
-                                             gpu_ids=spec.gpu_ids))
+                                             gpu_ids=spec.gpu_ids, job_id=spec.job_id))
         try:
             resolved = spec.resolved
             if not all(self.core.is_local(p) for p in resolved):
@@ -267,6 +280,7 @@ class Worker(Actor):
             return TaskReply((failed,) * spec.num_returns, time.perf_counter() - start)
         finally:
             task_context.reset(token)
+            self.cancelled.discard(spec.task_id)
         returns = _encode_returns(self.core, result, spec.num_returns, spec.name)
         return TaskReply(returns, time.perf_counter() - start)
 
@@ -283,7 +297,8 @@ class Worker(Actor):
     async def _host_actor(self, msg: HostActor) -> ActorRef | ErrorReply:
         if msg.gpu_ids:
             os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, msg.gpu_ids))
-        ctx = TaskContext(actor_id=msg.actor_id, name=msg.name, gpu_ids=msg.gpu_ids)
+        ctx = TaskContext(actor_id=msg.actor_id, name=msg.name, gpu_ids=msg.gpu_ids,
+                          job_id=msg.job_id or None)
         token = task_context.set(ctx)
         try:
             cls = loads(msg.cls_blob)
@@ -354,22 +369,7 @@ class UserActor(Actor):
         return method
 
     async def receive_batch(self, items: list[tuple[Any, Any]]) -> None:
-        i = 0
-        while i < len(items):
-            run: list[tuple[ActorCall, Any, Callable[..., Any]]] = []
-            while i < len(items) and (method := self._sync_method(items[i][0])) is not None:
-                run.append((items[i][0], items[i][1], method))
-                i += 1
-            if len(run) > 1:
-                await self._run_batch(run)
-                continue
-            if run:
-                i -= 1
-            message, reply = items[i]
-            i += 1
-            result = await self.receive(message)
-            if reply is not None and not reply.done():
-                reply.set_result(result)
+        await _in_runs(items, self._sync_method, self._run_batch, self.receive)
 
     async def _run_batch(self, run: list[tuple[ActorCall, Any, Callable[..., Any]]]) -> None:
         token = task_context.set(self.ctx)

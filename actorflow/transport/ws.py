@@ -360,7 +360,12 @@ class _WebSocketListener(Listener):
             return _refusal(400, "expected a websocket upgrade")
         self._per_peer[peer_key] += 1
         try:
-            await ws.prepare(request)
+            try:
+                await ws.prepare(request)
+            except (ConnectionError, aiohttp.ClientConnectionResetError):
+                # the dialer went away before the upgrade was answered (it exited, or gave up)
+                log.debug("connection from %s closed before its upgrade", peer)
+                return ws
             carrier = _WSCarrier(ws, peer, config)
             try:
                 async with asyncio.timeout(config.handshake_timeout_s):
