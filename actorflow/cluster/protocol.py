@@ -6,8 +6,10 @@ payloads say where a value is: inline bytes, a shared-memory segment on a node, 
 
 from __future__ import annotations
 
+import dataclasses
+import operator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from actorflow.placement.messages import (
     CreateGroup,
@@ -31,9 +33,28 @@ __all__ = [  # the placement messages are re-exported: every message is reachabl
     "WaitGroup",
 ]
 
+T = TypeVar("T")
+
+
+def _fast_pickle(cls: type[T]) -> type[T]:
+    """Pickle a slotted dataclass as ``(cls, (field, ...))``: about twice as fast both ways as
+    the default (copyreg and a getstate per object), and these records cross on every call."""
+    names = tuple(f.name for f in dataclasses.fields(cls))  # type: ignore[arg-type]
+    get = operator.attrgetter(*names)
+    if len(names) == 1:
+        def reduce(self: Any) -> tuple[Any, ...]:
+            return (cls, (get(self),))
+    else:
+        def reduce(self: Any) -> tuple[Any, ...]:
+            return (cls, get(self))
+    cls.__reduce__ = reduce  # type: ignore[method-assign]
+    return cls
+
+
 # -- object payloads --------------------------------------------------------------------------
 
 
+@_fast_pickle
 @dataclass(frozen=True, slots=True)
 class Inline:
     """A small value: the pickle stream with its out-of-band buffers appended."""
@@ -42,6 +63,7 @@ class Inline:
     buffers: tuple[bytes, ...] = ()
 
 
+@_fast_pickle
 @dataclass(frozen=True, slots=True)
 class InShm:
     """A large value in shared-memory segment ``name`` on node ``node_id``."""
@@ -51,6 +73,7 @@ class InShm:
     nbytes: int
 
 
+@_fast_pickle
 @dataclass(frozen=True, slots=True)
 class Fetched:
     """A large value copied here from another node: its pickle stream and buffers."""
@@ -73,6 +96,7 @@ class ReadSegment:
     name: str
 
 
+@_fast_pickle
 @dataclass(frozen=True, slots=True)
 class Failed:
     """The task that was to produce the value failed with ``error`` (an af error)."""
@@ -90,6 +114,7 @@ Args = bytes | InShm
 # -- tasks ---------------------------------------------------------------------------------------
 
 
+@_fast_pickle
 @dataclass(slots=True)
 class TaskSpec:
     """Everything a worker needs to run one task."""
@@ -106,6 +131,7 @@ class TaskSpec:
     gpu_ids: tuple[int, ...] = ()
 
 
+@_fast_pickle
 @dataclass(frozen=True, slots=True)
 class ResolvedArg:
     """Placeholder for the i-th resolved ObjectRef argument."""
@@ -113,6 +139,7 @@ class ResolvedArg:
     index: int
 
 
+@_fast_pickle
 @dataclass(frozen=True, slots=True)
 class TaskReply:
     """One payload per return value (or one Failed for all); ``run_s`` is how long it ran."""
@@ -128,6 +155,7 @@ class MissingFunction(Exception):
 # -- leases --------------------------------------------------------------------------------------
 
 
+@_fast_pickle
 @dataclass(frozen=True, slots=True)
 class RequestLease:
     demand: Resources
@@ -138,6 +166,7 @@ class RequestLease:
     bundle: tuple[str, int] | None = None  # lease from this placement group bundle's pool
 
 
+@_fast_pickle
 @dataclass(frozen=True, slots=True)
 class Spillback:
     """Answer to RequestLease: ask that node instead (in that placement group bundle)."""
@@ -147,6 +176,7 @@ class Spillback:
     bundle: tuple[str, int] | None = None
 
 
+@_fast_pickle
 @dataclass(frozen=True, slots=True)
 class Lease:
     lease_id: int
@@ -157,12 +187,14 @@ class Lease:
     node: ActorRef | None = None  # the node that granted it (where it is returned)
 
 
+@_fast_pickle
 @dataclass(frozen=True, slots=True)
 class ReturnLease:
     lease_id: int
     worker_ok: bool = True
 
 
+@_fast_pickle
 @dataclass(frozen=True, slots=True)
 class WorkerBlocked:
     """The task running on this worker awaits objects: lend its CPU out meanwhile (Ray does
@@ -197,6 +229,7 @@ class HostActor:
     job_id: str = ""
 
 
+@_fast_pickle
 @dataclass(frozen=True, slots=True)
 class ActorCall:
     method: str

@@ -17,7 +17,15 @@ import cloudpickle
 
 from actorflow._errors import SerializationError
 
-__all__ = ["INLINE_LIMIT", "Serialized", "deserialize", "dumps", "loads", "serialize"]
+__all__ = [
+    "INLINE_LIMIT",
+    "Serialized",
+    "deserialize",
+    "dumps",
+    "is_plain",
+    "loads",
+    "serialize",
+]
 
 #: Values whose serialized size is below this travel inline in messages; larger ones go to the
 #: node's shared-memory store.
@@ -43,9 +51,27 @@ def _describe(value: Any) -> str:
     return f"{type(value).__module__}.{type(value).__qualname__} {text}"
 
 
+_PLAIN = frozenset({int, float, str, bytes, bool, type(None)})
+
+
+def is_plain(value: Any, depth: int = 0) -> bool:
+    """Builtin scalars, and short tuples/lists/dicts of them: values that the C pickler
+    writes exactly as cloudpickle does (nothing of the user's can be pickled by reference)."""
+    t = type(value)
+    if t in _PLAIN:
+        return t is not bytes or len(value) < 4096
+    if depth < 2 and (t is tuple or t is list) and len(value) <= 16:
+        return all(is_plain(v, depth + 1) for v in value)
+    if depth < 2 and t is dict and len(value) <= 16:
+        return all(type(k) is str and is_plain(v, depth + 1) for k, v in value.items())
+    return False
+
+
 def serialize(value: Any, what: str = "value") -> Serialized:
     """Pickle ``value`` keeping large buffers out of band. Raises SerializationError naming
     the object and the cause."""
+    if is_plain(value):  # the common small case: the C pickler, no buffers to look for
+        return Serialized(pickle.dumps(value, protocol=5))
     buffers: list[memoryview] = []
 
     def keep(buf: pickle.PickleBuffer) -> bool:
@@ -72,6 +98,8 @@ def deserialize(meta: bytes | memoryview, buffers: Sequence[Any] = ()) -> Any:
 
 def dumps(value: Any, what: str = "value") -> bytes:
     """Serialize to one bytes object (buffers joined in-band)."""
+    if is_plain(value):
+        return pickle.dumps(value, protocol=5)
     try:
         data: bytes = cloudpickle.dumps(value, protocol=5)
     except Exception as exc:
