@@ -18,7 +18,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from actorflow._errors import ActorDiedError, ActorflowError, NodeDiedError
+from actorflow._errors import ActorDiedError, NodeDiedError
 from actorflow.cluster.protocol import (
     ActorDown,
     ActorLocation,
@@ -42,7 +42,7 @@ from actorflow.cluster.protocol import (
 )
 from actorflow.placement.messages import AddNode, NodeGone
 from actorflow.placement.resources import Resources
-from actorflow.runtime import Actor, ActorRef, ErrorReply, Terminated
+from actorflow.runtime import ActorRef, ServiceActor, Terminated
 
 __all__ = ["ActorRecord", "ActorState", "Head"]
 
@@ -106,7 +106,7 @@ class ActorRecord:
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 
 
-class Head(Actor):
+class Head(ServiceActor):
     """See the module docstring."""
 
     max_concurrency = 100_000  # ResolveActor waits for actors to come up
@@ -131,16 +131,8 @@ class Head(Actor):
     def _id(self, actor_id: str) -> str:
         return self.aliases.get(actor_id, actor_id)
 
-    async def receive(self, message: Any) -> Any:
-        # a rejected request fails that caller only: the directory serves everyone else
-        try:
-            return await self._handle(message)
-        except Exception as exc:
-            if not isinstance(exc, (ActorflowError, ValueError, TypeError)):
-                log.exception("head failed on %s", type(message).__name__)
-            return ErrorReply(exc)
 
-    async def _handle(self, message: Any) -> Any:
+    async def handle(self, message: Any) -> Any:
         kind = type(message)
         if kind is ResolveActor:
             return await self._resolve(

@@ -27,7 +27,6 @@ from typing import Any
 
 from actorflow._errors import (
     ActorDiedError,
-    ActorflowError,
     InfeasibleError,
     ObjectLostError,
     TaskError,
@@ -58,7 +57,7 @@ from actorflow.cluster.protocol import (
 )
 from actorflow.objects import shm
 from actorflow.placement.resources import UNIT, Resources
-from actorflow.runtime import Actor, ActorRef, ErrorReply, Terminated
+from actorflow.runtime import Actor, ActorRef, ServiceActor, Terminated
 from actorflow.supervision import ChildSpec, Supervisor, add_restart
 
 __all__ = ["ActorHost", "Node"]
@@ -92,7 +91,7 @@ class _LeaseRecord:
     pool: tuple[str, int] | None = None
 
 
-class Node(Actor):
+class Node(ServiceActor):
     """See the module docstring."""
 
     max_concurrency = 100_000  # lease requests wait for resources; waits must not queue
@@ -192,16 +191,8 @@ class Node(Actor):
 
     # -- messages ------------------------------------------------------------------------------
 
-    async def receive(self, message: Any) -> Any:
-        # a rejected request fails that caller only: the node serves everyone else
-        try:
-            return await self._handle(message)
-        except Exception as exc:
-            if not isinstance(exc, (ActorflowError, ValueError, TypeError)):
-                log.exception("node %s failed on %s", self.node_id, type(message).__name__)
-            return ErrorReply(exc)
 
-    async def _handle(self, message: Any) -> Any:
+    async def handle(self, message: Any) -> Any:
         kind = type(message)
         if kind is RequestLease:
             bundle = message.bundle

@@ -28,7 +28,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from actorflow._errors import ActorflowError, InfeasibleError
+from actorflow._errors import InfeasibleError
 from actorflow.placement.groups import (
     GroupPlan,
     GroupReservations,
@@ -50,7 +50,7 @@ from actorflow.placement.messages import (
 from actorflow.placement.policy import ClusterView, Infeasible, NodeView, Place, choose_node
 from actorflow.placement.resources import Resources
 from actorflow.placement.strategies import PlacementGroupStrategy
-from actorflow.runtime import Actor, ActorRef, ErrorReply
+from actorflow.runtime import ActorRef, ServiceActor
 
 __all__ = ["GroupState", "Placement"]
 
@@ -78,7 +78,7 @@ class _Group:
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 
 
-class Placement(Actor):
+class Placement(ServiceActor):
     """See the module docstring."""
 
     max_concurrency = 100_000  # WaitGroup answers when a group is ready
@@ -94,15 +94,8 @@ class Placement(Actor):
         self._unapplied: dict[str, dict[int, Resources]] = {}
         self._cursor = 0
 
-    async def receive(self, message: Any) -> Any:
-        try:
-            return await self._handle(message)
-        except Exception as exc:
-            if not isinstance(exc, (ActorflowError, ValueError, TypeError, KeyError)):
-                log.exception("placement failed on %s", type(message).__name__)
-            return ErrorReply(exc)
 
-    async def _handle(self, message: Any) -> Any:
+    async def handle(self, message: Any) -> Any:
         kind = type(message)
         if kind is PlaceTask:
             return self.place(message.demand, message.strategy, message.from_node, message.what)

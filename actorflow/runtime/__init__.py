@@ -3,7 +3,14 @@
 It knows nothing of clusters or tasks; the transport and the cluster layers build on it.
 """
 
-from actorflow.runtime.actor import Actor, ActorState, ErrorReply, ExitReason, Terminated
+from actorflow.runtime.actor import (
+    Actor,
+    ActorState,
+    ErrorReply,
+    ExitReason,
+    ServiceActor,
+    Terminated,
+)
 from actorflow.runtime.mailbox import Mailbox, MailboxStatistics
 from actorflow.runtime.ref import ActorRef, Reply, Slot, SlotState, current_system, restore_ref
 from actorflow.runtime.system import ActorSystem, RemoteResolver
@@ -19,6 +26,7 @@ __all__ = [
     "MailboxStatistics",
     "RemoteResolver",
     "Reply",
+    "ServiceActor",
     "Slot",
     "SlotState",
     "Terminated",

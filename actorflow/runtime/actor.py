@@ -14,6 +14,7 @@ Lifecycle of one incarnation (one start of an actor; a supervisor's restart make
 from __future__ import annotations
 
 import enum
+import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -21,7 +22,7 @@ if TYPE_CHECKING:
     from actorflow.runtime.ref import ActorRef
     from actorflow.runtime.system import ActorSystem
 
-__all__ = ["Actor", "ActorState", "ErrorReply", "ExitReason", "Terminated"]
+__all__ = ["Actor", "ActorState", "ErrorReply", "ExitReason", "ServiceActor", "Terminated"]
 
 
 class ActorState(enum.Enum):
@@ -133,3 +134,34 @@ class Actor:
     def stop(self) -> None:
         """Ask this actor to stop after the message in hand (a normal exit)."""
         self.system._request_stop(self.ref)
+
+
+class ServiceActor(Actor):
+    """An actor that serves many callers: a request that raises fails that request only (its
+    ask gets the exception, as with :class:`ErrorReply`) and the actor carries on. Errors a
+    caller can cause (``expected``) are quiet; anything else is logged as a bug.
+
+    Subclasses implement :meth:`handle` instead of ``receive``.
+    """
+
+    expected: ClassVar[tuple[type[BaseException], ...]] = (ValueError, TypeError, KeyError)
+
+    async def receive(self, message: Any) -> Any:
+        try:
+            return await self.handle(message)
+        except Exception as exc:
+            if not isinstance(exc, self.expected) and not _is_actorflow_error(exc):
+                logging.getLogger("actorflow").exception(
+                    "%s failed on a %s request", self.ref.path, type(message).__name__
+                )
+            return ErrorReply(exc)
+
+    async def handle(self, message: Any) -> Any:
+        """Serve one request; the return value answers it."""
+        raise TypeError(f"{type(self).__name__} does not handle {type(message).__name__}")
+
+
+def _is_actorflow_error(exc: BaseException) -> bool:
+    from actorflow._errors import ActorflowError
+
+    return isinstance(exc, ActorflowError)
