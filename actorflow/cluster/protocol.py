@@ -106,6 +106,14 @@ class Failed:
 
 Payload = Inline | InShm | Fetched | Failed
 
+def _plain_payloads(payloads: tuple[Any, ...]) -> bool:
+    for payload in payloads:
+        kind = type(payload)
+        if kind is not Inline and kind is not InShm:
+            return False
+    return True
+
+
 #: A call's (args, kwargs): pickled bytes, or, when large, a shared-memory segment (one copy,
 #: read zero-copy by the worker)
 Args = bytes | InShm
@@ -130,6 +138,9 @@ class TaskSpec:
     job_id: str
     gpu_ids: tuple[int, ...] = ()
 
+    def __af_plain__(self) -> bool:  # see actorflow.transport.codec.dumps
+        return _plain_payloads(self.resolved)
+
 
 @_fast_pickle
 @dataclass(frozen=True, slots=True)
@@ -146,6 +157,9 @@ class TaskReply:
 
     returns: tuple[Payload, ...]
     run_s: float = 0.0
+
+    def __af_plain__(self) -> bool:  # a Failed may hold a user's exception: not plain
+        return _plain_payloads(self.returns)
 
 
 class MissingFunction(Exception):
@@ -236,6 +250,9 @@ class ActorCall:
     args: Args
     resolved: tuple[Payload, ...]
     num_returns: int = 1
+
+    def __af_plain__(self) -> bool:
+        return _plain_payloads(self.resolved)
 
 
 @dataclass(frozen=True, slots=True)
