@@ -22,7 +22,7 @@ import enum
 import itertools
 import weakref
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from actorflow._errors import (
     ActorDiedError,
@@ -81,18 +81,15 @@ def restore_ref(uid: str, address: str | None, slot_id: str, path: str) -> Actor
     return ActorRef(system._dead_slot(slot_id, path, f"it lives {where}, which is not reachable"))
 
 
-class Reply:
+class Reply(Protocol):
     """What a message's reply slot must offer (``asyncio.Future`` does). The transport
     implements it for asks that came over a link."""
 
-    def done(self) -> bool:  # pragma: no cover - protocol
-        raise NotImplementedError
+    def done(self) -> bool: ...
 
-    def set_result(self, result: Any) -> None:  # pragma: no cover - protocol
-        raise NotImplementedError
+    def set_result(self, result: Any) -> None: ...
 
-    def set_exception(self, exception: BaseException) -> None:  # pragma: no cover - protocol
-        raise NotImplementedError
+    def set_exception(self, exception: BaseException) -> None: ...
 
 
 class SlotState(enum.Enum):
