@@ -171,12 +171,14 @@ class Node(ServiceActor):
             self._load_handle.cancel()
         for sup in list(self.actors.values()):
             await self.system.stop(sup, timeout=5.0)
-        if self.pool is not None:
-            await self.pool.close()
+        # stop starting workers first (a start cancelled mid-way is cleaned up by asyncio, or
+        # its process is registered and the pool's close ends it), then end every worker
         for task in list(self._bg):
             task.cancel()
         if self._bg:
             await asyncio.gather(*self._bg, return_exceptions=True)
+        if self.pool is not None:
+            await self.pool.close()
         shm.cleanup_session(f"af-{self.node_id}-")
 
     def _background(self, coro: Any) -> None:

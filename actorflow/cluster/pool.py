@@ -107,9 +107,10 @@ class WorkerPool:
         loop = asyncio.get_running_loop()
         handle = WorkerHandle(worker_id, proc, ready=loop.create_future(),
                               exited=loop.create_future())
-        if self.closing:  # close() ran while the process was being created: end it here
+        if self.closing:  # close() ran while the process was being created: end it here,
+            # without awaiting (a cancel must not leave it half-ended): closing the transport
+            # kills the process if it still runs, and asyncio reaps it
             self.kill(handle)
-            await proc.wait()
             _close_pipes(handle)
             raise RuntimeError("the worker pool is shutting down")
         self.workers[worker_id] = handle
