@@ -7,9 +7,9 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
-from tp_support import config, within
+from tp_support import Pair, config, within
 
-from actorflow.transport import Link, Listener, MemoryTransport, Transport, WebSocketTransport
+from actorflow.transport import MemoryTransport, Transport, WebSocketTransport
 
 TRANSPORTS: dict[str, Callable[[], Transport]] = {
     "memory": MemoryTransport,
@@ -21,15 +21,6 @@ TRANSPORTS: dict[str, Callable[[], Transport]] = {
 def transport(request: pytest.FixtureRequest) -> Transport:
     factory: Callable[[], Transport] = TRANSPORTS[request.param]
     return factory()
-
-
-class Pair:
-    """A listener and one link dialed to it, with the accepted end."""
-
-    def __init__(self, listener: Listener, client: Link, server: Link) -> None:
-        self.listener = listener
-        self.client = client
-        self.server = server
 
 
 @pytest.fixture

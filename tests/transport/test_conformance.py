@@ -9,8 +9,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import Pair
-from tp_support import TOKEN, config, within
+from tp_support import TOKEN, Pair, config, within
 
 from actorflow import AuthenticationError, PeerUnreachableError, SerializationError
 from actorflow.transport import (

@@ -112,3 +112,13 @@ async def assert_served(address: str, **options: Any) -> None:
         assert await echo_round_trip(link, "still serving") == "still serving"
     finally:
         await link.aclose()
+
+
+class Pair:
+    """A listener and one link dialed to it, with the accepted end (see conftest's
+    ``make_pair``). Here, not in conftest, so test modules import it by a unique name."""
+
+    def __init__(self, listener: Any, client: Any, server: Any) -> None:
+        self.listener = listener
+        self.client = client
+        self.server = server
