@@ -9,6 +9,7 @@ before the task runs; refs nested in containers stay refs. Functions and classes
 from __future__ import annotations
 
 import functools
+import hashlib
 import inspect
 import threading
 from collections.abc import Callable
@@ -86,8 +87,6 @@ class _Export:
                 f"cannot serialize {what}: {type(exc).__name__}: {exc}. It (or what it uses from "
                 "its enclosing scope) must be picklable by cloudpickle."
             ) from exc
-        import hashlib
-
         self.fid = hashlib.blake2b(self.blob, digest_size=12).hexdigest()
 
 

@@ -61,6 +61,7 @@ class ActorClient:
         self._creating = False  # calls wait until the head has accepted the actor
         self._stale_after = -1  # resolve an incarnation newer than this one
         self._unsent: list[tuple[int, PendingCall]] = []  # failed before leaving: resend
+        self._orphans: list[PendingCall] = []  # in flight when their incarnation died
 
     def creating(
         self, core: Core, spec: ActorSpec, deps: list[ObjectRef], get_if_exists: bool
@@ -200,13 +201,6 @@ class ActorClient:
             self._orphans.append(pending)
         self._lost(loc, exc)
 
-    @property
-    def _orphans(self) -> list[PendingCall]:
-        orphans: list[PendingCall] | None = getattr(self, "_orphan_list", None)
-        if orphans is None:
-            orphans = []
-            self._orphan_list = orphans
-        return orphans
 
     def _lost(self, loc: ActorLocation, exc: BaseException) -> None:
         if self.location is loc:
@@ -241,7 +235,7 @@ class ActorClient:
         unsent, self._unsent = sorted(self._unsent, key=lambda kp: kp[0]), []
         for _, pending in reversed(unsent):  # never delivered: they keep their place in line
             self.queue.appendleft(pending)
-        orphans, self._orphan_list = self._orphans, []
+        orphans, self._orphans = self._orphans, []
         # calls that were running when the old incarnation died
         for pending in reversed(orphans):
             if pending.retries_left > 0:
@@ -284,7 +278,7 @@ class ActorClient:
         self.location = None
         for pending in self._orphans:
             self._fail(pending, error)
-        self._orphan_list = []
+        self._orphans = []
         for _, pending in self._unsent:
             self._fail(pending, error)
         self._unsent = []
@@ -309,4 +303,4 @@ class ActorClient:
         self._unsent = []
         self.queue.clear()
         self.inflight.clear()
-        self._orphan_list = []
+        self._orphans = []

@@ -138,9 +138,9 @@ class ObjectTable:
         if payload.node_id == self.core.node_id:
             shm.unlink_segment(payload.name)
             return
-        node = self.core._nodes.get(payload.node_id)  # known once a value was fetched from it
-        if node is None:
-            node = self.core._node_by_id(payload.node_id)
+        # a node is known here once a value was fetched from it; any other node frees its
+        # segments when it stops
+        node = self.core._nodes.get(payload.node_id)
         if node is not None:
             try:
                 node.tell_nowait(FreeSegment(payload.name))
@@ -304,12 +304,6 @@ class Core:
             else:
                 out.append(payload)
         return tuple(out)
-
-    def _node_by_id(self, node_id: str) -> ActorRef | None:
-        """A node's ref without asking anyone: its Node actor has the well-known id ``node``
-        in a system whose address the segment's producer reported (not known here), so only
-        the nodes met already are reachable; the others free their segments when they stop."""
-        return self._nodes.get(node_id)
 
     async def _node_ref(self, node_id: str) -> ActorRef:
         ref = self._nodes.get(node_id)

@@ -83,12 +83,7 @@ class _NodeRecord:
     ref: ActorRef
     address: str | None
     resources: Resources
-    available: Resources
     alive: bool = True
-    pending: int = 0
-
-    def fits_ever(self, demand: Resources) -> bool:
-        return demand.fits_in(self.resources)
 
 
 @dataclass(slots=True)
@@ -116,7 +111,6 @@ class Head(ServiceActor):
         self.session = session
         self.placement = placement
         self.nodes: dict[str, _NodeRecord] = {}
-        self._spread = 0
         self.actors: dict[str, ActorRecord] = {}
         self.names: dict[tuple[str, str], str] = {}
         self.aliases: dict[str, str] = {}  # get_if_exists hits: provisional id -> existing id
@@ -215,9 +209,7 @@ class Head(ServiceActor):
     # -- membership ----------------------------------------------------------------------------
 
     def _register(self, msg: RegisterNode) -> None:
-        self.nodes[msg.node_id] = _NodeRecord(
-            msg.node_id, msg.node, msg.address, msg.resources, msg.resources
-        )
+        self.nodes[msg.node_id] = _NodeRecord(msg.node_id, msg.node, msg.address, msg.resources)
         self.placement.tell_nowait(AddNode(msg.node_id, msg.node, msg.resources))
         node_id = msg.node_id
 

@@ -117,6 +117,22 @@ async def _call(
     return result
 
 
+async def _answer(core: Core, reply: Any, ok: bool, value: Any, num_returns: int, name: str,
+                  where: str, run_s: float) -> None:
+    """Answer one call of a batch with its outcome (``ok, value`` from the thread)."""
+    if ok and inspect.isawaitable(value):  # a plain def that returned a coroutine
+        try:
+            value = await value
+        except Exception as exc:
+            ok, value = False, exc
+    if ok:
+        returns = _encode_returns(core, value, num_returns, name)
+    else:
+        returns = (Failed(capture_error(value, where)),) * num_returns
+    if reply is not None and not reply.done():
+        reply.set_result(TaskReply(returns, run_s))
+
+
 async def _in_runs(
     items: list[tuple[Any, Any]],
     pick: Callable[[Any], Callable[..., Any] | None],
@@ -220,18 +236,8 @@ class Worker(Actor):
         outcomes = await self.executor.run_many(calls)
         run_s = (time.perf_counter() - start) / len(calls)
         for (spec, reply), (ok, value) in zip(ready, outcomes, strict=True):
-            where = f"task {spec.name} (pid={self.pid})"
-            if ok and inspect.isawaitable(value):
-                try:
-                    value = await value
-                except Exception as exc:
-                    ok, value = False, exc
-            if ok:
-                returns = _encode_returns(self.core, value, spec.num_returns, spec.name)
-            else:
-                returns = (Failed(capture_error(value, where)),) * spec.num_returns
-            if reply is not None and not reply.done():
-                reply.set_result(TaskReply(returns, run_s))
+            await _answer(self.core, reply, ok, value, spec.num_returns, spec.name,
+                          f"task {spec.name} (pid={self.pid})", run_s)
 
     async def _run_task(self, spec: TaskSpec) -> TaskReply:
         start = time.perf_counter()
@@ -396,17 +402,7 @@ class UserActor(Actor):
         run_s = (time.perf_counter() - start) / len(calls)
         for (call, reply), (ok, value) in zip(ready, outcomes, strict=True):
             where = f"{self.ctx.name}.{call.method} (pid={self.pid})"
-            if ok and inspect.isawaitable(value):  # a plain def that returned a coroutine
-                try:
-                    value = await value
-                except Exception as exc:
-                    ok, value = False, exc
-            if ok:
-                returns = _encode_returns(self.core, value, call.num_returns, where)
-            else:
-                returns = (Failed(capture_error(value, where)),) * call.num_returns
-            if reply is not None and not reply.done():
-                reply.set_result(TaskReply(returns, run_s))
+            await _answer(self.core, reply, ok, value, call.num_returns, where, where, run_s)
 
     async def receive(self, message: Any) -> Any:
         if type(message) is not ActorCall:

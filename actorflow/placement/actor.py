@@ -157,8 +157,14 @@ class Placement(ServiceActor):
                     "reserved: await pg.ready() before submitting work to it"
                 )
             index = strategy.bundle_index
-            if index < 0:  # the first bundle large enough, on a live node
-                index = next(i for i, b in enumerate(record.bundles) if demand.fits_in(b))
+            if index < 0:  # the first bundle large enough
+                index = next((i for i, b in enumerate(record.bundles) if demand.fits_in(b)), -1)
+                if index < 0:
+                    raise InfeasibleError(
+                        f"{what} needs {demand.to_amounts()}; no bundle of placement group "
+                        f"{strategy.group_id!r} is that large. Lower the demand or make the "
+                        "bundles larger."
+                    )
             node_id = record.plan.nodes[index]
             return node_id, self.refs[node_id], (strategy.group_id, index)
         target = getattr(strategy, "node_id", None)
