@@ -22,7 +22,7 @@ from actorflow._errors import SerializationError
 from actorflow.api.options import ActorOptions, MethodOptions, TaskOptions, validate
 from actorflow.cluster.actor_client import ActorClient, PendingCall
 from actorflow.cluster.core import Core
-from actorflow.cluster.protocol import ActorCall, ActorSpec, ResolvedArg, TaskSpec
+from actorflow.cluster.protocol import ActorCall, ActorSpec, ResolvedArg, TaskSpec, quick_call
 from actorflow.cluster.submitter import PendingTask
 from actorflow.objects.ref import ObjectRef, current_core
 from actorflow.objects.serialization import dumps
@@ -140,8 +140,7 @@ class RemoteFunction(Generic[T]):
         return_ids = (task_id,) if n == 1 else tuple(f"{task_id}.{i}" for i in range(n))
         refs = [core.new_pending(oid) for oid in return_ids]
         assert core.owner_ref is not None
-        spec = TaskSpec(task_id, self._name, export.fid, None, blob, (), n, core.owner_ref,
-                        core.job_id)
+        spec = TaskSpec(task_id, self._name, export.fid, None, blob, (), n, core.job_id)
         retries = opts.max_retries if opts.max_retries >= 0 else 1 << 30
         core.submitter.submit(PendingTask(spec, return_ids, self._shape, retries,
                                           self._retry_exceptions, export.blob,
@@ -307,9 +306,10 @@ class ActorMethod:
         return_ids = (call_id,) if n == 1 else tuple(f"{call_id}.{i}" for i in range(n))
         refs = [core.new_pending(oid) for oid in return_ids]
         retries = handle._max_task_retries
+        call = (quick_call(self._name, blob, n) if not deps and type(blob) is bytes
+                else ActorCall(self._name, blob, (), n))
         _client(core, handle).call(PendingCall(
-            ActorCall(self._name, blob, (), n), return_ids,
-            retries if retries >= 0 else 1 << 30, deps, keep=keep,
+            call, return_ids, retries if retries >= 0 else 1 << 30, deps, keep=keep,
         ))
         return refs[0] if n == 1 else refs
 

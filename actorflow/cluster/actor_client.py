@@ -24,8 +24,8 @@ from actorflow.cluster.protocol import (
     CreateActor,
     Failed,
     ResolveActor,
-    TaskReply,
     WaitActorDown,
+    reply_returns,
 )
 
 if TYPE_CHECKING:
@@ -37,7 +37,7 @@ __all__ = ["ActorClient", "PendingCall"]
 
 @dataclass(slots=True)
 class PendingCall:
-    call: ActorCall
+    call: ActorCall | bytes  # bytes: the quick form (no ObjectRef arguments)
     return_ids: tuple[str, ...]
     retries_left: int
     deps: list[ObjectRef]
@@ -145,6 +145,7 @@ class ActorClient:
                     return
                 values.append(payload)
             c = pending.call
+            assert type(c) is ActorCall  # a call with ObjectRef arguments is never quick
             pending.call = ActorCall(c.method, c.args, tuple(values), c.num_returns)
             pending.deps = []
             pending.ready = True
@@ -190,8 +191,7 @@ class ActorClient:
             return
         exc = fut.exception()
         if exc is None:
-            reply: TaskReply = fut.result()
-            self._finish(pending, reply.returns)
+            self._finish(pending, reply_returns(fut.result())[0])
             return
         # the incarnation that had the call is gone: ask the head what happens next
         if isinstance(exc, PeerUnreachableError) and exc.delivered is False:

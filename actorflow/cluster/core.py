@@ -22,6 +22,8 @@ import secrets
 import threading
 from contextvars import ContextVar
 from dataclasses import dataclass
+from pickle import dumps as pickle_dumps
+from pickle import loads as pickle_loads
 from typing import TYPE_CHECKING, Any
 
 from actorflow._errors import ObjectLostError, PeerUnreachableError, TaskError
@@ -44,6 +46,7 @@ from actorflow.objects.serialization import (
     Serialized,
     deserialize,
     dumps,
+    is_plain,
     serialize,
 )
 from actorflow.runtime import Actor, ActorRef, ActorSystem
@@ -226,8 +229,16 @@ class Core:
 
     def encode(self, value: Any, what: str = "value") -> Payload:
         """Serialize once: inline when small, else into a shared-memory segment."""
+        if is_plain(value):  # the common small case: one C pickle, kept as is
+            meta = pickle_dumps(value, 5)
+            if len(meta) < INLINE_LIMIT:
+                return meta
+            return self._to_segment(Serialized(meta))
         ser = serialize(value, what)
-        if ser.nbytes < INLINE_LIMIT:
+        if not ser.buffers:
+            if len(ser.meta) < INLINE_LIMIT:
+                return ser.meta
+        elif ser.nbytes < INLINE_LIMIT:
             return Inline(ser.meta, tuple(bytes(b) for b in ser.buffers))
         return self._to_segment(ser)
 
@@ -253,6 +264,8 @@ class Core:
 
     def materialize(self, payload: Payload) -> Any:
         """Payload to value; raises the error a failed task left."""
+        if type(payload) is bytes:
+            return pickle_loads(payload)
         if type(payload) is Inline:
             return deserialize(payload.meta, payload.buffers)
         if type(payload) is Fetched:

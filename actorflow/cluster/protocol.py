@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import operator
+import pickle
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -104,12 +105,15 @@ class Failed:
     error: BaseException
 
 
-Payload = Inline | InShm | Fetched | Failed
+#: Where a value is. ``bytes`` is the commonest: a small value's pickle stream, with no
+#: out-of-band buffers (``Inline`` is a small value with buffers).
+Payload = bytes | Inline | InShm | Fetched | Failed
+
 
 def _plain_payloads(payloads: tuple[Any, ...]) -> bool:
     for payload in payloads:
         kind = type(payload)
-        if kind is not Inline and kind is not InShm:
+        if kind is not bytes and kind is not Inline and kind is not InShm:
             return False
     return True
 
@@ -134,7 +138,6 @@ class TaskSpec:
     args: Args  # pickled (args, kwargs); top-level ObjectRefs replaced by ResolvedArg
     resolved: tuple[Payload, ...]  # values of the top-level ObjectRef arguments
     num_returns: int
-    owner: ActorRef  # the owner's ObjectOwner actor (where nested refs are rooted)
     job_id: str
     gpu_ids: tuple[int, ...] = ()
 
@@ -160,6 +163,64 @@ class TaskReply:
 
     def __af_plain__(self) -> bool:  # a Failed may hold a user's exception: not plain
         return _plain_payloads(self.returns)
+
+
+# -- quick forms -----------------------------------------------------------------------------------
+# What crosses on every task and call, sent as bare ``bytes`` instead of a record when it can
+# be: the link then carries it without a pickle record of its own (``bytes`` values sit in the
+# frame's body), and the receiver unpickles one tuple with the C unpickler.
+#
+# - a task push whose worker already has the function, with no GPUs and no resolved ObjectRef
+#   arguments: ``(task_id, fn_id, name, job_id, num_returns, args)`` (see quick_task);
+# - an actor call with no ObjectRef arguments: ``(method, args, num_returns)`` (quick_call);
+# - a reply with one return that is a small value without out-of-band buffers, from a call
+#   that ran under QUICK_RUN_S: that value's pickle stream itself (see quick_reply), which is
+#   also its ``bytes`` payload.
+
+#: A reply in the quick form stands for a run this short (a task's run time decides how deep
+#: its owner pipelines; below this the exact figure does not matter).
+QUICK_RUN_S = 0.0005
+
+
+def quick_task(spec: TaskSpec) -> bytes | None:
+    """The quick form of a task push, or None when it needs the full record."""
+    if spec.fn_blob is not None or spec.gpu_ids or spec.resolved or type(spec.args) is not bytes:
+        return None
+    return pickle.dumps(
+        (spec.task_id, spec.fn_id, spec.name, spec.job_id, spec.num_returns, spec.args), 5
+    )
+
+
+def task_from_quick(data: bytes) -> TaskSpec:
+    task_id, fn_id, name, job_id, num_returns, args = pickle.loads(data)
+    return TaskSpec(task_id, name, fn_id, None, args, (), num_returns, job_id)
+
+
+def quick_call(method: str, args: bytes, num_returns: int) -> bytes:
+    """The quick form of an actor call whose arguments are ``args`` (pickled, no refs)."""
+    return pickle.dumps((method, args, num_returns), 5)
+
+
+def call_from_quick(data: bytes) -> ActorCall:
+    method, args, num_returns = pickle.loads(data)
+    return ActorCall(method, args, (), num_returns)
+
+
+def quick_reply(returns: tuple[Payload, ...], run_s: float) -> TaskReply | bytes:
+    """The reply for ``returns``: the quick form when it applies, else a TaskReply."""
+    if len(returns) == 1 and run_s < QUICK_RUN_S:
+        payload = returns[0]
+        if type(payload) is bytes:
+            return payload
+    return TaskReply(returns, run_s)
+
+
+def reply_returns(reply: TaskReply | bytes) -> tuple[tuple[Payload, ...], float]:
+    """``(returns, run_s)`` of a reply in either form."""
+    if type(reply) is bytes:
+        return (reply,), 0.0
+    assert type(reply) is TaskReply
+    return reply.returns, reply.run_s
 
 
 class MissingFunction(Exception):

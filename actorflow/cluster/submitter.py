@@ -35,8 +35,9 @@ from actorflow.cluster.protocol import (
     RequestLease,
     ReturnLease,
     Spillback,
-    TaskReply,
     TaskSpec,
+    quick_task,
+    reply_returns,
 )
 from actorflow.placement.resources import Resources
 from actorflow.runtime import ActorRef
@@ -194,7 +195,7 @@ class TaskSubmitter:
             sent.add(spec.fn_id)
         spec.gpu_ids = lease.lease.gpu_ids
         try:
-            fut = worker.ask_nowait(spec)
+            fut = worker.ask_nowait(quick_task(spec) or spec)
         except Exception as exc:  # the worker is gone (or its mailbox is full)
             self._lease_lost(lease, exc)
             lease.state.queue.appendleft(pending)
@@ -235,9 +236,8 @@ class TaskSubmitter:
                 )
                 self._finish(pending, self._failed(pending, error))
         else:
-            reply: TaskReply = fut.result()
-            state.avg_run_s = 0.8 * state.avg_run_s + 0.2 * reply.run_s
-            returns = reply.returns
+            returns, run_s = reply_returns(fut.result())
+            state.avg_run_s = 0.8 * state.avg_run_s + 0.2 * run_s
             first = returns[0] if returns else None
             if isinstance(first, Failed) and self._should_retry(pending, first.error):
                 pending.retries_left -= 1

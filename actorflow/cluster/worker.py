@@ -19,7 +19,7 @@ import time
 import traceback
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextvars import copy_context
+from contextvars import Context, copy_context
 from typing import TYPE_CHECKING, Any
 
 import cloudpickle
@@ -38,8 +38,11 @@ from actorflow.cluster.protocol import (
     ResolvedArg,
     TaskReply,
     TaskSpec,
+    call_from_quick,
+    quick_reply,
+    task_from_quick,
 )
-from actorflow.cluster.threads import SyncRunner
+from actorflow.cluster.threads import Outcome, SyncRunner, run_one
 from actorflow.objects.serialization import loads
 from actorflow.runtime import Actor, ActorRef, ErrorReply
 
@@ -103,13 +106,20 @@ async def _call(
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
     runner: SyncRunner | ThreadPoolExecutor,
+    key: Any,
 ) -> Any:
-    if inspect.iscoroutinefunction(fn):
-        return await fn(*args, **kwargs)
-    ctx = copy_context()
+    """Run a plain-def ``fn``: on the loop when the runner's policy says ``key`` is short,
+    else on the runner's thread (or pool)."""
     if isinstance(runner, SyncRunner):
-        result = await runner.run(ctx, fn, *args, **kwargs)
+        if runner.inline(key):
+            ok, result, run_s = run_one(None, fn, args, kwargs)
+        else:
+            ok, result, run_s = await runner.run(copy_context(), fn, args, kwargs)
+        runner.record(key, run_s)
+        if not ok:
+            raise result
     else:
+        ctx = copy_context()
         loop = asyncio.get_running_loop()
         result = await loop.run_in_executor(runner, lambda: ctx.run(fn, *args, **kwargs))
     if inspect.isawaitable(result):  # a plain def that returned a coroutine
@@ -117,20 +127,41 @@ async def _call(
     return result
 
 
+#: A queued plain-def call: (its key for the inline policy, context, fn, args, kwargs).
+PlainCall = tuple[Any, Context, Callable[..., Any], tuple[Any, ...], dict[str, Any]]
+
+
+async def _run_plain(runner: SyncRunner, calls: list[PlainCall]) -> list[Outcome]:
+    """Run queued plain-def calls in order, each in its context: on the loop while they are
+    short (see :class:`SyncRunner`), the rest in one hop to the runner's thread."""
+    outcomes: list[Outcome] = []
+    for i, (key, ctx, fn, args, kwargs) in enumerate(calls):
+        if not runner.inline(key):
+            rest = await runner.run_many([(c[1], c[2], c[3], c[4]) for c in calls[i:]])
+            for call, outcome in zip(calls[i:], rest, strict=True):
+                runner.record(call[0], outcome[2])
+            outcomes += rest
+            break
+        outcome = ctx.run(run_one, None, fn, args, kwargs)
+        runner.record(key, outcome[2])
+        outcomes.append(outcome)
+    return outcomes
+
+
 async def _answer(core: Core, reply: Any, ok: bool, value: Any, num_returns: int, name: str,
                   where: str, run_s: float) -> None:
-    """Answer one call of a batch with its outcome (``ok, value`` from the thread)."""
+    """Answer one call of a batch with its outcome."""
     if ok and inspect.isawaitable(value):  # a plain def that returned a coroutine
         try:
             value = await value
         except Exception as exc:
             ok, value = False, exc
+    if reply is None or reply.done():
+        return
     if ok:
-        returns = _encode_returns(core, value, num_returns, name)
+        reply.set_result(quick_reply(_encode_returns(core, value, num_returns, name), run_s))
     else:
-        returns = (Failed(capture_error(value, where)),) * num_returns
-    if reply is not None and not reply.done():
-        reply.set_result(TaskReply(returns, run_s))
+        reply.set_result(TaskReply((Failed(capture_error(value, where)),) * num_returns, run_s))
 
 
 async def _in_runs(
@@ -175,7 +206,7 @@ class Worker(Actor):
 
     def __init__(self, core: Core) -> None:
         self.core = core
-        self.functions: dict[str, Callable[..., Any]] = {}
+        self.functions: dict[str, tuple[Callable[..., Any], bool]] = {}  # fn, is it async
         self.executor: SyncRunner | None = None  # made in on_start, on the worker's loop
         self.running: tuple[str, asyncio.Task[Any]] | None = None
         self.cancelled: set[str] = set()
@@ -190,6 +221,8 @@ class Worker(Actor):
             self.executor.close()
 
     async def receive(self, message: Any) -> Any:
+        if type(message) is bytes:
+            return await self._run_task(task_from_quick(message))
         if type(message) is TaskSpec:
             return await self._run_task(message)
         if type(message) is HostActor:
@@ -200,61 +233,61 @@ class Worker(Actor):
         if type(message) is not TaskSpec:
             return None
         spec: TaskSpec = message
-        fn = self.functions.get(spec.fn_id)
-        if (fn is None or inspect.iscoroutinefunction(fn) or spec.gpu_ids
-                or spec.task_id in self.cancelled or not isinstance(spec.args, bytes)
+        known = self.functions.get(spec.fn_id)
+        if (known is None or known[1] or spec.gpu_ids
+                or spec.task_id in self.cancelled or type(spec.args) is not bytes
                 or (spec.resolved and not all(self.core.is_local(p) for p in spec.resolved))):
             return None
-        return fn
+        return known[0]
 
     async def receive_batch(self, items: list[tuple[Any, Any]]) -> None:
+        items = [(task_from_quick(m), r) if type(m) is bytes else (m, r) for m, r in items]
         await _in_runs(items, self._batchable, self._run_batch, self.receive)
 
     async def _run_batch(self, run: list[tuple[TaskSpec, Any, Callable[..., Any]]]) -> None:
-        calls: list[tuple[Any, Callable[..., Any], tuple[Any, ...], dict[str, Any]]] = []
+        calls: list[PlainCall] = []
         ready: list[tuple[TaskSpec, Any]] = []
         for spec, reply, fn in run:
-            where = f"task {spec.name} (pid={self.pid})"
             token = task_context.set(TaskContext(task_id=spec.task_id, name=spec.name,
                                                  job_id=spec.job_id))
             try:
                 args, kwargs = resolve_args(self.core, spec.args, spec.resolved)
                 ctx = copy_context()
             except Exception as exc:
-                failed = Failed(capture_error(exc, where))
+                failed = Failed(capture_error(exc, f"task {spec.name} (pid={self.pid})"))
                 if reply is not None and not reply.done():
                     reply.set_result(TaskReply((failed,) * spec.num_returns))
                 continue
             finally:
                 task_context.reset(token)
-            calls.append((ctx, fn, args, kwargs))
+            calls.append((spec.fn_id, ctx, fn, args, kwargs))
             ready.append((spec, reply))
         if not calls:
             return
         assert self.executor is not None
-        start = time.perf_counter()
-        outcomes = await self.executor.run_many(calls)
-        run_s = (time.perf_counter() - start) / len(calls)
-        for (spec, reply), (ok, value) in zip(ready, outcomes, strict=True):
+        outcomes = await _run_plain(self.executor, calls)
+        for (spec, reply), (ok, value, run_s) in zip(ready, outcomes, strict=True):
             await _answer(self.core, reply, ok, value, spec.num_returns, spec.name,
                           f"task {spec.name} (pid={self.pid})", run_s)
 
-    async def _run_task(self, spec: TaskSpec) -> TaskReply:
+    async def _run_task(self, spec: TaskSpec) -> TaskReply | bytes:
         start = time.perf_counter()
         if spec.task_id in self.cancelled:
             self.cancelled.discard(spec.task_id)
             error = TaskCancelledError(f"task {spec.name!r} was cancelled before it ran")
             return TaskReply((Failed(error),) * spec.num_returns)
         where = f"task {spec.name} (pid={self.pid})"
-        fn = self.functions.get(spec.fn_id)
-        if fn is None:
+        known = self.functions.get(spec.fn_id)
+        if known is None:
             if spec.fn_blob is None:
                 return TaskReply((Failed(MissingFunction(spec.fn_id)),) * spec.num_returns)
             try:
-                fn = self.functions[spec.fn_id] = loads(spec.fn_blob)
+                fn = loads(spec.fn_blob)
             except Exception as exc:  # e.g. it needs a module this worker cannot import
                 failed = Failed(capture_error(exc, f"loading the function of {where}"))
                 return TaskReply((failed,) * spec.num_returns)
+            known = self.functions[spec.fn_id] = (fn, inspect.iscoroutinefunction(fn))
+        fn, is_async = known
         if spec.gpu_ids:
             os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, spec.gpu_ids))
         token = task_context.set(TaskContext(task_id=spec.task_id, name=spec.name,
@@ -265,7 +298,7 @@ class Worker(Actor):
                 resolved = await self.core.localize(resolved)
             blob = await local_args(self.core, spec.args)
             args, kwargs = resolve_args(self.core, blob, resolved)
-            if inspect.iscoroutinefunction(fn):
+            if is_async:
                 task = asyncio.get_running_loop().create_task(fn(*args, **kwargs))
                 self.running = (spec.task_id, task)
                 try:
@@ -274,7 +307,7 @@ class Worker(Actor):
                     self.running = None
             else:
                 assert self.executor is not None
-                result = await _call(fn, args, kwargs, self.executor)
+                result = await _call(fn, args, kwargs, self.executor, spec.fn_id)
         except asyncio.CancelledError:
             if self.running is None and spec.task_id in self.cancelled:
                 self.cancelled.discard(spec.task_id)
@@ -288,7 +321,7 @@ class Worker(Actor):
             task_context.reset(token)
             self.cancelled.discard(spec.task_id)
         returns = _encode_returns(self.core, result, spec.num_returns, spec.name)
-        return TaskReply(returns, time.perf_counter() - start)
+        return quick_reply(returns, time.perf_counter() - start)
 
     def cancel(self, task_id: str, force: bool) -> None:
         running = self.running
@@ -326,8 +359,10 @@ class Worker(Actor):
 class UserActor(Actor):
     """Handles method calls of the user actor this process hosts.
 
-    Calls to plain ``def`` methods that are queued together run back to back in one hop to
-    the actor's thread (``batches``): the same order and thread, one hand-off instead of many.
+    Plain ``def`` methods of a serial actor run on its :class:`SyncRunner`: on the loop while
+    they prove short, else on the actor's own thread; calls queued together run back to back
+    (``batches``), in one hop when they go to the thread. An actor that allows concurrent
+    calls runs plain methods on a thread pool.
     """
 
     mailbox_size = 1 << 16
@@ -338,9 +373,8 @@ class UserActor(Actor):
         self.instance = instance
         self.ctx = ctx
         self.pid = os.getpid()
-        self.methods: dict[str, Callable[..., Any]] = {}
-        # sync methods run in threads: one for a serial actor (thread affinity), a pool when
-        # the actor allows concurrent calls
+        self.methods: dict[str, tuple[Callable[..., Any], bool]] = {}  # method, is it async
+        # sync methods: the runner for a serial actor, a pool when it allows concurrent calls
         self.executor: SyncRunner | ThreadPoolExecutor | None = None
 
     async def on_start(self) -> None:
@@ -361,27 +395,37 @@ class UserActor(Actor):
         elif self.executor is not None:
             self.executor.shutdown(wait=False, cancel_futures=True)
 
+    def _method(self, name: str) -> tuple[Callable[..., Any], bool]:
+        known = self.methods.get(name)
+        if known is None:
+            method = getattr(self.instance, name)
+            if name.startswith("_") and name != "__call__":
+                raise AttributeError(f"{name!r} is private")
+            known = self.methods[name] = (method, inspect.iscoroutinefunction(method))
+        return known
+
     def _sync_method(self, message: Any) -> Callable[..., Any] | None:
         """The plain-def method a queued call can run in a batch, if it can."""
         if type(message) is not ActorCall or not isinstance(self.executor, SyncRunner):
             return None
         call: ActorCall = message
-        if not isinstance(call.args, bytes) or (call.resolved and not all(
+        if type(call.args) is not bytes or (call.resolved and not all(
                 self.core.is_local(p) for p in call.resolved)):
             return None
-        method = self.methods.get(call.method)
-        if method is None or inspect.iscoroutinefunction(method):
+        known = self.methods.get(call.method)
+        if known is None or known[1]:
             return None
-        return method
+        return known[0]
 
     async def receive_batch(self, items: list[tuple[Any, Any]]) -> None:
+        items = [(call_from_quick(m), r) if type(m) is bytes else (m, r) for m, r in items]
         await _in_runs(items, self._sync_method, self._run_batch, self.receive)
 
     async def _run_batch(self, run: list[tuple[ActorCall, Any, Callable[..., Any]]]) -> None:
         token = task_context.set(self.ctx)
         ctx = copy_context()
         task_context.reset(token)
-        calls: list[tuple[Any, Callable[..., Any], tuple[Any, ...], dict[str, Any]]] = []
+        calls: list[PlainCall] = []
         ready: list[tuple[ActorCall, Any]] = []
         for call, reply, method in run:
             try:
@@ -392,39 +436,37 @@ class UserActor(Actor):
                 if reply is not None and not reply.done():
                     reply.set_result(TaskReply((failed,) * call.num_returns))
                 continue
-            calls.append((ctx, method, args, kwargs))
+            calls.append((call.method, ctx, method, args, kwargs))
             ready.append((call, reply))
         if not calls:
             return
         assert isinstance(self.executor, SyncRunner)
-        start = time.perf_counter()
-        outcomes = await self.executor.run_many(calls)
-        run_s = (time.perf_counter() - start) / len(calls)
-        for (call, reply), (ok, value) in zip(ready, outcomes, strict=True):
+        outcomes = await _run_plain(self.executor, calls)
+        for (call, reply), (ok, value, run_s) in zip(ready, outcomes, strict=True):
             where = f"{self.ctx.name}.{call.method} (pid={self.pid})"
             await _answer(self.core, reply, ok, value, call.num_returns, where, where, run_s)
 
     async def receive(self, message: Any) -> Any:
-        if type(message) is not ActorCall:
+        if type(message) is bytes:
+            message = call_from_quick(message)
+        elif type(message) is not ActorCall:
             raise TypeError(f"actor got an unexpected {type(message).__name__}")
         call: ActorCall = message
         start = time.perf_counter()
         where = f"{self.ctx.name}.{call.method} (pid={self.pid})"
         token = task_context.set(self.ctx)
         try:
-            method = self.methods.get(call.method)
-            if method is None:
-                method = getattr(self.instance, call.method)
-                if call.method.startswith("_") and call.method != "__call__":
-                    raise AttributeError(f"{call.method!r} is private")
-                self.methods[call.method] = method
+            method, is_async = self._method(call.method)
             resolved = call.resolved
             if not all(self.core.is_local(p) for p in resolved):
                 resolved = await self.core.localize(resolved)
             blob = await local_args(self.core, call.args)
             args, kwargs = resolve_args(self.core, blob, resolved)
-            assert self.executor is not None
-            result = await _call(method, args, kwargs, self.executor)
+            if is_async:
+                result = await method(*args, **kwargs)
+            else:
+                assert self.executor is not None
+                result = await _call(method, args, kwargs, self.executor, call.method)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -433,7 +475,7 @@ class UserActor(Actor):
         finally:
             task_context.reset(token)
         returns = _encode_returns(self.core, result, call.num_returns, where)
-        return TaskReply(returns, time.perf_counter() - start)
+        return quick_reply(returns, time.perf_counter() - start)
 
 
 class WorkerControl(Actor):
