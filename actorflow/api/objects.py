@@ -28,11 +28,7 @@ def _check(refs: Sequence[Any], what: str) -> None:
 
 
 async def _values(core: Core, refs: Sequence[ObjectRef]) -> list[Any]:
-    # all fetches start at once; then each is awaited in order (cheap when already done)
-    futures = [core.payload_future(ref) for ref in refs]
-    if not all(fut.done() for fut in futures):
-        await core.wait_ready(futures)
-    payloads = [fut.result() for fut in futures]
+    payloads = await core.payloads(refs)
     if not all(core.is_local(p) for p in payloads):
         payloads = list(await core.localize(payloads))
     return [core.materialize(p) for p in payloads]

@@ -11,7 +11,6 @@ later call fails with ActorDiedError and its cause.
 from __future__ import annotations
 
 import asyncio
-import functools
 from collections import deque
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
@@ -27,6 +26,7 @@ from actorflow.cluster.protocol import (
     WaitActorDown,
     reply_returns,
 )
+from actorflow.runtime import CallbackReply
 
 if TYPE_CHECKING:
     from actorflow.cluster.core import Core
@@ -82,23 +82,15 @@ class ActorClient:
         if not deps:
             send(())
             return
-        futures = [core.payload_future(ref) for ref in deps]
-        remaining = len(futures)
 
-        def on_dep(_: asyncio.Future[Any]) -> None:
-            nonlocal remaining
-            remaining -= 1
-            if remaining:
-                return
-            payloads = [f.result() for f in futures]
+        def on_deps(payloads: list[Any]) -> None:
             for payload in payloads:
-                if isinstance(payload, Failed):
+                if type(payload) is Failed:
                     self._created_failed(payload.error)
                     return
             send(tuple(payloads))
 
-        for fut in futures:
-            fut.add_done_callback(on_dep)
+        core.when_all_ready(deps, on_deps)
 
     def _created(self, fut: asyncio.Future[Any]) -> None:
         if fut.cancelled():
@@ -127,32 +119,21 @@ class ActorClient:
         self._flush()
 
     def _resolve_deps(self, pending: PendingCall) -> None:
-        futures = [self.core.payload_future(ref) for ref in pending.deps]
-        remaining = len(futures)
-
-        def on_dep(_: asyncio.Future[Any]) -> None:
-            nonlocal remaining
-            remaining -= 1
-            if remaining:
-                return
-            values = []
-            for fut in futures:
-                payload = fut.result()
-                if isinstance(payload, Failed):
+        def on_deps(payloads: list[Any]) -> None:
+            for payload in payloads:
+                if type(payload) is Failed:
                     self.queue.remove(pending)
                     self._finish(pending, (payload,) * len(pending.return_ids))
                     self._flush()
                     return
-                values.append(payload)
             c = pending.call
             assert type(c) is ActorCall  # a call with ObjectRef arguments is never quick
-            pending.call = ActorCall(c.method, c.args, tuple(values), c.num_returns)
+            pending.call = ActorCall(c.method, c.args, tuple(payloads), c.num_returns)
             pending.deps = []
             pending.ready = True
             self._flush()
 
-        for fut in futures:
-            fut.add_done_callback(on_dep)
+        self.core.when_all_ready(pending.deps, on_deps)
 
     def _flush(self) -> None:
         if self.dead is not None:
@@ -169,29 +150,25 @@ class ActorClient:
         queue = self.queue
         while queue and queue[0].ready:  # order: a call waiting on deps holds back later ones
             pending = queue.popleft()
-            try:
-                fut = loc.worker.ask_nowait(pending.call)
-            except Exception as exc:
-                queue.appendleft(pending)
-                self._lost(loc, exc)
-                return
             self._seq += 1
             key = self._seq
             self.inflight[key] = pending
-            fut.add_done_callback(functools.partial(self._done, key, loc))
+            try:
+                loc.worker.ask_nowait(pending.call, CallbackReply(self._done, key, loc))
+            except Exception as exc:
+                del self.inflight[key]
+                queue.appendleft(pending)
+                self._lost(loc, exc)
+                return
 
-    def _done(self, key: int, loc: ActorLocation, fut: asyncio.Future[Any]) -> None:
-        if not fut.cancelled():
-            fut.exception()  # retrieved even when the call was settled otherwise (close)
+    def _done(self, key: int, loc: ActorLocation, reply: Any, exc: BaseException | None
+              ) -> None:
+        """The actor answered call ``key`` (``reply``), or its push failed (``exc``)."""
         pending = self.inflight.pop(key, None)
-        if pending is None:
+        if pending is None:  # settled otherwise (close, or the actor died)
             return
-        if fut.cancelled():
-            self._fail(pending, ActorUnavailableError(self.class_name, "the call was cancelled"))
-            return
-        exc = fut.exception()
         if exc is None:
-            self._finish(pending, reply_returns(fut.result())[0])
+            self._finish(pending, reply_returns(reply)[0])
             return
         # the incarnation that had the call is gone: ask the head what happens next
         if isinstance(exc, PeerUnreachableError) and exc.delivered is False:

@@ -16,10 +16,14 @@ node, read back zero-copy by every process of the node.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
+import logging
 import os
 import secrets
 import threading
+from collections import deque
+from collections.abc import Callable, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pickle import dumps as pickle_dumps
@@ -57,6 +61,8 @@ if TYPE_CHECKING:
 
 __all__ = ["Core", "Fetch", "ObjectOwner", "ObjectTable", "TaskContext", "task_context"]
 
+log = logging.getLogger("actorflow.cluster")
+
 
 @dataclass(frozen=True, slots=True)
 class Fetch:
@@ -85,25 +91,37 @@ task_context: ContextVar[TaskContext] = ContextVar(
 )
 
 
-class _Entry:
-    __slots__ = ("fut", "pinned", "refs")
+#: Called with an object's payload once it is known (see :meth:`ObjectTable.when_ready`).
+PayloadCallback = Callable[[Payload], None]
 
-    def __init__(self, fut: asyncio.Future[Payload]) -> None:
-        self.fut = fut
+
+class _Entry:
+    __slots__ = ("payload", "pinned", "refs", "waiters")
+
+    def __init__(self) -> None:
+        self.payload: Payload | None = None  # None until the value (or its failure) is known
+        self.waiters: list[PayloadCallback] | None = None
         self.refs = 0
         self.pinned = False
 
 
 class ObjectTable:
-    """The owner's objects: payload futures with local reference counts."""
+    """The owner's objects: payloads (or the callbacks waiting for them) with local reference
+    counts.
+
+    A payload is handed to its waiters synchronously when it is resolved: no future per object,
+    no loop turn between a reply and the code waiting for it. Callbacks that resolve further
+    objects (a failed dependency fails its dependents) are queued and run by the outermost
+    :meth:`resolve`, so a long chain never deepens the stack.
+    """
 
     def __init__(self, core: Core) -> None:
         self.core = core
         self.entries: dict[str, _Entry] = {}
+        self._settling: deque[tuple[list[PayloadCallback], Payload]] | None = None
 
     def create(self, object_id: str) -> _Entry:
-        entry = _Entry(self.core.loop.create_future())
-        self.entries[object_id] = entry
+        entry = self.entries[object_id] = _Entry()
         return entry
 
     def resolve(self, object_id: str, payload: Payload) -> None:
@@ -111,8 +129,40 @@ class ObjectTable:
         if entry is None:  # every ref was dropped before the value came
             self._discard(payload)
             return
-        if not entry.fut.done():
-            entry.fut.set_result(payload)
+        if entry.payload is not None:
+            return
+        entry.payload = payload
+        waiters = entry.waiters
+        if waiters is None:
+            return
+        entry.waiters = None
+        if self._settling is not None:  # inside another resolve: it runs these next
+            self._settling.append((waiters, payload))
+            return
+        self._settling = queue = deque(((waiters, payload),))
+        try:
+            while queue:
+                callbacks, value = queue.popleft()
+                for callback in callbacks:
+                    try:
+                        callback(value)
+                    except Exception:  # one waiter's bug must not starve the others
+                        log.exception("a waiter of an object failed")
+        finally:
+            self._settling = None
+
+    def when_ready(self, object_id: str, callback: PayloadCallback) -> None:
+        """``callback(payload)`` once the object's payload is known: now, if it is."""
+        entry = self.entries.get(object_id)
+        if entry is None:
+            callback(Failed(ObjectLostError(
+                f"object {object_id} was freed: every reference to it had been dropped")))
+        elif entry.payload is not None:
+            callback(entry.payload)
+        elif entry.waiters is None:
+            entry.waiters = [callback]
+        else:
+            entry.waiters.append(callback)
 
     def incref(self, object_id: str) -> None:
         entry = self.entries.get(object_id)
@@ -126,9 +176,8 @@ class ObjectTable:
         entry.refs -= 1
         if entry.refs <= 0 and not entry.pinned:
             del self.entries[object_id]
-            fut = entry.fut
-            if fut.done() and not fut.cancelled():
-                self._discard(fut.result())
+            if entry.payload is not None:
+                self._discard(entry.payload)
 
     def pin(self, object_id: str) -> None:
         entry = self.entries.get(object_id)
@@ -136,7 +185,7 @@ class ObjectTable:
             entry.pinned = True
 
     def _discard(self, payload: Payload) -> None:
-        if not isinstance(payload, InShm):
+        if type(payload) is not InShm:
             return
         if payload.node_id == self.core.node_id:
             shm.unlink_segment(payload.name)
@@ -152,20 +201,26 @@ class ObjectTable:
 
     async def payload(self, object_id: str) -> Payload:
         entry = self.entries.get(object_id)
-        if entry is None:
-            raise ObjectLostError(
-                f"object {object_id} was freed: every reference to it had been dropped"
-            )
-        return await asyncio.shield(entry.fut)
+        if entry is not None and entry.payload is not None:
+            return entry.payload
+        fut: asyncio.Future[Payload] = self.core.loop.create_future()
+        self.when_ready(object_id, functools.partial(_settle, fut))
+        return await fut
 
     def clear(self) -> None:
-        for entry in self.entries.values():
-            fut = entry.fut
-            if fut.done() and not fut.cancelled():
-                self._discard(fut.result())
-            else:
-                fut.cancel()
+        """The owner is closing: free every segment, and fail what still waits."""
+        for object_id, entry in list(self.entries.items()):
+            if entry.payload is not None:
+                self._discard(entry.payload)
+            elif entry.waiters:
+                self.resolve(object_id, Failed(ObjectLostError(
+                    f"object {object_id} is lost: its owner shut down before it was ready")))
         self.entries.clear()
+
+
+def _settle(fut: asyncio.Future[Any], payload: Any) -> None:
+    if not fut.done():  # its waiter may have been cancelled
+        fut.set_result(payload)
 
 
 class ObjectOwner(Actor):
@@ -342,16 +397,24 @@ class Core:
         self.objects.create(object_id)
         return ObjectRef(object_id, self.owner_ref, self)
 
+    def when_ready(self, ref: ObjectRef, callback: PayloadCallback) -> None:
+        """``callback(payload)`` once the ref's payload is known here (now, if it is): from the
+        object table when this process owns it, else fetched from its owner."""
+        if ref._core is self:
+            self.objects.when_ready(ref.id, callback)
+            return
+        fut = self._fetch(ref)
+        fut.add_done_callback(lambda f: callback(
+            f.result() if not f.cancelled() else Failed(ObjectLostError(
+                f"the fetch of object {ref.id} was cancelled"))))
+
     def payload_future(self, ref: ObjectRef) -> asyncio.Future[Payload]:
-        """A future of the ref's payload, without awaiting (for dependency resolution)."""
-        if ref.owned_by(self):
-            entry = self.objects.entries.get(ref.id)
-            if entry is not None:
-                return entry.fut
-            fut: asyncio.Future[Payload] = self.loop.create_future()
-            fut.set_result(Failed(ObjectLostError(f"object {ref.id} was freed")))
-            return fut
-        return self._fetch(ref)
+        """A future of the ref's payload (for ``wait`` and ``as_completed``)."""
+        if ref._core is not self:
+            return self._fetch(ref)
+        fut: asyncio.Future[Payload] = self.loop.create_future()
+        self.objects.when_ready(ref.id, functools.partial(_settle, fut))
+        return fut
 
     def _fetch(self, ref: ObjectRef) -> asyncio.Future[Payload]:
         out: asyncio.Future[Payload] = self.loop.create_future()
@@ -386,24 +449,53 @@ class Core:
         return exc
 
     async def get_one(self, ref: ObjectRef) -> Any:
-        fut = self.payload_future(ref)
-        if not fut.done():
-            await self.wait_ready([fut])
-        payload = fut.result()
+        (payload,) = await self.payloads((ref,))
         if not self.is_local(payload):
             (payload,) = await self.localize((payload,))
         return self.materialize(payload)
 
-    async def wait_ready(self, futures: list[asyncio.Future[Payload]]) -> None:
-        """Wait for payload futures. A task that waits inside a worker lends its CPU to the
-        node meanwhile, so parents waiting on their children cannot deadlock the node."""
+    def when_all_ready(self, refs: Sequence[ObjectRef],
+                       callback: Callable[[list[Payload]], None]) -> None:
+        """``callback(payloads)``, in the order of ``refs``, once every one is known (now, if
+        they all are)."""
+        out: list[Any] = [None] * len(refs)
+        left = len(refs)
+        if not left:
+            callback(out)
+            return
+
+        def arrived(i: int, payload: Payload) -> None:
+            nonlocal left
+            out[i] = payload
+            left -= 1
+            if not left:
+                callback(out)
+
+        for i, ref in enumerate(refs):
+            self.when_ready(ref, functools.partial(arrived, i))
+
+    async def payloads(self, refs: Sequence[ObjectRef]) -> list[Payload]:
+        """The payloads of ``refs``, in order, once every one is known. A task that waits
+        inside a worker lends its CPU to the node meanwhile, so parents waiting on their
+        children cannot deadlock the node."""
+        entries = self.objects.entries
+        out: list[Any] = []
+        for ref in refs:
+            entry = entries.get(ref.id) if ref._core is self else None
+            if entry is None or entry.payload is None:
+                break
+            out.append(entry.payload)
+        else:
+            return out
+        done: asyncio.Future[list[Payload]] = self.loop.create_future()
+        self.when_all_ready(refs, functools.partial(_settle, done))
+        if done.done():
+            return done.result()
         lend = self.worker_id is not None and task_context.get().task_id is not None
         if lend:
             self.node.tell_nowait(WorkerBlocked(self.worker_id or "", True))
         try:
-            for fut in futures:
-                if not fut.done():
-                    await asyncio.shield(fut)
+            return await done
         finally:
             if lend:
                 self.node.tell_nowait(WorkerBlocked(self.worker_id or "", False))

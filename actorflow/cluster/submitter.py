@@ -40,7 +40,7 @@ from actorflow.cluster.protocol import (
     reply_returns,
 )
 from actorflow.placement.resources import Resources
-from actorflow.runtime import ActorRef
+from actorflow.runtime import ActorRef, CallbackReply
 
 if TYPE_CHECKING:
     from actorflow.cluster.core import Core
@@ -117,32 +117,20 @@ class TaskSubmitter:
         if not pending.deps:
             self._enqueue(pending)
             return
-        futures = [self.core.payload_future(ref) for ref in pending.deps]
-        remaining = len(futures)
 
-        def on_dep(_: asyncio.Future[Payload]) -> None:
-            nonlocal remaining
-            remaining -= 1
-            if remaining:
-                return
-            resolved: list[Payload] = []
-            for fut in futures:
-                payload: Payload = fut.result() if not fut.cancelled() else Failed(
-                    TaskCancelledError(f"an argument of task {pending.spec.name!r} was cancelled")
-                )
-                if isinstance(payload, Failed):
+        def on_deps(payloads: list[Payload]) -> None:
+            for payload in payloads:
+                if type(payload) is Failed:
                     self._finish(pending, (payload,) * len(pending.return_ids))
                     return
-                resolved.append(payload)
-            pending.spec.resolved = tuple(resolved)
+            pending.spec.resolved = tuple(payloads)
             pending.deps = []
             if pending.cancelled:
                 self._cancelled(pending)
             else:
                 self._enqueue(pending)
 
-        for fut in futures:
-            fut.add_done_callback(on_dep)
+        self.core.when_all_ready(pending.deps, on_deps)
 
     def _enqueue(self, pending: PendingTask) -> None:
         if self._closed:
@@ -194,17 +182,20 @@ class TaskSubmitter:
             spec.fn_blob = pending.fn_blob
             sent.add(spec.fn_id)
         spec.gpu_ids = lease.lease.gpu_ids
-        try:
-            fut = worker.ask_nowait(quick_task(spec) or spec)
-        except Exception as exc:  # the worker is gone (or its mailbox is full)
-            self._lease_lost(lease, exc)
-            lease.state.queue.appendleft(pending)
-            return
         lease.inflight += 1
         pending.lease = lease
-        fut.add_done_callback(lambda f: self._task_done(pending, lease, f))
+        try:
+            worker.ask_nowait(quick_task(spec) or spec,
+                              CallbackReply(self._task_done, pending, lease))
+        except Exception as exc:  # the worker is gone (or its mailbox is full)
+            lease.inflight -= 1
+            pending.lease = None
+            self._lease_lost(lease, exc)
+            lease.state.queue.appendleft(pending)
 
-    def _task_done(self, pending: PendingTask, lease: _Lease, fut: asyncio.Future[Any]) -> None:
+    def _task_done(self, pending: PendingTask, lease: _Lease, reply: Any,
+                   exc: BaseException | None) -> None:
+        """The worker answered (``reply``), or the task's push failed (``exc``)."""
         lease.inflight -= 1
         pending.lease = None
         state = lease.state
@@ -212,10 +203,7 @@ class TaskSubmitter:
             # SPREAD: every task gets its own placement decision, so no lease is reused
             state.leases.remove(lease)
             self._return(lease)
-        exc = None if fut.cancelled() else fut.exception()
-        if fut.cancelled():
-            self._finish(pending, self._failed(pending, TaskCancelledError("cancelled")))
-        elif exc is not None and not isinstance(exc, PeerUnreachableError):
+        if exc is not None and not isinstance(exc, PeerUnreachableError):
             # the worker answered, but the answer cannot be used here (it did not unpickle):
             # the task failed; the worker is fine
             self._finish(pending, self._failed(pending, exc))
@@ -236,7 +224,7 @@ class TaskSubmitter:
                 )
                 self._finish(pending, self._failed(pending, error))
         else:
-            returns, run_s = reply_returns(fut.result())
+            returns, run_s = reply_returns(reply)
             state.avg_run_s = 0.8 * state.avg_run_s + 0.2 * run_s
             first = returns[0] if returns else None
             if isinstance(first, Failed) and self._should_retry(pending, first.error):

@@ -12,7 +12,15 @@ from actorflow.runtime.actor import (
     Terminated,
 )
 from actorflow.runtime.mailbox import Mailbox, MailboxStatistics
-from actorflow.runtime.ref import ActorRef, Reply, Slot, SlotState, current_system, restore_ref
+from actorflow.runtime.ref import (
+    ActorRef,
+    CallbackReply,
+    Reply,
+    Slot,
+    SlotState,
+    current_system,
+    restore_ref,
+)
 from actorflow.runtime.system import ActorSystem, RemoteResolver
 
 __all__ = [
@@ -20,6 +28,7 @@ __all__ = [
     "ActorRef",
     "ActorState",
     "ActorSystem",
+    "CallbackReply",
     "ErrorReply",
     "ExitReason",
     "Mailbox",

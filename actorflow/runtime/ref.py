@@ -20,9 +20,10 @@ import asyncio
 import contextvars
 import enum
 import itertools
+import logging
 import weakref
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, overload
 
 from actorflow._errors import (
     ActorDiedError,
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ActorRef",
+    "CallbackReply",
     "Reply",
     "Slot",
     "SlotState",
@@ -48,6 +50,8 @@ __all__ = [
 ]
 
 WatchCallback = Callable[[Terminated], None]
+
+_log = logging.getLogger("actorflow.runtime")
 
 # Every live ActorSystem of this process, by uid, so an unpickled ref finds its local actor.
 _SYSTEMS: weakref.WeakValueDictionary[str, ActorSystem] = weakref.WeakValueDictionary()
@@ -90,6 +94,42 @@ class Reply(Protocol):
     def set_result(self, result: Any) -> None: ...
 
     def set_exception(self, exception: BaseException) -> None: ...
+
+
+R = TypeVar("R", bound=Reply)
+
+
+class CallbackReply:
+    """A :class:`Reply` that hands the answer to ``fn(*args, value, error)`` the moment it is
+    set (``error`` is None on success, ``value`` None on failure): no future, no loop turn.
+    The callback runs wherever the answer is set (a link's reader, an actor's loop), so it must
+    be quick; what it raises is logged, never passed to whoever answered."""
+
+    __slots__ = ("_args", "_done", "_fn")
+
+    def __init__(self, fn: Callable[..., None], *args: Any) -> None:
+        self._fn = fn
+        self._args = args
+        self._done = False
+
+    def done(self) -> bool:
+        return self._done
+
+    def set_result(self, result: Any) -> None:
+        if not self._done:
+            self._done = True
+            self._call(result, None)
+
+    def set_exception(self, exception: BaseException) -> None:
+        if not self._done:
+            self._done = True
+            self._call(None, exception)
+
+    def _call(self, value: Any, error: BaseException | None) -> None:
+        try:
+            self._fn(*self._args, value, error)
+        except Exception:
+            _log.exception("the reply callback %r failed", self._fn)
 
 
 class SlotState(enum.Enum):
@@ -303,15 +343,23 @@ class ActorRef:
         except MailboxFullError:
             raise self._full(cell.mailbox.statistics().capacity) from None
 
-    def ask_nowait(self, message: Any) -> asyncio.Future[Any]:
-        """Send now, without awaiting, and return a future of the answer.
+    @overload
+    def ask_nowait(self, message: Any) -> asyncio.Future[Any]: ...
+
+    @overload
+    def ask_nowait(self, message: Any, reply: R) -> R: ...
+
+    def ask_nowait(self, message: Any, reply: Any = None) -> Any:
+        """Send now, without awaiting, and return a future of the answer, or ``reply`` (any
+        :class:`Reply`) when given: it is then answered in place of a future, synchronously
+        where the answer arrives, with no loop turn in between.
 
         Raises like :meth:`tell_nowait` when the message cannot be queued at once. This is the
         submission path of tasks and actor calls (``.remote()`` never awaits); a remote ref
-        implements it over its link, failing the future with PeerUnreachableError if the peer
+        implements it over its link, failing the reply with PeerUnreachableError if the peer
         is lost.
         """
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        fut = asyncio.get_running_loop().create_future() if reply is None else reply
         cell = self._slot.cell
         if cell is None:
             raise self._slot.error()

@@ -245,8 +245,10 @@ class Peer:
                 self.detach(channel)
         self._later(_Backlogged(kind, target, _checked(value), ref))
 
-    def ask(self, target: str, value: Any, ref: ActorRef) -> asyncio.Future[Any]:
-        fut: asyncio.Future[Any] = self._remoting.loop.create_future()
+    def ask(self, target: str, value: Any, ref: ActorRef, reply: Any = None) -> Any:
+        """Send an ask; its answer settles ``reply`` (a :class:`Reply`), or a new future,
+        which is returned."""
+        fut = self._remoting.loop.create_future() if reply is None else reply
         channel = self.channel
         if channel is not None:
             cid = next(channel.ids)
@@ -448,10 +450,10 @@ class RemoteActorRef(ActorRef):
         """Send now; never waits. Raises SerializationError if it cannot be pickled."""
         self._peer.send(TELL, self._slot.id, message, self)
 
-    def ask_nowait(self, message: Any) -> asyncio.Future[Any]:
-        """Send now and return a future of the answer; it fails with PeerUnreachableError if
-        the peer is lost first."""
-        return self._peer.ask(self._slot.id, message, self)
+    def ask_nowait(self, message: Any, reply: Any = None) -> Any:
+        """Send now and return a future of the answer (or ``reply``, settled in its place); it
+        fails with PeerUnreachableError if the peer is lost first."""
+        return self._peer.ask(self._slot.id, message, self, reply)
 
     async def ask(self, message: Any, timeout: float | None = None) -> Any:
         fut = self._peer.ask(self._slot.id, message, self)
