@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import functools
+from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -99,16 +101,27 @@ def _undone(pairs: list[tuple[ObjectRef, asyncio.Future[Payload]]]) -> int:
 
 
 async def as_completed(refs: Sequence[ObjectRef]) -> AsyncIterator[ObjectRef]:
-    """Yield each ref as soon as its value is ready (or its task failed)."""
+    """Yield each ref as soon as its value is ready (or its task failed), in the order they
+    became ready."""
     core = current_core()
     refs = list(refs)
     _check(refs, "as_completed()")
-    futures = {core.payload_future(ref): ref for ref in refs}
-    pending = set(futures)
-    while pending:
-        finished, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-        for fut in finished:
-            yield futures[fut]
+    ready: deque[ObjectRef] = deque()
+    loop = asyncio.get_running_loop()
+    wake: asyncio.Future[None] | None = None
+
+    def arrived(ref: ObjectRef, _: Payload) -> None:
+        ready.append(ref)
+        if wake is not None and not wake.done():
+            wake.set_result(None)
+
+    for ref in refs:
+        core.when_ready(ref, functools.partial(arrived, ref))
+    for _ in refs:
+        while not ready:
+            wake = loop.create_future()
+            await wake
+        yield ready.popleft()
 
 
 async def cancel(ref: ObjectRef, *, force: bool = False) -> None:

@@ -99,6 +99,18 @@ class ReadSegment:
 
 @_fast_pickle
 @dataclass(frozen=True, slots=True)
+class Local:
+    """An argument made by an earlier task pushed to the same worker (its producer), sent
+    before the producer finished: the worker takes the value from its recent results, or
+    fetches it from the owner, ``owner`` being the owner's ObjectOwner as a pickled ActorRef's
+    ``(uid, address, slot id, path)``."""
+
+    object_id: str
+    owner: tuple[str, str | None, str, str]
+
+
+@_fast_pickle
+@dataclass(frozen=True, slots=True)
 class Failed:
     """The task that was to produce the value failed with ``error`` (an af error)."""
 
@@ -109,11 +121,12 @@ class Failed:
 #: out-of-band buffers (``Inline`` is a small value with buffers).
 Payload = bytes | Inline | InShm | Fetched | Failed
 
+_PLAIN_PAYLOADS = frozenset({bytes, Inline, InShm, Local})
+
 
 def _plain_payloads(payloads: tuple[Any, ...]) -> bool:
     for payload in payloads:
-        kind = type(payload)
-        if kind is not bytes and kind is not Inline and kind is not InShm:
+        if type(payload) not in _PLAIN_PAYLOADS:
             return False
     return True
 
@@ -136,7 +149,7 @@ class TaskSpec:
     fn_id: str
     fn_blob: bytes | None  # the cloudpickled function, sent once per worker
     args: Args  # pickled (args, kwargs); top-level ObjectRefs replaced by ResolvedArg
-    resolved: tuple[Payload, ...]  # values of the top-level ObjectRef arguments
+    resolved: tuple[Payload | Local, ...]  # values of the top-level ObjectRef arguments
     num_returns: int
     job_id: str
     gpu_ids: tuple[int, ...] = ()

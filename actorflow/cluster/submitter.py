@@ -30,6 +30,7 @@ from actorflow.cluster.protocol import (
     CancelTask,
     Failed,
     Lease,
+    Local,
     MissingFunction,
     Payload,
     RequestLease,
@@ -51,6 +52,7 @@ __all__ = ["PendingTask", "TaskSubmitter"]
 LINGER_S = 0.1  # how long an idle lease is kept for the next task of its shape
 MAX_DEPTH = 64  # most tasks in flight on one lease (for tasks that run in microseconds)
 SHORT_TASK_S = 0.002  # tasks shorter than this on average get pipelined
+FOLLOW_LIMIT = 1024  # most tasks in flight on one lease, counting those that follow others
 
 
 @dataclass(slots=True)
@@ -64,8 +66,10 @@ class PendingTask:
     strategy: Any = None
     cancelled: bool = False
     lease: _Lease | None = None
-    deps: list[ObjectRef] = field(default_factory=list)
+    deps: list[ObjectRef] = field(default_factory=list)  # its ObjectRef arguments, held
     keep: Any = None  # the ObjectRef of its arguments in shared memory, held until it is done
+    waiting: int = 0  # >0 while it waits for its deps here: the generation of that wait
+    follows: bool = False  # pushed behind its producers, with Local arguments
 
 
 class _Lease:
@@ -108,6 +112,11 @@ class TaskSubmitter:
         self.by_return: dict[str, PendingTask] = {}
         self.sent_fns: dict[ActorRef, set[str]] = {}
         self._closed = False
+        self._waits = 0  # dependency waits started (their generations)
+        # producer task id -> tasks waiting for it to be pushed, to follow it
+        self._followers: dict[str, list[PendingTask]] = {}
+        self._following: deque[PendingTask] | None = None  # _pushed's work list
+        self._owner: Any = None  # how a worker reaches this owner (Local): set on first use
 
     # -- submission ----------------------------------------------------------------------------
 
@@ -117,20 +126,107 @@ class TaskSubmitter:
         if not pending.deps:
             self._enqueue(pending)
             return
+        self._wait_deps(pending)
+        if pending.waiting:  # not ready at once: perhaps it can follow its producers
+            self._follow(pending)
+
+    def _wait_deps(self, pending: PendingTask) -> None:
+        """Queue the task once its ObjectRef arguments are ready here (a failed one fails it).
+        A newer wait, or following its producers meanwhile, makes this one moot."""
+        self._waits += 1
+        generation = pending.waiting = self._waits
 
         def on_deps(payloads: list[Payload]) -> None:
+            if pending.waiting != generation:
+                return
+            pending.waiting = 0
             for payload in payloads:
                 if type(payload) is Failed:
                     self._finish(pending, (payload,) * len(pending.return_ids))
                     return
             pending.spec.resolved = tuple(payloads)
-            pending.deps = []
             if pending.cancelled:
                 self._cancelled(pending)
             else:
                 self._enqueue(pending)
 
         self.core.when_all_ready(pending.deps, on_deps)
+
+    def _follow(self, pending: PendingTask) -> None:
+        """Push a task still waiting for its arguments right behind the tasks that make them,
+        when they all went (or go) to one worker: that worker runs it after them with their
+        results (Local arguments), with no round trip to this owner between the two. A task
+        whose producer is not pushed yet waits for that push. A chain of short tasks then
+        runs at the worker's pace instead of one owner round trip per link."""
+        if pending.strategy == "SPREAD" or self._closed:
+            return
+        state = self.shapes.get((pending.shape, pending.strategy))
+        if state is None:
+            return
+        lease: _Lease | None = None
+        resolved: list[Payload | Local] = []
+        entries = self.core.objects.entries
+        for ref in pending.deps:
+            entry = entries.get(ref.id) if ref._core is self.core else None
+            if entry is not None and entry.payload is not None:
+                resolved.append(entry.payload)
+                continue
+            producer = self.by_return.get(ref.id)
+            if (producer is None or producer.strategy == "SPREAD"
+                    or producer.shape != state.shape
+                    or (producer.retry_exceptions is not False and producer.retries_left > 0)):
+                # made elsewhere, or it may be re-run here after its worker answered (a
+                # retried exception): wait for its final value here
+                return
+            if producer.lease is None:  # not pushed yet: try again when it is
+                self._followers.setdefault(producer.spec.task_id, []).append(pending)
+                return
+            if lease is None:
+                lease = producer.lease
+            if producer.lease is not lease or lease.lost or lease.state is not state:
+                return
+            if self._owner is None:
+                assert self.core.owner_ref is not None
+                self._owner = self.core.owner_ref.__reduce__()[1]
+            resolved.append(Local(ref.id, self._owner))
+        if lease is None or lease.inflight >= FOLLOW_LIMIT:
+            return
+        pending.waiting = 0
+        pending.follows = True
+        pending.spec.resolved = tuple(resolved)
+        self._push(pending, lease)
+
+    def _pushed(self, pending: PendingTask) -> None:
+        """``pending`` went to a worker: the tasks waiting to follow it may go too (in a loop
+        here, not by recursion: a chain can be long)."""
+        followers = self._followers.pop(pending.spec.task_id, None)
+        if not followers:
+            return
+        if self._following is not None:
+            self._following.extend(followers)
+            return
+        self._following = work = deque(followers)
+        try:
+            while work:
+                follower = work.popleft()
+                if follower.waiting and not follower.cancelled:
+                    self._follow(follower)
+        finally:
+            self._following = None
+
+    def _requeue(self, pending: PendingTask, *, front: bool) -> None:
+        """Queue a task again (a retry, a lost push). One that followed its producers waits
+        for its arguments here again: they may be re-running elsewhere."""
+        if pending.follows:
+            pending.follows = False
+            pending.spec.resolved = ()
+            self._wait_deps(pending)
+            return
+        state = self.shapes[(pending.shape, pending.strategy)]
+        if front:
+            state.queue.appendleft(pending)
+        else:
+            state.queue.append(pending)
 
     def _enqueue(self, pending: PendingTask) -> None:
         if self._closed:
@@ -191,7 +287,9 @@ class TaskSubmitter:
             lease.inflight -= 1
             pending.lease = None
             self._lease_lost(lease, exc)
-            lease.state.queue.appendleft(pending)
+            self._requeue(pending, front=True)
+            return
+        self._pushed(pending)
 
     def _task_done(self, pending: PendingTask, lease: _Lease, reply: Any,
                    exc: BaseException | None) -> None:
@@ -216,7 +314,7 @@ class TaskSubmitter:
                 self._finish(pending, self._failed(pending, cancelled))
             elif pending.retries_left > 0:
                 pending.retries_left -= 1
-                state.queue.appendleft(pending)
+                self._requeue(pending, front=True)
             else:
                 error = WorkerCrashedError(
                     f"the worker running task {pending.spec.name!r} died ({exc}) and its "
@@ -229,10 +327,10 @@ class TaskSubmitter:
             first = returns[0] if returns else None
             if isinstance(first, Failed) and self._should_retry(pending, first.error):
                 pending.retries_left -= 1
-                state.queue.append(pending)
+                self._requeue(pending, front=False)
             elif isinstance(first, Failed) and isinstance(first.error, MissingFunction):
                 self.sent_fns.pop(lease.lease.worker, None)
-                state.queue.appendleft(pending)
+                self._requeue(pending, front=True)
             else:
                 self._finish(pending, returns)
         self._pump(state)
@@ -248,6 +346,9 @@ class TaskSubmitter:
         return isinstance(error.cause, allowed)
 
     def _finish(self, pending: PendingTask, returns: tuple[Payload, ...]) -> None:
+        pending.waiting = 0
+        pending.deps = []
+        self._followers.pop(pending.spec.task_id, None)  # they wait for their deps anyway
         objects = self.core.objects
         for oid, payload in zip(pending.return_ids, returns, strict=False):
             self.by_return.pop(oid, None)

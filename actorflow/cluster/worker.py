@@ -17,10 +17,11 @@ import os
 import pickle
 import time
 import traceback
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextvars import Context, copy_context
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import cloudpickle
 
@@ -33,6 +34,7 @@ from actorflow.cluster.protocol import (
     Failed,
     HostActor,
     InShm,
+    Local,
     MissingFunction,
     Payload,
     ResolvedArg,
@@ -43,8 +45,9 @@ from actorflow.cluster.protocol import (
     task_from_quick,
 )
 from actorflow.cluster.threads import Outcome, SyncRunner, run_one
+from actorflow.objects.ref import ObjectRef
 from actorflow.objects.serialization import loads
-from actorflow.runtime import Actor, ActorRef, ErrorReply
+from actorflow.runtime import Actor, ActorRef, ErrorReply, restore_ref
 
 if TYPE_CHECKING:
     from actorflow.cluster.core import Core
@@ -70,6 +73,19 @@ def resolve_args(core: Core, blob: bytes | Payload, resolved: tuple[Payload, ...
         args = tuple(values[a.index] if type(a) is ResolvedArg else a for a in args)
         kwargs = {k: values[v.index] if type(v) is ResolvedArg else v for k, v in kwargs.items()}
     return args, kwargs
+
+
+#: Most task returns a worker keeps for the Local arguments of later tasks, and their bytes.
+RECENT_RESULTS = 1024
+RECENT_BYTES = 16 << 20
+
+
+def _failed(resolved: tuple[Any, ...]) -> Failed | None:
+    """The first Failed among resolved arguments (a producer that failed), if any."""
+    for payload in resolved:
+        if type(payload) is Failed:
+            return payload
+    return None
 
 
 def capture_error(exc: BaseException, where: str) -> TaskError:
@@ -149,19 +165,20 @@ async def _run_plain(runner: SyncRunner, calls: list[PlainCall]) -> list[Outcome
 
 
 async def _answer(core: Core, reply: Any, ok: bool, value: Any, num_returns: int, name: str,
-                  where: str, run_s: float) -> None:
-    """Answer one call of a batch with its outcome."""
+                  where: str, run_s: float) -> tuple[Payload, ...]:
+    """Answer one call of a batch with its outcome; returns the payloads it answered."""
     if ok and inspect.isawaitable(value):  # a plain def that returned a coroutine
         try:
             value = await value
         except Exception as exc:
             ok, value = False, exc
-    if reply is None or reply.done():
-        return
     if ok:
-        reply.set_result(quick_reply(_encode_returns(core, value, num_returns, name), run_s))
+        returns = _encode_returns(core, value, num_returns, name)
     else:
-        reply.set_result(TaskReply((Failed(capture_error(value, where)),) * num_returns, run_s))
+        returns = (Failed(capture_error(value, where)),) * num_returns
+    if reply is not None and not reply.done():
+        reply.set_result(quick_reply(returns, run_s))
+    return returns
 
 
 async def _in_runs(
@@ -212,6 +229,10 @@ class Worker(Actor):
         self.cancelled: set[str] = set()
         self.user_actor: ActorRef | None = None
         self.pid = os.getpid()
+        # the latest tasks' returns by object id, for Local arguments of the tasks pushed
+        # behind them (bounded; a miss fetches from the owner)
+        self.recent: OrderedDict[str, Payload] = OrderedDict()
+        self._recent_bytes = 0
 
     async def on_start(self) -> None:
         self.executor = SyncRunner("af-task")
@@ -235,10 +256,63 @@ class Worker(Actor):
         spec: TaskSpec = message
         known = self.functions.get(spec.fn_id)
         if (known is None or known[1] or spec.gpu_ids
-                or spec.task_id in self.cancelled or type(spec.args) is not bytes
-                or (spec.resolved and not all(self.core.is_local(p) for p in spec.resolved))):
+                or spec.task_id in self.cancelled or type(spec.args) is not bytes):
             return None
+        if spec.resolved:
+            resolved = self._take_locals(spec.resolved)
+            if resolved is None or not all(self.core.is_local(p) for p in resolved):
+                return None
+            spec.resolved = resolved
         return known[0]
+
+    def _take_locals(self, resolved: tuple[Payload | Local, ...]) -> tuple[Payload, ...] | None:
+        """``resolved`` with its Local arguments taken from the recent results; None when one
+        of them is not there (it is fetched then)."""
+        if not any(type(p) is Local for p in resolved):
+            return resolved  # type: ignore[return-value]  # no Local left
+        out: list[Payload] = []
+        for p in resolved:
+            if type(p) is Local:
+                got = self.recent.get(p.object_id)
+                if got is None:
+                    return None
+                out.append(got)
+            else:
+                out.append(p)  # type: ignore[arg-type]  # not a Local
+        return tuple(out)
+
+    async def _locals(self, resolved: tuple[Payload | Local, ...]) -> tuple[Payload, ...]:
+        """``resolved`` with every Local argument's value: recent, or from its owner."""
+        taken = self._take_locals(resolved)
+        if taken is not None:
+            return taken
+        out: list[Payload] = []
+        for p in resolved:
+            if type(p) is Local:
+                got = self.recent.get(p.object_id)
+                if got is None:
+                    ref = ObjectRef(p.object_id, restore_ref(*p.owner))
+                    (got,) = await self.core.payloads((ref,))
+                out.append(got)
+            else:
+                out.append(p)  # type: ignore[arg-type]  # not a Local
+        return tuple(out)
+
+    def _remember(self, spec: TaskSpec, returns: tuple[Payload, ...]) -> None:
+        """Keep a task's returns for the Local arguments of tasks pushed behind it."""
+        recent = self.recent
+        if spec.num_returns == 1:
+            ids: tuple[str, ...] = (spec.task_id,)
+        else:
+            ids = tuple(f"{spec.task_id}.{i}" for i in range(spec.num_returns))
+        for oid, payload in zip(ids, returns, strict=False):
+            if type(payload) is Failed and isinstance(payload.error, MissingFunction):
+                continue  # its owner sends it again: followers wait for that run's value
+            recent[oid] = payload
+            self._recent_bytes += len(payload) if type(payload) is bytes else 64
+        while len(recent) > RECENT_RESULTS or self._recent_bytes > RECENT_BYTES:
+            _, old = recent.popitem(last=False)
+            self._recent_bytes -= len(old) if type(old) is bytes else 64
 
     async def receive_batch(self, items: list[tuple[Any, Any]]) -> None:
         items = [(task_from_quick(m), r) if type(m) is bytes else (m, r) for m, r in items]
@@ -248,15 +322,20 @@ class Worker(Actor):
         calls: list[PlainCall] = []
         ready: list[tuple[TaskSpec, Any]] = []
         for spec, reply, fn in run:
+            failed_arg = _failed(spec.resolved)
+            if failed_arg is not None:  # a Local argument's producer failed: so does this
+                self._answer_failed(spec, reply, failed_arg)
+                continue
             token = task_context.set(TaskContext(task_id=spec.task_id, name=spec.name,
                                                  job_id=spec.job_id))
             try:
-                args, kwargs = resolve_args(self.core, spec.args, spec.resolved)
+                # _batchable took its Local arguments from the recent results
+                resolved = cast(tuple[Payload, ...], spec.resolved)
+                args, kwargs = resolve_args(self.core, spec.args, resolved)
                 ctx = copy_context()
             except Exception as exc:
                 failed = Failed(capture_error(exc, f"task {spec.name} (pid={self.pid})"))
-                if reply is not None and not reply.done():
-                    reply.set_result(TaskReply((failed,) * spec.num_returns))
+                self._answer_failed(spec, reply, failed)
                 continue
             finally:
                 task_context.reset(token)
@@ -267,10 +346,25 @@ class Worker(Actor):
         assert self.executor is not None
         outcomes = await _run_plain(self.executor, calls)
         for (spec, reply), (ok, value, run_s) in zip(ready, outcomes, strict=True):
-            await _answer(self.core, reply, ok, value, spec.num_returns, spec.name,
-                          f"task {spec.name} (pid={self.pid})", run_s)
+            self._remember(spec, await _answer(
+                self.core, reply, ok, value, spec.num_returns, spec.name,
+                f"task {spec.name} (pid={self.pid})", run_s))
+
+    def _answer_failed(self, spec: TaskSpec, reply: Any, failed: Failed) -> None:
+        returns = (failed,) * spec.num_returns
+        self._remember(spec, returns)
+        if reply is not None and not reply.done():
+            reply.set_result(TaskReply(returns))
 
     async def _run_task(self, spec: TaskSpec) -> TaskReply | bytes:
+        reply = await self._run_one(spec)
+        if type(reply) is TaskReply:
+            self._remember(spec, reply.returns)
+        else:
+            self._remember(spec, (reply,))  # type: ignore[arg-type]  # the quick form
+        return reply
+
+    async def _run_one(self, spec: TaskSpec) -> TaskReply | bytes:
         start = time.perf_counter()
         if spec.task_id in self.cancelled:
             self.cancelled.discard(spec.task_id)
@@ -293,7 +387,10 @@ class Worker(Actor):
         token = task_context.set(TaskContext(task_id=spec.task_id, name=spec.name,
                                              gpu_ids=spec.gpu_ids, job_id=spec.job_id))
         try:
-            resolved = spec.resolved
+            resolved = await self._locals(spec.resolved) if spec.resolved else ()
+            failed_arg = _failed(resolved)
+            if failed_arg is not None:  # a Local argument's producer failed: so does this
+                return TaskReply((failed_arg,) * spec.num_returns)
             if not all(self.core.is_local(p) for p in resolved):
                 resolved = await self.core.localize(resolved)
             blob = await local_args(self.core, spec.args)
