@@ -22,7 +22,9 @@ from actorflow.cluster.protocol import (
     ActorSpec,
     CreateActor,
     Failed,
+    InShm,
     ResolveActor,
+    TaskReply,
     WaitActorDown,
     reply_returns,
 )
@@ -88,6 +90,7 @@ class ActorClient:
                 if type(payload) is Failed:
                     self._created_failed(payload.error)
                     return
+            core.sending(payloads)
             send(tuple(payloads))
 
         core.when_all_ready(deps, on_deps)
@@ -129,6 +132,7 @@ class ActorClient:
             c = pending.call
             assert type(c) is ActorCall  # a call with ObjectRef arguments is never quick
             pending.call = ActorCall(c.method, c.args, tuple(payloads), c.num_returns)
+            self.core.sending(payloads)
             pending.deps = []
             pending.ready = True
             self._flush()
@@ -153,6 +157,9 @@ class ActorClient:
             self._seq += 1
             key = self._seq
             self.inflight[key] = pending
+            call = pending.call
+            if type(call) is ActorCall and type(call.args) is InShm:
+                self.core.store.lent(call.args.name)  # the actor says when it is done with it
             try:
                 loc.worker.ask_nowait(pending.call, CallbackReply(self._done, key, loc))
             except Exception as exc:
@@ -168,6 +175,8 @@ class ActorClient:
         if pending is None:  # settled otherwise (close, or the actor died)
             return
         if exc is None:
+            if type(reply) is TaskReply and reply.released:
+                self.core.store.returned(reply.released)
             self._finish(pending, reply_returns(reply)[0])
             return
         # the incarnation that had the call is gone: ask the head what happens next

@@ -23,7 +23,7 @@ import os
 import secrets
 import threading
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pickle import dumps as pickle_dumps
@@ -43,7 +43,6 @@ from actorflow.cluster.protocol import (
     ReadSegment,
     WorkerBlocked,
 )
-from actorflow.objects import shm
 from actorflow.objects.ref import ObjectRef
 from actorflow.objects.serialization import (
     INLINE_LIMIT,
@@ -53,6 +52,7 @@ from actorflow.objects.serialization import (
     is_plain,
     serialize,
 )
+from actorflow.objects.store import SegmentStore
 from actorflow.runtime import Actor, ActorRef, ActorSystem
 
 if TYPE_CHECKING:
@@ -83,8 +83,6 @@ class TaskContext:
 
 
 # TaskContext is a frozen dataclass: immutable, so a shared default is safe
-#: how many shared-memory segments a process keeps mapped for reuse
-MAPPED_SEGMENTS = 8
 
 task_context: ContextVar[TaskContext] = ContextVar(
     "actorflow_task", default=TaskContext()  # noqa: B039
@@ -188,7 +186,7 @@ class ObjectTable:
         if type(payload) is not InShm:
             return
         if payload.node_id == self.core.node_id:
-            shm.unlink_segment(payload.name)
+            self.core.store.free(payload.name)
             return
         # a node is known here once a value was fetched from it; any other node frees its
         # segments when it stops
@@ -233,7 +231,9 @@ class ObjectOwner(Actor):
 
     async def receive(self, message: Any) -> Any:
         if isinstance(message, Fetch):
-            return await self.core.objects.payload(message.object_id)
+            payload = await self.core.objects.payload(message.object_id)
+            self.core.sending((payload,))
+            return payload
         raise TypeError(f"ObjectOwner got an unexpected {type(message).__name__}")
 
 
@@ -271,7 +271,7 @@ class Core:
         self._prefix = secrets.token_hex(5)
         self._ids = itertools.count(1)
         self._nodes: dict[str, ActorRef] = {}
-        self._mapped: dict[str, tuple[memoryview, list[memoryview]]] = {}
+        self.store = SegmentStore(lambda: f"af-{self.node_id}-{self.new_id()}")
         self.closed = False
 
     async def start(self) -> None:
@@ -298,9 +298,15 @@ class Core:
         return self._to_segment(ser)
 
     def _to_segment(self, ser: Serialized) -> InShm:
-        name = f"af-{self.node_id}-{self.new_id()}"
-        nbytes = shm.write_segment(name, ser)
-        return InShm(name, self.node_id, nbytes)
+        name, nbytes, generation = self.store.write(ser)
+        return InShm(name, self.node_id, nbytes, generation)
+
+    def sending(self, payloads: Iterable[Any]) -> None:
+        """These payloads leave this process (to readers that do not report back): a segment
+        among them is never reused."""
+        for payload in payloads:
+            if type(payload) is InShm:
+                self.store.shared(payload.name)
 
     def pack_args(self, args: tuple[Any, ...], kwargs: dict[str, Any], what: str
                   ) -> tuple[Args, ObjectRef | None]:
@@ -328,20 +334,7 @@ class Core:
         if type(payload) is InShm:
             if payload.node_id != self.node_id:
                 raise RuntimeError(f"segment {payload.name} must be localized first (a bug)")
-            mapped = self._mapped.get(payload.name)
-            if mapped is None:
-                try:
-                    mapped = shm.read_segment(payload.name)
-                except FileNotFoundError:
-                    raise ObjectLostError(
-                        f"object segment {payload.name} is gone (its owner freed it or exited)"
-                    ) from None
-                # keep a few mappings: a segment read again (an argument passed to many
-                # calls) costs no new page faults; arrays keep their own mapping anyway
-                self._mapped[payload.name] = mapped
-                if len(self._mapped) > MAPPED_SEGMENTS:
-                    self._mapped.pop(next(iter(self._mapped)))
-            meta, buffers = mapped
+            meta, buffers = self.store.read(payload.name, payload.generation)
             return deserialize(meta, buffers)
         if type(payload) is Failed:
             error = payload.error
@@ -510,6 +503,7 @@ class Core:
         for client in list(self.actors.values()):
             client.close()
         self.objects.clear()
+        self.store.close()
 
     def describe(self) -> dict[str, Any]:
         return {

@@ -67,11 +67,13 @@ class Inline:
 @_fast_pickle
 @dataclass(frozen=True, slots=True)
 class InShm:
-    """A large value in shared-memory segment ``name`` on node ``node_id``."""
+    """A large value in shared-memory segment ``name`` on node ``node_id``; ``generation``
+    tells it from an earlier value of a reused segment."""
 
     name: str
     node_id: str
     nbytes: int
+    generation: int = 0
 
 
 @_fast_pickle
@@ -125,10 +127,7 @@ _PLAIN_PAYLOADS = frozenset({bytes, Inline, InShm, Local})
 
 
 def _plain_payloads(payloads: tuple[Any, ...]) -> bool:
-    for payload in payloads:
-        if type(payload) not in _PLAIN_PAYLOADS:
-            return False
-    return True
+    return all(type(payload) in _PLAIN_PAYLOADS for payload in payloads)
 
 
 #: A call's (args, kwargs): pickled bytes, or, when large, a shared-memory segment (one copy,
@@ -173,6 +172,7 @@ class TaskReply:
 
     returns: tuple[Payload, ...]
     run_s: float = 0.0
+    released: tuple[str, ...] = ()  # argument segments the worker is done with (see store.py)
 
     def __af_plain__(self) -> bool:  # a Failed may hold a user's exception: not plain
         return _plain_payloads(self.returns)

@@ -29,6 +29,7 @@ from actorflow._errors import (
 from actorflow.cluster.protocol import (
     CancelTask,
     Failed,
+    InShm,
     Lease,
     Local,
     MissingFunction,
@@ -36,6 +37,7 @@ from actorflow.cluster.protocol import (
     RequestLease,
     ReturnLease,
     Spillback,
+    TaskReply,
     TaskSpec,
     quick_task,
     reply_returns,
@@ -145,6 +147,7 @@ class TaskSubmitter:
                     self._finish(pending, (payload,) * len(pending.return_ids))
                     return
             pending.spec.resolved = tuple(payloads)
+            self.core.sending(payloads)
             if pending.cancelled:
                 self._cancelled(pending)
             else:
@@ -194,6 +197,7 @@ class TaskSubmitter:
         pending.waiting = 0
         pending.follows = True
         pending.spec.resolved = tuple(resolved)
+        self.core.sending(resolved)
         self._push(pending, lease)
 
     def _pushed(self, pending: PendingTask) -> None:
@@ -280,6 +284,8 @@ class TaskSubmitter:
         spec.gpu_ids = lease.lease.gpu_ids
         lease.inflight += 1
         pending.lease = lease
+        if type(spec.args) is InShm:  # the worker says when it is done with it
+            self.core.store.lent(spec.args.name)
         try:
             worker.ask_nowait(quick_task(spec) or spec,
                               CallbackReply(self._task_done, pending, lease))
@@ -323,6 +329,8 @@ class TaskSubmitter:
                 self._finish(pending, self._failed(pending, error))
         else:
             returns, run_s = reply_returns(reply)
+            if type(reply) is TaskReply and reply.released:
+                self.core.store.returned(reply.released)
             state.avg_run_s = 0.8 * state.avg_run_s + 0.2 * run_s
             first = returns[0] if returns else None
             if isinstance(first, Failed) and self._should_retry(pending, first.error):

@@ -117,7 +117,11 @@ class SyncRunner:
                 value: Any = [run_one(*call) for call in fn]
             else:
                 value = run_one(ctx, fn, args, kwargs)
+            # hold nothing of this call while waiting for the next one: its arguments may be
+            # views of shared memory that their owner reuses once no one holds them
+            del item, ctx, fn, args, kwargs
             try:
                 loop.call_soon_threadsafe(_settle, fut, value)
             except RuntimeError:  # the loop is closed: nobody waits any more
                 return
+            del fut, value

@@ -75,6 +75,20 @@ def resolve_args(core: Core, blob: bytes | Payload, resolved: tuple[Payload, ...
     return args, kwargs
 
 
+def _with_released(core: Core, args: Args, reply: TaskReply | bytes) -> TaskReply | bytes:
+    """Tell the caller, with the reply, when nothing here uses its arguments' segment any
+    more (it may then reuse it: see ``actorflow/objects/store.py``). Called once the call's
+    own frame is gone, so only what the user's code kept can hold a view of it."""
+    if type(args) is not InShm:
+        return reply
+    released = core.store.released((args.name,))
+    if not released:
+        return reply
+    if type(reply) is TaskReply:
+        return TaskReply(reply.returns, reply.run_s, released)
+    return TaskReply((reply,), 0.0, released)  # type: ignore[arg-type]  # the quick form
+
+
 #: Most task returns a worker keeps for the Local arguments of later tasks, and their bytes.
 RECENT_RESULTS = 1024
 RECENT_BYTES = 16 << 20
@@ -362,7 +376,7 @@ class Worker(Actor):
             self._remember(spec, reply.returns)
         else:
             self._remember(spec, (reply,))  # type: ignore[arg-type]  # the quick form
-        return reply
+        return _with_released(self.core, spec.args, reply)
 
     async def _run_one(self, spec: TaskSpec) -> TaskReply | bytes:
         start = time.perf_counter()
@@ -548,7 +562,10 @@ class UserActor(Actor):
             message = call_from_quick(message)
         elif type(message) is not ActorCall:
             raise TypeError(f"actor got an unexpected {type(message).__name__}")
-        call: ActorCall = message
+        reply = await self._call_one(message)
+        return _with_released(self.core, message.args, reply)
+
+    async def _call_one(self, call: ActorCall) -> TaskReply | bytes:
         start = time.perf_counter()
         where = f"{self.ctx.name}.{call.method} (pid={self.pid})"
         token = task_context.set(self.ctx)

@@ -6,9 +6,15 @@ Readers unpickle with the segment's buffers as protocol-5 out-of-band buffers, s
 comes back as a read-only view of the shared pages: one copy on ``put``, none on ``get``.
 Unlinking a segment frees it once the last reader's mapping is gone.
 
+A process may reuse a segment it wrote once the object in it is freed and nothing reads it any
+more (see ``Core`` in ``actorflow/cluster/core.py``): the new value is copied over the old one in
+pages that are already allocated and mapped, ten times faster than filling fresh pages. The
+header's generation tells a reader which value a segment holds, so a stale reference fails
+loudly instead of reading the newer value.
+
 Layout (little-endian)::
 
-    magic "AFS1" | u32 nbuf | u64 meta_len | nbuf x u64 buf_len | pad to 64
+    magic "AFS2" | u32 nbuf | u64 meta_len | u64 generation | nbuf x u64 buf_len | pad to 64
     meta | pad to 64 | buf 0 | pad to 64 | buf 1 | ...
 """
 
@@ -17,6 +23,7 @@ from __future__ import annotations
 import mmap
 import os
 import struct
+import sys
 import tempfile
 from typing import Any
 
@@ -24,16 +31,22 @@ from actorflow.objects.serialization import Serialized
 
 __all__ = [
     "SHM_DIR",
+    "Mapping",
     "cleanup_session",
     "list_segments",
+    "parse",
     "read_segment",
+    "rewrite",
+    "segment_size",
     "unlink_segment",
     "write_segment",
 ]
 
 SHM_DIR = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
-_MAGIC = b"AFS1"
+_MAGIC = b"AFS2"
 _ALIGN = 64
+_HEAD = struct.Struct("<4sIQQ")  # magic, nbuf, meta_len, generation
+_WRITE_CHUNK = 64 << 20  # pwrite at most this much at once
 
 
 def _align(n: int) -> int:
@@ -46,31 +59,127 @@ def _path(name: str) -> str:
     return os.path.join(SHM_DIR, name)
 
 
-def write_segment(name: str, value: Serialized) -> int:
-    """Create segment ``name`` holding ``value``; returns its size in bytes."""
+def _layout(value: Serialized, generation: int) -> tuple[bytes, list[int], int]:
+    """The header, the offsets of meta and of each buffer, and the total size."""
     sizes = [b.nbytes for b in value.buffers]
-    header = struct.pack(f"<4sIQ{len(sizes)}Q", _MAGIC, len(sizes), len(value.meta), *sizes)
-    offset = _align(len(header))
-    layout = []
-    layout.append(offset)
-    offset = _align(offset + len(value.meta))
+    header = _HEAD.pack(_MAGIC, len(sizes), len(value.meta), generation) + struct.pack(
+        f"<{len(sizes)}Q", *sizes)
+    offsets = [_align(len(header))]
+    end = _align(offsets[0] + len(value.meta))
     for size in sizes:
-        layout.append(offset)
+        offsets.append(end)
+        end = _align(end + size)
+    return header, offsets, max(end, 1)
+
+
+def segment_size(value: Serialized) -> int:
+    """The bytes a segment holding ``value`` takes."""
+    return _layout(value, 0)[2]
+
+
+def _flat(buf: memoryview) -> memoryview:
+    return buf.cast("B") if buf.format != "B" or buf.ndim != 1 else buf
+
+
+class Mapping:
+    """A segment mapped in this process.
+
+    ``views()`` hands out a fresh view of the whole mapping; ``in_use()`` says whether any view
+    handed out (or anything made from one: a numpy array, its slices) is still alive. That
+    rests on CPython's reference counts: every live view keeps one managed buffer, which keeps
+    one reference to the mmap object, and nothing else refers to it but this record.
+    """
+
+    __slots__ = ("_mm", "name", "size", "writable")
+
+    def __init__(self, name: str, *, writable: bool = False) -> None:
+        fd = os.open(_path(name), os.O_RDWR if writable else os.O_RDONLY)
+        try:
+            size = os.fstat(fd).st_size
+            prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
+            # the pages already exist (written by their producer): map them all at once
+            self._mm = mmap.mmap(fd, size, flags=mmap.MAP_SHARED | _POPULATE, prot=prot)
+        finally:
+            os.close(fd)
+        self.name = name
+        self.size = size
+        self.writable = writable
+
+    def view(self) -> memoryview:
+        return memoryview(self._mm)
+
+    def in_use(self) -> bool:
+        return sys.getrefcount(self._mm) > 2  # this record's reference and the argument's
+
+    def close(self) -> None:
+        try:
+            self._mm.close()
+        except BufferError:  # a view is still alive: the mapping goes with the last of them
+            pass
+
+
+_POPULATE = getattr(mmap, "MAP_POPULATE", 0)
+
+
+def parse(view: memoryview, name: str) -> tuple[int, memoryview, list[memoryview]]:
+    """``(generation, meta, buffers)`` of the value in a mapped segment (views, no copy)."""
+    magic, nbuf, meta_len, generation = _HEAD.unpack_from(view, 0)
+    if magic != _MAGIC:
+        raise ValueError(f"segment {name!r} is not an actorflow object")
+    sizes = struct.unpack_from(f"<{nbuf}Q", view, _HEAD.size)
+    offset = _align(_HEAD.size + 8 * nbuf)
+    meta = view[offset : offset + meta_len]
+    offset = _align(offset + meta_len)
+    buffers = []
+    for size in sizes:
+        buffers.append(view[offset : offset + size])
         offset = _align(offset + size)
-    total = max(offset, 1)
+    return generation, meta, buffers
+
+
+def write_segment(name: str, value: Serialized, generation: int = 0) -> int:
+    """Create segment ``name`` holding ``value``; returns its size in bytes.
+
+    The bytes go in with ``pwrite``: the kernel fills fresh tmpfs pages directly, about twice
+    as fast as faulting them in one by one through a mapping."""
+    header, offsets, total = _layout(value, generation)
     fd = os.open(_path(name), os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
     try:
         os.ftruncate(fd, total)
-        with mmap.mmap(fd, total) as mm:
-            mm[: len(header)] = header
-            mm[layout[0] : layout[0] + len(value.meta)] = value.meta
-            for start, buf, size in zip(layout[1:], value.buffers, sizes, strict=True):
-                mm[start : start + size] = buf.cast("B") if buf.format != "B" else buf
+        _pwrite_all(fd, memoryview(header), 0)
+        _pwrite_all(fd, memoryview(value.meta), offsets[0])
+        for start, buf in zip(offsets[1:], value.buffers, strict=True):
+            _pwrite_all(fd, _flat(buf), start)
     except BaseException:
         os.close(fd)
         unlink_segment(name)
         raise
     os.close(fd)
+    return total
+
+
+def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
+    done = 0
+    n = data.nbytes
+    while done < n:
+        done += os.pwrite(fd, data[done : done + _WRITE_CHUNK], offset + done)
+
+
+def rewrite(mapping: Mapping, value: Serialized, generation: int) -> int:
+    """Write ``value`` over a segment this process owns and no one reads any more (its pages
+    are mapped and faulted in already: a plain copy). Returns the bytes used."""
+    header, offsets, total = _layout(value, generation)
+    if total > mapping.size or not mapping.writable:
+        raise ValueError(f"segment {mapping.name} cannot take {total} bytes")
+    view = mapping.view()
+    try:
+        view[: len(header)] = header
+        view[offsets[0] : offsets[0] + len(value.meta)] = value.meta
+        for start, buf in zip(offsets[1:], value.buffers, strict=True):
+            flat = _flat(buf)
+            view[start : start + flat.nbytes] = flat
+    finally:
+        view.release()
     return total
 
 
@@ -81,18 +190,7 @@ def read_segment(name: str) -> tuple[memoryview, list[memoryview]]:
         mm = mmap.mmap(fd, 0, prot=mmap.PROT_READ)
     finally:
         os.close(fd)
-    view = memoryview(mm)
-    magic, nbuf, meta_len = struct.unpack_from("<4sIQ", view, 0)
-    if magic != _MAGIC:
-        raise ValueError(f"segment {name!r} is not an actorflow object")
-    sizes = struct.unpack_from(f"<{nbuf}Q", view, 16)
-    offset = _align(16 + 8 * nbuf)
-    meta = view[offset : offset + meta_len]
-    offset = _align(offset + meta_len)
-    buffers = []
-    for size in sizes:
-        buffers.append(view[offset : offset + size])
-        offset = _align(offset + size)
+    _, meta, buffers = parse(memoryview(mm), name)
     return meta, buffers
 
 

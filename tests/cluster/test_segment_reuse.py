@@ -1,0 +1,163 @@
+"""Reuse of shared-memory segments (``actorflow/objects/store.py``): a freed segment is copied
+over only when nobody can still see its old value. Checked with real shared memory and real
+worker processes: arrays kept by the driver, by a task's worker and by an actor keep their
+values while new values are stored; a stale reference to a reused segment fails loudly.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import cloudpickle
+import numpy as np
+import pytest
+from cl_support import within
+
+import actorflow as af
+from actorflow._errors import ObjectLostError
+from actorflow.objects import shm
+from actorflow.objects.serialization import serialize
+from actorflow.objects.store import POOL_SEGMENTS, SegmentStore
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+CLUSTER = {"num_cpus": 1}
+N = 200_000  # 1.6 MB arrays: over the inline limit, so they live in segments
+
+
+def _array(fill: float) -> np.ndarray:
+    return np.full(N, fill)
+
+
+@af.remote
+def total(a: np.ndarray) -> float:
+    return float(a.sum())
+
+
+def _kept() -> list[np.ndarray]:
+    """Arrays a task chose to keep, in its worker process (on a module every task sees: the
+    functions of this module travel by value, each with its own globals)."""
+    if not hasattr(sys, "_af_test_kept"):
+        sys._af_test_kept = []  # type: ignore[attr-defined]
+    return sys._af_test_kept  # type: ignore[attr-defined,no-any-return]
+
+
+@af.remote
+def keep_it(a: np.ndarray) -> float:
+    _kept().append(a)
+    return float(a[0])
+
+
+@af.remote
+def kept_firsts() -> list[float]:
+    return [float(a[0]) for a in _kept()]
+
+
+@af.remote
+class Holder:
+    def __init__(self) -> None:
+        self.arrays: list[np.ndarray] = []
+
+    def hold(self, a: np.ndarray) -> float:
+        self.arrays.append(a)
+        return float(a[-1])
+
+    def firsts(self) -> list[float]:
+        return [float(a[0]) for a in self.arrays]
+
+    def total(self, a: np.ndarray) -> float:
+        return float(a.sum())
+
+
+def _exists(name: str) -> bool:
+    return os.path.exists(os.path.join(shm.SHM_DIR, name))
+
+
+def _segments() -> set[str]:
+    return {name for name in os.listdir(shm.SHM_DIR) if name.startswith("af-")}
+
+
+# -- the store itself -------------------------------------------------------------------------
+
+
+async def test_store_reuses_a_freed_segment_and_refuses_stale_reads() -> None:
+    names = iter(f"af-test-{os.getpid()}-{i}" for i in range(100))
+    store = SegmentStore(lambda: next(names))
+    try:
+        name1, _, gen1 = store.write(serialize(_array(1.0)))
+        meta, buffers = store.read(name1, gen1)
+        assert float(np.frombuffer(buffers[0])[0]) == 1.0
+        del meta, buffers
+        store.free(name1)  # nothing views it, nobody else got it: kept for reuse
+        name2, _, gen2 = store.write(serialize(_array(2.0)))
+        assert name2 == name1 and gen2 != gen1
+        with pytest.raises(ObjectLostError, match="freed"):
+            store.read(name1, gen1)
+        _, buffers = store.read(name2, gen2)
+        view = np.frombuffer(buffers[0])
+        assert view[0] == 2.0
+        store.free(name2)  # a view is alive: the segment is unlinked, the view stays good
+        name3, _, _ = store.write(serialize(_array(3.0)))
+        assert name3 != name2 and view[0] == 2.0
+        store.shared(name3)  # went to a reader that will not report
+        store.free(name3)
+        assert not _exists(name3)
+        # lent to a reader: reused only after it reports
+        name4, _, _ = store.write(serialize(_array(4.0)))
+        store.lent(name4)
+        store.free(name4)
+        assert not _exists(name4)
+        name5, _, _ = store.write(serialize(_array(5.0)))
+        store.lent(name5)
+        store.returned([name5])
+        store.free(name5)
+        assert _exists(name5)  # pooled
+        # the pool is bounded
+        written = [store.write(serialize(_array(float(i))))[0]
+                   for i in range(POOL_SEGMENTS + 3)]
+        for name in written:
+            store.free(name)
+        assert store.statistics()["pooled"] == POOL_SEGMENTS
+    finally:
+        store.close()
+    assert not [n for n in os.listdir(shm.SHM_DIR) if n.startswith(f"af-test-{os.getpid()}-")]
+
+
+# -- end to end -----------------------------------------------------------------------------
+
+
+async def test_driver_views_survive_new_puts(shared_cluster: af.Runtime) -> None:
+    ref = af.put(_array(1.0))
+    held = await within(af.get(ref))
+    del ref  # freed while `held` still views it
+    for i in range(POOL_SEGMENTS + 2):
+        again = await within(af.get(af.put(_array(10.0 + i))))
+        assert again[0] == 10.0 + i
+        del again
+    assert held[0] == 1.0 and held[-1] == 1.0
+
+
+async def test_arguments_kept_by_a_task_or_an_actor_keep_their_values(
+        shared_cluster: af.Runtime) -> None:
+    firsts = []
+    for i in range(6):
+        firsts.append(await within(keep_it.remote(_array(float(i)))))
+        assert await within(total.remote(_array(100.0 + i))) == (100.0 + i) * N
+    assert firsts == [float(i) for i in range(6)]
+    assert await within(kept_firsts.remote()) == [float(i) for i in range(6)]
+    holder = Holder.remote()
+    for i in range(6):
+        assert await within(holder.hold.remote(_array(float(i)))) == float(i)
+        assert await within(holder.total.remote(_array(50.0 + i))) == (50.0 + i) * N
+    assert await within(holder.firsts.remote()) == [float(i) for i in range(6)]
+    await within(af.kill(holder))
+
+
+async def test_repeated_large_arguments_reuse_one_segment(shared_cluster: af.Runtime) -> None:
+    before = _segments()
+    for i in range(10):
+        assert await within(total.remote(_array(float(i)))) == float(i) * N
+    # one segment went round and round (plus at most the one made before the first report)
+    assert len(_segments() - before) <= 2
