@@ -240,7 +240,7 @@ def _client(core: Core, handle: ActorHandle) -> ActorClient:
 class ActorHandle:
     """A handle to an actor: ``handle.method.remote(...)``. Picklable; valid across restarts."""
 
-    __slots__ = ("_actor_id", "_class_name", "_max_task_retries", "_methods")
+    __slots__ = ("_actor_id", "_bound", "_class_name", "_max_task_retries", "_methods")
 
     def __init__(self, actor_id: str, class_name: str, methods: tuple[str, ...],
                  max_task_retries: int = 0) -> None:
@@ -248,15 +248,21 @@ class ActorHandle:
         self._class_name = class_name
         self._methods = methods
         self._max_task_retries = max_task_retries
+        self._bound: dict[str, ActorMethod] = {}  # handle.method, made once per method
 
     def __getattr__(self, name: str) -> ActorMethod:
-        if name.startswith("__") or name not in self._methods:
+        if name.startswith("_"):  # private names and slots not set yet are not methods
+            raise AttributeError(name)
+        method = self._bound.get(name)
+        if method is not None:
+            return method
+        if name not in self._methods:
             raise AttributeError(
-                f"actor {self._class_name!r} has no method {name!r}"
-                + (f"; its methods are {sorted(self._methods)}" if not name.startswith("__")
-                   else "")
+                f"actor {self._class_name!r} has no method {name!r}; its methods are "
+                f"{sorted(self._methods)}"
             )
-        return ActorMethod(self, name, MethodOptions())
+        method = self._bound[name] = ActorMethod(self, name, _DEFAULT_METHOD_OPTIONS)
+        return method
 
     def __repr__(self) -> str:
         return f"ActorHandle({self._class_name}, {self._actor_id})"
@@ -270,6 +276,9 @@ class ActorHandle:
     def __reduce__(self) -> tuple[Any, ...]:
         return (ActorHandle, (self._actor_id, self._class_name, self._methods,
                               self._max_task_retries))
+
+
+_DEFAULT_METHOD_OPTIONS = MethodOptions()
 
 
 class ActorMethod:

@@ -312,6 +312,10 @@ class Core:
                   ) -> tuple[Args, ObjectRef | None]:
         """A call's arguments, serialized once. Large ones go to shared memory (one copy)
         under an object this process owns; the returned ref keeps it until the call is done."""
+        if is_plain(args) and (not kwargs or is_plain(kwargs)):  # the common small case
+            data = pickle_dumps((args, kwargs), 5)
+            if len(data) < INLINE_LIMIT:
+                return data, None
         ser = serialize((args, kwargs), what)
         if ser.nbytes < INLINE_LIMIT:
             return (ser.meta if not ser.buffers else dumps((args, kwargs), what)), None
@@ -472,18 +476,30 @@ class Core:
         inside a worker lends its CPU to the node meanwhile, so parents waiting on their
         children cannot deadlock the node."""
         entries = self.objects.entries
-        out: list[Any] = []
-        for ref in refs:
+        out: list[Any] = [None] * len(refs)
+        missing = []
+        for i, ref in enumerate(refs):
             entry = entries.get(ref.id) if ref._core is self else None
             if entry is None or entry.payload is None:
-                break
-            out.append(entry.payload)
-        else:
+                missing.append(i)
+            else:
+                out[i] = entry.payload
+        if not missing:
             return out
         done: asyncio.Future[list[Payload]] = self.loop.create_future()
-        self.when_all_ready(refs, functools.partial(_settle, done))
+        left = len(missing)
+
+        def arrived(i: int, payload: Payload) -> None:
+            nonlocal left
+            out[i] = payload
+            left -= 1
+            if not left and not done.done():
+                done.set_result(out)
+
+        for i in missing:
+            self.when_ready(refs[i], functools.partial(arrived, i))
         if done.done():
-            return done.result()
+            return out
         lend = self.worker_id is not None and task_context.get().task_id is not None
         if lend:
             self.node.tell_nowait(WorkerBlocked(self.worker_id or "", True))

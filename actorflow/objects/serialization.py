@@ -52,19 +52,29 @@ def _describe(value: Any) -> str:
 
 
 _PLAIN = frozenset({int, float, str, bytes, bool, type(None)})
+_SCALARS = frozenset({int, float, str, bool, type(None)})
 
 
 def is_plain(value: Any, depth: int = 0) -> bool:
     """Builtin scalars, and short tuples/lists/dicts of them: values that the C pickler
-    writes exactly as cloudpickle does (nothing of the user's can be pickled by reference)."""
+    writes exactly as cloudpickle does (nothing of the user's can be pickled by reference).
+    (Plain loops, no generators: this runs on every call's arguments.)"""
     t = type(value)
-    if t in _PLAIN:
-        return t is not bytes or len(value) < 4096
-    if depth < 2 and (t is tuple or t is list) and len(value) <= 16:
-        return all(is_plain(v, depth + 1) for v in value)
-    if depth < 2 and t is dict and len(value) <= 16:
-        return all(type(k) is str and is_plain(v, depth + 1) for k, v in value.items())
-    return False
+    if t in _SCALARS:
+        return True
+    if t is bytes:
+        return len(value) < 4096
+    if (t is not tuple and t is not list and t is not dict) or depth >= 2 or len(value) > 16:
+        return False
+    if t is dict:
+        for k, v in value.items():
+            if type(k) is not str or (type(v) not in _SCALARS and not is_plain(v, depth + 1)):
+                return False
+        return True
+    for v in value:  # noqa: SIM110  # a generator in all() costs more than the check
+        if type(v) not in _SCALARS and not is_plain(v, depth + 1):
+            return False
+    return True
 
 
 def serialize(value: Any, what: str = "value") -> Serialized:
