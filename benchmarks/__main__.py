@@ -1,8 +1,19 @@
-"""``python -m benchmarks [NAMES...] [--json] [--quick] [--reps N] [--list]``.
+"""``python -m benchmarks [NAMES...] [--json] [--quick] [--reps N] [--list] [--compare ray]
+[--save DIR]``.
 
 NAMES are group names (``kernel``, ``transport``, ...) or workload names; none means every
 group. With ``--json`` each workload's record is one JSON line on stdout; otherwise a table is
 printed at the end. Progress and notes go to stderr.
+
+With ``--compare ray`` (or ``AF_BENCH_COMPARE=ray``) our selected groups run first, then, one
+program at a time, the peer ``ray_bench.py`` and ``benchmarks/ray_extra.py`` with Ray's own
+interpreter (for the cluster workloads selected), then the peer ``floor_bench.py`` with this
+interpreter (for the floors the cluster targets need); the records get Ray's and the floor's
+figures (``baseline*``, ``ratio``, ``target*``, ``floor*``) and ONE markdown table compares
+them all (workload | unit | actorflow | Ray | ratio | target | met | floor), followed by the
+CPU per operation of both. With ``--json`` the records (baselines attached) are printed at the
+end and the tables go to stderr. ``--save DIR`` writes ``actorflow.jsonl`` (and ``ray.jsonl``,
+``floor.jsonl``) there.
 """
 
 from __future__ import annotations
@@ -10,13 +21,22 @@ from __future__ import annotations
 import argparse
 import importlib
 import inspect
+import os
 import sys
 import traceback
 from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
-from benchmarks._common import claim_stdout, emit, log, meta
+from benchmarks._common import (
+    claim_stdout,
+    emit,
+    log,
+    meta,
+    reap_tagged,
+    save_jsonl,
+    tag_processes,
+)
 
 #: group name -> module. A group module exposes ``WORKLOADS: tuple[str, ...]`` and
 #: ``run(quick, reps, only=None) -> list[dict]``; a module with only ``run(quick, reps)`` is
@@ -47,9 +67,9 @@ def _workloads(mod: ModuleType) -> tuple[str, ...] | None:
     return tuple(names) if names is not None else None
 
 
-def _takes_only(fn: Runner) -> bool:
+def _takes(fn: Runner, param: str) -> bool:
     try:
-        return "only" in inspect.signature(fn).parameters
+        return param in inspect.signature(fn).parameters
     except (TypeError, ValueError):
         return False
 
@@ -80,10 +100,12 @@ def _run_group(
     group: str, mod: ModuleType, quick: bool, reps: int, only: set[str] | None
 ) -> list[dict[str, Any]]:
     fn: Runner = mod.run
-    if only is not None and _takes_only(fn):
-        records = fn(quick, reps, only=only)
-    else:
-        records = fn(quick, reps)
+    kwargs: dict[str, Any] = {}
+    if only is not None and _takes(fn, "only"):
+        kwargs["only"] = only
+    if _takes(fn, "compare"):
+        kwargs["compare"] = ""  # a comparison is the harness's, once, after every group
+    records = fn(quick, reps, **kwargs)
     if only is not None:
         records = [r for r in records if r.get("workload") in only]
     provenance = meta(quick)
@@ -143,9 +165,26 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="about n/10, 1 rep: a smoke test")
     ap.add_argument("--reps", type=int, default=None, help="repetitions (default 3; quick 1)")
     ap.add_argument("--list", action="store_true", help="list groups and workloads, and exit")
+    ap.add_argument("--compare", choices=["ray"], default=None,
+                    help="then run Ray's scripts and the floor, and print one comparison table "
+                         "(also AF_BENCH_COMPARE=ray)")
+    ap.add_argument("--ray-python", default=None,
+                    help="Ray's interpreter (AF_BENCH_RAY_PYTHON; default /work/rayenv/bin/python)")
+    ap.add_argument("--ray-script", default=None,
+                    help="the peer ray_bench.py (AF_BENCH_RAY_SCRIPT; default "
+                         "<checkout>/../shared/bench/ray_bench.py, else /work/shared/bench/...)")
+    ap.add_argument("--floor-script", default=None,
+                    help="the peer floor_bench.py (AF_BENCH_FLOOR_SCRIPT; default as "
+                         "--ray-script)")
+    ap.add_argument("--save", default=None, metavar="DIR",
+                    help="also write actorflow.jsonl (and ray.jsonl, floor.jsonl) into DIR")
     args = ap.parse_args(argv)
     if args.reps is not None and args.reps < 1:
         ap.error("--reps must be >= 1")
+    env_compare = os.environ.get("AF_BENCH_COMPARE") or None
+    if env_compare not in (None, "ray"):
+        ap.error(f"AF_BENCH_COMPARE knows only 'ray', not {env_compare!r}")
+    compare = (args.compare or env_compare) == "ray"
 
     wanted = [g for g in GROUPS if g in args.names] if args.names else list(GROUPS)
     # workload names need every group loaded to find their owner
@@ -168,6 +207,15 @@ def main(argv: list[str] | None = None) -> int:
     reps = args.reps if args.reps is not None else (1 if args.quick else 3)
     if args.json:
         claim_stdout()
+    tag = tag_processes()  # whatever a benchmark starts, and does not end, is ended below
+    try:
+        return _run(args, plan, modules, reps, compare)
+    finally:
+        reap_tagged(tag)
+
+
+def _run(args: argparse.Namespace, plan: dict[str, set[str] | None],
+         modules: dict[str, ModuleType], reps: int, compare: bool) -> int:
     records: list[dict[str, Any]] = []
     failed = []
     for group, only in plan.items():
@@ -183,12 +231,34 @@ def main(argv: list[str] | None = None) -> int:
             continue
         for rec in group_records:
             records.append(rec)
-            if args.json:
+            if args.json and not compare:
                 emit(rec)
-    if not args.json:
+    ray_records: list[dict[str, Any]] = []
+    floor_records: list[dict[str, Any]] = []
+    text = None
+    if compare:
+        try:
+            from benchmarks import cluster
+
+            ray_records, floor_records, broken = cluster.compare_with_ray(
+                records, args.quick, reps, ray_python=args.ray_python,
+                ray_script=args.ray_script, floor_script=args.floor_script)
+            failed += broken
+            text = cluster.comparison_text(records, ray_records, floor_records)
+        except Exception:
+            log(f"[compare] failed:\n{traceback.format_exc()}")
+            failed.append("compare")
+    if args.save:
+        save_jsonl(args.save, records, ray_records, floor_records)
+    if args.json and compare:
+        for rec in records:
+            emit(rec)
+    if text is not None:
+        (sys.stderr if args.json else sys.stdout).write(text)
+    elif not args.json:
         print(_table(records) if records else "no benchmark ran")
     if failed:
-        log(f"failed groups: {', '.join(failed)}")
+        log(f"failed: {', '.join(failed)}")
     return 1 if failed else 0
 
 

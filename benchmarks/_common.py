@@ -31,9 +31,13 @@ __all__ = [
     "latency_stats",
     "log",
     "meta",
+    "reap_tagged",
     "run_on",
+    "save_jsonl",
     "sig",
     "summarize",
+    "tag_processes",
+    "tagged_pids",
 ]
 
 T = TypeVar("T")
@@ -212,6 +216,21 @@ def emit(record: dict[str, Any]) -> None:
     out.flush()
 
 
+def save_jsonl(directory: str, records: list[dict[str, Any]],
+               ray_records: list[dict[str, Any]] | None = None,
+               floor_records: list[dict[str, Any]] | None = None) -> None:
+    """``actorflow.jsonl`` in ``directory``, plus ``ray.jsonl`` / ``floor.jsonl`` when those
+    have records; one JSON record per line."""
+    os.makedirs(directory, exist_ok=True)
+    for fname, recs in (("actorflow.jsonl", records), ("ray.jsonl", ray_records),
+                        ("floor.jsonl", floor_records)):
+        if recs or fname == "actorflow.jsonl":
+            path = os.path.join(directory, fname)
+            with open(path, "w") as f:
+                f.writelines(json.dumps(r) + "\n" for r in recs or ())
+            log(f"[save] {path}: {len(recs or ())} records")
+
+
 # -- CPU accounting ---------------------------------------------------------------------------
 
 
@@ -281,3 +300,62 @@ class CpuMeter:
         record["cpu_us_per_op"] = total / max(1, ops) * 1e6
         record["cpu_s_by_name"] = {k: round(v, 3) for k, v in sorted(by.items()) if v >= 0.005}
         return record
+
+
+# -- process hygiene --------------------------------------------------------------------------
+
+TAG_VAR = "AF_BENCH_TAG"
+
+
+def tag_processes() -> str:
+    """Give this process a fresh tag in its environment (``AF_BENCH_TAG``), inherited by every
+    process it starts from now on, and theirs: :func:`reap_tagged` finds them by it, even once
+    re-parented. A tag inherited from a parent is replaced, so a parent is never found."""
+    import uuid
+
+    tag = uuid.uuid4().hex
+    os.environ[TAG_VAR] = tag
+    return tag
+
+
+def tagged_pids(tag: str) -> list[int]:
+    """Live processes of this user (this one excepted) started with ``AF_BENCH_TAG=tag``."""
+    needle = f"{TAG_VAR}={tag}".encode()
+    me = os.getpid()
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == me:
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                env = f.read().split(b"\0")
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                state = f.read().rsplit(b")", 1)[1].split()[0]
+        except OSError:  # gone, or not ours
+            continue
+        if needle in env and state != b"Z":
+            out.append(int(entry))
+    return out
+
+
+def reap_tagged(tag: str, grace: float = 10.0, what: str = "benchmark") -> list[int]:
+    """Wait up to ``grace`` seconds for the processes tagged ``tag`` to exit, then SIGKILL
+    those left (noted on stderr); their pids."""
+    import signal
+
+    if not os.path.isdir("/proc"):
+        return []
+    deadline = time.monotonic() + grace
+    left = tagged_pids(tag)
+    while left and time.monotonic() < deadline:
+        time.sleep(0.1)
+        left = tagged_pids(tag)
+    if left:
+        log(f"[{what}] {len(left)} process(es) still alive {grace:g} s after the end: killing "
+            f"{left[:20]}")
+        for pid in left:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+    return left

@@ -1,0 +1,313 @@
+#!/usr/bin/env python3
+"""actorflow's own cluster workloads (``many_actors``, ``cross_node``) on Ray Core.
+
+Usage (with Ray's interpreter, never the project's: Ray is not a dependency of actorflow)::
+
+    /work/rayenv/bin/python benchmarks/ray_extra.py [--only NAMES] [--quick] [--reps N]
+        [--num-cpus N] [--bench-dir DIR] [--list]
+
+Prints one JSON record per workload on stdout, in the peer scripts' format (``WORKLOADS.md``,
+``framework: "ray"``); everything else goes to stderr. It reuses ``bench_common.py`` and
+``ray_bench.py``'s ``init_ray`` from the peer benchmark folder (``--bench-dir``, else the folder
+of ``$AF_BENCH_RAY_SCRIPT``, else ``<checkout>/../shared/bench``, else ``/work/shared/bench``).
+The actorflow side of both workloads is in ``benchmarks/cluster.py``; the definitions:
+
+- ``many_actors`` (actors/s; n = 200, quick 20): create n actors of a plain class (Ray's
+  defaults: 1 CPU to place, 0 held) and call ``ping(i)`` (``return i``) once on each; value =
+  n / (time from the first creation to the last call's result). Results are checked. After
+  each repetition (outside the timed region and the CPU snapshots) every actor is killed and
+  its process awaited gone. A repetition that has not finished after 180 s is stopped there:
+  ``timed_out`` = 1, ``completed`` = the calls answered, value = completed / elapsed.
+- ``cross_node`` (tasks/s; n = 10,000, quick 1,000): two nodes on this machine, the head
+  (1 CPU; the driver's node) and a second node (1 CPU, resource ``{"far": 1}``), started with
+  ``ray.cluster_utils.Cluster`` (object store 512 MiB each, so the 100 MiB array never
+  spills). value: n no-op tasks pinned to the far node (``resources={"far": 0.001}``),
+  submitted then gathered, n / time. Extras: ``transfer_100MiB_s``, a task on the far node
+  that returns the 100 MiB array, from submission to the checked array in the driver
+  (``transfer_GBps`` = 104,857,600 B / that); ``produce_s``, the same task returning only the
+  array's last element (everything but the move); ``move_s`` = transfer - produce and
+  ``move_GBps``. ``cpu_*`` cover the task part only; ``transfer_cpu_s`` the transfer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+from typing import Any
+
+#: name -> (unit, n, quick n); the same as ``_SPEC`` in benchmarks/cluster.py
+WORKLOADS: dict[str, tuple[str, int, int]] = {
+    "cross_node": ("tasks/s", 10_000, 1_000),
+    "many_actors": ("actors/s", 200, 20),
+}
+FRAMEWORK = "ray"
+TIMEOUT_S = 180.0  # per many_actors repetition
+GONE_TIMEOUT_S = 60.0  # for killed actors' processes to exit
+LARGE_BYTES = 100 * 1024 * 1024
+OBJECT_STORE_BYTES = 512 * 1024 * 1024
+FAR = {"far": 0.001}
+
+
+def bench_dir(given: str | None = None) -> str:
+    """The peer benchmark folder (bench_common.py, ray_bench.py)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    candidates = [given] if given else []
+    script = os.environ.get("AF_BENCH_RAY_SCRIPT")
+    if script:
+        candidates.append(os.path.dirname(os.path.abspath(script)))
+    candidates += [os.path.normpath(os.path.join(here, "..", "..", "shared", "bench")),
+                   "/work/shared/bench"]
+    for path in candidates:
+        if path and os.path.exists(os.path.join(path, "bench_common.py")):
+            return path
+    raise SystemExit(f"bench_common.py not found in any of {candidates}; pass --bench-dir")
+
+
+def _log(*parts: object) -> None:
+    print(*parts, file=sys.stderr, flush=True)
+
+
+def wait_gone(pids: list[int], timeout: float = GONE_TIMEOUT_S) -> list[int]:
+    """Wait (bounded) until none of ``pids`` is a live process; the ones left."""
+    import psutil
+
+    def live(pid: int) -> bool:
+        try:
+            return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
+        except psutil.NoSuchProcess:
+            return False
+
+    deadline = time.monotonic() + timeout
+    left = [p for p in pids if live(p)]
+    while left and time.monotonic() < deadline:
+        time.sleep(0.05)
+        left = [p for p in left if live(p)]
+    return left
+
+
+# -- the workloads: each returns its list of per-repetition dicts ------------------------------
+
+
+def run_many_actors(ray: Any, n: int, reps: int, meter: Any) -> list[dict[str, Any]]:
+    @ray.remote
+    class Pinger:
+        def ping(self, i):  # type: ignore[no-untyped-def]
+            return i
+
+        def pid(self) -> int:
+            return os.getpid()
+
+    # warm-up: one actor through its whole life (class export, first actor worker)
+    a = Pinger.remote()
+    assert ray.get(a.ping.remote(7)) == 7
+    pid = ray.get(a.pid.remote())
+    ray.kill(a)
+    wait_gone([pid])
+
+    runs = []
+    for r in range(reps):
+        before = meter.snap()
+        t0 = time.perf_counter()
+        handles = [Pinger.remote() for _ in range(n)]
+        refs = [h.ping.remote(i) for i, h in enumerate(handles)]
+        try:
+            res = ray.get(refs, timeout=TIMEOUT_S)
+            timed_out = False
+        except ray.exceptions.GetTimeoutError:
+            timed_out = True
+        dt = time.perf_counter() - t0
+        after = meter.snap()
+        if timed_out:
+            ready, _ = ray.wait(refs, num_returns=n, timeout=0)
+            done = set(ready)
+            idx = [i for i, ref in enumerate(refs) if ref in done]
+            assert sorted(ray.get([refs[i] for i in idx])) == idx
+            completed = len(idx)
+            _log(f"[many_actors] rep {r + 1}: TIMED OUT after {dt:.1f} s, "
+                 f"{completed}/{n} actors answered")
+        else:
+            assert res == list(range(n)), "wrong results"
+            idx = list(range(n))
+            completed = n
+        rec = {"value": completed / dt, "total_s": dt, "completed": completed,
+               "timed_out": int(timed_out)}
+        meter.add(rec, before, after, n)
+        runs.append(rec)
+        _log(f"[many_actors] rep {r + 1}/{reps}: {rec['value']:.4g} actors/s")
+        # cleanup, untimed: kill every actor, wait for the answered ones' processes to exit
+        pids = ray.get([handles[i].pid.remote() for i in idx], timeout=GONE_TIMEOUT_S)
+        for h in handles:
+            ray.kill(h)
+        left = wait_gone(pids)
+        if left:
+            _log(f"[many_actors] {len(left)} actor processes still alive after "
+                 f"{GONE_TIMEOUT_S:.0f} s: {left[:10]}")
+        del handles, refs
+    return runs
+
+
+def run_cross_node(ray: Any, n: int, reps: int, cpu_meter_cls: Any, label: Any,
+                   session_name: Any) -> list[dict[str, Any]]:
+    import numpy as np
+    from ray.cluster_utils import Cluster
+
+    node_args = {"num_cpus": 1, "object_store_memory": OBJECT_STORE_BYTES,
+                 "node_ip_address": "127.0.0.1"}
+    cluster = Cluster(initialize_head=True,
+                      head_node_args={**node_args, "include_dashboard": False})
+    try:
+        cluster.add_node(**node_args, resources={"far": 1})
+        ray.init(address=cluster.address, log_to_driver=False, _node_ip_address="127.0.0.1")
+        try:
+            cluster.wait_for_nodes()
+            return _cross_node_reps(ray, np, n, reps, cpu_meter_cls(session_name(), label))
+        finally:
+            ray.shutdown()
+    finally:
+        cluster.shutdown()
+
+
+def _cross_node_reps(ray: Any, np: Any, n: int, reps: int, meter: Any) -> list[dict[str, Any]]:
+    @ray.remote
+    def noop(i):  # type: ignore[no-untyped-def]
+        return i
+
+    @ray.remote
+    def where() -> str:
+        return str(ray.get_runtime_context().get_node_id())
+
+    @ray.remote
+    def big():  # type: ignore[no-untyped-def]
+        import numpy as np
+
+        return np.random.default_rng(0).random(LARGE_BYTES // 8)
+
+    @ray.remote
+    def big_last() -> float:
+        import numpy as np
+
+        return float(np.random.default_rng(0).random(LARGE_BYTES // 8)[-1])
+
+    far_noop, far_where = noop.options(resources=FAR), where.options(resources=FAR)
+    far_big, far_big_last = big.options(resources=FAR), big_last.options(resources=FAR)
+    local = np.random.default_rng(0).random(LARGE_BYTES // 8)
+    shape, last = local.shape, float(local[-1])
+    del local
+
+    far = [nd["NodeID"] for nd in ray.nodes() if nd["Alive"] and "far" in nd["Resources"]]
+    assert len(far) == 1, ray.nodes()
+    here = ray.get_runtime_context().get_node_id()
+    assert ray.get(far_where.remote()) == far[0] != here, "the far tasks did not run far"
+    # warm-up: tasks on the far node, one big transfer (first touch of both object stores)
+    assert sum(ray.get([far_noop.remote(i) for i in range(200)])) == 200 * 199 // 2
+    out = ray.get(far_big.remote())
+    assert out.shape == shape and out[-1] == last
+    del out
+    assert ray.get(far_big_last.remote()) == last
+
+    runs = []
+    for r in range(reps):
+        before = meter.snap()
+        t0 = time.perf_counter()
+        refs = [far_noop.remote(i) for i in range(n)]
+        t1 = time.perf_counter()
+        res = ray.get(refs)
+        t2 = time.perf_counter()
+        after = meter.snap()
+        assert sum(res) == n * (n - 1) // 2
+        del refs, res
+        rec: dict[str, Any] = {"value": n / (t2 - t0), "submit_s": t1 - t0, "total_s": t2 - t0}
+        meter.add(rec, before, after, n)
+
+        t3 = time.perf_counter()
+        assert ray.get(far_big_last.remote()) == last
+        t4 = time.perf_counter()
+        before = meter.snap()
+        t5 = time.perf_counter()
+        out = ray.get(far_big.remote())
+        t6 = time.perf_counter()
+        after = meter.snap()
+        assert out.shape == shape and out[-1] == last
+        del out
+        transfer, produce = t6 - t5, t4 - t3
+        move = max(transfer - produce, 1e-9)
+        rec.update({
+            "transfer_100MiB_s": transfer,
+            "transfer_GBps": LARGE_BYTES / transfer / 1e9,
+            "produce_s": produce,
+            "move_s": move,
+            "move_GBps": LARGE_BYTES / move / 1e9,
+            "transfer_cpu_s": sum(t - before.get(pid, ("", 0.0))[1]
+                                  for pid, (_, t) in after.items()),
+        })
+        runs.append(rec)
+        _log(f"[cross_node] rep {r + 1}/{reps}: {rec['value']:.4g} tasks/s; 100 MiB far->driver "
+             f"{transfer:.3f} s ({rec['transfer_GBps']:.3g} GB/s; produce {produce:.3f} s)")
+    return runs
+
+
+# -- driver ------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", default="", help="comma-separated workload names")
+    ap.add_argument("--quick", action="store_true", help="small n, 1 repetition (smoke test)")
+    ap.add_argument("--reps", type=int, default=None, help="repetitions (default 3; quick 1)")
+    ap.add_argument("--num-cpus", type=int, default=os.cpu_count() or 2,
+                    help="many_actors' single node (cross_node's nodes have 1 CPU each)")
+    ap.add_argument("--bench-dir", default=None, help="the folder of bench_common.py")
+    ap.add_argument("--list", action="store_true", help="list workload names and exit")
+    args = ap.parse_args(argv)
+    if args.list:
+        print("\n".join(WORKLOADS))
+        return 0
+    names = [s.strip() for s in args.only.split(",") if s.strip()] or list(WORKLOADS)
+    unknown = [s for s in names if s not in WORKLOADS]
+    if unknown:
+        ap.error(f"unknown workload(s): {unknown}; known: {list(WORKLOADS)}")
+    reps = args.reps if args.reps is not None else (1 if args.quick else 3)
+    if reps < 1:
+        ap.error("--reps must be >= 1")
+
+    sys.path.insert(0, bench_dir(args.bench_dir))
+    # Loopback only, as ray_bench.py's ``_node_ip_address="127.0.0.1"``: without this, Ray
+    # rewrites a 127.0.0.1 cluster address to the machine's own IP, where a GCS started with
+    # node_ip_address=127.0.0.1 does not listen. It is read when ray is imported, and inherited
+    # by the node processes the Cluster starts.
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    import ray
+    from bench_common import CpuMeter, claim_stdout, emit, summarize
+    from ray_bench import init_ray, ray_label, session_name
+
+    claim_stdout()  # stdout carries JSON records only
+    meta = {
+        "version": ray.__version__,
+        "python": platform.python_version(),
+        "nproc": os.cpu_count(),
+        "num_cpus": args.num_cpus,
+        "quick": bool(args.quick),
+    }
+    for name in [w for w in WORKLOADS if w in names]:  # one Ray instance at a time
+        unit, n_full, n_quick = WORKLOADS[name]
+        n = n_quick if args.quick else n_full
+        _log(f"[{name}] n={n}, reps={reps}")
+        if name == "many_actors":
+            init_ray(args.num_cpus)
+            try:
+                runs = run_many_actors(ray, n, reps, CpuMeter(session_name(), ray_label))
+            finally:
+                ray.shutdown()
+            emit(summarize(name, FRAMEWORK, unit, n, runs, meta))
+        else:
+            runs = run_cross_node(ray, n, reps, CpuMeter, ray_label, session_name)
+            emit(summarize(name, FRAMEWORK, unit, n, runs, {**meta, "num_cpus": 1, "nodes": 2}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
