@@ -37,6 +37,7 @@ from benchmarks._common import (
     save_jsonl,
     tag_processes,
 )
+from benchmarks.compare import compare_with_ray, comparison_text, records_table
 
 #: group name -> module. A group module exposes ``WORKLOADS: tuple[str, ...]`` and
 #: ``run(quick, reps, only=None) -> list[dict]``; a module with only ``run(quick, reps)`` is
@@ -114,44 +115,6 @@ def _run_group(
         for key, value in provenance.items():
             rec.setdefault(key, value)
     return records
-
-
-# -- the table ---------------------------------------------------------------------------------
-
-
-def _fmt(x: Any) -> str:
-    if not isinstance(x, int | float) or isinstance(x, bool):
-        return "-" if x is None else str(x)
-    if abs(x) >= 1000:
-        return f"{x:,.0f}"
-    if abs(x) >= 10:
-        return f"{x:.1f}"
-    return f"{x:.3g}"
-
-
-def _table(records: list[dict[str, Any]]) -> str:
-    head = ("workload", "value", "unit", "min-max", "baseline", "ratio", "target", "met",
-            "uvloop", "uvloop ratio")
-    rows = [head]
-    for r in records:
-        met = r.get("target_met")
-        rows.append((
-            str(r.get("workload")),
-            _fmt(r.get("value")),
-            str(r.get("unit", "")),
-            f"{_fmt(r.get('min'))}-{_fmt(r.get('max'))}",
-            f"{r['baseline']} {_fmt(r.get('baseline_value'))}" if "baseline" in r else "-",
-            _fmt(r.get("ratio")),
-            str(r.get("target", "-")),
-            "-" if met is None else ("yes" if met else "NO"),
-            _fmt(r.get("uvloop_value")),
-            _fmt(r.get("uvloop_ratio")),
-        ))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
-             for row in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
 
 
 # -- main ----------------------------------------------------------------------------------------
@@ -238,13 +201,11 @@ def _run(args: argparse.Namespace, plan: dict[str, set[str] | None],
     text = None
     if compare:
         try:
-            from benchmarks import cluster
-
-            ray_records, floor_records, broken = cluster.compare_with_ray(
+            ray_records, floor_records, broken = compare_with_ray(
                 records, args.quick, reps, ray_python=args.ray_python,
                 ray_script=args.ray_script, floor_script=args.floor_script)
             failed += broken
-            text = cluster.comparison_text(records, ray_records, floor_records)
+            text = comparison_text(records, ray_records, floor_records)
         except Exception:
             log(f"[compare] failed:\n{traceback.format_exc()}")
             failed.append("compare")
@@ -256,7 +217,7 @@ def _run(args: argparse.Namespace, plan: dict[str, set[str] | None],
     if text is not None:
         (sys.stderr if args.json else sys.stdout).write(text)
     elif not args.json:
-        print(_table(records) if records else "no benchmark ran")
+        print(records_table(records) if records else "no benchmark ran")
     if failed:
         log(f"failed: {', '.join(failed)}")
     return 1 if failed else 0

@@ -1,10 +1,11 @@
-"""Helpers shared by the benchmark groups: records, statistics, event loops, CPU accounting.
+"""Helpers shared by the benchmark groups: records, statistics, event loops, CPU and memory
+accounting, process hygiene.
 
 The record format is the peer benchmarks' (``WORKLOADS.md`` in the steering repo): one JSON
 object per workload, ``value`` the median over the repetitions' values, ``min``/``max`` of
 them, every other numeric field the median over the repetitions, dict/str fields from the last
-one. Standard library only; ``psutil`` (a test dependency) is optional and only adds the CPU
-fields.
+one. Standard library only; ``psutil`` (a test dependency) is optional: it adds the CPU fields,
+and the memory of a process tree (``idle_memory``) needs it.
 """
 
 from __future__ import annotations
@@ -26,10 +27,12 @@ __all__ = [
     "alatency_loop",
     "attach_baseline",
     "claim_stdout",
+    "collect_tree",
     "emit",
     "have_uvloop",
     "latency_stats",
     "log",
+    "measure_tree",
     "meta",
     "reap_tagged",
     "run_on",
@@ -235,7 +238,8 @@ def save_jsonl(directory: str, records: list[dict[str, Any]],
 
 
 def _label(proc: Any, driver_pid: int) -> str:
-    """'driver', the executable name, or for Python helpers the script / ``-m`` module."""
+    """'driver', the executable name, or for Python helpers the script / ``-m`` module
+    (``python -c`` for code given inline)."""
     if proc.pid == driver_pid:
         return "driver"
     name: str = proc.name()
@@ -246,6 +250,8 @@ def _label(proc: Any, driver_pid: int) -> str:
                 return os.path.basename(str(arg))
             if arg == "-m" and j + 1 < len(cmd):
                 return str(cmd[j + 1])
+            if arg == "-c":
+                return "python -c"
     return name
 
 
@@ -300,6 +306,62 @@ class CpuMeter:
         record["cpu_us_per_op"] = total / max(1, ops) * 1e6
         record["cpu_s_by_name"] = {k: round(v, 3) for k, v in sorted(by.items()) if v >= 0.005}
         return record
+
+
+# -- memory of a process tree -----------------------------------------------------------------
+
+
+def collect_tree() -> list[Any]:
+    """This process, every process it started (recursively), and any process of this user
+    created after it whose parent is already counted (a re-parented grandchild)."""
+    import psutil
+
+    me = psutil.Process()
+    procs = {me.pid: me}
+    for p in me.children(recursive=True):
+        procs[p.pid] = p
+    my_start, my_user = me.create_time(), me.username()
+    changed = True
+    while changed:
+        changed = False
+        for p in psutil.process_iter(["pid", "ppid", "create_time", "username"]):
+            info = p.info
+            if info["pid"] in procs or info["username"] != my_user:
+                continue
+            if (info["create_time"] or 0) < my_start - 1:
+                continue
+            if info["ppid"] in procs:
+                procs[info["pid"]] = p
+                changed = True
+    return list(procs.values())
+
+
+def measure_tree(procs: list[Any]) -> dict[str, Any]:
+    """Memory of ``procs``: RSS, PSS and USS summed in MiB, the number counted, and RSS by
+    process label (a process that vanished, or is not ours to read, is not counted)."""
+    rss = pss = uss = 0
+    by_name: dict[str, int] = {}
+    counted = 0
+    me = os.getpid()
+    for p in procs:
+        try:
+            mi = p.memory_full_info()
+            label = _label(p, me)
+        except Exception:  # vanished, or not ours to read
+            continue
+        counted += 1
+        rss += mi.rss
+        pss += getattr(mi, "pss", 0)
+        uss += mi.uss
+        by_name[label] = by_name.get(label, 0) + mi.rss
+    mib = 2**20
+    return {
+        "rss_mib": rss / mib,
+        "pss_mib": pss / mib,
+        "uss_mib": uss / mib,
+        "nprocs": counted,
+        "rss_by_name_mib": {k: round(v / mib, 1) for k, v in sorted(by_name.items())},
+    }
 
 
 # -- process hygiene --------------------------------------------------------------------------

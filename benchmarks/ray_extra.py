@@ -10,7 +10,8 @@ Prints one JSON record per workload on stdout, in the peer scripts' format (``WO
 ``framework: "ray"``); everything else goes to stderr. It reuses ``bench_common.py`` and
 ``ray_bench.py``'s ``init_ray`` from the peer benchmark folder (``--bench-dir``, else the folder
 of ``$AF_BENCH_RAY_SCRIPT``, else ``<checkout>/../shared/bench``, else ``/work/shared/bench``).
-The actorflow side of both workloads is in ``benchmarks/cluster.py``; the definitions:
+The actorflow side is in ``benchmarks/cluster.py`` (``many_actors``) and
+``benchmarks/cross_node.py`` (``cross_node``); the definitions:
 
 - ``many_actors`` (actors/s; n = 200, quick 20): create n actors of a plain class (Ray's
   defaults: 1 CPU to place, 0 held) and call ``ping(i)`` (``return i``) once on each; value =

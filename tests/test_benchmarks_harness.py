@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 cluster = pytest.importorskip("benchmarks.cluster")
+compare = pytest.importorskip("benchmarks.compare")
 
 
 def rec(workload: str, value: float, unit: str, **extra: Any) -> dict[str, Any]:
@@ -19,9 +20,9 @@ def rec(workload: str, value: float, unit: str, **extra: Any) -> dict[str, Any]:
 
 def test_every_workload_has_a_spec_and_ray_side() -> None:
     assert cluster.WORKLOADS[-3:] == ("tree_reduce", "cross_node", "many_actors")
-    assert set(cluster.TARGETS) <= set(cluster.WORKLOADS)
-    assert set(cluster.FLOOR_TARGETS) <= set(cluster.WORKLOADS)
-    assert set(cluster.RAY_EXTRA_WORKLOADS) <= set(cluster.WORKLOADS)
+    assert set(compare.TARGETS) <= set(cluster.WORKLOADS)
+    assert set(compare.FLOOR_TARGETS) <= set(cluster.WORKLOADS)
+    assert set(compare.RAY_EXTRA_WORKLOADS) <= set(cluster.WORKLOADS)
 
 
 def test_ray_extra_agrees_with_the_spec() -> None:
@@ -29,11 +30,11 @@ def test_ray_extra_agrees_with_the_spec() -> None:
 
     for name, spec in ray_extra.WORKLOADS.items():
         assert cluster._SPEC[name] == spec
-    assert set(ray_extra.WORKLOADS) == set(cluster.RAY_EXTRA_WORKLOADS)
+    assert set(ray_extra.WORKLOADS) == set(compare.RAY_EXTRA_WORKLOADS)
 
 
 def test_targets_from_the_issue() -> None:
-    t = cluster.TARGETS
+    t = compare.TARGETS
     for name in ("tasks_async", "actor_calls_async", "async_actor_calls", "n_n_actor_calls",
                  "put_get_small", "task_chain"):
         assert t[name] == ("value", ">=", 10.0)
@@ -42,7 +43,7 @@ def test_targets_from_the_issue() -> None:
     assert t["put_get_large"] == ("value", ">=", 2.0)
     assert t["large_arg_task"] == ("value", "<=", 1.0)
     assert t["many_actors"] == t["cross_node"] == ("value", ">=", 5.0)
-    assert cluster.ABS_TARGETS["startup"] == ("value", "<=", 1.0)
+    assert compare.ABS_TARGETS["startup"] == ("value", "<=", 1.0)
 
 
 def test_attach_ray_floor_and_absolute_targets() -> None:
@@ -56,9 +57,9 @@ def test_attach_ray_floor_and_absolute_targets() -> None:
            rec("actor_calls_async", 2_000.0, "calls/s"),
            rec("idle_memory", 800.0, "MiB", pss_mib=520.0)]
     floor = [rec("ws_rpc_sync", 40.0, "us"), rec("ws_rpc_async_coalesced", 120_000.0, "calls/s")]
-    cluster.attach_abs(records)
-    cluster.attach_ray(records, ray)
-    cluster.attach_floor(records, floor)
+    compare.attach_abs(records)
+    compare.attach_ray(records, ray)
+    compare.attach_floor(records, floor)
     startup, tasks_sync, calls, idle = records
     assert startup["target_met"] is True and startup["abs_target_met"] is False
     assert tasks_sync["ratio"] == pytest.approx(0.225)
@@ -82,7 +83,7 @@ def test_compare_table_rows() -> None:
            rec("many_actors", 1.0, "actors/s", timed_out=1.0, completed=180.0, n=200),
            rec("cross_node", 1_000.0, "tasks/s", transfer_100MiB_s=0.3, transfer_GBps=0.35)]
     floor = [rec("ws_rpc_sync", 40.0, "us")]
-    table = cluster.compare_table(records, ray, floor)
+    table = compare.compare_table(records, ray, floor)
     lines = table.splitlines()
     assert lines[0].split("|")[1:-1] == [c.ljust(len(c)) for c in lines[0].split("|")[1:-1]]
     cells = {ln.split("|")[1].strip(): [c.strip() for c in ln.split("|")[2:-1]]
@@ -95,12 +96,12 @@ def test_compare_table_rows() -> None:
     assert cells["cross_node"][3:6] == ["20", ">= 5 x Ray", "yes"]
     assert "cross_node: transfer_GBps" in cells
     assert cells["kernel_ask"][1:7] == ["9", "-", "-", "ratio <= 3", "yes", "asyncio_rpc 6 (x1.5)"]
-    cpu = cluster.cpu_table([{**records[0], "cpu_us_per_op": 5.0}],
+    cpu = compare.cpu_table([{**records[0], "cpu_us_per_op": 5.0}],
                             [{**ray[0], "cpu_us_per_op": 9.0}])
     assert "| startup | 5 | 9 |" in cpu
 
 
 def test_script_selection() -> None:
     names = ["tasks_sync", "actor_calls_sync", "actor_calls_async", "many_actors"]
-    assert cluster.floor_workloads(names) == ["ws_rpc_sync", "ws_rpc_async_coalesced"]
-    assert cluster.floor_workloads(["many_actors", "cross_node"]) == []
+    assert compare.floor_workloads(names) == ["ws_rpc_sync", "ws_rpc_async_coalesced"]
+    assert compare.floor_workloads(["many_actors", "cross_node"]) == []

@@ -1,0 +1,297 @@
+"""The cluster group's ``cross_node`` workload (``python -m benchmarks.cluster cross_node``): two
+nodes on this machine started as real processes through the CLI, and a driver joined to them.
+
+- ``cross_node`` (tasks/s; n = 10,000, quick 1,000): the head and a second node started through
+  the CLI (``actorflow start --head --port 0 --num-cpus 1`` and ``actorflow start --address ...
+  --num-cpus 1 --resources '{"far": 1}'``, with a private ``ACTORFLOW_STATE_DIR``), the driver
+  joined with ``af.init(address=..., token=...)``, all in a fresh child process
+  (``python -m benchmarks.cluster --child cross_node --n N --reps R``, which calls
+  :func:`child_main`). value: n no-op tasks pinned to the far node (``resources={"far":
+  0.001}``), submitted then gathered. Extras: ``transfer_100MiB_s`` (a task on the far node
+  returning the 100 MiB array, from submission to the checked array in the driver, whose node is
+  the head) and ``transfer_GBps``; ``produce_s`` (the same task returning only the last element:
+  all but the move), ``move_s`` = transfer - produce, ``move_GBps``; ``transfer_cpu_s``. The
+  ``cpu_*`` fields cover the task part only.
+
+The parent side (:func:`measure`, called by ``benchmarks.cluster.run``) gives the child its state
+folder and a process tag of its own; once the child has exited (it stops its nodes, on failure
+too) it kills any ``actorflow start`` process group left in that folder and any process left
+with the tag, and removes the folder. Ray's side of the workload is in
+``benchmarks/ray_extra.py``.
+
+This module imports ``benchmarks.cluster`` (the spec, the child runner, ``noop`` and the 100 MiB
+array), so that module imports this one only where it runs the workload. Its own remote
+functions travel by value, as that module's do (see the end of the module).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import cloudpickle
+
+import actorflow as af
+from benchmarks._common import TAG_VAR, CpuMeter, log, reap_tagged, run_on, summarize
+from benchmarks.cluster import (
+    _ROOT,
+    _SPEC,
+    LARGE_BYTES,
+    _check_sum,
+    _child_env,
+    _large_array,
+    _loop_kind,
+    _run_child,
+    noop,
+)
+
+_FAR = {"far": 0.001}
+_CROSS_NODE_TIMEOUT_S = 1200.0  # the whole child, all repetitions
+
+
+# -- remote functions (with ``benchmarks.cluster.noop``) -------------------------------------------
+
+
+@af.remote
+def where() -> str:
+    return af.get_runtime_context().node_id
+
+
+@af.remote
+def big():  # type: ignore[no-untyped-def]
+    import numpy as np
+
+    return np.random.default_rng(0).random(LARGE_BYTES // 8)
+
+
+@af.remote
+def big_last() -> float:
+    import numpy as np
+
+    return float(np.random.default_rng(0).random(LARGE_BYTES // 8)[-1])
+
+
+# -- the nodes: ``actorflow start`` processes ------------------------------------------------------
+
+
+def _kill_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+class _CliNodes:
+    """``python -m actorflow start ... --block`` processes sharing the private state folder
+    ``$ACTORFLOW_STATE_DIR`` (set by the parent). Each is started in a session of its own, so
+    it and its workers form one process group: :meth:`stop` ends every one of them."""
+
+    def __init__(self) -> None:
+        self.state_dir = Path(os.environ["ACTORFLOW_STATE_DIR"])
+        self.env = _child_env({"PYTHONUNBUFFERED": "1"})
+        self.started: list[tuple[str, subprocess.Popen[bytes], Any]] = []
+
+    def start(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
+        logf = open(self.state_dir / f"{name}.log", "wb")  # noqa: SIM115 - closed in stop()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "actorflow", "start", *args, "--block"],
+            stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT, env=self.env,
+            cwd=_ROOT, start_new_session=True)
+        self.started.append((name, proc, logf))
+        return proc
+
+    def _log_tail(self, name: str) -> str:
+        try:
+            return (self.state_dir / f"{name}.log").read_text(errors="replace")[-3000:]
+        except OSError:
+            return ""
+
+    def wait_ready(self, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
+        name = next(n for n, p, _ in self.started if p is proc)
+        entry = self.state_dir / "procs" / f"{proc.pid}.json"
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"actorflow start ({name}) exited with {proc.returncode}:\n"
+                                   f"{self._log_tail(name)}")
+            try:
+                if json.loads(entry.read_text()).get("ready"):
+                    return
+            except (OSError, ValueError):
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"actorflow start ({name}) not ready after {timeout:.0f} s:"
+                                   f"\n{self._log_tail(name)}")
+            time.sleep(0.05)
+
+    def head_info(self) -> tuple[str, str]:
+        info = json.loads((self.state_dir / "cluster.json").read_text())
+        return info["address"], Path(info["token_file"]).read_text().strip()
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """SIGTERM the nodes, then the head; a bounded wait; SIGKILL each process group."""
+        for _, proc, _ in reversed(self.started):
+            if proc.poll() is None:
+                try:
+                    proc.send_signal(signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        deadline = time.monotonic() + timeout
+        for name, proc, _ in reversed(self.started):
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log(f"[cross_node] {name} (pid {proc.pid}) ignored SIGTERM: killed")
+        for _, proc, logf in self.started:
+            _kill_group(proc.pid)  # the leader if it lingers, and any worker left behind
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                pass
+            logf.close()
+
+
+def _kill_leftovers(state_dir: str) -> None:
+    """Parent side: end the process groups of ``actorflow start`` processes the child left in
+    ``state_dir`` (it ends them itself unless it was killed)."""
+    for entry in Path(state_dir, "procs").glob("*.json"):
+        try:
+            pid = int(json.loads(entry.read_text())["pid"])
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (OSError, ValueError, KeyError):
+            continue
+        if b"actorflow" in cmdline:
+            log(f"[cross_node] killing leftover actorflow process group {pid}")
+            _kill_group(pid)
+
+
+# -- the driver (in the child) ---------------------------------------------------------------------
+
+
+def _snap_delta(before: dict[int, tuple[str, float]],
+                after: dict[int, tuple[str, float]]) -> float:
+    return sum(max(0.0, t - before.get(pid, ("", 0.0))[1]) for pid, (_, t) in after.items())
+
+
+async def _cross_node_driver(address: str, token: str, n: int, reps: int
+                             ) -> list[dict[str, Any]]:
+    import numpy as np
+
+    meter = CpuMeter()
+    rt = await af.init(address=address, token=token, log_to_driver=False)
+    try:
+        deadline = time.monotonic() + 30.0
+        while True:
+            views = [v for v in await af.nodes() if v.get("alive")]
+            far = [v["node_id"] for v in views if "far" in v.get("resources", {})]
+            if len(views) == 2 and len(far) == 1:
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"expected 2 live nodes, one with 'far': {views}")
+            await asyncio.sleep(0.1)
+        far_noop, far_where = noop.options(resources=_FAR), where.options(resources=_FAR)
+        far_big, far_big_last = big.options(resources=_FAR), big_last.options(resources=_FAR)
+        local = _large_array()
+        shape, last = local.shape, float(local[-1])
+        del local
+        assert await far_where.remote() == far[0] != rt.node_id, "far tasks did not run far"
+        # warm-up: tasks on the far node, one big transfer (first touch of shared memory)
+        _check_sum(await af.get([far_noop.remote(i) for i in range(200)]), 200)
+        out = await far_big.remote()
+        assert isinstance(out, np.ndarray) and out.shape == shape and out[-1] == last
+        del out
+        assert await far_big_last.remote() == last
+
+        runs = []
+        for r in range(reps):
+            before = meter.snap()
+            t0 = time.perf_counter()
+            refs = [far_noop.remote(i) for i in range(n)]
+            t1 = time.perf_counter()
+            res = await af.get(refs)
+            t2 = time.perf_counter()
+            after = meter.snap(end=True)
+            _check_sum(res, n)
+            del refs, res
+            rec: dict[str, Any] = {"value": n / (t2 - t0), "submit_s": t1 - t0,
+                                   "total_s": t2 - t0}
+            meter.add(rec, before, after, n)
+
+            t3 = time.perf_counter()
+            assert await far_big_last.remote() == last
+            t4 = time.perf_counter()
+            before = meter.snap()
+            t5 = time.perf_counter()
+            out = await far_big.remote()
+            t6 = time.perf_counter()
+            after = meter.snap(end=True)
+            assert out.shape == shape and out[-1] == last
+            del out
+            transfer, produce = t6 - t5, t4 - t3
+            move = max(transfer - produce, 1e-9)
+            rec.update({
+                "transfer_100MiB_s": transfer,
+                "transfer_GBps": LARGE_BYTES / transfer / 1e9,
+                "produce_s": produce,
+                "move_s": move,
+                "move_GBps": LARGE_BYTES / move / 1e9,
+                "transfer_cpu_s": _snap_delta(before, after),
+            })
+            runs.append(rec)
+            log(f"[cross_node] rep {r + 1}/{reps}: {rec['value']:.4g} tasks/s; 100 MiB "
+                f"far->driver {transfer:.3f} s ({rec['transfer_GBps']:.3g} GB/s; produce "
+                f"{produce:.3f} s)")
+        return runs
+    finally:
+        await af.shutdown()
+
+
+# -- the child and the parent ----------------------------------------------------------------------
+
+
+def child_main(n: int, reps: int) -> list[dict[str, Any]]:
+    """The child (``--child cross_node``): start the head and the far node, run the driver, stop
+    the nodes; one dict per repetition."""
+    nodes = _CliNodes()
+    try:
+        head = nodes.start("head", ["--head", "--port", "0", "--host", "127.0.0.1",
+                                    "--num-cpus", "1"])
+        nodes.wait_ready(head)
+        address, token = nodes.head_info()
+        far = nodes.start("far", ["--address", address, "--num-cpus", "1",
+                                  "--resources", json.dumps({"far": 1})])
+        nodes.wait_ready(far)
+        return run_on(_loop_kind(), lambda: _cross_node_driver(address, token, n, reps))
+    finally:
+        nodes.stop()
+
+
+def measure(quick: bool, reps: int, provenance: dict[str, Any]) -> dict[str, Any]:
+    """The parent: run the child, clean up after it; the summarized record."""
+    unit, n_full, n_quick = _SPEC["cross_node"]
+    n = n_quick if quick else n_full
+    state_dir = tempfile.mkdtemp(prefix="af-bench-cross-node-")
+    tag = uuid.uuid4().hex  # the child's, its nodes' and their workers'
+    try:
+        _, runs = _run_child("cross_node", ["--n", str(n), "--reps", str(reps)],
+                             env={"ACTORFLOW_STATE_DIR": state_dir, TAG_VAR: tag},
+                             timeout=_CROSS_NODE_TIMEOUT_S, quiet=False)
+    finally:
+        _kill_leftovers(state_dir)
+        reap_tagged(tag, what="cross_node")
+        shutil.rmtree(state_dir, ignore_errors=True)
+    return summarize("cross_node", unit, n, runs, {**provenance, "num_cpus": 1, "nodes": 2})
+
+
+# Workers must not need this module: pickle its remote functions by value.
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
