@@ -28,7 +28,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from pickle import dumps as pickle_dumps
 from pickle import loads as pickle_loads
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from actorflow._errors import ObjectLostError, PeerUnreachableError, TaskError
 from actorflow.cluster.protocol import (
@@ -62,6 +62,8 @@ if TYPE_CHECKING:
 __all__ = ["Core", "Fetch", "ObjectOwner", "ObjectTable", "TaskContext", "task_context"]
 
 log = logging.getLogger("actorflow.cluster")
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -446,10 +448,27 @@ class Core:
         return exc
 
     async def get_one(self, ref: ObjectRef) -> Any:
-        (payload,) = await self.payloads((ref,))
-        if not self.is_local(payload):
+        """The value of one ref (``await ref``): no list, no counter, for the commonest wait."""
+        entry = self.objects.entries.get(ref.id) if ref._core is self else None
+        payload = entry.payload if entry is not None else None
+        if payload is None:
+            fut: asyncio.Future[Payload] = self.loop.create_future()
+            self.when_ready(ref, functools.partial(_settle, fut))
+            payload = fut.result() if fut.done() else await self._lending(fut)
+        if type(payload) is InShm and payload.node_id != self.node_id:
             (payload,) = await self.localize((payload,))
         return self.materialize(payload)
+
+    async def _lending(self, fut: asyncio.Future[T]) -> T:
+        """Await ``fut``; a task waiting inside a worker lends its CPU to the node meanwhile,
+        so parents waiting on their children cannot deadlock the node."""
+        if self.worker_id is None or task_context.get().task_id is None:
+            return await fut
+        self.node.tell_nowait(WorkerBlocked(self.worker_id, True))
+        try:
+            return await fut
+        finally:
+            self.node.tell_nowait(WorkerBlocked(self.worker_id, False))
 
     def when_all_ready(self, refs: Sequence[ObjectRef],
                        callback: Callable[[list[Payload]], None]) -> None:
@@ -472,9 +491,7 @@ class Core:
             self.when_ready(ref, functools.partial(arrived, i))
 
     async def payloads(self, refs: Sequence[ObjectRef]) -> list[Payload]:
-        """The payloads of ``refs``, in order, once every one is known. A task that waits
-        inside a worker lends its CPU to the node meanwhile, so parents waiting on their
-        children cannot deadlock the node."""
+        """The payloads of ``refs``, in order, once every one is known (see _lending)."""
         entries = self.objects.entries
         out: list[Any] = [None] * len(refs)
         missing = []
@@ -500,14 +517,7 @@ class Core:
             self.when_ready(refs[i], functools.partial(arrived, i))
         if done.done():
             return out
-        lend = self.worker_id is not None and task_context.get().task_id is not None
-        if lend:
-            self.node.tell_nowait(WorkerBlocked(self.worker_id or "", True))
-        try:
-            return await done
-        finally:
-            if lend:
-                self.node.tell_nowait(WorkerBlocked(self.worker_id or "", False))
+        return await self._lending(done)
 
     # -- lifetime ------------------------------------------------------------------------------
 
