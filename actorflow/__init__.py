@@ -1,7 +1,17 @@
 """actorflow: distributed computing for async Python.
 
 Everything public is imported from here (``import actorflow as af``); the rest is private.
+
+The errors are imported with the package; every other public name is imported on its first
+use (PEP 562), with the other names of its module. So a worker process, which imports
+``actorflow.cluster.worker_main`` and therefore this package, pays nothing for the driver's
+API; ``import actorflow`` in a task stays cheap; and a driver that decorates functions at
+import time has not yet imported the transport or the cluster's actors when it calls
+``af.init()``, which starts its node's zygote before importing them (see
+``actorflow.cluster.bootstrap``), so both imports run at once.
 """
+
+import typing as _typing
 
 from actorflow._errors import (
     ActorDiedError,
@@ -21,27 +31,29 @@ from actorflow._errors import (
     TaskError,
     WorkerCrashedError,
 )
-from actorflow.api.objects import as_completed, cancel, get, put, wait
-from actorflow.api.placement import PlacementGroup, placement_group, remove_placement_group
-from actorflow.api.remote import ActorClass, ActorHandle, ActorMethod, RemoteFunction, remote
-from actorflow.api.runtime import (
-    Runtime,
-    RuntimeContext,
-    available_resources,
-    cluster_resources,
-    get_actor,
-    get_gpu_ids,
-    get_runtime_context,
-    init,
-    is_initialized,
-    kill,
-    nodes,
-    run,
-    shutdown,
-)
-from actorflow.api.supervise import Child, SupervisionTree, child, supervise
-from actorflow.objects.ref import ObjectRef
-from actorflow.placement.strategies import NodeAffinity, PlacementGroupStrategy
+
+if _typing.TYPE_CHECKING:
+    from actorflow.api.objects import as_completed, cancel, get, put, wait
+    from actorflow.api.placement import PlacementGroup, placement_group, remove_placement_group
+    from actorflow.api.remote import ActorClass, ActorHandle, ActorMethod, RemoteFunction, remote
+    from actorflow.api.runtime import (
+        Runtime,
+        RuntimeContext,
+        available_resources,
+        cluster_resources,
+        get_actor,
+        get_gpu_ids,
+        get_runtime_context,
+        init,
+        is_initialized,
+        kill,
+        nodes,
+        run,
+        shutdown,
+    )
+    from actorflow.api.supervise import Child, SupervisionTree, child, supervise
+    from actorflow.objects.ref import ObjectRef
+    from actorflow.placement.strategies import NodeAffinity, PlacementGroupStrategy
 
 __version__ = "0.1.0"
 
@@ -97,3 +109,38 @@ __all__ = [
     "supervise",
     "wait",
 ]
+
+
+#: public name -> the module that defines it (imported on first use; see the docstring)
+_LAZY: dict[str, str] = {
+    **dict.fromkeys(("as_completed", "cancel", "get", "put", "wait"), "actorflow.api.objects"),
+    **dict.fromkeys(("PlacementGroup", "placement_group", "remove_placement_group"),
+                    "actorflow.api.placement"),
+    **dict.fromkeys(("ActorClass", "ActorHandle", "ActorMethod", "RemoteFunction", "remote"),
+                    "actorflow.api.remote"),
+    **dict.fromkeys(("Runtime", "RuntimeContext", "available_resources", "cluster_resources",
+                     "get_actor", "get_gpu_ids", "get_runtime_context", "init",
+                     "is_initialized", "kill", "nodes", "run", "shutdown"),
+                    "actorflow.api.runtime"),
+    **dict.fromkeys(("Child", "SupervisionTree", "child", "supervise"), "actorflow.api.supervise"),
+    "ObjectRef": "actorflow.objects.ref",
+    **dict.fromkeys(("NodeAffinity", "PlacementGroupStrategy"), "actorflow.placement.strategies"),
+}
+
+
+def __getattr__(name: str) -> object:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'actorflow' has no attribute {name!r}")
+    import importlib
+
+    found = importlib.import_module(module)
+    namespace = globals()
+    for other, where in _LAZY.items():  # the module's other names too: one import each
+        if where == module:
+            namespace[other] = getattr(found, other)
+    return namespace[name]
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -9,25 +9,43 @@
 
 A process that knows only a head's address finds it by dialing once: the authenticated
 handshake names the peer system's uid, and the head's actor has the well-known id ``head``.
+
+A process that will run a node starts its worker pool's zygote first (see
+:mod:`actorflow.cluster.zygote`), then imports what the head and the node need (the transport,
+the Head, the Node, the Placement actor: this module imports them on first use, in a thread, so
+the caller's loop is never blocked by them), so that the zygote's imports, which the first
+worker waits for, run while this process does the rest of its start.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import importlib
+import logging
 import os
 import secrets
+import sys
+import threading
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pydantic import SecretStr
-
-from actorflow.cluster.head import Head
-from actorflow.cluster.node import Node
+from actorflow.cluster import zygote as _zygote
 from actorflow.cluster.protocol import ClusterInfo, GetClusterInfo, RegisterNode
-from actorflow.placement.actor import Placement
 from actorflow.placement.resources import Resources
 from actorflow.runtime import ActorRef, ActorSystem, restore_ref
-from actorflow.transport.config import TransportConfig
-from actorflow.transport.remote import Remoting, serve_system
+
+if TYPE_CHECKING:
+    from actorflow.cluster.zygote import Zygote
+    from actorflow.transport.config import TransportConfig
+    from actorflow.transport.remote import Remoting
+
+log = logging.getLogger("actorflow.bootstrap")
+
+#: What serving a system needs, and what a head or a node adds (imported on first use).
+_SERVE_MODULES = ("actorflow.transport.config", "actorflow.transport.remote")
+_CLUSTER_MODULES = (*_SERVE_MODULES, "actorflow.placement.actor", "actorflow.cluster.head",
+                    "actorflow.cluster.node")
 
 __all__ = [
     "ClusterProcess",
@@ -64,7 +82,55 @@ class ClusterProcess:
             await self.remoting.aclose()
 
 
+async def _import(names: tuple[str, ...]) -> None:
+    """Import ``names`` in a thread, not on the loop (a no-op once they are imported). The
+    thread is one of its own that ends with the imports (the loop's default executor would
+    keep an idle thread for the loop's life)."""
+    missing = [name for name in names if name not in sys.modules]
+    if not missing:
+        return
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+
+    def settle(error: BaseException | None) -> None:
+        if done.done():  # the caller was cancelled meanwhile
+            return
+        if error is None:
+            done.set_result(None)
+        else:
+            done.set_exception(error)
+
+    def work() -> None:
+        error: BaseException | None = None
+        try:
+            for name in missing:
+                importlib.import_module(name)
+        except BaseException as exc:  # handed to the awaiting caller
+            error = exc
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+            loop.call_soon_threadsafe(settle, error)
+
+    threading.Thread(target=work, name="actorflow-import", daemon=True).start()
+    await done
+
+
+async def _launch_zygote(log_to_driver: bool) -> Zygote | None:
+    """The zygote of the node this process is about to run, started now; None when workers
+    are to be plain processes (or it cannot start: the pool then tries once more itself)."""
+    if not _zygote.enabled():
+        return None
+    try:
+        return await _zygote.Zygote.launch(log_to_driver=log_to_driver)
+    except Exception as exc:
+        log.warning("cannot start a zygote early (%s)", exc)
+        return None
+
+
 def _config(token: str, host: str, port: int, peer_timeout_s: float | None) -> TransportConfig:
+    from pydantic import SecretStr
+
+    from actorflow.transport.config import TransportConfig
+
     extra: dict[str, Any] = {}
     if peer_timeout_s is not None:
         extra["peer_timeout_s"] = peer_timeout_s
@@ -92,7 +158,10 @@ def placement_of(head: ActorRef) -> ActorRef:
 async def _spawn_node(
     system: ActorSystem, head: ActorRef, *, session: str, token: str, resources: Resources,
     prestart: int | None, log_to_driver: bool, node_id: str | None = None,
+    zygote: Zygote | None = None,
 ) -> tuple[ActorRef, str]:
+    from actorflow.cluster.node import Node
+
     node_id = node_id or secrets.token_hex(4)
     cpus = resources["CPU"] // 10_000
     workers = prestart if prestart is not None else max(1, min(cpus, 64))
@@ -100,7 +169,7 @@ async def _spawn_node(
     node = await system.spawn(
         lambda: Node(node_id=node_id, resources=resources, session=session, head=head,
                      placement=placement, token=token, log_to_driver=log_to_driver,
-                     prestart=workers),
+                     prestart=workers, zygote=zygote),
         name="node", well_known=True,
     )
     await head.ask(RegisterNode(node_id, node, system.address, resources), timeout=30.0)
@@ -119,9 +188,20 @@ async def start_head(
     peer_timeout_s: float | None = None,
     name: str = "head",
 ) -> ClusterProcess:
-    session = secrets.token_hex(4)
-    system = ActorSystem(f"{name}-{session}")
-    remoting = await serve_system(system, config=_config(token, host, port, peer_timeout_s))
+    zygote = await _launch_zygote(log_to_driver) if with_node else None
+    try:
+        await _import(_CLUSTER_MODULES)
+        from actorflow.cluster.head import Head
+        from actorflow.placement.actor import Placement
+        from actorflow.transport.remote import serve_system
+
+        session = secrets.token_hex(4)
+        system = ActorSystem(f"{name}-{session}")
+        remoting = await serve_system(system, config=_config(token, host, port, peer_timeout_s))
+    except BaseException:
+        if zygote is not None:
+            await zygote.aclose()
+        raise
     try:
         placement = await system.spawn(Placement, name="placement", well_known=True)
         head = await system.spawn(lambda: Head(session, placement), name="head", well_known=True)
@@ -129,11 +209,13 @@ async def start_head(
         if with_node:
             proc.node, proc.node_id = await _spawn_node(
                 system, head, session=session, token=token, resources=resources,
-                prestart=prestart, log_to_driver=log_to_driver,
+                prestart=prestart, log_to_driver=log_to_driver, zygote=zygote,
             )
     except BaseException:
         await system.shutdown()
         await remoting.aclose()
+        if zygote is not None:
+            await zygote.aclose()  # a no-op when the node's pool took it and closed it
         raise
     return proc
 
@@ -148,19 +230,30 @@ async def start_node(
     log_to_driver: bool = True,
     peer_timeout_s: float | None = None,
 ) -> ClusterProcess:
-    system = ActorSystem("node")
-    remoting = await serve_system(system, config=_config(token, host, 0, peer_timeout_s))
+    zygote = await _launch_zygote(log_to_driver)
+    try:
+        await _import(_CLUSTER_MODULES)
+        from actorflow.transport.remote import serve_system
+
+        system = ActorSystem("node")
+        remoting = await serve_system(system, config=_config(token, host, 0, peer_timeout_s))
+    except BaseException:
+        if zygote is not None:
+            await zygote.aclose()
+        raise
     try:
         head = await discover_head(remoting, address)
         info: ClusterInfo = await head.ask(GetClusterInfo(), timeout=30.0)
         proc = ClusterProcess(system, remoting, head, info.session, token)
         proc.node, proc.node_id = await _spawn_node(
             system, head, session=info.session, token=token, resources=resources,
-            prestart=prestart, log_to_driver=log_to_driver,
+            prestart=prestart, log_to_driver=log_to_driver, zygote=zygote,
         )
     except BaseException:
         await system.shutdown()
         await remoting.aclose()
+        if zygote is not None:
+            await zygote.aclose()  # a no-op when the node's pool took it and closed it
         raise
     return proc
 
@@ -170,6 +263,9 @@ async def connect(address: str, token: str, *, host: str = "127.0.0.1",
     """Join the cluster at ``address`` as a client. Its leases and objects go through the
     first live node the head lists (the head's own node when it has one); the placement
     sends work on from there."""
+    await _import(_SERVE_MODULES)
+    from actorflow.transport.remote import serve_system
+
     system = ActorSystem(f"{name}-{os.getpid()}")
     remoting = await serve_system(system, config=_config(token, host, 0, None))
     try:

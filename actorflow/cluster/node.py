@@ -55,6 +55,7 @@ from actorflow.cluster.protocol import (
     WorkerBlocked,
     WorkerReady,
 )
+from actorflow.cluster.zygote import Zygote
 from actorflow.objects import shm
 from actorflow.placement.resources import UNIT, Resources
 from actorflow.runtime import Actor, ActorRef, ServiceActor, Terminated
@@ -109,6 +110,7 @@ class Node(ServiceActor):
         log_to_driver: bool,
         prestart: int,
         max_workers: int | None = None,
+        zygote: Zygote | None = None,
     ) -> None:
         self.node_id = node_id
         self.total = resources
@@ -134,6 +136,7 @@ class Node(ServiceActor):
         self._bg: set[asyncio.Task[Any]] = set()
         self._replacements: tuple[float, ...] = ()
         self.pool: WorkerPool | None = None
+        self._zygote = zygote  # started early by bootstrap; the pool owns it once made
         self.started_at = time.time()
         self._load_handle: asyncio.Handle | None = None
 
@@ -147,9 +150,10 @@ class Node(ServiceActor):
             "node": _ref_args(self.ref),
             "head": _ref_args(self.head),
         }
+        zygote, self._zygote = self._zygote, None
         self.pool = WorkerPool(
             boot=boot, token=self.token, log_to_driver=self.log_to_driver,
-            on_exit=self._worker_exited,
+            on_exit=self._worker_exited, zygote=zygote,
         )
         for _ in range(self.prestart):
             self._spawn_worker()
@@ -415,11 +419,11 @@ class Node(ServiceActor):
             worker.lease_id = record.lease_id
             self.leases[record.lease_id] = record
             fut.set_result(record)
-            if dedicated:
-                self._replenish()
+            if dedicated:  # a worker given to an actor, not one that died: not a restart
+                self._replenish(restart=False)
         self.waiting = skipped
         if (need_worker and pool.count(WorkerState.STARTING) == 0
-                and len(pool.workers) < self.max_workers + len(self.actors)):
+                and pool.size < self.max_workers + len(self.actors)):
             self._spawn_worker()
 
     def release(self, lease_id: int, *, keep_worker: bool = False, worker_ok: bool = True
@@ -539,19 +543,24 @@ class Node(ServiceActor):
                     WorkerCrashedError(f"no worker process could start: {exc}"))
         self.waiting.clear()
 
-    def _replenish(self) -> None:
-        """Keep ``prestart`` workers available for tasks."""
+    def _replenish(self, *, restart: bool = True) -> None:
+        """Keep ``prestart`` workers available for tasks. A replacement for a worker that
+        exited counts against the restart intensity (``restart``); one for a worker that an
+        actor took does not (with forked workers, creating actors is fast enough to exceed
+        it)."""
         pool = self.pool
         if pool is None:
             return
         usable = pool.count(WorkerState.IDLE, WorkerState.STARTING, WorkerState.LEASED)
-        if usable < self.prestart and len(pool.workers) < self.max_workers + len(self.actors):
-            self._replacements, exceeded = add_restart(
-                self._replacements, time.monotonic(), 10 * max(1, self.prestart), 10.0
-            )
-            if exceeded:
-                log.error("node %s: workers keep dying; not replacing them for now", self.node_id)
-                return
+        if usable < self.prestart and pool.size < self.max_workers + len(self.actors):
+            if restart:
+                self._replacements, exceeded = add_restart(
+                    self._replacements, time.monotonic(), 10 * max(1, self.prestart), 10.0
+                )
+                if exceeded:
+                    log.error("node %s: workers keep dying; not replacing them for now",
+                              self.node_id)
+                    return
             self._spawn_worker()
 
     def _worker_exited(self, handle: WorkerHandle) -> None:

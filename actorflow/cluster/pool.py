@@ -1,12 +1,23 @@
 """Worker processes of a node: start them without blocking the loop, forward their output,
 notice their exit.
 
-Each worker is a ``python -m actorflow.cluster.worker_main`` child process. It is told where its
-node listens (and the token) through its environment, connects back, and reports
+Each worker is what ``python -m actorflow.cluster.worker_main`` runs. It is told where its node
+listens (and the token) through its environment, connects back, and reports
 :class:`~actorflow.cluster.protocol.WorkerReady`. Its stdout and stderr are pipes read by tasks
 owned by the pool; the worker itself prefixes each line with the task or actor name and its pid.
-A worker also dies with its node: it asks the kernel for SIGKILL when its parent dies, and it
-exits when the link to its node is lost.
+
+On Linux a worker is forked by the pool's zygote (:mod:`actorflow.cluster.zygote`), a fork
+server started with the pool that has the worker's modules imported already: a start costs a
+fork instead of an interpreter and its imports, and idle workers share those pages. Elsewhere,
+while the zygote is starting again after a crash, or when it cannot fork, a worker is a plain
+``python -m actorflow.cluster.worker_main`` child process (``ACTORFLOW_ZYGOTE=0`` asks for that
+always). The pool supervises the zygote: it restarts it when it dies (a few times a minute at
+most; then workers stay plain processes).
+
+A worker dies with its node: it asks the kernel for SIGKILL when its parent (the node, or the
+zygote, which itself dies with the node) dies, and it exits when the link to its node is lost.
+Its exit is seen at once: a plain child's by asyncio's wait, a forked one's by its pidfd (its
+code comes from the zygote, which reaps it).
 """
 
 from __future__ import annotations
@@ -15,16 +26,27 @@ import asyncio
 import contextlib
 import enum
 import json
+import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TextIO
 
+from actorflow.cluster import zygote as _zygote
+from actorflow.cluster.zygote import ForkedProcess, Zygote, ZygoteError
 from actorflow.runtime import ActorRef
+from actorflow.supervision import add_restart
 
 __all__ = ["WorkerHandle", "WorkerPool", "WorkerState"]
+
+log = logging.getLogger("actorflow.pool")
+
+#: How many times a minute the pool starts a zygote again after it died, before it gives up
+#: (workers are then plain processes for the pool's life).
+ZYGOTE_RESTARTS_PER_MIN = 5
 
 
 class WorkerState(enum.Enum):
@@ -38,7 +60,7 @@ class WorkerState(enum.Enum):
 @dataclass(eq=False, slots=True)
 class WorkerHandle:
     worker_id: str
-    proc: asyncio.subprocess.Process
+    proc: asyncio.subprocess.Process | ForkedProcess
     state: WorkerState = WorkerState.STARTING
     ref: ActorRef | None = None
     control: ActorRef | None = None
@@ -54,7 +76,12 @@ class WorkerHandle:
 
 
 class WorkerPool:
-    """Starts and tracks the worker processes of one node (owned by the Node actor)."""
+    """Starts and tracks the worker processes of one node (owned by the Node actor).
+
+    Made inside the node's running loop. It takes ``zygote`` (one started earlier, so that
+    its imports overlapped the rest of the node's start-up: the pool owns it from now on) or
+    starts its own at once when :func:`actorflow.cluster.zygote.enabled`.
+    """
 
     def __init__(
         self,
@@ -64,6 +91,7 @@ class WorkerPool:
         log_to_driver: bool,
         on_exit: Callable[[WorkerHandle], None],
         start_timeout_s: float = 60.0,
+        zygote: Zygote | None = None,
     ) -> None:
         self.boot = boot
         self.token = token
@@ -72,20 +100,44 @@ class WorkerPool:
         self.start_timeout_s = start_timeout_s
         self.workers: dict[str, WorkerHandle] = {}
         self._counter = 0
+        self._launching = 0  # starts whose process does not exist yet (counted as STARTING)
         self._closing = False
+        loop = asyncio.get_running_loop()
+        #: the zygote that forks workers now; while it (re)starts, a pending future; None
+        #: when workers are plain processes
+        self._zygote: asyncio.Future[Zygote | None] = loop.create_future()
+        self._zygote_task: asyncio.Task[None] | None = None
+        if zygote is not None or _zygote.enabled():
+            self._zygote_task = loop.create_task(self._supervise_zygote(zygote))
+        else:
+            self._zygote.set_result(None)
 
     @property
     def closing(self) -> bool:
         return self._closing
 
+    @property
+    def zygote(self) -> Zygote | None:
+        """The zygote forking this pool's workers now (None while none is running)."""
+        z = self._zygote.result() if self._zygote.done() else None
+        return z if z is not None and not z.lost else None
+
     def idle(self) -> WorkerHandle | None:
         for handle in self.workers.values():
-            if handle.state is WorkerState.IDLE:
+            if handle.state is WorkerState.IDLE and not _doomed(handle):
                 return handle
         return None
 
     def count(self, *states: WorkerState) -> int:
-        return sum(1 for h in self.workers.values() if h.state in states)
+        """Workers in any of ``states``; a start whose process is not made yet (waiting for
+        the zygote, say) counts as STARTING."""
+        launching = self._launching if WorkerState.STARTING in states else 0
+        return launching + sum(1 for h in self.workers.values() if h.state in states)
+
+    @property
+    def size(self) -> int:
+        """Every worker the pool has or is starting."""
+        return len(self.workers) + self._launching
 
     async def start(self) -> WorkerHandle:
         """Start one worker process and return once it has reported ready."""
@@ -97,19 +149,18 @@ class WorkerPool:
         env["ACTORFLOW_WORKER_BOOT"] = json.dumps({**self.boot, "worker_id": worker_id})
         env["ACTORFLOW_TOKEN"] = self.token
         env.setdefault("PYTHONUNBUFFERED", "1")
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "actorflow.cluster.worker_main",
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env=env,
-        )
+        self._launching += 1
+        try:
+            proc = await self._launch(worker_id, env)
+        finally:
+            self._launching -= 1
         loop = asyncio.get_running_loop()
         handle = WorkerHandle(worker_id, proc, ready=loop.create_future(),
                               exited=loop.create_future())
         if self.closing:  # close() ran while the process was being created: end it here,
             # without awaiting (a cancel must not leave it half-ended): closing the transport
-            # kills the process if it still runs, and asyncio reaps it
+            # kills the process if it still runs, and asyncio reaps it (a forked one is killed
+            # through its pidfd, reaped by the zygote, and watched until the zygote closes)
             self.kill(handle)
             _close_pipes(handle)
             raise RuntimeError("the worker pool is shutting down")
@@ -144,7 +195,7 @@ class WorkerPool:
         handle.ready.set_result(None)
         return True
 
-    async def _forward(self, stream: asyncio.StreamReader, out: Any) -> None:
+    async def _forward(self, stream: asyncio.StreamReader, out: TextIO) -> None:
         while True:
             line = await stream.readline()
             if not line:
@@ -176,8 +227,105 @@ class WorkerPool:
             with contextlib.suppress(ProcessLookupError):
                 handle.proc.send_signal(sig)
 
+    async def _launch(self, worker_id: str, env: dict[str, str]
+                      ) -> asyncio.subprocess.Process | ForkedProcess:
+        zygote = await self._ready_zygote()
+        if zygote is not None:
+            try:
+                return await zygote.fork(env)
+            except ZygoteError as exc:
+                log.warning("worker %s: the zygote could not fork it (%s); starting a plain "
+                            "process", worker_id, exc)
+        return await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "actorflow.cluster.worker_main",
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=env,
+        )
+
+    # -- the zygote ----------------------------------------------------------------------------
+
+    async def _ready_zygote(self) -> Zygote | None:
+        """The zygote to fork the next worker: waits while one starts (within the start
+        timeout); None when workers are to be plain processes now."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.start_timeout_s
+        while True:
+            slot = self._zygote
+            if not slot.done():
+                await asyncio.wait([slot], timeout=max(0.0, deadline - loop.time()))
+                if not slot.done():
+                    return None
+            zygote = slot.result()
+            if zygote is None:
+                return None
+            if await zygote.wait_ready(max(0.0, deadline - loop.time())):
+                return zygote
+            if self._zygote is slot:  # it is not ready in time (and still the pool's)
+                return None
+            # it died: the next slot waits for the one started in its place
+
+    def _zygote_lost(self, zygote: Zygote) -> None:
+        """``zygote`` is gone (called by it, at once): starts wait for the next one."""
+        slot = self._zygote
+        if slot.done() and slot.result() is zygote:
+            self._zygote = asyncio.get_running_loop().create_future()
+
+    def _no_zygote(self) -> None:
+        """Give up on zygotes: workers are plain processes from now on."""
+        if self._zygote.done():
+            self._zygote = asyncio.get_running_loop().create_future()
+        self._zygote.set_result(None)
+
+    async def _supervise_zygote(self, first: Zygote | None) -> None:
+        """Start the zygote (or take ``first``), and start another when it dies (it was
+        running, and it has not died more than ZYGOTE_RESTARTS_PER_MIN times in a minute);
+        else give up on it: workers are plain processes from then on. Starts wait for a
+        zygote that is starting (see :meth:`_ready_zygote`)."""
+        node_id = self.boot["node_id"]
+        restarts: tuple[float, ...] = ()
+        while True:
+            try:
+                zygote = first or await Zygote.launch(log_to_driver=self.log_to_driver)
+            except Exception as exc:
+                log.warning("node %s: cannot start a zygote (%s); workers start as plain "
+                            "processes", node_id, exc)
+                self._no_zygote()
+                return
+            first = None
+            try:
+                zygote.on_lost = self._zygote_lost
+                self._zygote.set_result(zygote)
+                if zygote.lost:  # it died before it was handed over
+                    self._zygote_lost(zygote)
+                await zygote.wait_ready(self.start_timeout_s)
+                ran = zygote.ready.done() and zygote.ready.result()
+                if ran:
+                    await asyncio.wait([zygote.exited])
+            finally:
+                await zygote.aclose()
+            if not ran:
+                log.warning("node %s: the zygote (pid %d) did not start%s; workers start as "
+                            "plain processes", node_id, zygote.pid,
+                            f":\n{zygote.error}" if zygote.error else "")
+                self._no_zygote()
+                return
+            code = zygote.exited.result()
+            restarts, exceeded = add_restart(restarts, time.monotonic(),
+                                             ZYGOTE_RESTARTS_PER_MIN, 60.0)
+            if exceeded:
+                log.error("node %s: the zygote keeps dying (pid %d exited with code %s); "
+                          "workers start as plain processes from now on",
+                          node_id, zygote.pid, code)
+                self._no_zygote()
+                return
+            log.warning("node %s: the zygote (pid %d) exited with code %s; starting another",
+                        node_id, zygote.pid, code)
+
     async def close(self, timeout: float = 3.0) -> None:
-        """Terminate every worker (SIGTERM, then SIGKILL after ``timeout``) and reap them."""
+        """Terminate every worker (SIGTERM, then SIGKILL after ``timeout``) and reap them;
+        then close the zygote."""
         self._closing = True
         handles = list(self.workers.values())
         for handle in handles:
@@ -191,18 +339,31 @@ class WorkerPool:
             if pending:
                 await asyncio.wait(pending, timeout=timeout)
         tasks = [t for h in handles for t in h.tasks]
+        if self._zygote_task is not None:
+            tasks.append(self._zygote_task)  # its finally closes the zygote
         for task in tasks:
             if not task.done():
                 task.cancel()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
+        if not self._zygote.done():
+            self._zygote.set_result(None)
         for handle in handles:
             _close_pipes(handle)
+
+
+def _doomed(handle: WorkerHandle) -> bool:
+    """Is it a forked worker whose zygote is gone? (The kernel is killing it: its exit is
+    seen soon; it must not be handed out meanwhile.)"""
+    return isinstance(handle.proc, ForkedProcess) and handle.proc.doomed
 
 
 def _close_pipes(handle: WorkerHandle) -> None:
     """Close the process's pipe transports now, not at garbage collection (asyncio's
     Process has no public close; its transport's close closes the pipes)."""
+    if isinstance(handle.proc, ForkedProcess):
+        handle.proc.close_pipes()
+        return
     transport = getattr(handle.proc, "_transport", None)
     if transport is not None:
         transport.close()

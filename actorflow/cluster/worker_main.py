@@ -1,10 +1,15 @@
 """The worker process: ``python -m actorflow.cluster.worker_main`` (started by a node).
 
+A node's pool forks most workers from its zygote (:mod:`actorflow.cluster.zygote`), which has
+this module imported and calls :func:`main` in the child; this module is also the plain entry
+point the pool falls back to. Either way:
+
 Its boot facts come in the environment (``ACTORFLOW_WORKER_BOOT``, JSON; ``ACTORFLOW_TOKEN``).
 It starts an ActorSystem that listens on loopback, a Core (so tasks can submit tasks), the
 Worker and WorkerControl actors, reports WorkerReady to its node, and runs until the node tells
 it to stop, the link to the node is lost, or a signal ends it. On Linux it also asks the kernel
-to SIGKILL it when its parent dies, so a node killed hard leaves no orphan workers.
+to SIGKILL it when its parent (its node, or the zygote, which dies with the node) dies, so a
+node killed hard leaves no orphan workers.
 """
 
 from __future__ import annotations
@@ -96,7 +101,9 @@ async def _main(boot: dict[str, Any], token: str) -> None:
         # what exists now (modules, the runtime) lives as long as the process: keep it out of
         # every cyclic collection (profiles put the GC at 10-20% of a busy process's time)
         gc.freeze()
-        node.tell_nowait(WorkerReady(boot["worker_id"], worker_ref, os.getpid(), control))
+        if not stop.done():  # told to stop while starting (its node is closing): stay quiet,
+            # rather than dial a node that is going away and hang up on it mid-handshake
+            node.tell_nowait(WorkerReady(boot["worker_id"], worker_ref, os.getpid(), control))
         await stop
         await core.close()
     finally:

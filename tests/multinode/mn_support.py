@@ -125,7 +125,9 @@ def describe(procs: list[psutil.Process]) -> list[str]:
 
 
 def worker_children(pid: int) -> list[psutil.Process]:
-    """The worker processes (``actorflow.cluster.worker_main``) below process ``pid``."""
+    """The worker processes (``actorflow.cluster.worker_main``) below process ``pid``, and the
+    zygote that forks them (``actorflow.cluster.zygote``): right after a node starts, its
+    workers may still be on their way (the zygote is importing their modules)."""
     try:
         kids = psutil.Process(pid).children(recursive=True)
     except psutil.NoSuchProcess:
@@ -133,7 +135,8 @@ def worker_children(pid: int) -> list[psutil.Process]:
     out = []
     for kid in kids:
         try:
-            if "actorflow.cluster.worker_main" in " ".join(kid.cmdline()):
+            cmdline = " ".join(kid.cmdline())
+            if "actorflow.cluster.worker_main" in cmdline or "actorflow.cluster.zygote" in cmdline:
                 out.append(kid)
         except psutil.Error:
             continue
