@@ -139,7 +139,11 @@ def run_many_actors(ray: Any, n: int, reps: int, meter: Any) -> list[dict[str, A
         runs.append(rec)
         _log(f"[many_actors] rep {r + 1}/{reps}: {rec['value']:.4g} actors/s")
         # cleanup, untimed: kill every actor, wait for the answered ones' processes to exit
-        pids = ray.get([handles[i].pid.remote() for i in idx], timeout=GONE_TIMEOUT_S)
+        # (Ray may still be busy starting the actors that did not answer: take the pids that
+        # come back in time, kill them all anyway)
+        pid_refs = [handles[i].pid.remote() for i in idx]
+        got, _ = ray.wait(pid_refs, num_returns=len(pid_refs), timeout=GONE_TIMEOUT_S)
+        pids = ray.get(got)
         for h in handles:
             ray.kill(h)
         left = wait_gone(pids)
