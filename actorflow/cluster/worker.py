@@ -6,7 +6,8 @@ task), and, once it becomes a user actor's process, a :class:`UserActor` that ha
 actor's method calls (``max_concurrency`` at a time).
 
 ``async def`` code runs on the worker's loop; plain ``def`` code runs in a thread, so it never
-blocks the loop (heartbeats, cancels and log forwarding go on while it runs).
+blocks the loop (heartbeats, cancels and log forwarding go on while it runs), except code that
+has proved short, which runs on the loop (see :mod:`actorflow.cluster.threads`).
 """
 
 from __future__ import annotations
@@ -228,8 +229,9 @@ async def _in_runs(
 class Worker(Actor):
     """Runs the tasks pushed to this worker, one at a time, in arrival order.
 
-    Plain-def tasks queued together run back to back in one hop to the task thread
-    (``batches``); each still has its own task context and its own reply.
+    Plain-def tasks queued together run back to back (``batches``): on the loop while they
+    are short, the rest in one hop to the task thread; each still has its own task context and
+    its own reply. A task's returns are kept a while for the tasks that follow it (``Local``).
     """
 
     mailbox_size = 1 << 16
