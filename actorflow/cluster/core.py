@@ -284,23 +284,25 @@ class Core:
 
     # -- objects -------------------------------------------------------------------------------
 
-    def encode(self, value: Any, what: str = "value") -> Payload:
-        """Serialize once: inline when small, else into a shared-memory segment."""
+    def encode(self, value: Any, what: str = "value", *, owned: bool = True) -> Payload:
+        """Serialize once: inline when small, else into a shared-memory segment. ``owned``:
+        this process owns the object (a put); a task's result belongs to its caller, and this
+        process keeps no record of its segment."""
         if is_plain(value):  # the common small case: one C pickle, kept as is
             meta = pickle_dumps(value, 5)
             if len(meta) < INLINE_LIMIT:
                 return meta
-            return self._to_segment(Serialized(meta))
+            return self._to_segment(Serialized(meta), owned)
         ser = serialize(value, what)
         if not ser.buffers:
             if len(ser.meta) < INLINE_LIMIT:
                 return ser.meta
         elif ser.nbytes < INLINE_LIMIT:
             return Inline(ser.meta, tuple(bytes(b) for b in ser.buffers))
-        return self._to_segment(ser)
+        return self._to_segment(ser, owned)
 
-    def _to_segment(self, ser: Serialized) -> InShm:
-        name, nbytes, generation = self.store.write(ser)
+    def _to_segment(self, ser: Serialized, owned: bool = True) -> InShm:
+        name, nbytes, generation = self.store.write(ser, keep=owned)
         return InShm(name, self.node_id, nbytes, generation)
 
     def sending(self, payloads: Iterable[Any]) -> None:

@@ -119,13 +119,13 @@ def capture_error(exc: BaseException, where: str) -> TaskError:
 def _encode_returns(core: Core, result: Any, num_returns: int, name: str) -> tuple[Payload, ...]:
     try:
         if num_returns == 1:
-            return (core.encode(result, f"the result of {name!r}"),)
+            return (core.encode(result, f"the result of {name!r}", owned=False),)
         values = tuple(result)
         if len(values) != num_returns:
             raise ValueError(
                 f"{name!r} has num_returns={num_returns} but returned {len(values)} values"
             )
-        return tuple(core.encode(v, f"a result of {name!r}") for v in values)
+        return tuple(core.encode(v, f"a result of {name!r}", owned=False) for v in values)
     except SerializationError as exc:
         return (Failed(exc),) * num_returns
     except Exception as exc:

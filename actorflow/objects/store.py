@@ -62,19 +62,25 @@ class SegmentStore:
 
     # -- writing ----------------------------------------------------------------------------------
 
-    def write(self, value: Serialized) -> tuple[str, int, int]:
-        """Store ``value``; returns ``(segment name, bytes, generation)``."""
+    def write(self, value: Serialized, *, keep: bool = True) -> tuple[str, int, int]:
+        """Store ``value``; returns ``(segment name, bytes, generation)``. ``keep``: this
+        process owns the object and will free it here (else the segment is its owner's from
+        now on, and nothing of it is kept here)."""
         generation = next(self._generations)
         need = shm.segment_size(value)
         reuse = self._take(need)
         if reuse is not None:
             assert reuse.mapping is not None
             used = shm.rewrite(reuse.mapping, value, generation)
-            self._written[reuse.name] = reuse
+            if keep:
+                self._written[reuse.name] = reuse
+            else:
+                reuse.mapping.close()
             return reuse.name, used, generation
         name = self._new_name()
         used = shm.write_segment(name, value, generation)
-        self._written[name] = _Written(name, used)
+        if keep:
+            self._written[name] = _Written(name, used)
         return name, used, generation
 
     def _take(self, need: int) -> _Written | None:
