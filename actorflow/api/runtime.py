@@ -13,7 +13,6 @@ import gc
 import logging
 import os
 import secrets
-import sys
 from collections.abc import Awaitable, Callable, Generator, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -27,6 +26,7 @@ from actorflow.cluster.protocol import GetNamedActor, KillActor, ListState
 from actorflow.objects.ref import current_core, set_current_core
 from actorflow.placement.resources import Resources
 from actorflow.runtime import ActorSystem
+from actorflow.runtime.loop import run_main
 
 __all__ = [
     "Runtime",
@@ -243,14 +243,7 @@ def run(main: Callable[..., Awaitable[T]], *args: Any, **init_kwargs: Any) -> T:
         async with init(**init_kwargs):
             return await main(*args)
 
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is a dependency where it installs
-        return asyncio.run(runner())
-    if sys.version_info >= (3, 12):  # pragma: no cover
-        return asyncio.run(runner(), loop_factory=uvloop.new_event_loop)
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as r:
-        return r.run(runner())
+    return run_main(runner())
 
 
 # -- actors by name, kill ------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from typing import Any
 from actorflow.cluster import bootstrap, state
 from actorflow.cluster.protocol import ListState, NodeInfo
 from actorflow.placement.resources import Resources
+from actorflow.runtime.loop import run_main
 
 __all__ = ["cmd_list", "cmd_start", "cmd_status", "cmd_stop"]
 
@@ -77,7 +78,7 @@ def cmd_start(args: Any) -> int:
         raise SystemExit("actorflow start needs exactly one of --head or --address ws://HOST:PORT")
     if not args.block:
         return _start_background(args)
-    return asyncio.run(_run_blocking(args))
+    return run_main(_run_blocking(args))
 
 
 def _start_background(args: Any) -> int:
@@ -148,7 +149,8 @@ async def _run_blocking(args: Any) -> int:
     address = proc.address
     state.record_process(kind, address)
     _mark_ready()
-    print(f"actorflow {kind} running at {address} (node {proc.node_id}); "
+    loop_kind = type(loop).__module__.partition(".")[0]  # "uvloop" or "asyncio"
+    print(f"actorflow {kind} running at {address} (node {proc.node_id}, {loop_kind} loop); "
           "SIGTERM or Ctrl-C stops it", flush=True)
     try:
         await stop

@@ -30,6 +30,7 @@ from actorflow.cluster.protocol import WorkerReady
 from actorflow.cluster.worker import Worker, WorkerControl
 from actorflow.objects.ref import set_current_core
 from actorflow.runtime import ActorSystem, Terminated, restore_ref
+from actorflow.runtime.loop import run_main
 
 
 class _PrefixedLines(io.TextIOBase):
@@ -117,13 +118,7 @@ def main() -> None:
     token = os.environ.pop("ACTORFLOW_TOKEN", "")
     sys.stdout = _PrefixedLines(sys.__stdout__)  # type: ignore[arg-type]
     sys.stderr = _PrefixedLines(sys.__stderr__)  # type: ignore[arg-type]
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover
-        asyncio.run(_main(boot, token))
-        return
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(_main(boot, token))
+    run_main(_main(boot, token))
 
 
 if __name__ == "__main__":

@@ -129,6 +129,10 @@ async def test_sigterm_stops_a_blocking_head_cleanly_and_its_nodes_follow(
         ])
         head, node = cluster.started["head"], cluster.started["node2"]
         assert worker_children(head.pid) and worker_children(node.pid)
+        # both run on uvloop (DESIGN: one ActorSystem per process, uvloop when installed)
+        for started in (head, node):
+            assert re.search(r"running at \S+ \(node \w+, uvloop loop\)", started.log_text()), (
+                started.log_text())
         head.proc.send_signal(signal.SIGTERM)
         await until(lambda: head.proc.poll() is not None, 15.0, "the head to exit on SIGTERM")
         # a node whose head is gone has nothing left to do
