@@ -127,9 +127,7 @@ async def _launch_zygote(log_to_driver: bool) -> Zygote | None:
 
 
 def _config(token: str, host: str, port: int, peer_timeout_s: float | None) -> TransportConfig:
-    from pydantic import SecretStr
-
-    from actorflow.transport.config import TransportConfig
+    from actorflow.transport.config import SecretStr, TransportConfig
 
     extra: dict[str, Any] = {}
     if peer_timeout_s is not None:

@@ -21,12 +21,11 @@ dropped and asks fail with MailboxFullError.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections import deque
 from collections.abc import Coroutine
 from typing import Any, Final
-
-from pydantic import SecretStr
 
 from actorflow._errors import (
     ActorDiedError,
@@ -42,7 +41,7 @@ from actorflow.runtime.mailbox import MailboxClosed
 from actorflow.runtime.ref import Slot
 from actorflow.transport.base import Link, Listener, Transport
 from actorflow.transport.codec import UndecodableValue
-from actorflow.transport.config import TransportConfig
+from actorflow.transport.config import SecretStr, TransportConfig
 from actorflow.transport.remote_ref import (
     ASK,
     ERROR,
@@ -82,7 +81,7 @@ async def serve_system(
     """
     config = config or TransportConfig()
     if token is not None:
-        config = config.model_copy(update={"token": SecretStr(token)})
+        config = dataclasses.replace(config, token=SecretStr(token))
     remoting = Remoting(system, config, transport or WebSocketTransport())
     await remoting.start()
     return remoting
