@@ -19,6 +19,7 @@ import asyncio
 import functools
 import itertools
 import logging
+import mmap
 import os
 import secrets
 import threading
@@ -30,7 +31,7 @@ from pickle import dumps as pickle_dumps
 from pickle import loads as pickle_loads
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from actorflow._errors import ObjectLostError, PeerUnreachableError, TaskError
+from actorflow._errors import ObjectLostError, PeerUnreachableError, ProtocolError, TaskError
 from actorflow.cluster.protocol import (
     Args,
     Failed,
@@ -39,6 +40,7 @@ from actorflow.cluster.protocol import (
     GetClusterInfo,
     Inline,
     InShm,
+    Offered,
     Payload,
     ReadSegment,
     WorkerBlocked,
@@ -275,6 +277,10 @@ class Core:
         self._nodes: dict[str, ActorRef] = {}
         self.store = SegmentStore(lambda: f"af-{self.node_id}-{self.new_id()}")
         self.closed = False
+        #: Bytes of other nodes' segments pulled here in bulk, and pulls that failed (their
+        #: segments then came through the link).
+        self.pulled_bytes = 0
+        self.pull_fallbacks = 0
 
     async def start(self) -> None:
         self.owner_ref = await self.system.spawn(ObjectOwner, self, name="object-owner")
@@ -362,7 +368,9 @@ class Core:
             if type(payload) is InShm and payload.node_id != self.node_id:
                 node = await self._node_ref(payload.node_id)
                 try:
-                    fetched: Payload = await node.ask(ReadSegment(payload.name))
+                    answer = await node.ask(ReadSegment(payload.name, bulk=self._can_pull))
+                    fetched: Payload = (answer if type(answer) is not Offered
+                                        else await self._pull(payload, answer, node))
                 except ObjectLostError as exc:
                     fetched = Failed(exc)
                 except Exception as exc:
@@ -373,6 +381,33 @@ class Core:
             else:
                 out.append(payload)
         return tuple(out)
+
+    @property
+    def _can_pull(self) -> bool:
+        return self.system.remoting is not None
+
+    async def _pull(self, payload: InShm, offer: Offered, node: ActorRef) -> Payload:
+        """The buffers a node offered, pulled straight into fresh memory of this process (its
+        pages are made as the bytes land; writable, as arrays expect). If the pull fails, the
+        segment is asked for again, to come in the answer's frames."""
+        total = sum(offer.lengths)
+        whole = memoryview(mmap.mmap(-1, total))
+        try:
+            await self.system.remoting.pull(offer.address, offer.ticket, whole)
+        except (PeerUnreachableError, ProtocolError) as exc:
+            log.warning("bulk pull of segment %s from node %s failed (%s); fetching it through "
+                        "the link instead", payload.name, payload.node_id, exc)
+            self.pull_fallbacks += 1
+            answer = await node.ask(ReadSegment(payload.name))
+            assert type(answer) is Fetched
+            return answer
+        self.pulled_bytes += total
+        buffers = []
+        pos = 0
+        for n in offer.lengths:
+            buffers.append(whole[pos : pos + n])
+            pos += n
+        return Fetched(offer.meta, tuple(buffers))
 
     async def _node_ref(self, node_id: str) -> ActorRef:
         ref = self._nodes.get(node_id)

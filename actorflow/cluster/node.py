@@ -44,6 +44,7 @@ from actorflow.cluster.protocol import (
     Lease,
     NodeInfo,
     NodeLoad,
+    Offered,
     PlaceTask,
     ReadSegment,
     ReleaseBundles,
@@ -64,6 +65,10 @@ from actorflow.supervision import ChildSpec, Supervisor, add_restart
 __all__ = ["ActorHost", "Node"]
 
 log = logging.getLogger("actorflow.node")
+
+#: A segment whose buffers hold this much or more goes to a reader on another node by a bulk
+#: pull (straight into the reader's memory) rather than in the answer's frames.
+BULK_MIN_BYTES = 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,10 +248,12 @@ class Node(ServiceActor):
         if kind is NodeInfo:
             return self.info()
         if kind is ReadSegment:
-            return self._read_segment(message.name)
+            return self._read_segment(message.name, message.bulk)
         if kind is FreeSegment:
             if message.name.startswith(f"af-{self.node_id}-"):
-                shm.unlink_segment(message.name)
+                # the kernel frees the segment's pages in unlink: tens of ms for 100 MiB, so
+                # not on this loop (a node serves every lease and actor of its machine)
+                self._background(asyncio.to_thread(shm.unlink_segment, message.name))
             return None
         if kind is Terminated:
             return None
@@ -268,9 +275,11 @@ class Node(ServiceActor):
                 # its worker may still run that owner's task: don't hand it out again
                 self.release(lease_id, worker_ok=False)
 
-    def _read_segment(self, name: str) -> Fetched:
+    def _read_segment(self, name: str, bulk: bool = False) -> Fetched | Offered:
         """One of this node's segments, for a reader on another node: the mapped pages go out
-        as out-of-band buffers, not copied here."""
+        as out-of-band buffers, not copied here; or, when the reader can pull (``bulk``) and
+        they are large, they are offered for a bulk pull and the reader fetches them itself,
+        straight into its own memory (``actorflow.transport.bulk``)."""
         if not name.startswith(f"af-{self.node_id}-"):
             raise ValueError(f"segment {name!r} does not belong to node {self.node_id}")
         try:
@@ -278,6 +287,13 @@ class Node(ServiceActor):
         except FileNotFoundError:
             raise ObjectLostError(f"object segment {name} is gone from node {self.node_id} "
                                   "(its owner freed it or exited)") from None
+        if bulk and sum(b.nbytes for b in buffers) >= BULK_MIN_BYTES:
+            remoting = self.system.remoting
+            ticket = remoting.offer(buffers) if remoting is not None else None
+            if ticket is not None:
+                assert self.system.address is not None
+                return Offered(bytes(meta), tuple(b.nbytes for b in buffers),
+                               self.system.address, ticket)
         return Fetched(bytes(meta), tuple(pickle.PickleBuffer(b) for b in buffers))
 
     def _release_bundles(self, group_id: str) -> None:

@@ -94,9 +94,23 @@ class FreeSegment:
 
 @dataclass(frozen=True, slots=True)
 class ReadSegment:
-    """Ask a node for one of its shared-memory segments (answers ``Fetched``)."""
+    """Ask a node for one of its shared-memory segments: answers ``Fetched``, or, when
+    ``bulk`` and the buffers are large, ``Offered`` (the asker pulls them itself)."""
 
     name: str
+    bulk: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Offered:
+    """A node's answer to ``ReadSegment(bulk=True)``: the segment's pickle stream, and its
+    buffers' sizes, to be pulled (one time, soon) from the node's listener at ``address``
+    under ``ticket`` (``actorflow.transport.bulk``), one after the other."""
+
+    meta: bytes
+    lengths: tuple[int, ...]
+    address: str
+    ticket: str
 
 
 @_fast_pickle

@@ -60,6 +60,9 @@ class ActorSystem:
         self.address: str | None = None
         #: Set by the transport: builds refs to actors of other processes.
         self.remote_resolver: RemoteResolver | None = None
+        #: Set by the transport: the remoting layer serving this system (its bulk pulls:
+        #: ``offer`` and ``pull``), else None.
+        self.remoting: Any = None
         self.restart_wait_s = restart_wait_s
         self.stop_timeout_s = stop_timeout_s
         self._slots: dict[str, Slot] = {}

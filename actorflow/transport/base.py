@@ -20,7 +20,7 @@ import abc
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -372,6 +372,12 @@ class Listener(abc.ABC):
     @abc.abstractmethod
     def statistics(self) -> ListenerStatistics: ...
 
+    def offer(self, buffers: Sequence[Any]) -> str | None:
+        """A one-time ticket under which a peer that got it over a link may pull the bytes of
+        ``buffers`` outside the link (see :mod:`actorflow.transport.bulk`); None when this
+        transport has no bulk pulls (the bytes must then travel in a message)."""
+        return None
+
     async def __aenter__(self) -> Listener:
         return self
 
@@ -393,3 +399,12 @@ class Transport(abc.ABC):
         """Dial ``address`` and authenticate. Raises :class:`AuthenticationError` (token
         refused, or the server does not know it), :class:`ProtocolError` (another protocol
         version, or not an actorflow server) or :class:`PeerUnreachableError`."""
+
+    async def pull(
+        self, address: str, ticket: str, dest: memoryview, config: TransportConfig
+    ) -> None:
+        """Fill ``dest`` with the bytes a listener at ``address`` offered under ``ticket``
+        (:meth:`Listener.offer`). Raises :class:`PeerUnreachableError` or
+        :class:`ProtocolError`; this default, for transports without bulk pulls, always
+        raises the former."""
+        raise PeerUnreachableError(f"{type(self).__name__} cannot pull from {address}")

@@ -24,7 +24,7 @@ import asyncio
 import dataclasses
 import logging
 from collections import deque
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from typing import Any, Final
 
 from actorflow._errors import (
@@ -40,6 +40,7 @@ from actorflow.runtime import ActorRef, ActorSystem, ExitReason, Reply, Terminat
 from actorflow.runtime.mailbox import MailboxClosed
 from actorflow.runtime.ref import Slot
 from actorflow.transport.base import Link, Listener, Transport
+from actorflow.transport.bulk import BulkConnectError
 from actorflow.transport.codec import UndecodableValue
 from actorflow.transport.config import SecretStr, TransportConfig
 from actorflow.transport.remote_ref import (
@@ -160,6 +161,7 @@ class Remoting:
         self._hello["address"] = address
         self.system.address = address
         self.system.remote_resolver = self._resolve
+        self.system.remoting = self
         self.spawn(self._accept_loop(self._listener), f"actorflow accept {address}")
 
     @property
@@ -194,6 +196,8 @@ class Remoting:
         if self.system.remote_resolver == self._resolve:
             self.system.remote_resolver = None
             self.system.address = None
+        if self.system.remoting is self:
+            self.system.remoting = None
 
     # -- refs and peers
     def _resolve(self, uid: str, address: str | None, slot_id: str, path: str) -> ActorRef:
@@ -224,6 +228,27 @@ class Remoting:
                     return link
                 await link.aclose()  # another listener took that path: not our peer
         return await self._transport.connect(address, self.config, hello=self._hello)
+
+    # -- bulk pulls (actorflow.transport.bulk)
+    def offer(self, buffers: Sequence[Any]) -> str | None:
+        """A one-time ticket under which a peer may pull the bytes of ``buffers`` from this
+        system's listener (send it over a link); None when the transport cannot."""
+        if self._listener is None or self._closed:
+            return None
+        return self._listener.offer(buffers)
+
+    async def pull(self, address: str, ticket: str, dest: memoryview) -> None:
+        """Fill ``dest`` with what the listener of the system at ``address`` offered under
+        ``ticket``: through its unix socket when it is on this host, else as addressed.
+        Raises PeerUnreachableError or ProtocolError."""
+        unix = same_host_unix(address) if self.config.unix_path == "auto" else None
+        if unix is not None:
+            try:
+                await self._transport.pull(unix, ticket, dest, self.config)
+                return
+            except BulkConnectError:
+                pass  # no such socket: pull as addressed
+        await self._transport.pull(address, ticket, dest, self.config)
 
     def adopt(self, link: Link) -> Channel:
         """Start serving ``link``: its reader task runs until the link is lost."""

@@ -1,5 +1,6 @@
 """The websocket transport (aiohttp): one HTTP server per listener, on TCP (optionally TLS)
-and optionally on a unix socket, serving websocket upgrades at ``/actorflow``.
+and optionally on a unix socket, serving websocket upgrades at ``/actorflow`` and the bulk
+pulls of :mod:`actorflow.transport.bulk` at ``/actorflow/bulk/<ticket>``.
 
 Every connection passes, in order: the per-peer connection cap, the HTTP upgrade (aiohttp
 closes a connection that sends no request within ``handshake_timeout_s``), and the token
@@ -20,7 +21,7 @@ import socket
 import stat
 import tempfile
 from collections import Counter
-from collections.abc import Awaitable, Coroutine
+from collections.abc import Awaitable, Coroutine, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -38,6 +39,8 @@ from actorflow.transport.base import (
     ListenerStatistics,
     Transport,
 )
+from actorflow.transport.bulk import BULK_PATH, BulkOffers
+from actorflow.transport.bulk import pull as bulk_pull
 from actorflow.transport.config import TransportConfig
 
 __all__ = ["WebSocketTransport", "auto_unix_path", "parse_address", "same_host_unix"]
@@ -295,11 +298,16 @@ class _WebSocketListener(Listener):
         self._per_peer: Counter[str] = Counter()
         self._closed = False
         self._n_accepted = self._n_refused = 0
+        self._bulk = BulkOffers()
+
+    def offer(self, buffers: Sequence[Any]) -> str | None:
+        return self._bulk.offer(buffers)
 
     async def _start(self) -> None:
         config = self._config
         app = web.Application()
         app.router.add_get(PATH, self._handle)
+        app.router.add_get(BULK_PATH + "/{ticket}", self._bulk.handle)
         runner = web.AppRunner(
             app,
             access_log=None,
@@ -406,6 +414,7 @@ class _WebSocketListener(Listener):
         if self._closed:
             return
         self._closed = True
+        self._bulk.close()
         await asyncio.gather(*(link.aclose() for link in list(self._links)))
         while not self._accepted.empty():
             left = self._accepted.get_nowait()
@@ -484,3 +493,8 @@ class WebSocketTransport(Transport):
         return Link(
             carrier, config, peer_hello=hello_back.hello, peer_max_frame=hello_back.max_frame
         )
+
+    async def pull(
+        self, address: str, ticket: str, dest: memoryview, config: TransportConfig
+    ) -> None:
+        await bulk_pull(address, ticket, dest, config)

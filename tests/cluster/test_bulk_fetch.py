@@ -1,0 +1,47 @@
+"""Reading another node's segment: the node offers its buffers for a bulk pull and the reader
+pulls them straight into its own memory (tests/multinode read real remote segments this way);
+when the pull fails, the reader asks for the segment again and it comes through the link. Real
+cluster, real node, real segment; only the failing offer's address is made up."""
+
+from __future__ import annotations
+
+import numpy as np
+
+import actorflow as af
+from actorflow.cluster.node import BULK_MIN_BYTES
+from actorflow.cluster.protocol import Fetched, InShm, Offered, ReadSegment
+from actorflow.objects.ref import current_core
+from actorflow.testing import cluster
+
+MIB = 1024 * 1024
+
+
+async def test_a_node_offers_large_segments_and_a_failed_pull_falls_back_to_the_link() -> None:
+    async with cluster(num_cpus=1):
+        core = current_core()
+        value = np.arange(2 * MIB // 8, dtype=np.float64)
+        ref = af.put(value)
+        (payload,) = await core.payloads([ref])
+        assert type(payload) is InShm
+        node = await core._node_ref(core.node_id)
+
+        # asked for a bulk read, the node offers the buffers under a ticket of its listener
+        offer = await node.ask(ReadSegment(payload.name, bulk=True))
+        assert type(offer) is Offered and sum(offer.lengths) >= value.nbytes
+        pulled = await core._pull(payload, offer, node)
+        assert type(pulled) is Fetched and core.pull_fallbacks == 0
+        assert np.array_equal(core.materialize(pulled), value)
+        assert core.pulled_bytes >= value.nbytes
+
+        # a segment under BULK_MIN_BYTES comes in the answer itself
+        small = af.put(np.arange(BULK_MIN_BYTES // 16, dtype=np.float64))
+        (small_payload,) = await core.payloads([small])
+        assert type(small_payload) is InShm
+        answer = await node.ask(ReadSegment(small_payload.name, bulk=True))
+        assert type(answer) is Fetched
+
+        # an offer whose listener is not there: the pull fails, the link brings the segment
+        dead = Offered(offer.meta, offer.lengths, "ws://127.0.0.1:9", "no-such-ticket")
+        fetched = await core._pull(payload, dead, node)
+        assert type(fetched) is Fetched and core.pull_fallbacks == 1
+        assert np.array_equal(core.materialize(fetched), value)
