@@ -19,7 +19,6 @@ import asyncio
 import functools
 import itertools
 import logging
-import mmap
 import os
 import secrets
 import threading
@@ -54,7 +53,7 @@ from actorflow.objects.serialization import (
     is_plain,
     serialize,
 )
-from actorflow.objects.store import SegmentStore
+from actorflow.objects.store import ReceiveBuffers, SegmentStore
 from actorflow.runtime import Actor, ActorRef, ActorSystem
 
 if TYPE_CHECKING:
@@ -276,6 +275,7 @@ class Core:
         self._ids = itertools.count(1)
         self._nodes: dict[str, ActorRef] = {}
         self.store = SegmentStore(lambda: f"af-{self.node_id}-{self.new_id()}")
+        self.receive_buffers = ReceiveBuffers()
         self.closed = False
         #: Bytes of other nodes' segments pulled here in bulk, and pulls that failed (their
         #: segments then came through the link).
@@ -387,11 +387,11 @@ class Core:
         return self.system.remoting is not None
 
     async def _pull(self, payload: InShm, offer: Offered, node: ActorRef) -> Payload:
-        """The buffers a node offered, pulled straight into fresh memory of this process (its
-        pages are made as the bytes land; writable, as arrays expect). If the pull fails, the
+        """The buffers a node offered, pulled straight into memory of this process (a receive
+        buffer: see ReceiveBuffers; writable, as arrays expect). If the pull fails, the
         segment is asked for again, to come in the answer's frames."""
         total = sum(offer.lengths)
-        whole = memoryview(mmap.mmap(-1, total))
+        whole = self.receive_buffers.take(total)
         try:
             await self.system.remoting.pull(offer.address, offer.ticket, whole)
         except (PeerUnreachableError, ProtocolError) as exc:
@@ -567,6 +567,7 @@ class Core:
             client.close()
         self.objects.clear()
         self.store.close()
+        self.receive_buffers.close()
 
     def describe(self) -> dict[str, Any]:
         return {
