@@ -49,7 +49,10 @@ class _PrefixedLines(io.TextIOBase):
         lines = data.split("\n")
         self._partial = lines.pop()
         if lines:
-            prefix = f"({task_context.get().name} pid={self._pid}) "
+            ctx = task_context.get()
+            # outside any task or actor (starting, stopping) it is the worker itself speaking
+            name = ctx.name if ctx.task_id is not None or ctx.actor_id is not None else "worker"
+            prefix = f"({name} pid={self._pid}) "
             self._out.write("".join(prefix + line + "\n" for line in lines))
             self._out.flush()
         return len(text)

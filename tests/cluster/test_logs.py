@@ -10,13 +10,17 @@ import pytest
 from cl_support import run_python
 
 SCRIPT = """
-import os, sys
+import os, sys, threading
 import actorflow as af
 
 @af.remote
 def shout(word):
     print("task-says", word)
     print("task-err", word, file=sys.stderr)
+    # a thread of the task's own starts outside any task: the worker itself speaks
+    thread = threading.Thread(target=print, args=("thread-says", word))
+    thread.start()
+    thread.join()
     return os.getpid()
 
 @af.remote
@@ -50,6 +54,7 @@ def test_worker_output_reaches_the_driver_prefixed_with_name_and_pid() -> None:
     assert f"(shout pid={task_pid}) task-says hello\n" in result.stdout
     assert f"(shout pid={task_pid}) task-err hello\n" in result.stderr
     assert f"(loud pid={named_pid}) task-says again\n" in result.stdout
+    assert f"(worker pid={task_pid}) thread-says hello\n" in result.stdout
     lines = [line for line in result.stdout.splitlines() if "actor-says hi" in line]
     assert len(lines) == 1
     assert re.fullmatch(rf"\(Speaker\S* pid={actor_pid}\) actor-says hi", lines[0]), lines[0]
