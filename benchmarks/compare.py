@@ -41,10 +41,12 @@ RAY_EXTRA_WORKLOADS = ("cross_node", "many_actors")
 #: Targets against Ray, as (key compared, op, factor) on the ratio actorflow / Ray of one
 #: sitting. From the issue: startup <= 0.2 x Ray (and <= 1 s: ABS_TARGETS); the throughputs
 #: tasks_async, actor_calls_async, async_actor_calls, n_n_actor_calls, put_get_small and
-#: task_chain >= 10 x Ray (actor_calls_asyncio keeps >= 5); tree_reduce (seconds) <= 0.1 x;
-#: put_get_large (a bandwidth) >= 2 x; large_arg_task <= 1 x; the other latencies <= 0.25 x;
-#: idle memory (PSS) <= 0.2 x. ``many_actors`` and ``cross_node`` are our own workloads, so
-#: their ">= 5 x Ray" is a proposal, not the issue's.
+#: task_chain >= 10 x Ray; tree_reduce (seconds) <= 0.1 x; put_get_large (a bandwidth) >= 2 x;
+#: large_arg_task <= 1 x; idle memory (PSS) <= 0.2 x. The rest are ours (PROPOSALS: the table
+#: says "ours"): the sequential latencies <= 0.25 x Ray (the issue judges them against the
+#: floor: FLOOR_TARGETS), actor_calls_asyncio >= 5 x, large_arg_actor and large_arg_task's
+#: ref_arg_s <= 1 x (as large_arg_task: a 100 MiB copy and sum bound both), and our own
+#: workloads' cross_node and many_actors >= 5 x and the cross-node 100 MiB transfer <= 1 x.
 TARGETS: dict[str, tuple[str, str, float]] = {
     "startup": ("value", "<=", 0.2),
     "idle_memory": ("pss_mib", "<=", 0.2),
@@ -58,17 +60,25 @@ TARGETS: dict[str, tuple[str, str, float]] = {
     "put_get_small": ("value", ">=", 10.0),
     "put_get_large": ("value", ">=", 2.0),
     "large_arg_task": ("value", "<=", 1.0),
-    "large_arg_actor": ("value", "<=", 0.25),
+    "large_arg_actor": ("value", "<=", 1.0),
     "task_chain": ("value", ">=", 10.0),
     "tree_reduce": ("value", "<=", 0.1),  # seconds for 2L-1 tasks: >= 10 x tasks_per_s
-    "cross_node": ("value", ">=", 5.0),  # proposal (our own workload)
-    "many_actors": ("value", ">=", 5.0),  # proposal (our own workload)
+    "cross_node": ("value", ">=", 5.0),
+    "many_actors": ("value", ">=", 5.0),
 }
 #: Extras compared too (rows of their own in the comparison table).
 EXTRA_TARGETS: dict[str, tuple[str, str, float]] = {
     "actor_calls_asyncio": ("seq_await_us", "<=", 0.25),
-    "large_arg_task": ("ref_arg_s", "<=", 0.25),
+    "large_arg_task": ("ref_arg_s", "<=", 1.0),
+    "cross_node": ("transfer_100MiB_s", "<=", 1.0),
 }
+#: The targets above that are ours, not the issue's, as (workload, key compared).
+PROPOSALS: frozenset[tuple[str, str]] = frozenset({
+    ("tasks_sync", "value"), ("actor_calls_sync", "value"), ("actor_calls_asyncio", "value"),
+    ("actor_calls_asyncio", "seq_await_us"), ("large_arg_actor", "value"),
+    ("large_arg_task", "ref_arg_s"), ("cross_node", "value"), ("cross_node", "transfer_100MiB_s"),
+    ("many_actors", "value"),
+})
 #: Absolute targets (no Ray needed), as (key, op, limit in the record's unit).
 ABS_TARGETS: dict[str, tuple[str, str, float]] = {
     "startup": ("value", "<=", 1.0),
@@ -86,7 +96,7 @@ INFO_EXTRAS: dict[str, tuple[str, ...]] = {
     "startup": ("ttfr_s",),
     "tasks_sync": ("p99_us",),
     "actor_calls_sync": ("p99_us",),
-    "cross_node": ("transfer_100MiB_s", "transfer_GBps", "move_GBps"),
+    "cross_node": ("transfer_GBps", "move_GBps"),
 }
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
@@ -421,7 +431,8 @@ def compare_table(records: list[dict[str, Any]], ray_records: list[dict[str, Any
         texts: list[str] = []
         checks: list[bool | None] = []
         if target is not None:
-            texts.append(f"{target[1]} {target[2]:g} x Ray")
+            ours_only = (rec["workload"], key) in PROPOSALS
+            texts.append(("ours: " if ours_only else "") + f"{target[1]} {target[2]:g} x Ray")
             checks.append(None if ratio is None else _meets(ratio, target[1], target[2]))
         if absolute is not None:
             texts.append(f"{absolute[1]} {absolute[2]:g} {unit}")
