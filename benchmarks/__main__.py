@@ -6,9 +6,9 @@ group. With ``--json`` each workload's record is one JSON line on stdout; otherw
 printed at the end. Progress and notes go to stderr.
 
 With ``--compare ray`` (or ``AF_BENCH_COMPARE=ray``) our selected groups run first, then, one
-program at a time, the peer ``ray_bench.py`` and ``benchmarks/ray_extra.py`` with Ray's own
-interpreter (for the cluster workloads selected), then the peer ``floor_bench.py`` with this
-interpreter (for the floors the cluster targets need); the records get Ray's and the floor's
+program at a time, the peer ``floor_bench.py`` with this interpreter (for the floors the cluster
+targets need), then the peer ``ray_bench.py`` and ``benchmarks/ray_extra.py`` with Ray's own
+interpreter (for the cluster workloads selected); the records get Ray's and the floor's
 figures (``baseline*``, ``ratio``, ``target*``, ``floor*``) and ONE markdown table compares
 them all (workload | unit | actorflow | Ray | ratio | target | met | floor), followed by the
 CPU per operation of both. With ``--json`` the records (baselines attached) are printed at the

@@ -3,9 +3,9 @@ tables (the harness's table of records too).
 
 Comparison with Ray (same machine, same sitting): ``python -m benchmarks --compare ray`` (every
 group) or ``python -m benchmarks.cluster --compare ray`` (the cluster group; also
-``AF_BENCH_COMPARE=ray``) runs our workloads, then the peer script ``ray_bench.py`` and
-``benchmarks/ray_extra.py`` with Ray's own interpreter, then the peer ``floor_bench.py`` for the
-floors that apply (one program at a time, never at once); adds
+``AF_BENCH_COMPARE=ray``) runs our workloads, then the peer ``floor_bench.py`` for the floors
+that apply, then the peer script ``ray_bench.py`` and ``benchmarks/ray_extra.py`` with Ray's own
+interpreter (one program at a time, never at once); adds
 ``baseline``/``baseline_value``/``ratio``/``target``/``target_met`` (Ray) and
 ``floor``/``floor_value``/``floor_ratio``/``floor_target``/``floor_target_met`` to the records,
 and prints the table workload | unit | actorflow | Ray | ratio | target | met | floor, then the
@@ -258,8 +258,8 @@ def compare_with_ray(
     records: list[dict[str, Any]], quick: bool, reps: int, *, ray_python: str | None = None,
     ray_script: str | None = None, floor_script: str | None = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[str]]:
-    """For the cluster workloads among ``records``: run ``ray_bench.py``, ``ray_extra.py`` and
-    ``floor_bench.py`` one after the other, and attach Ray's and the floor's figures to the
+    """For the cluster workloads among ``records``: run ``floor_bench.py``, ``ray_bench.py``
+    and ``ray_extra.py`` one after the other, and attach Ray's and the floor's figures to the
     records. Returns (Ray's records, the floor's records, the scripts that failed); a failed
     script is reported on stderr and the others still run."""
     spec = _cluster_spec()
@@ -267,12 +267,15 @@ def compare_with_ray(
     ray_records: list[dict[str, Any]] = []
     floor_records: list[dict[str, Any]] = []
     failed: list[str] = []
+    # The floor first, right after ours: the machine's speed drifts by tens of percent over
+    # minutes here (2026-12-02: put_get_small 292k and 175k ops/s in two sittings an hour
+    # apart), and the floor targets compare our figures with it. Ray's scripts take ~13 min.
     stages: list[tuple[str, Callable[[], list[dict[str, Any]]], list[dict[str, Any]]]] = [
+        ("floor_bench.py", lambda: run_floor(names, quick, reps, floor_script), floor_records),
         ("ray_bench.py", lambda: run_ray_peer(names, quick, reps, ray_python, ray_script),
          ray_records),
         ("ray_extra.py", lambda: run_ray_extra(names, quick, reps, ray_python, ray_script),
          ray_records),
-        ("floor_bench.py", lambda: run_floor(names, quick, reps, floor_script), floor_records),
     ]
     for label, fn, into in stages:
         try:
