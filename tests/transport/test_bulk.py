@@ -8,15 +8,13 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import ssl
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
-from test_security import _self_signed
-from tp_support import ROOT, TOKEN, WAIT, config, within
+from tp_support import ROOT, TOKEN, WAIT, config, tls_contexts, within
 
 from actorflow._errors import PeerUnreachableError, ProtocolError
 from actorflow.transport import WebSocketTransport
@@ -94,10 +92,7 @@ async def test_a_destination_of_another_size_is_a_protocol_error() -> None:
 
 
 async def test_a_pull_over_tls(tmp_path: Path) -> None:
-    cert, key = _self_signed(tmp_path)
-    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    server_ctx.load_cert_chain(cert, key)
-    trusting = ssl.create_default_context(cafile=str(cert))
+    server_ctx, trusting = tls_contexts(tmp_path)
     transport = WebSocketTransport()
     listener = await transport.listen(config(host="localhost", server_ssl=server_ctx), hello={})
     try:

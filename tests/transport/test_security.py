@@ -8,9 +8,7 @@ ends with a good client being served.
 from __future__ import annotations
 
 import asyncio
-import datetime
 import os
-import ssl
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +18,15 @@ import aiohttp
 import orjson
 import pytest
 from aiohttp import WSMsgType, web
-from tp_support import TOKEN, PeerProcess, assert_served, config, echo_round_trip, within
+from tp_support import (
+    TOKEN,
+    PeerProcess,
+    assert_served,
+    config,
+    echo_round_trip,
+    tls_contexts,
+    within,
+)
 
 from actorflow import AuthenticationError, PeerUnreachableError, ProtocolError
 from actorflow.transport import PROTOCOL_VERSION, TransportConfig, WebSocketTransport
@@ -283,43 +289,8 @@ async def test_refusals_are_logged_without_secrets(server: PeerProcess) -> None:
 
 
 # ----------------------------------------------------------------------------- TLS
-def _self_signed(tmp: Path) -> tuple[Path, Path]:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = tmp / "cert.pem", tmp / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_path, key_path
-
-
 async def test_tls(tmp_path: Path) -> None:
-    cert, key = _self_signed(tmp_path)
-    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    server_ctx.load_cert_chain(cert, key)
-    trusting = ssl.create_default_context(cafile=str(cert))
+    server_ctx, trusting = tls_contexts(tmp_path)
     transport = WebSocketTransport()
     listener = await transport.listen(config(host="localhost", server_ssl=server_ctx), hello={})
     try:
