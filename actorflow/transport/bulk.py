@@ -70,6 +70,7 @@ class BulkOffers:
         self._closed = False
         self.served = 0  # pulls answered in full
         self.bytes_served = 0
+        self.abandoned = 0  # pulls whose puller left before the end
 
     def __len__(self) -> int:
         return len(self._offers)
@@ -112,11 +113,19 @@ class BulkOffers:
         size = sum(v.nbytes for v in views)
         response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
         response.content_length = size
-        await response.prepare(request)
-        for view in views:
-            for start in range(0, view.nbytes, _WRITE_STEP):
-                await response.write(view[start : start + _WRITE_STEP])
-        await response.write_eof()
+        sent = 0
+        try:
+            await response.prepare(request)
+            for view in views:
+                for start in range(0, view.nbytes, _WRITE_STEP):
+                    piece = view[start : start + _WRITE_STEP]
+                    await response.write(piece)
+                    sent += piece.nbytes
+            await response.write_eof()
+        except ConnectionError:  # the puller went away (it failed or gave up): its business
+            self.abandoned += 1
+            log.debug("a bulk pull was abandoned after %d of %d bytes", sent, size)
+            return response
         self.served += 1
         self.bytes_served += size
         return response

@@ -6,6 +6,7 @@ holder process where one must stop or die."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import subprocess
@@ -170,3 +171,26 @@ async def test_a_holder_that_dies_fails_the_pull_at_once() -> None:
             await within(pulling)
     finally:
         _end(proc)
+
+
+async def test_a_puller_that_leaves_mid_pull_costs_the_holder_no_error(
+        caplog: pytest.LogCaptureFixture) -> None:
+    transport = WebSocketTransport()
+    listener = await transport.listen(config(), hello={})
+    try:
+        offers = listener._bulk  # type: ignore[attr-defined]
+        ticket = listener.offer([bytes(64 * MIB)])
+        host_port = listener.addresses[0].removeprefix("ws://")
+        host, port = host_port.rsplit(":", 1)
+        reader, writer = await within(asyncio.open_connection(host, int(port)))
+        writer.write(f"GET /actorflow/bulk/{ticket} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+        await within(reader.readexactly(1024 * 1024))  # the bytes flow ...
+        writer.transport.abort()  # ... and the puller is gone
+        async with asyncio.timeout(WAIT):  # the holder notices at its next write
+            while offers.abandoned == 0:  # noqa: ASYNC110 - a counter, no event to await
+                await asyncio.sleep(0.01)
+        assert offers.served == 0
+        errors = [r for r in caplog.records if r.levelno >= logging.WARNING]
+        assert errors == [], [r.getMessage() for r in errors]
+    finally:
+        await listener.aclose()
