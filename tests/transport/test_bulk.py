@@ -13,7 +13,9 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
+import psutil
 import pytest
 from tp_support import ROOT, TOKEN, WAIT, config, tls_contexts, within
 
@@ -137,6 +139,12 @@ def _holder() -> tuple[subprocess.Popen[str], str, str]:
     return proc, address, ticket
 
 
+def _tcp_connections() -> list[Any]:
+    me = psutil.Process()
+    # (psutil 6 renamed connections() to net_connections())
+    return list(getattr(me, "net_connections", me.connections)("tcp"))
+
+
 def _end(proc: subprocess.Popen[str]) -> None:
     proc.kill()
     proc.wait(WAIT)
@@ -164,7 +172,13 @@ async def test_a_holder_that_dies_fails_the_pull_at_once() -> None:
         dest = memoryview(bytearray(64 * MIB))
         pulling = asyncio.ensure_future(
             WebSocketTransport().pull(address, ticket, dest, config(peer_timeout_s=WAIT * 3)))
-        await asyncio.sleep(0.2)  # connected, its request waiting in the stopped holder
+        # wait until it is connected (the kernel accepts for the stopped holder), so that the
+        # holder dies mid-pull rather than before the pull could reach it
+        port = int(address.rsplit(":", 1)[1])
+        async with asyncio.timeout(WAIT):
+            while not any(c.raddr and c.raddr.port == port and c.status == "ESTABLISHED"  # noqa: ASYNC110 - no event for another process's socket state
+                          for c in _tcp_connections()):
+                await asyncio.sleep(0.01)
         assert not pulling.done()
         _end(proc)
         with pytest.raises(PeerUnreachableError, match=r"lost|closed"):
