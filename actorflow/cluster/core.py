@@ -16,6 +16,8 @@ node, read back zero-copy by every process of the node.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
 import functools
 import itertools
 import logging
@@ -44,6 +46,7 @@ from actorflow.cluster.protocol import (
     ReadSegment,
     WorkerBlocked,
 )
+from actorflow.objects import shm
 from actorflow.objects.ref import ObjectRef
 from actorflow.objects.serialization import (
     INLINE_LIMIT,
@@ -240,6 +243,13 @@ class ObjectOwner(Actor):
         raise TypeError(f"ObjectOwner got an unexpected {type(message).__name__}")
 
 
+def _lowest_priority() -> None:
+    """(On the thread that makes spare segments.) Let any other work run first: making a spare
+    is filling fresh pages, which a VM may make slow for every vCPU it runs on."""
+    with contextlib.suppress(OSError, AttributeError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+
+
 class Core:
     """The process's owner and submitter (see the module docstring)."""
 
@@ -274,7 +284,10 @@ class Core:
         self._prefix = secrets.token_hex(5)
         self._ids = itertools.count(1)
         self._nodes: dict[str, ActorRef] = {}
-        self.store = SegmentStore(lambda: f"af-{self.node_id}-{self.new_id()}")
+        self.store = SegmentStore(lambda: f"af-{self.node_id}-{self.new_id()}",
+                                  make_spare=self._make_spare)
+        self._spares: set[asyncio.Task[None]] = set()
+        self._spare_thread: concurrent.futures.ThreadPoolExecutor | None = None
         self.receive_buffers = ReceiveBuffers()
         self.closed = False
         #: Bytes of other nodes' segments pulled here in bulk, and pulls that failed (their
@@ -310,6 +323,35 @@ class Core:
     def _to_segment(self, ser: Serialized, owned: bool = True) -> InShm:
         name, nbytes, generation = self.store.write(ser, keep=owned)
         return InShm(name, self.node_id, nbytes, generation)
+
+    def _make_spare(self, name: str, capacity: int) -> None:
+        """The store wants a spare segment (see store.py): make it on a thread. (Values are
+        encoded on the loop, or on a sync actor's thread: the work starts on the loop.)"""
+        if threading.get_ident() == self.loop_thread:
+            self._start_spare(name, capacity)
+        else:
+            self.loop.call_soon_threadsafe(self._start_spare, name, capacity)
+
+    def _start_spare(self, name: str, capacity: int) -> None:
+        if self.closed:
+            self.store.spare_failed(capacity)
+            return
+        task = self.loop.create_task(self._spare(name, capacity))
+        self._spares.add(task)
+        task.add_done_callback(self._spares.discard)
+
+    async def _spare(self, name: str, capacity: int) -> None:
+        if self._spare_thread is None:
+            self._spare_thread = concurrent.futures.ThreadPoolExecutor(
+                1, thread_name_prefix="actorflow-spares", initializer=_lowest_priority)
+        try:
+            mapping = await self.loop.run_in_executor(
+                self._spare_thread, shm.blank_segment, name, capacity)
+        except OSError as exc:
+            log.debug("no spare segment of %d bytes: %s", capacity, exc)
+            self.store.spare_failed(capacity)
+            return
+        self.store.add_spare(name, capacity, mapping)
 
     def sending(self, payloads: Iterable[Any]) -> None:
         """These payloads leave this process (to readers that do not report back): a segment
@@ -566,6 +608,10 @@ class Core:
         for client in list(self.actors.values()):
             client.close()
         self.objects.clear()
+        if self._spares:  # (a spare's thread cannot be stopped: let it end, then unlink it)
+            await asyncio.gather(*self._spares, return_exceptions=True)
+        if self._spare_thread is not None:
+            self._spare_thread.shutdown(wait=False)  # (idle: its work was awaited above)
         self.store.close()
         self.receive_buffers.close()
 

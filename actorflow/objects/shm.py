@@ -20,6 +20,7 @@ Layout (little-endian)::
 
 from __future__ import annotations
 
+import errno
 import mmap
 import os
 import struct
@@ -32,6 +33,7 @@ from actorflow.objects.serialization import Serialized
 __all__ = [
     "SHM_DIR",
     "Mapping",
+    "blank_segment",
     "cleanup_session",
     "list_segments",
     "parse",
@@ -92,13 +94,14 @@ class Mapping:
 
     __slots__ = ("_mm", "name", "size", "writable")
 
-    def __init__(self, name: str, *, writable: bool = False) -> None:
+    def __init__(self, name: str, *, writable: bool = False, populate: bool = True) -> None:
         fd = os.open(_path(name), os.O_RDWR if writable else os.O_RDONLY)
         try:
             size = os.fstat(fd).st_size
             prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
             # the pages already exist (written by their producer): map them all at once
-            self._mm = mmap.mmap(fd, size, flags=mmap.MAP_SHARED | _POPULATE, prot=prot)
+            flags = mmap.MAP_SHARED | (_POPULATE if populate else 0)
+            self._mm = mmap.mmap(fd, size, flags=flags, prot=prot)
         finally:
             os.close(fd)
         self.name = name
@@ -156,6 +159,40 @@ def write_segment(name: str, value: Serialized, generation: int = 0) -> int:
         raise
     os.close(fd)
     return total
+
+
+def blank_segment(name: str, size: int, *, keep_free: float = 0.25) -> Mapping:
+    """Create segment ``name`` of ``size`` zero bytes with its pages allocated and mapped
+    writable, for a later :func:`rewrite` (a spare: see ``actorflow/objects/store.py``).
+    Blocking (the kernel zeroes every page): run it off the event loop. Raises OSError
+    (``ENOSPC``) rather than leave less than ``keep_free`` of the filesystem free."""
+    fd = os.open(_path(name), os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+    try:
+        fs = os.fstatvfs(fd)
+        if fs.f_bavail * fs.f_frsize - size < keep_free * fs.f_blocks * fs.f_frsize:
+            raise OSError(errno.ENOSPC, f"no room for a spare segment of {size} bytes in "
+                                        f"{SHM_DIR}")
+        os.ftruncate(fd, size)
+        if hasattr(os, "posix_fallocate"):  # no room: an error now, not a SIGBUS later
+            os.posix_fallocate(fd, 0, size)
+        mapping = Mapping(name, writable=True, populate=False)
+        # map every page now, with the GIL released (mmap's MAP_POPULATE holds it: 40+ ms of
+        # a stalled event loop per 100 MiB): the kernel writes zeros into the mapping
+        zero = os.open("/dev/zero", os.O_RDONLY)
+        try:
+            view = mapping.view()
+            done = 0
+            while done < size:
+                done += os.readv(zero, [view[done : done + _WRITE_CHUNK]])
+            view.release()
+        finally:
+            os.close(zero)
+        return mapping
+    except BaseException:
+        unlink_segment(name)
+        raise
+    finally:
+        os.close(fd)
 
 
 def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:

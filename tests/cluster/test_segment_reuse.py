@@ -8,17 +8,19 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 
 import cloudpickle
 import numpy as np
 import pytest
-from cl_support import within
+from cl_support import until, within
 
 import actorflow as af
 from actorflow._errors import ObjectLostError
 from actorflow.objects import shm
+from actorflow.objects.ref import current_core
 from actorflow.objects.serialization import serialize
-from actorflow.objects.store import POOL_SEGMENTS, SegmentStore
+from actorflow.objects.store import POOL_SEGMENTS, SPARE_MIN, SegmentStore
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -125,6 +127,41 @@ async def test_store_reuses_a_freed_segment_and_refuses_stale_reads() -> None:
     assert not [n for n in os.listdir(shm.SHM_DIR) if n.startswith(f"af-test-{os.getpid()}-")]
 
 
+async def test_store_makes_a_spare_for_a_value_that_left() -> None:
+    """A large value that leaves the process (a result: keep=False) leaves a spare behind for
+    the next one of its size, which is then a copy over the spare's pages; a spare that cannot
+    be made (no room) or comes in after close is counted or unlinked, never leaked."""
+    prefix = f"af-test-{os.getpid()}-spare-"
+    names = iter(f"{prefix}{i}" for i in range(100))
+    asked: list[tuple[str, int]] = []
+    store = SegmentStore(lambda: next(names), make_spare=lambda n, c: asked.append((n, c)))
+    big = np.full(SPARE_MIN // 8 + 10, 7.0)
+    try:
+        first, used, _ = store.write(serialize(big), keep=False)
+        assert len(asked) == 1
+        spare, capacity = asked[0]
+        assert spare != first and capacity >= used
+        store.add_spare(spare, capacity, shm.blank_segment(spare, capacity))
+        assert store.statistics()["pooled"] == 1
+        assert store.write(serialize(big), keep=False)[0] in (spare,)  # no spare twice
+        assert len(asked) == 2  # ... and the pool is short again: the next one is asked for
+        store.spare_failed(asked[1][1])
+        assert store.statistics()["spares_failed"] == 1
+        with pytest.raises(OSError):  # it leaves nothing behind when there is no room
+            shm.blank_segment(f"{prefix}full", capacity, keep_free=1.0)
+        assert not _exists(f"{prefix}full")
+        small = store.write(serialize(_array(1.0)), keep=False)  # small: no spare for it
+        assert len(asked) == 2
+        for name in (first, spare, small[0]):
+            shm.unlink_segment(name)  # (the caller's: results leave the store)
+        late = f"{prefix}late"
+        late_mapping = shm.blank_segment(late, capacity)
+    finally:
+        store.close()
+    store.add_spare(late, capacity, late_mapping)  # after close: unlinked at once
+    assert not [n for n in os.listdir(shm.SHM_DIR) if n.startswith(prefix)]
+
+
 # -- end to end -----------------------------------------------------------------------------
 
 
@@ -161,3 +198,46 @@ async def test_repeated_large_arguments_reuse_one_segment(shared_cluster: af.Run
         assert await within(total.remote(_array(float(i)))) == float(i) * N
     # one segment went round and round (plus at most the one made before the first report)
     assert len(_segments() - before) <= 2
+
+
+@af.remote
+def big_result(fill: float) -> np.ndarray:
+    return np.full(SPARE_MIN // 8 + 10, fill)
+
+
+@af.remote
+def spares_made(at_least: int) -> int:
+    """How many spares this worker made, once it has made ``at_least`` (they are made on a
+    low-priority thread, so they may come a little after the result that asked for them)."""
+    deadline = time.monotonic() + 20.0
+    store = current_core().store
+    while store.spares_made < at_least and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return store.spares_made
+
+
+@af.remote
+def big_sum(a: np.ndarray) -> float:
+    return float(a.sum())
+
+
+async def test_large_values_that_leave_get_spares(shared_cluster: af.Runtime) -> None:
+    """A worker returning large results, and a driver whose large puts go to tasks by ref
+    (segments that never come back), make spares and use them; the values stay right."""
+    out = await within(big_result.remote(1.0))
+    assert out[0] == out[-1] == 1.0
+    assert await within(spares_made.remote(1)) >= 1
+    # the next result goes into that spare, which leaves the pool short: another is made
+    out = await within(big_result.remote(2.0))
+    assert out[0] == out[-1] == 2.0 and await within(spares_made.remote(2)) >= 2
+    del out
+    big = np.arange(SPARE_MIN // 8 + 10, dtype=np.float64)
+    made = current_core().store.spares_made
+    for _ in range(3):
+        ref = af.put(big)  # (into a pooled segment or a spare, from the second time on)
+        assert await within(big_sum.remote(ref)) == float(big.sum())
+        del ref  # went by ref: never reused, so the pool is short by one
+        assert await within(big_sum.remote(big)) == float(big.sum())
+        await until(lambda m=made: current_core().store.spares_made > m,
+                    what="a spare made in the driver")
+        made = current_core().store.spares_made
