@@ -12,6 +12,7 @@ import pickle
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from actorflow.objects.serialization import plain_type
 from actorflow.placement.messages import (
     CreateGroup,
     NodeLoad,
@@ -171,6 +172,7 @@ class TaskSpec:
         return _plain_payloads(self.resolved)
 
 
+@plain_type  # (in a call's arguments it keeps them on the C pickler's fast path)
 @_fast_pickle
 @dataclass(frozen=True, slots=True)
 class ResolvedArg:

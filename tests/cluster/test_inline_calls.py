@@ -9,6 +9,7 @@ processes, where the code under test reports the thread it ran on.
 from __future__ import annotations
 
 import asyncio
+import pickle
 import sys
 import threading
 import time
@@ -22,6 +23,7 @@ from actorflow.cluster.protocol import (
     QUICK_RUN_S,
     ActorCall,
     Failed,
+    ResolvedArg,
     TaskReply,
     TaskSpec,
     call_from_quick,
@@ -32,6 +34,7 @@ from actorflow.cluster.protocol import (
     task_from_quick,
 )
 from actorflow.cluster.threads import INLINE_MAX_S, PROBE_RUNS, SyncRunner
+from actorflow.objects.serialization import deserialize, is_plain, serialize
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -103,6 +106,17 @@ async def test_quick_task_round_trip_and_when_it_applies() -> None:
     assert quick_task(TaskSpec("t", "n", "f", b"fn", b"a", (), 1, "j")) is None
     assert quick_task(TaskSpec("t", "n", "f", None, b"a", (), 1, "j", (0,))) is None
     assert quick_task(TaskSpec("t", "n", "f", None, b"a", (b"v",), 1, "j")) is None
+
+
+async def test_ref_placeholders_keep_arguments_on_the_c_pickler() -> None:
+    """A call's top-level ObjectRefs become ResolvedArg placeholders; those arguments still
+    count as plain (one C pickle, no cloudpickle pass per call), and read back the same."""
+    args = ((ResolvedArg(0), ResolvedArg(1), 3), {"k": ResolvedArg(2)})
+    assert is_plain(args)
+    ser = serialize(args)
+    assert ser.meta == pickle.dumps(args, protocol=5) and not ser.buffers
+    assert deserialize(ser.meta) == deserialize(cloudpickle.dumps(args, protocol=5)) == args
+    assert not is_plain(((ResolvedArg(0), object()), {}))
 
 
 async def test_quick_call_and_reply_forms() -> None:
