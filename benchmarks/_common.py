@@ -255,11 +255,33 @@ def _label(proc: Any, driver_pid: int) -> str:
     return name
 
 
+def _machine_jiffies() -> tuple[int, int, int] | None:
+    """(busy, steal, all) clock ticks of the whole machine so far (``/proc/stat``), or None
+    where there is no such file."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    user, nice, system, idle, iowait, irq, softirq, steal = fields + [0] * (8 - len(fields))
+    busy = user + nice + system + irq + softirq
+    return busy, steal, busy + idle + iowait + steal
+
+
+_TICK_S = 1.0 / (os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100)
+
+
 class CpuMeter:
     """User+system CPU seconds of this process and every process it started (recursively),
-    between two snapshots taken outside the timed region. Without psutil it records nothing."""
+    between two snapshots taken outside the timed region. Without psutil it records nothing.
+
+    It also records what the rest of the machine did meanwhile (``/proc/stat``), so that a
+    slow figure can be told from a busy or starved machine: ``machine_others_cpu_s`` (CPU
+    that no process of ours used: anything else running) and ``machine_steal_pct`` (the share
+    of the vCPUs' time the hypervisor gave to someone else). Both count in 10 ms ticks."""
 
     def __init__(self) -> None:
+        self._machine: list[tuple[int, int, int] | None] = [None, None]
         try:
             import psutil
         except ImportError:
@@ -273,6 +295,8 @@ class CpuMeter:
         with ``snap(end=True)``, so the walk of the process tree falls outside both."""
         if self._me is None:
             return {}
+        if end:
+            self._machine[1] = _machine_jiffies()
         driver_end = time.process_time() if end else 0.0
         out: dict[int, tuple[str, float]] = {}
         procs: Iterable[Any] = self._me.children(recursive=True)
@@ -284,6 +308,8 @@ class CpuMeter:
                 continue
         # the driver's own clock is finer than the 10 ms ticks psutil reads from /proc
         out[self._me.pid] = ("driver", driver_end if end else time.process_time())
+        if not end:
+            self._machine[0] = _machine_jiffies()
         return out
 
     def add(
@@ -305,6 +331,10 @@ class CpuMeter:
         record["cpu_s"] = total
         record["cpu_us_per_op"] = total / max(1, ops) * 1e6
         record["cpu_s_by_name"] = {k: round(v, 3) for k, v in sorted(by.items()) if v >= 0.005}
+        start, end = self._machine
+        if start is not None and end is not None and end[2] > start[2]:
+            record["machine_others_cpu_s"] = max(0.0, (end[0] - start[0]) * _TICK_S - total)
+            record["machine_steal_pct"] = 100.0 * (end[1] - start[1]) / (end[2] - start[2])
         return record
 
 

@@ -484,14 +484,19 @@ def cpu_table(records: list[dict[str, Any]], ray_records: list[dict[str, Any]]) 
     """Markdown: CPU microseconds per operation, both frameworks, all processes."""
     by_name = {r["workload"]: r for r in ray_records}
     lines = ["| workload | actorflow cpu_us_per_op | Ray cpu_us_per_op "
-             "| actorflow cpu_s by process |",
-             "| --- | --- | --- | --- |"]
+             "| actorflow cpu_s by process | rest of the machine during ours |",
+             "| --- | --- | --- | --- | --- |"]
     for rec in records:
         if "cpu_us_per_op" not in rec:
             continue
         ray = by_name.get(rec["workload"], {})
+        machine = "-"
+        if "machine_others_cpu_s" in rec:
+            machine = (f"others {_fmt(rec['machine_others_cpu_s'])} cpu_s, "
+                       f"steal {_fmt(rec.get('machine_steal_pct', 0.0))} %")
         lines.append(f"| {rec['workload']} | {_fmt(rec['cpu_us_per_op'])} | "
-                     f"{_fmt(ray.get('cpu_us_per_op'))} | {rec.get('cpu_s_by_name', {})} |")
+                     f"{_fmt(ray.get('cpu_us_per_op'))} | {rec.get('cpu_s_by_name', {})} "
+                     f"| {machine} |")
     return "\n".join(lines)
 
 

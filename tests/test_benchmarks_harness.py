@@ -1,10 +1,16 @@
 """The benchmark harness's pure logic: targets attached to records and the comparison table.
 
-No benchmark runs here (benchmarks are never part of the test suite): records are made up.
+No benchmark runs here (benchmarks are never part of the test suite): records are made up;
+the CPU meter is checked against a real process.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import subprocess
+import sys
+import time
 from typing import Any
 
 import pytest
@@ -98,9 +104,38 @@ def test_compare_table_rows() -> None:
     assert cells["cross_node: transfer_100MiB_s"][3:6] == ["1.33", "ours: <= 1 x Ray", "**NO**"]
     assert "cross_node: transfer_GBps" in cells
     assert cells["kernel_ask"][1:7] == ["9", "-", "-", "ratio <= 3", "yes", "asyncio_rpc 6 (x1.5)"]
-    cpu = compare.cpu_table([{**records[0], "cpu_us_per_op": 5.0}],
+    cpu = compare.cpu_table([{**records[0], "cpu_us_per_op": 5.0},
+                             {**records[1], "cpu_us_per_op": 7.0, "machine_others_cpu_s": 0.25,
+                              "machine_steal_pct": 1.5}],
                             [{**ray[0], "cpu_us_per_op": 9.0}])
-    assert "| startup | 5 | 9 |" in cpu
+    assert "| startup | 5 | 9 | {} | - |" in cpu
+    assert f"| {records[1]['workload']} | 7 | - | {{}} | others 0.25 cpu_s, steal 1.5 % |" in cpu
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/stat"), reason="reads /proc/stat")
+def test_cpu_meter_tells_our_cpu_from_the_rest_of_the_machine() -> None:
+    """A process that is not ours (re-parented away from the driver) burning CPU during the
+    measured span shows as the machine's others, not as ours."""
+    psutil = pytest.importorskip("psutil")
+    from benchmarks._common import CpuMeter
+
+    meter = CpuMeter()
+    before = meter.snap()
+    # `sh` starts the burner in the background, says its pid and exits: no child of ours
+    out = subprocess.run(
+        ["sh", "-c", f'"{sys.executable}" -c "import time\nt = time.process_time()'
+         f'\nwhile time.process_time() - t < 0.4: pass" >/dev/null 2>&1 & echo $!'],
+        check=True, timeout=30, capture_output=True, text=True)
+    burner = psutil.Process(int(out.stdout))
+    deadline = time.monotonic() + 30  # until it ends (a zombie, where nobody reaps orphans)
+    with contextlib.suppress(psutil.NoSuchProcess):
+        while burner.status() != psutil.STATUS_ZOMBIE:
+            assert time.monotonic() < deadline, "the burner did not end"
+            time.sleep(0.02)
+    record = meter.add({}, before, meter.snap(end=True), ops=1)
+    assert record["cpu_s"] < 0.2, record
+    assert record["machine_others_cpu_s"] >= 0.3, record
+    assert 0.0 <= record["machine_steal_pct"] <= 100.0
 
 
 def test_script_selection() -> None:
