@@ -47,6 +47,7 @@ from actorflow.cluster.protocol import (
     WorkerBlocked,
 )
 from actorflow.objects import shm
+from actorflow.objects import store as store_mod
 from actorflow.objects.ref import ObjectRef
 from actorflow.objects.serialization import (
     INLINE_LIMIT,
@@ -285,7 +286,8 @@ class Core:
         self._ids = itertools.count(1)
         self._nodes: dict[str, ActorRef] = {}
         self.store = SegmentStore(lambda: f"af-{self.node_id}-{self.new_id()}",
-                                  make_spare=self._make_spare)
+                                  make_spare=self._make_spare, on_pooled=self._on_pooled)
+        self._trim_timer: asyncio.TimerHandle | None = None
         self._spares: set[asyncio.Task[None]] = set()
         self._spare_thread: concurrent.futures.ThreadPoolExecutor | None = None
         self.receive_buffers = ReceiveBuffers()
@@ -352,6 +354,28 @@ class Core:
             self.store.spare_failed(capacity)
             return
         self.store.add_spare(name, capacity, mapping)
+
+    def _on_pooled(self) -> None:
+        """The store's pool has a segment again: see that idle ones go in time."""
+        if threading.get_ident() == self.loop_thread:
+            self._arm_trim(store_mod.POOL_IDLE_S)
+        else:
+            self.loop.call_soon_threadsafe(self._arm_trim, store_mod.POOL_IDLE_S)
+
+    def _arm_trim(self, delay: float) -> None:
+        if self.closed:
+            return
+        if self._trim_timer is not None:
+            if self._trim_timer.when() <= self.loop.time() + delay:
+                return  # it comes soon enough
+            self._trim_timer.cancel()
+        self._trim_timer = self.loop.call_later(delay, self._trim_pool)
+
+    def _trim_pool(self) -> None:
+        self._trim_timer = None
+        wait = self.store.trim_idle()
+        if wait is not None:
+            self._arm_trim(wait)
 
     def sending(self, payloads: Iterable[Any]) -> None:
         """These payloads leave this process (to readers that do not report back): a segment
@@ -612,6 +636,9 @@ class Core:
             await asyncio.gather(*self._spares, return_exceptions=True)
         if self._spare_thread is not None:
             self._spare_thread.shutdown(wait=False)  # (idle: its work was awaited above)
+        if self._trim_timer is not None:
+            self._trim_timer.cancel()
+            self._trim_timer = None
         self.store.close()
         self.receive_buffers.close()
 

@@ -21,7 +21,7 @@ background: a blank segment whose pages the kernel allocates and maps up front
 value of that size is then a copy (about 10 GB/s) instead of a fill of fresh pages (0.3-1
 GB/s on a small VM, and slower the more memory the machine has in use). A spare is made only
 while the shm filesystem keeps a quarter of its room free, and counts against the pool's
-bounds.
+bounds. A pooled segment unused for ``POOL_IDLE_S`` is unlinked.
 
 Readers keep their last few mappings, so a segment read again (the same argument, or a reused
 segment) costs no page faults. Each value carries a generation (in the segment's header and in
@@ -35,6 +35,7 @@ import contextlib
 import itertools
 import mmap
 import sys
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 
@@ -51,6 +52,9 @@ POOL_SEGMENTS = 4
 POOL_BYTES = 1 << 30
 #: Segments of other processes a process keeps mapped.
 MAPPED_SEGMENTS = 8
+#: A pooled segment (freed, or a spare) unused for this long is unlinked: a process that has
+#: gone quiet does not keep memory for values that may never come again.
+POOL_IDLE_S = 30.0
 #: Values at least this large get a spare segment made for the next one of their size.
 SPARE_MIN = 8 << 20
 _MiB = 1 << 20
@@ -63,7 +67,7 @@ def _fits(need: int, capacity: int) -> bool:
 
 
 class _Written:
-    __slots__ = ("capacity", "mapping", "name", "readers", "shared")
+    __slots__ = ("capacity", "mapping", "name", "pooled_at", "readers", "shared")
 
     def __init__(self, name: str, capacity: int) -> None:
         self.name = name
@@ -71,18 +75,23 @@ class _Written:
         self.mapping: shm.Mapping | None = None  # made when read here or kept for reuse
         self.readers = 0  # readers that will report release, still out
         self.shared = False  # went where no release will be reported
+        self.pooled_at = 0.0  # when it was last put in the pool (time.monotonic())
 
 
 class SegmentStore:
     """The segments of one process (see the module docstring). ``new_name()`` names a new
     segment (unique on the node). ``make_spare(name, capacity)``, when given, starts making a
     spare segment (:func:`shm.blank_segment`) off the caller's thread and reports the outcome
-    with :meth:`add_spare` or :meth:`spare_failed`; without it no spares are made."""
+    with :meth:`add_spare` or :meth:`spare_failed`; without it no spares are made.
+    ``on_pooled()`` is called when the pool stops being empty: the owner should call
+    :meth:`trim_idle` in ``POOL_IDLE_S`` (and again when it says)."""
 
     def __init__(self, new_name: Callable[[], str],
-                 make_spare: Callable[[str, int], None] | None = None) -> None:
+                 make_spare: Callable[[str, int], None] | None = None,
+                 on_pooled: Callable[[], None] | None = None) -> None:
         self._new_name = new_name
         self._make_spare = make_spare
+        self._on_pooled = on_pooled
         self._written: dict[str, _Written] = {}
         self._pool: list[_Written] = []
         self._mapped: OrderedDict[str, shm.Mapping] = OrderedDict()
@@ -200,10 +209,28 @@ class SegmentStore:
         self._pool_add(seg)
 
     def _pool_add(self, seg: _Written) -> None:
+        seg.pooled_at = time.monotonic()
         self._pool.append(seg)
         while len(self._pool) > POOL_SEGMENTS or sum(
                 s.capacity for s in self._pool) > POOL_BYTES:
             self._drop(self._pool.pop(0))  # the oldest goes
+        if len(self._pool) == 1 and self._on_pooled is not None:
+            self._on_pooled()
+
+    def trim_idle(self, now: float | None = None) -> float | None:
+        """Unlink the pooled segments unused for ``POOL_IDLE_S``. Returns the seconds until
+        the next one would be, or None when the pool is empty."""
+        now = time.monotonic() if now is None else now
+        keep = []
+        for seg in self._pool:
+            if now - seg.pooled_at >= POOL_IDLE_S:
+                self._drop(seg)
+            else:
+                keep.append(seg)
+        self._pool = keep
+        if not keep:
+            return None
+        return max(0.0, min(seg.pooled_at for seg in keep) + POOL_IDLE_S - now)
 
     def _drop(self, seg: _Written) -> None:
         shm.unlink_segment(seg.name)

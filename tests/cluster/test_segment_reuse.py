@@ -18,6 +18,7 @@ from cl_support import until, within
 import actorflow as af
 from actorflow._errors import ObjectLostError
 from actorflow.objects import shm
+from actorflow.objects import store as store_mod
 from actorflow.objects.ref import current_core
 from actorflow.objects.serialization import serialize
 from actorflow.objects.store import POOL_SEGMENTS, SPARE_MIN, SegmentStore
@@ -162,6 +163,32 @@ async def test_store_makes_a_spare_for_a_value_that_left() -> None:
     assert not [n for n in os.listdir(shm.SHM_DIR) if n.startswith(prefix)]
 
 
+async def test_store_unlinks_pooled_segments_left_idle() -> None:
+    prefix = f"af-test-{os.getpid()}-idle-"
+    names = iter(f"{prefix}{i}" for i in range(100))
+    pooled: list[int] = []
+    store = SegmentStore(lambda: next(names), on_pooled=lambda: pooled.append(1))
+    try:
+        first = store.write(serialize(_array(1.0)))[0]
+        second = store.write(serialize(_array(2.0)))[0]
+        assert store.trim_idle() is None  # nothing pooled
+        store.free(first)
+        assert pooled == [1]  # the pool stopped being empty: the owner is told, once
+        store.free(second)
+        assert pooled == [1]
+        now = time.monotonic()
+        wait = store.trim_idle(now)
+        assert wait is not None and 0 < wait <= store_mod.POOL_IDLE_S
+        assert store.trim_idle(now + store_mod.POOL_IDLE_S + 1) is None
+        assert store.statistics()["pooled"] == 0
+        assert not _exists(first) and not _exists(second)
+        store.free(store.write(serialize(_array(3.0)))[0])
+        assert pooled == [1, 1]  # empty, then not: told again
+    finally:
+        store.close()
+    assert not [n for n in os.listdir(shm.SHM_DIR) if n.startswith(prefix)]
+
+
 # -- end to end -----------------------------------------------------------------------------
 
 
@@ -241,3 +268,14 @@ async def test_large_values_that_leave_get_spares(shared_cluster: af.Runtime) ->
         await until(lambda m=made: current_core().store.spares_made > m,
                     what="a spare made in the driver")
         made = current_core().store.spares_made
+
+
+async def test_an_idle_process_lets_its_pooled_segments_go(
+        shared_cluster: af.Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = current_core().store
+    store.trim_idle(time.monotonic() + 3600)  # what earlier tests left: gone
+    monkeypatch.setattr(store_mod, "POOL_IDLE_S", 0.3)
+    ref = af.put(_array(5.0))
+    assert (await within(af.get(ref)))[0] == 5.0
+    del ref  # freed, nothing views it: pooled
+    await until(lambda: store.statistics()["pooled"] == 0, what="the idle pool emptied")
