@@ -13,14 +13,15 @@ over one of them. A segment may be reused only when nobody can see its old value
 - every reader that got it has reported (``readers`` counts those still out);
 - no view of it is alive in this process (:meth:`Mapping.in_use`).
 
-A segment that will not come back (a value passed by ref and freed, a task's result, which
-goes to its caller) leaves the pool short. So when a large value is written and nothing pooled
-(or being made) would fit the next one of its size, a **spare** of that size is made in the
-background: a blank segment whose pages the kernel allocates and maps up front
-(:func:`shm.blank_segment`, on a thread its owner runs), pooled like a freed one. The next
-value of that size is then a copy (about 10 GB/s) instead of a fill of fresh pages (0.3-1
-GB/s on a small VM, and slower the more memory the machine has in use). A spare is made only
-while the shm filesystem keeps a quarter of its room free, and counts against the pool's
+A segment that will not come back (a value passed by ref and freed, a task's result, which goes
+to its caller) leaves the pool short. So when a large value is written, or a large segment
+leaves for good, and nothing pooled (or being made) would fit the next value of its size, a
+**spare** of that size is made in the background: a blank segment whose pages the kernel
+allocates and maps up front (:func:`shm.blank_segment`, on a thread its owner runs), pooled
+like a freed one. The next value of that size is then a copy (about 10 GB/s) instead of a fill
+of fresh pages (0.3-1 GB/s on a small VM, and slower the more memory the machine has in use). A
+spare is made only while the shm filesystem keeps a quarter of its room free, and counts
+against the pool's
 bounds. A pooled segment unused for ``POOL_IDLE_S`` is unlinked.
 
 Readers keep their last few mappings, so a segment read again (the same argument, or a reused
@@ -123,7 +124,7 @@ class SegmentStore:
             used = shm.write_segment(name, value, generation)
             if keep:
                 self._written[name] = _Written(name, used)
-        if need >= SPARE_MIN:
+        if need >= SPARE_MIN:  # have the next value's segment ready, one step ahead
             self._plan_spare(need)
         return name, used, generation
 
@@ -140,8 +141,11 @@ class SegmentStore:
     # -- spares -----------------------------------------------------------------------------------
 
     def _plan_spare(self, need: int) -> None:
-        """A value of ``need`` bytes was just written: have a segment ready for the next one,
-        unless one is pooled or being made already."""
+        """A value of ``need`` bytes was just written (its segment may never come back), or a
+        segment of that size left for good: have one ready for the next value of that size,
+        unless one is pooled or being made already. (Planned at the write, a step before the
+        segment is lost: a put passed by ref loses its segment at its free, and a spare
+        started only then is seldom ready for the next value.)"""
         if self._make_spare is None or self._closed:
             return
         if any(_fits(need, seg.capacity) for seg in self._pool) or any(
@@ -199,6 +203,8 @@ class SegmentStore:
             return
         if seg.shared or seg.readers or (seg.mapping is not None and seg.mapping.in_use()):
             self._drop(seg)
+            if seg.capacity >= SPARE_MIN:
+                self._plan_spare(seg.capacity)
             return
         try:
             if seg.mapping is None:

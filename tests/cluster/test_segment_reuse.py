@@ -153,6 +153,18 @@ async def test_store_makes_a_spare_for_a_value_that_left() -> None:
         assert not _exists(f"{prefix}full")
         small = store.write(serialize(_array(1.0)), keep=False)  # small: no spare for it
         assert len(asked) == 2
+        # a large value kept here asks for one ahead (the pool has none of its size) ...
+        kept = store.write(serialize(big))[0]
+        assert len(asked) == 3
+        store.spare_failed(asked[2][1])
+        store.free(kept)  # ... which it does not need when it comes back
+        shared = store.write(serialize(big))[0]
+        assert shared == kept and len(asked) == 4
+        store.spare_failed(asked[3][1])
+        store.shared(shared)  # went by ref: gone when freed, and a spare is asked for then
+        store.free(shared)
+        assert len(asked) == 5 and not _exists(shared)
+        store.spare_failed(asked[4][1])
         for name in (first, spare, small[0]):
             shm.unlink_segment(name)  # (the caller's: results leave the store)
         late = f"{prefix}late"
