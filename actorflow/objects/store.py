@@ -19,9 +19,9 @@ leaves for good, and nothing pooled (or being made) would fit the next value of 
 **spare** of that size is made in the background: a blank segment whose pages the kernel
 allocates and maps up front (:func:`shm.blank_segment`, on a thread its owner runs), pooled
 like a freed one. The next value of that size is then a copy (about 10 GB/s) instead of a fill
-of fresh pages (0.3-1 GB/s on a small VM, where the host may fault the guest's fresh pages
-in too). A spare is made only while the shm filesystem keeps a quarter of its room free, and counts
-against the pool's bounds. A pooled segment unused for ``POOL_IDLE_S`` is unlinked.
+of fresh pages (0.3-1 GB/s on a small VM, where the host may fault the guest's fresh pages in
+too). A spare is made only while the shm filesystem keeps a quarter of its room free, and
+counts against the pool's bounds. A pooled segment unused for ``POOL_IDLE_S`` is unlinked.
 
 Readers keep their last few mappings, so a segment read again (the same argument, or a reused
 segment) costs no page faults. Each value carries a generation (in the segment's header and in
