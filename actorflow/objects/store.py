@@ -35,6 +35,7 @@ import contextlib
 import itertools
 import mmap
 import sys
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
@@ -97,6 +98,10 @@ class SegmentStore:
         self._mapped: OrderedDict[str, shm.Mapping] = OrderedDict()
         self._generations = itertools.count(1)
         self._coming: list[int] = []  # capacities of the spares being made
+        # a sync task's thread may put (write) while the loop frees: the bookkeeping is
+        # guarded; copies and fills run outside the lock. (Re-entered: an owner may answer a
+        # callback at once, as a closed Core refuses a spare.)
+        self._lock = threading.RLock()
         self._closed = False
         self.spares_made = 0
         self.spares_failed = 0
@@ -109,22 +114,22 @@ class SegmentStore:
         now on, and nothing of it is kept here)."""
         generation = next(self._generations)
         need = shm.segment_size(value)
-        reuse = self._take(need)
+        with self._lock:
+            reuse = self._take(need)
         if reuse is not None:
             assert reuse.mapping is not None
             used = shm.rewrite(reuse.mapping, value, generation)
-            if keep:
-                self._written[reuse.name] = reuse
-            else:
-                reuse.mapping.close()
             name = reuse.name
+            if not keep:
+                reuse.mapping.close()
         else:
             name = self._new_name()
             used = shm.write_segment(name, value, generation)
+        with self._lock:
             if keep:
-                self._written[name] = _Written(name, used)
-        if need >= SPARE_MIN:  # have the next value's segment ready, one step ahead
-            self._plan_spare(need)
+                self._written[name] = reuse if reuse is not None else _Written(name, used)
+            if need >= SPARE_MIN:  # have the next value's segment ready, one step ahead
+                self._plan_spare(need)
         return name, used, generation
 
     def _take(self, need: int) -> _Written | None:
@@ -158,44 +163,53 @@ class SegmentStore:
 
     def add_spare(self, name: str, capacity: int, mapping: shm.Mapping) -> None:
         """The spare segment ``name`` is ready (blank, mapped writable): pool it."""
-        with contextlib.suppress(ValueError):
-            self._coming.remove(capacity)
         seg = _Written(name, capacity)
         seg.mapping = mapping
-        if self._closed:
-            self._drop(seg)
-            return
-        self.spares_made += 1
-        self._pool_add(seg)
+        with self._lock:
+            with contextlib.suppress(ValueError):
+                self._coming.remove(capacity)
+            if self._closed:
+                self._drop(seg)
+                return
+            self.spares_made += 1
+            self._pool_add(seg)
 
     def spare_failed(self, capacity: int) -> None:
         """Making a spare of ``capacity`` bytes failed (no room, most likely)."""
-        with contextlib.suppress(ValueError):
-            self._coming.remove(capacity)
-        self.spares_failed += 1
+        with self._lock:
+            with contextlib.suppress(ValueError):
+                self._coming.remove(capacity)
+            self.spares_failed += 1
 
     def shared(self, name: str) -> None:
         """Segment ``name`` went to a reader that will not report: never reuse it."""
-        seg = self._written.get(name)
-        if seg is not None:
-            seg.shared = True
+        with self._lock:
+            seg = self._written.get(name)
+            if seg is not None:
+                seg.shared = True
 
     def lent(self, name: str) -> None:
         """Segment ``name`` went to a reader that reports when it is done (a call's worker)."""
-        seg = self._written.get(name)
-        if seg is not None:
-            seg.readers += 1
+        with self._lock:
+            seg = self._written.get(name)
+            if seg is not None:
+                seg.readers += 1
 
     def returned(self, names: Iterable[str]) -> None:
         """Readers reported they are done with these segments."""
-        for name in names:
-            seg = self._written.get(name)
-            if seg is not None and seg.readers > 0:
-                seg.readers -= 1
+        with self._lock:
+            for name in names:
+                seg = self._written.get(name)
+                if seg is not None and seg.readers > 0:
+                    seg.readers -= 1
 
     def free(self, name: str) -> None:
         """The object in segment ``name`` (of this node) is freed: keep the segment for reuse
         when that is safe, else unlink it."""
+        with self._lock:
+            self._free(name)
+
+    def _free(self, name: str) -> None:
         seg = self._written.pop(name, None)
         if seg is None:  # written by another process of this node
             shm.unlink_segment(name)
@@ -226,16 +240,17 @@ class SegmentStore:
         """Unlink the pooled segments unused for ``POOL_IDLE_S``. Returns the seconds until
         the next one would be, or None when the pool is empty."""
         now = time.monotonic() if now is None else now
-        keep = []
-        for seg in self._pool:
-            if now - seg.pooled_at >= POOL_IDLE_S:
-                self._drop(seg)
-            else:
-                keep.append(seg)
-        self._pool = keep
-        if not keep:
-            return None
-        return max(0.0, min(seg.pooled_at for seg in keep) + POOL_IDLE_S - now)
+        with self._lock:
+            keep = []
+            for seg in self._pool:
+                if now - seg.pooled_at >= POOL_IDLE_S:
+                    self._drop(seg)
+                else:
+                    keep.append(seg)
+            self._pool = keep
+            if not keep:
+                return None
+            return max(0.0, min(seg.pooled_at for seg in keep) + POOL_IDLE_S - now)
 
     def _drop(self, seg: _Written) -> None:
         shm.unlink_segment(seg.name)
@@ -259,6 +274,10 @@ class SegmentStore:
         return meta, buffers
 
     def _mapping(self, name: str) -> shm.Mapping:
+        with self._lock:
+            return self._mapping_locked(name)
+
+    def _mapping_locked(self, name: str) -> shm.Mapping:
         seg = self._written.get(name)
         if seg is not None:
             if seg.mapping is None:
@@ -276,28 +295,26 @@ class SegmentStore:
 
     def released(self, names: Iterable[str]) -> tuple[str, ...]:
         """Which of these segments (read here) nothing in this process uses any more."""
-        out = []
-        for name in names:
-            mapping = self._mapped.get(name)
-            if mapping is not None and not mapping.in_use():
-                out.append(name)
-        return tuple(out)
+        with self._lock:
+            return tuple(name for name in names
+                         if (m := self._mapped.get(name)) is not None and not m.in_use())
 
     # -- lifetime ---------------------------------------------------------------------------------
 
     def close(self) -> None:
         """Unlink the pooled segments; let go of every mapping. (A spare that comes in later
         is unlinked at once.)"""
-        self._closed = True
-        for seg in self._pool:
-            self._drop(seg)
-        self._pool.clear()
-        for seg in self._written.values():
-            if seg.mapping is not None:
-                seg.mapping.close()
-        for mapping in self._mapped.values():
-            mapping.close()
-        self._mapped.clear()
+        with self._lock:
+            self._closed = True
+            for seg in self._pool:
+                self._drop(seg)
+            self._pool.clear()
+            for seg in self._written.values():
+                if seg.mapping is not None:
+                    seg.mapping.close()
+            for mapping in self._mapped.values():
+                mapping.close()
+            self._mapped.clear()
 
     def statistics(self) -> dict[str, int]:
         return {"written": len(self._written), "pooled": len(self._pool),

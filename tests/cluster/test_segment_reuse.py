@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 import time
 
 import cloudpickle
@@ -172,6 +173,28 @@ async def test_store_makes_a_spare_for_a_value_that_left() -> None:
     finally:
         store.close()
     store.add_spare(late, capacity, late_mapping)  # after close: unlinked at once
+    assert not [n for n in os.listdir(shm.SHM_DIR) if n.startswith(prefix)]
+
+
+async def test_a_spare_refused_at_once_does_not_block_the_store() -> None:
+    """The owner may refuse a spare at once, from inside the write that asked for it (a
+    closed Core does): the store's lock is re-entered, not deadlocked."""
+    prefix = f"af-test-{os.getpid()}-refused-"
+    names = iter(f"{prefix}{i}" for i in range(10))
+    store = SegmentStore(lambda: next(names),
+                         make_spare=lambda name, capacity: store.spare_failed(capacity))
+    done = threading.Event()
+
+    def write() -> None:
+        name = store.write(serialize(np.full(SPARE_MIN // 8 + 10, 1.0)), keep=False)[0]
+        shm.unlink_segment(name)
+        done.set()
+
+    thread = threading.Thread(target=write, daemon=True)
+    thread.start()
+    assert done.wait(30), "the write blocked on the store's own lock"
+    assert store.statistics()["spares_failed"] == 1
+    store.close()
     assert not [n for n in os.listdir(shm.SHM_DIR) if n.startswith(prefix)]
 
 
