@@ -326,13 +326,18 @@ class Core:
         name, nbytes, generation = self.store.write(ser, keep=owned)
         return InShm(name, self.node_id, nbytes, generation)
 
-    def _make_spare(self, name: str, capacity: int) -> None:
-        """The store wants a spare segment (see store.py): make it on a thread. (Values are
-        encoded on the loop, or on a sync actor's thread: the work starts on the loop.)"""
+    def _on_loop_thread(self, fn: Callable[..., None], *args: Any) -> None:
+        """Call ``fn(*args)`` on the loop's thread: now when already there, else soon. (The
+        store calls back from wherever a value was written: the loop, or a sync task's
+        thread.)"""
         if threading.get_ident() == self.loop_thread:
-            self._start_spare(name, capacity)
+            fn(*args)
         else:
-            self.loop.call_soon_threadsafe(self._start_spare, name, capacity)
+            self.loop.call_soon_threadsafe(fn, *args)
+
+    def _make_spare(self, name: str, capacity: int) -> None:
+        """The store wants a spare segment (see store.py): make it on a thread."""
+        self._on_loop_thread(self._start_spare, name, capacity)
 
     def _start_spare(self, name: str, capacity: int) -> None:
         if self.closed:
@@ -349,18 +354,18 @@ class Core:
         try:
             mapping = await self.loop.run_in_executor(
                 self._spare_thread, shm.blank_segment, name, capacity)
-        except OSError as exc:
+        except OSError as exc:  # no room, most likely: values go into fresh pages, as before
             log.debug("no spare segment of %d bytes: %s", capacity, exc)
             self.store.spare_failed(capacity)
             return
+        except BaseException:  # (cancelled, or a bug): the store must not wait for it
+            self.store.spare_failed(capacity)
+            raise
         self.store.add_spare(name, capacity, mapping)
 
     def _on_pooled(self) -> None:
         """The store's pool has a segment again: see that idle ones go in time."""
-        if threading.get_ident() == self.loop_thread:
-            self._arm_trim(store_mod.POOL_IDLE_S)
-        else:
-            self.loop.call_soon_threadsafe(self._arm_trim, store_mod.POOL_IDLE_S)
+        self._on_loop_thread(self._arm_trim, store_mod.POOL_IDLE_S)
 
     def _arm_trim(self, delay: float) -> None:
         if self.closed:

@@ -167,6 +167,7 @@ def blank_segment(name: str, size: int, *, keep_free: float = 0.25) -> Mapping:
     Blocking (the kernel zeroes every page): run it off the event loop. Raises OSError
     (``ENOSPC``) rather than leave less than ``keep_free`` of the filesystem free."""
     fd = os.open(_path(name), os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+    mapping: Mapping | None = None
     try:
         fs = os.fstatvfs(fd)
         if fs.f_bavail * fs.f_frsize - size < keep_free * fs.f_blocks * fs.f_frsize:
@@ -179,16 +180,18 @@ def blank_segment(name: str, size: int, *, keep_free: float = 0.25) -> Mapping:
         # map every page now, with the GIL released (mmap's MAP_POPULATE holds it: 40+ ms of
         # a stalled event loop per 100 MiB): the kernel writes zeros into the mapping
         zero = os.open("/dev/zero", os.O_RDONLY)
+        view = mapping.view()
         try:
-            view = mapping.view()
             done = 0
             while done < size:
                 done += os.readv(zero, [view[done : done + _WRITE_CHUNK]])
-            view.release()
         finally:
+            view.release()
             os.close(zero)
         return mapping
     except BaseException:
+        if mapping is not None:
+            mapping.close()
         unlink_segment(name)
         raise
     finally:
