@@ -10,6 +10,9 @@ the error subclasses it too, so ``except TimeoutError`` keeps working::
     ├── WorkerCrashedError
     ├── NodeDiedError
     ├── ObjectLostError
+    │   └── OwnerDiedError
+    ├── ObjectStoreFullError
+    ├── OutOfMemoryError
     ├── GetTimeoutError           (+ TimeoutError)
     ├── TaskCancelledError        (+ asyncio.CancelledError is *not* a base: it would stop tasks)
     ├── InfeasibleError
@@ -39,6 +42,9 @@ __all__ = [
     "MailboxFullError",
     "NodeDiedError",
     "ObjectLostError",
+    "ObjectStoreFullError",
+    "OutOfMemoryError",
+    "OwnerDiedError",
     "PeerUnreachableError",
     "ProtocolError",
     "SerializationError",
@@ -104,6 +110,70 @@ class NodeDiedError(ActorflowError):
 
 class ObjectLostError(ActorflowError):
     """Every copy of an object is gone and it could not be rebuilt."""
+
+
+class OwnerDiedError(ObjectLostError):
+    """The process that owned the object (kept its count and its value) died.
+
+    ``object_id`` is the object, ``owner`` says which process owned it.
+    """
+
+    def __init__(self, object_id: str, owner: str) -> None:
+        self.object_id = object_id
+        self.owner = owner
+        super().__init__(
+            f"object {object_id} is lost: its owner ({owner}) died. An object lives in the "
+            "process that made it; keep that process alive while others read the object.")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.object_id, self.owner))
+
+
+class ObjectStoreFullError(ActorflowError):
+    """A value can never fit in the node's object store (nor on its spill disk).
+
+    ``size`` is the value's size in bytes, ``limit`` the most that could take it (bytes), and
+    ``where`` names the store (a node's shared memory, a configured limit, a spill directory).
+    """
+
+    def __init__(self, size: int, limit: int, where: str) -> None:
+        self.size = size
+        self.limit = limit
+        self.where = where
+        super().__init__(
+            f"a value of {_mib(size)} cannot fit in {where}, which can take at most "
+            f"{_mib(limit)}; make the value smaller, split it, or give the store more room")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.size, self.limit, self.where))
+
+
+class OutOfMemoryError(ActorflowError):
+    """The node's memory guard killed the task's worker and the task's retries are used up.
+
+    ``task`` names it, ``node_id`` the node; ``used`` and ``total`` are the machine's memory in
+    bytes when the guard acted, ``threshold`` the fraction it acts at.
+    """
+
+    def __init__(self, task: str, node_id: str, used: int, total: int, threshold: float
+                 ) -> None:
+        self.task = task
+        self.node_id = node_id
+        self.used = used
+        self.total = total
+        self.threshold = threshold
+        super().__init__(
+            f"task {task!r} was killed by the memory guard of node {node_id}: the machine's "
+            f"memory use reached {_mib(used)} of {_mib(total)} (threshold "
+            f"{threshold:.0%}) and the task's retries are used up; give it less data, ask "
+            "for memory= so it is placed where there is room, or raise max_retries")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.task, self.node_id, self.used, self.total, self.threshold))
+
+
+def _mib(n: int) -> str:
+    return f"{n / (1 << 20):.1f} MiB"
 
 
 class GetTimeoutError(ActorflowError, TimeoutError):

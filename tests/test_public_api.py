@@ -37,7 +37,7 @@ def test_all_holds_the_names_api_md_promises() -> None:
         "ObjectRef", "ActorflowError", "TaskError", "ActorDiedError", "ActorUnavailableError",
         "WorkerCrashedError", "NodeDiedError", "ObjectLostError", "GetTimeoutError",
         "TaskCancelledError", "InfeasibleError", "SerializationError", "AuthenticationError",
-        "SupervisionError",
+        "SupervisionError", "OwnerDiedError", "ObjectStoreFullError", "OutOfMemoryError",
     }
     assert promised <= set(af.__all__), promised - set(af.__all__)
 
@@ -68,6 +68,12 @@ def _example(cls: type[BaseException]) -> BaseException:
         return af.ActorDiedError("Counter", "it crashed", cause)
     if cls is af.ActorUnavailableError:
         return af.ActorUnavailableError("Counter", "its process died")
+    if cls is af.OwnerDiedError:
+        return af.OwnerDiedError("obj-1", "driver pid=7")
+    if cls is af.ObjectStoreFullError:
+        return af.ObjectStoreFullError(3 << 30, 1 << 30, "node n1's object store")
+    if cls is af.OutOfMemoryError:
+        return af.OutOfMemoryError("f", "n1", 95 << 30, 100 << 30, 0.95)
     return cls(f"{cls.__name__} happened")
 
 
@@ -113,3 +119,13 @@ def test_error_tree_is_drawn_in_the_errors_docstring() -> None:
     doc = _errors.__doc__ or ""
     for cls in ERROR_CLASSES:
         assert cls.__name__ in doc, f"{cls.__name__} is missing from the tree in _errors.py"
+
+
+def test_new_errors_carry_their_facts_as_fields_across_pickling() -> None:
+    owner = pickle.loads(pickle.dumps(af.OwnerDiedError("obj-1", "driver pid=7")))
+    assert isinstance(owner, af.ObjectLostError)
+    assert (owner.object_id, owner.owner) == ("obj-1", "driver pid=7")
+    full = pickle.loads(pickle.dumps(af.ObjectStoreFullError(3 << 30, 1 << 30, "shm")))
+    assert (full.size, full.limit, full.where) == (3 << 30, 1 << 30, "shm")
+    oom = pickle.loads(pickle.dumps(af.OutOfMemoryError("f", "n1", 95, 100, 0.95)))
+    assert (oom.task, oom.node_id, oom.used, oom.total, oom.threshold) == ("f", "n1", 95, 100, 0.95)

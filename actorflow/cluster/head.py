@@ -18,7 +18,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from actorflow._errors import ActorDiedError, NodeDiedError
+from actorflow._errors import ActorDiedError, ActorflowError, NodeDiedError
 from actorflow.cluster.protocol import (
     ActorDown,
     ActorLocation,
@@ -214,11 +214,11 @@ class Head(ServiceActor):
         node_id = msg.node_id
 
         def lost(notice: Terminated) -> None:
-            self.placement.tell_nowait(NodeGone(node_id))
             try:
+                self.placement.tell_nowait(NodeGone(node_id))
                 self.ref.tell_nowait(_NodeLost(node_id, notice))
-            except Exception:
-                pass  # the head itself is stopping
+            except ActorflowError:
+                pass  # the cluster is stopping: the placement or the head itself is gone
 
         self.system.on_terminated(msg.node, lost)
 
@@ -231,7 +231,8 @@ class Head(ServiceActor):
         record.alive = False
         if notice.reason.abnormal and not self.closing:
             log.warning("node %s is gone (%s)", node_id, notice.reason.value)
-        for actor in self.actors.values():
+        # a snapshot: actors are created (and placed) while this awaits their new places
+        for actor in list(self.actors.values()):
             if actor.node_id != node_id or actor.state is ActorState.DEAD:
                 continue
             spec = actor.spec
@@ -370,18 +371,20 @@ class Head(ServiceActor):
 
     async def _list(self, what: str) -> Any:
         if what == "nodes":
+            # a snapshot: nodes may join or leave while their live figures are asked for
+            nodes = list(self.nodes.values())
+            lives = await asyncio.gather(
+                *(self._live_info(node) for node in nodes), return_exceptions=True)
             out = []
-            for node in self.nodes.values():
+            for node, live in zip(nodes, lives, strict=True):
                 info: dict[str, Any] = {
                     "node_id": node.node_id, "address": node.address, "alive": node.alive,
                     "resources": node.resources.to_amounts(), "ref": node.ref,
                 }
-                if node.alive:
-                    try:
-                        live = await node.ref.ask(NodeInfo(), timeout=5.0)
-                        info["available"] = live["available"]
-                    except Exception:
-                        info["alive"] = False
+                if isinstance(live, dict):
+                    info["available"] = live["available"]
+                elif live is not None:
+                    info["alive"] = False
                 out.append(info)
             return out
         if what == "actors":
@@ -394,3 +397,11 @@ class Head(ServiceActor):
                 for aid, r in self.actors.items()
             ]
         raise ValueError(f"unknown view {what!r}; use nodes or actors")
+
+    @staticmethod
+    async def _live_info(node: _NodeRecord) -> dict[str, Any] | None:
+        """A live node's own figures; None for a node known to be gone."""
+        if not node.alive:
+            return None
+        result: dict[str, Any] = await node.ref.ask(NodeInfo(), timeout=5.0)
+        return result
