@@ -153,8 +153,8 @@ async def _call(
         ctx = copy_context()
         loop = asyncio.get_running_loop()
         result = await loop.run_in_executor(runner, lambda: ctx.run(fn, *args, **kwargs))
-    if inspect.isawaitable(result):  # a plain def that returned a coroutine
-        return await result
+    if inspect.iscoroutine(result):  # a plain def that returned a coroutine (an ObjectRef,
+        return await result          # awaitable too, is a result: its caller gets the ref)
     return result
 
 
@@ -182,7 +182,7 @@ async def _run_plain(runner: SyncRunner, calls: list[PlainCall]) -> list[Outcome
 async def _answer(core: Core, reply: Any, ok: bool, value: Any, num_returns: int, name: str,
                   where: str, run_s: float) -> tuple[Payload, ...]:
     """Answer one call of a batch with its outcome; returns the payloads it answered."""
-    if ok and inspect.isawaitable(value):  # a plain def that returned a coroutine
+    if ok and inspect.iscoroutine(value):  # a plain def that returned a coroutine (not a ref)
         try:
             value = await value
         except Exception as exc:

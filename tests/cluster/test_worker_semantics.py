@@ -1,0 +1,94 @@
+"""What user code sees of the worker: a returned ObjectRef stays a ref, numpy arguments are
+read-only whatever their size, ``async def __init__`` is awaited, and each call of a batch
+answers when it finishes. On one shared cluster with real worker processes."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import sys
+
+import cloudpickle
+import pytest
+from cl_support import within
+
+import actorflow as af
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+CLUSTER = {"num_cpus": 2}
+
+
+# -- a returned ObjectRef is the result, not its value (issue 14) --------------------------------
+
+
+@af.remote
+def add_one(x: int) -> int:
+    return x + 1
+
+
+@af.remote
+def put_and_return(value):
+    return af.put(value)  # plain def: the "return af.put" pattern
+
+
+@af.remote
+async def put_and_return_async(value):
+    return af.put(value)
+
+
+@af.remote
+def submit_and_return(x: int):
+    return add_one.remote(x)  # a nested task's ref, still pending when this returns
+
+
+@af.remote
+def collect_garbage() -> int:
+    return gc.collect()
+
+
+@af.remote
+class RefMaker:
+    def put(self, value):
+        return af.put(value)
+
+    async def put_async(self, value):
+        return af.put(value)
+
+
+async def test_a_plain_task_that_returns_a_ref_gives_the_ref(shared_cluster: af.Runtime) -> None:
+    inner = await within(put_and_return.remote({"v": 41}))
+    assert isinstance(inner, af.ObjectRef)
+    assert await within(inner) == {"v": 41}
+    inner = await within(put_and_return_async.remote([1, 2]))
+    assert isinstance(inner, af.ObjectRef)
+    assert await within(inner) == [1, 2]
+
+
+async def test_a_returned_ref_outlives_the_workers_copy(shared_cluster: af.Runtime) -> None:
+    refs = await within(af.get([put_and_return.remote(i) for i in range(8)]))
+    nested = await within(submit_and_return.remote(10))
+    # the workers dropped their own copies long ago; collect whatever cycles held them
+    await within(af.get([collect_garbage.remote() for _ in range(4)]))
+    await asyncio.sleep(0.2)
+    assert all(isinstance(r, af.ObjectRef) for r in refs)
+    assert await within(af.get(refs)) == list(range(8))
+    assert isinstance(nested, af.ObjectRef)
+    assert await within(nested) == 11
+
+
+async def test_an_actor_method_that_returns_a_ref_gives_the_ref(
+        shared_cluster: af.Runtime) -> None:
+    maker = RefMaker.remote()
+    try:
+        one = await within(maker.put.remote("one"))
+        assert isinstance(one, af.ObjectRef) and await within(one) == "one"
+        # queued together: the batch path answers them
+        many = await within(af.get([maker.put.remote(i) for i in range(20)]))
+        assert all(isinstance(r, af.ObjectRef) for r in many)
+        assert await within(af.get(many)) == list(range(20))
+        back = await within(maker.put_async.remote("async"))
+        assert isinstance(back, af.ObjectRef) and await within(back) == "async"
+    finally:
+        await within(af.kill(maker))
