@@ -213,10 +213,14 @@ class Node(ServiceActor):
                 )
                 if node_id != self.node_id or bundle is not None:
                     return Spillback(node_id, node, bundle)
-            record = await self.acquire(message.demand, what="a task", pool=bundle)
+            while True:
+                record = await self.acquire(message.demand, what="a task", pool=bundle)
+                if record.lease_id in self.leases and record.worker.ref is not None:
+                    break
+                # its worker died between the grant and now (the lease went with it): the
+                # owner never saw it, so take another worker instead of failing the request
             if message.owner_ref is not None:
                 self._track_owner(message.owner_ref, record.lease_id)
-            assert record.worker.ref is not None
             return Lease(record.lease_id, record.worker.ref, self.node_id, record.gpu_ids,
                          record.worker.control, self.ref)
         if kind is ReturnLease:

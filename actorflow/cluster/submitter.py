@@ -55,6 +55,7 @@ LINGER_S = 0.1  # how long an idle lease is kept for the next task of its shape
 MAX_DEPTH = 64  # most tasks in flight on one lease (for tasks that run in microseconds)
 SHORT_TASK_S = 0.002  # tasks shorter than this on average get pipelined
 FOLLOW_LIMIT = 1024  # most tasks in flight on one lease, counting those that follow others
+MAX_BACKOFF_S = 1.0  # longest wait before asking for a lease again after failed requests
 
 
 @dataclass(slots=True)
@@ -88,8 +89,8 @@ class _Lease:
 class _Shape:
     """The tasks of one resource shape and scheduling strategy, and their leases."""
 
-    __slots__ = ("avg_run_s", "leases", "max_requests", "queue", "requesting", "shape",
-                 "strategy")
+    __slots__ = ("avg_run_s", "backoff", "failures", "leases", "max_requests", "queue",
+                 "requesting", "shape", "strategy")
 
     def __init__(self, shape: Resources, strategy: Any) -> None:
         self.shape = shape
@@ -100,6 +101,8 @@ class _Shape:
         # SPREAD wants many workers at once (one lease request per task, up to a bound)
         self.max_requests = 16 if strategy == "SPREAD" else 1
         self.avg_run_s = 1.0  # unknown until measured: assume long, pipeline nothing
+        self.failures = 0  # lease requests failed in a row (a dead node, a dead worker)
+        self.backoff: asyncio.TimerHandle | None = None  # no requests until it fires
 
     def depth(self) -> int:
         if self.strategy == "SPREAD":
@@ -245,6 +248,9 @@ class TaskSubmitter:
 
     def _pump(self, state: _Shape) -> None:
         queue = state.queue
+        if state.backoff is not None:  # lease requests failed lately: wait before asking again
+            self._push_queued(state)
+            return
         if state.strategy == "SPREAD":
             # every SPREAD task gets its own placement decision and its own lease
             while queue and state.requesting < state.max_requests and not self._closed:
@@ -252,22 +258,29 @@ class TaskSubmitter:
                                     bound=queue.popleft())
             return
         if queue:
-            depth = state.depth()
-            leases = state.leases
-            while queue:
-                best: _Lease | None = None
-                for lease in leases:
-                    if lease.inflight < depth and (best is None or lease.inflight < best.inflight):
-                        best = lease
-                if best is None:
-                    break
-                self._push(queue.popleft(), best)
+            self._push_queued(state)
             wanted = min(len(queue), state.max_requests)
-            while state.requesting < wanted and not self._closed:
+            while state.requesting < wanted and not self._closed and state.backoff is None:
                 self._request_lease(state, self.core.node, no_spill=False)
         for lease in state.leases:
             if lease.inflight == 0 and lease.idle_handle is None and not queue:
                 lease.idle_handle = self.core.loop.call_later(LINGER_S, self._linger_over, lease)
+
+    def _push_queued(self, state: _Shape) -> None:
+        """Push queued tasks onto the shape's leases that have room (the least loaded first)."""
+        queue = state.queue
+        if not queue or state.strategy == "SPREAD":
+            return
+        depth = state.depth()
+        leases = state.leases
+        while queue:
+            best: _Lease | None = None
+            for lease in leases:
+                if lease.inflight < depth and (best is None or lease.inflight < best.inflight):
+                    best = lease
+            if best is None:
+                break
+            self._push(queue.popleft(), best)
 
     def _push(self, pending: PendingTask, lease: _Lease) -> None:
         if lease.idle_handle is not None:
@@ -380,9 +393,7 @@ class TaskSubmitter:
             ))
         except Exception as exc:
             state.requesting -= 1
-            if bound is not None:
-                state.queue.appendleft(bound)
-            self._fail_queue(state, exc)
+            self._lease_failed(state, exc, bound)
             return
         fut.add_done_callback(lambda f: self._lease_granted(state, f, bound))
 
@@ -395,9 +406,7 @@ class TaskSubmitter:
             return
         exc = fut.exception()
         if exc is not None:
-            if bound is not None:
-                state.queue.appendleft(bound)
-            self._fail_queue(state, exc)
+            self._lease_failed(state, exc, bound)
             return
         answer = fut.result()
         if type(answer) is Spillback:  # the placement chose another node: ask it
@@ -405,6 +414,7 @@ class TaskSubmitter:
                 self._request_lease(state, answer.node, no_spill=True, bundle=answer.bundle,
                                     bound=bound)
             return
+        state.failures = 0
         lease = _Lease(answer, state)
         if self._closed:
             self._return(lease)
@@ -418,6 +428,41 @@ class TaskSubmitter:
             else:
                 self._push(bound, lease)
         self._pump(state)
+
+    def _lease_failed(self, state: _Shape, exc: BaseException,
+                      bound: PendingTask | None) -> None:
+        """A lease request failed. A demand that can never fit fails every task of the shape
+        at once; anything else (the node or its worker died, the link to it was lost) costs
+        one retry of the task it was for (``bound``, else the first queued), and the shape asks
+        again after a backoff. Only a task whose retries are used up fails."""
+        if isinstance(exc, InfeasibleError) or self._closed:
+            if bound is not None:
+                state.queue.appendleft(bound)
+            self._fail_queue(state, exc)
+            return
+        victim = bound if bound is not None else (state.queue.popleft() if state.queue else None)
+        if victim is not None:
+            if victim.cancelled:
+                self._cancelled(victim)
+            elif victim.retries_left > 0:
+                victim.retries_left -= 1
+                state.queue.appendleft(victim)
+            else:
+                error = WorkerCrashedError(
+                    f"no worker could be leased for task {victim.spec.name!r} "
+                    f"({type(exc).__name__}: {exc}) and its retries are used up; raise "
+                    "max_retries to retry longer")
+                error.__cause__ = exc
+                self._finish(victim, self._failed(victim, error))
+        state.failures += 1
+        if state.backoff is None:
+            delay = min(MAX_BACKOFF_S, 0.02 * 2 ** min(state.failures - 1, 10))
+            state.backoff = self.core.loop.call_later(delay, self._backoff_over, state)
+
+    def _backoff_over(self, state: _Shape) -> None:
+        state.backoff = None
+        if not self._closed:
+            self._pump(state)
 
     def _fail_queue(self, state: _Shape, exc: BaseException) -> None:
         if not isinstance(exc, (InfeasibleError, ActorflowError)):
@@ -481,6 +526,9 @@ class TaskSubmitter:
     async def close(self) -> None:
         self._closed = True
         for state in self.shapes.values():
+            if state.backoff is not None:
+                state.backoff.cancel()
+                state.backoff = None
             self._fail_queue(state, TaskCancelledError("actorflow shut down"))
             for lease in state.leases:
                 self._return(lease)
