@@ -5,7 +5,7 @@ joins one. Without ``--block`` the command starts the process in the background 
 session, its output in the state folder's log), waits until it is up, prints where it is,
 and returns; with ``--block`` it runs in the foreground until SIGTERM or SIGINT, which stop it
 and every worker it started. ``stop`` signals every process that ``start`` started on this
-machine.
+machine (and sweeps what those it had to kill left: see ``docs/reliability.md``).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from typing import Any
 
 from actorflow.cluster import bootstrap, state
 from actorflow.cluster.protocol import ListState, NodeInfo
+from actorflow.objects import sweep
 from actorflow.placement.resources import Resources
 from actorflow.runtime.loop import run_main
 
@@ -197,6 +198,11 @@ def cmd_stop(args: Any) -> int:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+    if live:  # what they leave (segments, sockets) goes now, not at the next start
+        deadline = time.monotonic() + 5.0
+        while any(_alive(pid) for pid in live) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        sweep.sweep_machine()
     for entry in procs:
         state.forget_process(int(entry["pid"]))
         if entry.get("kind") == "head" and entry.get("address"):

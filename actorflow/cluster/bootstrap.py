@@ -15,6 +15,11 @@ A process that will run a node starts its worker pool's zygote first (see
 the Head, the Node, the Placement actor: this module imports them on first use, in a thread, so
 the caller's loop is never blocked by them), so that the zygote's imports, which the first
 worker waits for, run while this process does the rest of its start.
+
+A process that runs a node holds the node's liveness lock while it runs, and sweeps what dead
+processes of this machine left behind (their shared-memory segments and unix socket files:
+:mod:`actorflow.objects.sweep`) once it has started, every ``SWEEP_INTERVAL_S`` after, and
+when it stops, all in a thread.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from actorflow.cluster import zygote as _zygote
 from actorflow.cluster.protocol import ClusterInfo, GetClusterInfo, RegisterNode
+from actorflow.objects import sweep
 from actorflow.placement.resources import Resources
 from actorflow.runtime import ActorRef, ActorSystem, restore_ref
 
@@ -46,6 +52,8 @@ log = logging.getLogger("actorflow.bootstrap")
 _SERVE_MODULES = ("actorflow.transport.config", "actorflow.transport.remote")
 _CLUSTER_MODULES = (*_SERVE_MODULES, "actorflow.placement.actor", "actorflow.cluster.head",
                     "actorflow.cluster.node")
+#: Seconds between two sweeps of a running node (it also sweeps when it starts and stops).
+SWEEP_INTERVAL_S = 300.0
 
 __all__ = [
     "ClusterProcess",
@@ -69,6 +77,9 @@ class ClusterProcess:
     node: ActorRef | None = None
     node_id: str | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    #: The node whose liveness lock this process holds (it runs it), and its sweeper.
+    _held: str | None = field(default=None, repr=False)
+    _sweeper: asyncio.Task[None] | None = field(default=None, repr=False)
 
     @property
     def address(self) -> str:
@@ -79,7 +90,33 @@ class ClusterProcess:
         try:
             await self.system.shutdown()
         finally:
-            await self.remoting.aclose()
+            try:
+                await self.remoting.aclose()
+            finally:
+                await self._stop_sweeping()
+
+    def _start_sweeping(self) -> None:
+        """Sweep now and every ``SWEEP_INTERVAL_S``, until :meth:`aclose`."""
+        self._sweeper = asyncio.get_running_loop().create_task(_sweep_every(SWEEP_INTERVAL_S))
+
+    async def _stop_sweeping(self) -> None:
+        """Stop the sweeper; let the node's lock go (its segments are gone: the node removed
+        them as it stopped); sweep once more (what this node's workers killed hard left)."""
+        sweeper, self._sweeper = self._sweeper, None
+        if sweeper is not None:
+            sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweeper
+        held, self._held = self._held, None
+        if held is not None:
+            await asyncio.to_thread(sweep.release_node, held)
+            await asyncio.to_thread(sweep.sweep_machine)
+
+
+async def _sweep_every(interval: float) -> None:
+    while True:
+        await asyncio.to_thread(sweep.sweep_machine)
+        await asyncio.sleep(interval)
 
 
 async def _import(names: tuple[str, ...]) -> None:
@@ -174,6 +211,17 @@ async def _spawn_node(
     return node, node_id
 
 
+def _hold_node(node_id: str) -> str | None:
+    """Hold the liveness lock of the node this process is about to run (before any of its
+    processes can make a segment): its id when held."""
+    try:
+        return node_id if sweep.hold_node(node_id) else None
+    except OSError as exc:
+        log.warning("cannot take the liveness lock of node %s (%s): its segments will not be "
+                    "swept if it dies", node_id, exc)
+        return None
+
+
 async def start_head(
     *,
     token: str,
@@ -200,21 +248,28 @@ async def start_head(
         if zygote is not None:
             await zygote.aclose()
         raise
+    proc: ClusterProcess | None = None
     try:
         placement = await system.spawn(Placement, name="placement", well_known=True)
         head = await system.spawn(lambda: Head(session, placement), name="head", well_known=True)
         proc = ClusterProcess(system, remoting, head, session, token)
         if with_node:
+            node_id = secrets.token_hex(4)
+            proc._held = _hold_node(node_id)
             proc.node, proc.node_id = await _spawn_node(
                 system, head, session=session, token=token, resources=resources,
-                prestart=prestart, log_to_driver=log_to_driver, zygote=zygote,
+                prestart=prestart, log_to_driver=log_to_driver, node_id=node_id, zygote=zygote,
             )
     except BaseException:
         await system.shutdown()
         await remoting.aclose()
         if zygote is not None:
             await zygote.aclose()  # a no-op when the node's pool took it and closed it
+        if proc is not None:
+            await proc._stop_sweeping()
         raise
+    if with_node:
+        proc._start_sweeping()
     return proc
 
 
@@ -239,20 +294,26 @@ async def start_node(
         if zygote is not None:
             await zygote.aclose()
         raise
+    proc: ClusterProcess | None = None
     try:
         head = await discover_head(remoting, address)
         info: ClusterInfo = await head.ask(GetClusterInfo(), timeout=30.0)
         proc = ClusterProcess(system, remoting, head, info.session, token)
+        node_id = secrets.token_hex(4)
+        proc._held = _hold_node(node_id)
         proc.node, proc.node_id = await _spawn_node(
             system, head, session=info.session, token=token, resources=resources,
-            prestart=prestart, log_to_driver=log_to_driver, zygote=zygote,
+            prestart=prestart, log_to_driver=log_to_driver, node_id=node_id, zygote=zygote,
         )
     except BaseException:
         await system.shutdown()
         await remoting.aclose()
         if zygote is not None:
             await zygote.aclose()  # a no-op when the node's pool took it and closed it
+        if proc is not None:
+            await proc._stop_sweeping()
         raise
+    proc._start_sweeping()
     return proc
 
 

@@ -12,6 +12,10 @@ pages that are already allocated and mapped, ten times faster than filling fresh
 header's generation tells a reader which value a segment holds, so a stale reference fails
 loudly instead of reading the newer value.
 
+A process holds the liveness lock of the node a segment is named after before it creates the
+segment (``actorflow/objects/sweep.py``), so what a process killed hard leaves here is swept by
+the next node that starts on this machine, and a live process's segments never are.
+
 Layout (little-endian)::
 
     magic "AFS2" | u32 nbuf | u64 meta_len | u64 generation | nbuf x u64 buf_len | pad to 64
@@ -25,9 +29,9 @@ import mmap
 import os
 import struct
 import sys
-import tempfile
 from typing import Any
 
+from actorflow.objects import sweep
 from actorflow.objects.serialization import Serialized
 
 __all__ = [
@@ -44,7 +48,7 @@ __all__ = [
     "write_segment",
 ]
 
-SHM_DIR = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
+SHM_DIR = sweep.SHM_DIR
 _MAGIC = b"AFS2"
 _ALIGN = 64
 _HEAD = struct.Struct("<4sIQQ")  # magic, nbuf, meta_len, generation
@@ -59,6 +63,14 @@ def _path(name: str) -> str:
     if "/" in name or name.startswith("."):
         raise ValueError(f"invalid segment name {name!r}")
     return os.path.join(SHM_DIR, name)
+
+
+def _claim(name: str) -> None:
+    """Before this process creates segment ``name``: hold the liveness lock of the node it
+    is named after, so that no sweeper takes it for a dead process's (``sweep.py``)."""
+    owner = sweep.owner_of(name)
+    if owner is not None:
+        sweep.claim_node(owner)
 
 
 def _layout(value: Serialized, generation: int) -> tuple[bytes, list[int], int]:
@@ -146,6 +158,7 @@ def write_segment(name: str, value: Serialized, generation: int = 0) -> int:
     The bytes go in with ``pwrite``: the kernel fills fresh tmpfs pages directly, about twice
     as fast as faulting them in one by one through a mapping."""
     header, offsets, total = _layout(value, generation)
+    _claim(name)
     fd = os.open(_path(name), os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
     try:
         os.ftruncate(fd, total)
@@ -166,6 +179,7 @@ def blank_segment(name: str, size: int, *, keep_free: float = 0.25) -> Mapping:
     writable, for a later :func:`rewrite` (a spare: see ``actorflow/objects/store.py``).
     Blocking (the kernel zeroes every page): run it off the event loop. Raises OSError
     (``ENOSPC``) rather than leave less than ``keep_free`` of the filesystem free."""
+    _claim(name)
     fd = os.open(_path(name), os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
     mapping: Mapping | None = None
     try:

@@ -15,11 +15,11 @@ Addresses: ``ws://HOST:PORT``, ``wss://HOST:PORT`` (TLS) and ``ws+unix:///PATH``
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import socket
 import stat
-import tempfile
 from collections import Counter
 from collections.abc import Awaitable, Coroutine, Sequence
 from typing import Any
@@ -42,6 +42,7 @@ from actorflow.transport.base import (
 from actorflow.transport.bulk import BULK_PATH, BulkOffers
 from actorflow.transport.bulk import pull as bulk_pull
 from actorflow.transport.config import TransportConfig
+from actorflow.transport.liveness import SocketLock, lock_socket, socket_dir
 
 __all__ = ["WebSocketTransport", "auto_unix_path", "parse_address", "same_host_unix"]
 
@@ -240,15 +241,8 @@ def auto_unix_path(host: str | None, port: int) -> str | None:
     when ``host`` is not loopback or that directory cannot be made safely."""
     if host not in _LOOPBACK:
         return None
-    directory = os.path.join(tempfile.gettempdir(), f"actorflow-{os.getuid()}")
-    try:
-        os.makedirs(directory, mode=0o700, exist_ok=True)
-        info = os.lstat(directory)
-    except OSError:
-        return None
-    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
-        return None  # not ours, or others may enter it: do not trust it
-    return os.path.join(directory, f"{port}.sock")
+    directory = socket_dir()
+    return os.path.join(directory, f"{port}.sock") if directory is not None else None
 
 
 def same_host_unix(address: str) -> str | None:
@@ -268,7 +262,8 @@ def same_host_unix(address: str) -> str | None:
 
 
 def _remove_stale_socket(path: str) -> None:
-    """Remove a unix socket left by a dead process; refuse to touch anything else."""
+    """Remove a unix socket left by a dead process (we hold its lock: no live listener of
+    ours has it); refuse to touch anything else."""
     try:
         mode = os.lstat(path).st_mode
     except FileNotFoundError:
@@ -293,6 +288,7 @@ class _WebSocketListener(Listener):
         self.addresses = []
         self._runner: web.AppRunner | None = None
         self._unix_path: str | None = None
+        self._unix_lock: SocketLock | None = None
         self._accepted: asyncio.Queue[Link | None] = asyncio.Queue()  # None: closed
         self._links: set[Link] = set()
         self._per_peer: Counter[str] = Counter()
@@ -330,16 +326,49 @@ class _WebSocketListener(Listener):
             path = config.unix_path
             if path == "auto":
                 path = auto_unix_path(config.host, port) if config.server_ssl is None else None
-            if path is not None:
+            if path is not None and await self._lock_unix(path, auto=config.unix_path == "auto"):
                 _remove_stale_socket(path)
                 unix = web.UnixSite(runner, path)
                 await unix.start()
-                os.chmod(path, 0o600)
                 self._unix_path = path
+                if self._unix_lock is not None:
+                    self._unix_lock.bound = True
+                os.chmod(path, 0o600)
                 self.addresses.append(f"ws+unix://{path}")
         except BaseException:
             await runner.cleanup()
+            self._release_unix()
             raise
+
+    async def _lock_unix(self, path: str, *, auto: bool) -> bool:
+        """Take the liveness lock of the unix socket about to be bound at ``path``
+        (``actorflow/transport/liveness.py``: held while we listen, so no sweeper removes it).
+        False, for ``"auto"``, when a live listener holds it (serve TCP only); for a path
+        given, that raises. Where no lock file can be made, the socket is served unguarded."""
+        for _ in range(20):  # a sweeper holds it for microseconds
+            try:
+                self._unix_lock = lock_socket(path)
+            except OSError as exc:
+                log.debug("no liveness lock for %s (%s): serving it unguarded", path, exc)
+                return True
+            if self._unix_lock is not None:
+                return True
+            await asyncio.sleep(0.01)
+        if not auto:
+            raise FileExistsError(errno.EADDRINUSE, "a live process listens on unix_path", path)
+        log.warning("a live process listens on %s: serving TCP only", path)
+        return False
+
+    def _release_unix(self) -> None:
+        """Unlink our unix socket (if we bound it) and let its lock go."""
+        lock, self._unix_lock = self._unix_lock, None
+        if lock is not None:
+            lock.release()
+        elif self._unix_path is not None:
+            try:
+                os.unlink(self._unix_path)
+            except FileNotFoundError:
+                pass
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         config = self._config
@@ -423,11 +452,7 @@ class _WebSocketListener(Listener):
         self._accepted.put_nowait(None)  # wakes whoever waits in accept()
         if self._runner is not None:
             await self._runner.cleanup()
-        if self._unix_path is not None:
-            try:
-                os.unlink(self._unix_path)
-            except FileNotFoundError:
-                pass
+        self._release_unix()
 
     def statistics(self) -> ListenerStatistics:
         return ListenerStatistics(self._n_accepted, self._n_refused, sum(self._per_peer.values()))
