@@ -1,11 +1,12 @@
 """Helpers shared by the benchmark groups: records, statistics, event loops, CPU and memory
-accounting, process hygiene.
+accounting, fresh child processes, process hygiene.
 
 The record format is the peer benchmarks' (``WORKLOADS.md`` in the steering repo): one JSON
 object per workload, ``value`` the median over the repetitions' values, ``min``/``max`` of
 them, every other numeric field the median over the repetitions, dict/str fields from the last
-one. Standard library only; ``psutil`` (a test dependency) is optional: it adds the CPU fields,
-and the memory of a process tree (``idle_memory``) needs it.
+one. Standard library and ``benchmarks.spec`` only (actorflow and numpy are imported where
+used); ``psutil`` (a test dependency) is optional: it adds the CPU fields, and the memory of a
+process tree (``idle_memory``) needs it.
 """
 
 from __future__ import annotations
@@ -15,10 +16,13 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any, TextIO, TypeVar
+
+from benchmarks.spec import LARGE_BYTES
 
 __all__ = [
     "FRAMEWORK",
@@ -26,18 +30,26 @@ __all__ = [
     "CpuMeter",
     "alatency_loop",
     "attach_baseline",
+    "check_sum",
+    "child_env",
     "claim_stdout",
     "collect_tree",
     "emit",
     "have_uvloop",
+    "large_array",
     "latency_stats",
     "log",
+    "loop_kind",
     "measure_tree",
+    "memory_fits",
     "meta",
+    "pss_of",
     "reap_tagged",
+    "run_child",
     "run_on",
     "save_jsonl",
     "sig",
+    "smaps_rollup",
     "summarize",
     "tag_processes",
     "tagged_pids",
@@ -47,6 +59,7 @@ T = TypeVar("T")
 
 FRAMEWORK = "actorflow"
 LOOPS = ("asyncio", "uvloop")  # "asyncio": the default event loop
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the checkout
 
 
 def log(*parts: object) -> None:
@@ -70,6 +83,11 @@ def have_uvloop() -> bool:
     except ImportError:
         return False
     return True
+
+
+def loop_kind() -> str:
+    """The loop the cluster workloads run on: uvloop where installed (what ``af.run`` uses)."""
+    return "uvloop" if have_uvloop() else "asyncio"
 
 
 def run_on(kind: str, main: Callable[[], Coroutine[Any, Any, T]]) -> T:
@@ -118,6 +136,21 @@ async def alatency_loop(acall: Callable[[int], Awaitable[Any]], n: int) -> dict[
         await acall(i)
         lat.append(clock() - t)
     return latency_stats(lat, clock() - t0)
+
+
+# -- workload data and checks -----------------------------------------------------------------
+
+
+def large_array() -> Any:
+    """The 100 MiB array of the large-object workloads (numpy, imported here)."""
+    import numpy as np
+
+    return np.random.default_rng(0).random(LARGE_BYTES // 8)
+
+
+def check_sum(res: list[int], n: int) -> None:
+    """The results of ``noop(i)`` for i < n, in any order."""
+    assert sum(res) == n * (n - 1) // 2, (sum(res), n)
 
 
 # -- records ----------------------------------------------------------------------------------
@@ -392,6 +425,89 @@ def measure_tree(procs: list[Any]) -> dict[str, Any]:
         "nprocs": counted,
         "rss_by_name_mib": {k: round(v / mib, 1) for k, v in sorted(by_name.items())},
     }
+
+
+def smaps_rollup(pid: int) -> dict[str, int] | None:
+    """The kB fields of ``/proc/PID/smaps_rollup`` (``Rss``, ``Pss``, ``Private_Dirty``, ...),
+    or None where the process is gone or not ours to read. PSS counts each page once across
+    every process mapping it (a page shared by k processes adds 1/k to each), so PSS summed
+    over a set of processes is what the set costs, shared pages (a fork server's imports, the
+    object store's segments) included, as ``smem`` reports it."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            lines = f.read().splitlines()[1:]  # the first line names the address range
+    except OSError:
+        return None
+    out: dict[str, int] = {}
+    for line in lines:
+        key, _, rest = line.partition(":")
+        parts = rest.split()
+        if parts and parts[0].isdigit():
+            out[key.strip()] = int(parts[0])
+    return out
+
+
+def pss_of(pids: Iterable[int]) -> dict[str, float]:
+    """PSS, USS (private pages) and RSS summed over ``pids``, in MiB, and how many could be
+    read (``nprocs``). Blocking (one file per process): run it in a thread from a loop."""
+    pss = uss = rss = 0
+    counted = 0
+    for pid in pids:
+        m = smaps_rollup(pid)
+        if m is None:
+            continue
+        counted += 1
+        pss += m.get("Pss", 0)
+        rss += m.get("Rss", 0)
+        uss += m.get("Private_Clean", 0) + m.get("Private_Dirty", 0)
+    return {"pss_mib": pss / 1024, "uss_mib": uss / 1024, "rss_mib": rss / 1024,
+            "nprocs": counted}
+
+
+def memory_fits(k: int, per_actor_mib: float, spare_bytes: int = 2 * 2**30) -> str | None:
+    """None where k more actors of ``per_actor_mib`` each (x 1.25) fit in the memory available
+    with ``spare_bytes`` left over, else a sentence saying why not (psutil needed)."""
+    import psutil
+
+    need = k * per_actor_mib * 2**20 * 1.25 + spare_bytes
+    avail = psutil.virtual_memory().available
+    if need <= avail:
+        return None
+    return (f"{k} actors not run: ~{need / 2**30:.1f} GiB needed ({spare_bytes / 2**30:g} GiB "
+            f"to spare), {avail / 2**30:.1f} GiB available")
+
+
+# -- fresh child processes ----------------------------------------------------------------------
+
+
+def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a benchmark's child process: never joined to a cluster of the
+    caller's, the checkout on its path."""
+    env = dict(os.environ)
+    for key in ("ACTORFLOW_ADDRESS", "ACTORFLOW_TOKEN", "AF_BENCH_COMPARE"):
+        env.pop(key, None)
+    env["PYTHONPATH"] = ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env.update(extra or {})
+    return env
+
+
+def run_child(name: str, args: list[str] | None = None, env: dict[str, str] | None = None,
+              timeout: float | None = None, quiet: bool = True) -> tuple[float, Any]:
+    """``python -m benchmarks.cluster --child NAME ARGS``: its wall time and the last JSON
+    line it printed. ``quiet``: its stderr is kept (shown on failure) rather than passed on."""
+    cmd = [sys.executable, "-m", "benchmarks.cluster", "--child", name, *(args or [])]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE if quiet else None, text=True,
+                          env=child_env(env), cwd=ROOT, timeout=timeout)
+    wall = time.perf_counter() - t0
+    err = proc.stderr[-3000:] if quiet else "(its stderr is above)"
+    if proc.returncode != 0:
+        raise RuntimeError(f"child {name} failed (rc={proc.returncode}): {err}")
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(("{", "["))]
+    if not lines:
+        raise RuntimeError(f"child {name} printed no record: {err}")
+    return wall, json.loads(lines[-1])
 
 
 # -- process hygiene --------------------------------------------------------------------------

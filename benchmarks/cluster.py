@@ -2,7 +2,8 @@
 as the peer workloads define them (``WORKLOADS.md`` in the steering repo's ``bench/``), plus two
 workloads of our own (``cross_node``, ``many_actors``).
 
-Names, n (quick n), units and JSON keys are the peer benchmarks'; ``framework`` is
+Names, n (quick n), units and JSON keys are the peer benchmarks' (``benchmarks/spec.py`` holds
+them, and the targets); ``framework`` is
 ``actorflow``. The driver is a coroutine on uvloop (what ``af.run`` uses), inside
 ``async with af.init(num_cpus=nproc, log_to_driver=False)``; every workload warms up with the
 same remote functions/actors before its timed repetitions, checks its results, and records
@@ -12,12 +13,10 @@ same remote functions/actors before its timed repetitions, checks its results, a
 
 Our own workloads (their Ray side is ``benchmarks/ray_extra.py``):
 
-- ``many_actors`` (actors/s; n = 200, quick 20): n actors of a plain class (``def ping(self,
-  i): return i``) created with the defaults (1 CPU to place, 0 held), one ``ping(i)`` each;
-  value = n / (time from the first ``.remote()`` creation to the last call's result), results
-  checked. After each repetition (untimed, outside the CPU snapshots) every actor is
-  ``af.kill``ed and its worker process awaited gone. A repetition still unfinished after 180 s
-  stops there: ``timed_out`` = 1, ``completed`` = calls answered, value = completed / elapsed.
+- ``many_actors`` (actors/s at 100, 300 and 1,000 actors; quick 10 and 30): k actors of a
+  plain class created, one call each, the rate to the last answer; then the memory of the k
+  idle actors (PSS). It runs after the other in-process workloads, in the same cluster.
+  Defined in ``benchmarks/many_actors.py``.
 - ``cross_node`` (tasks/s; n = 10,000, quick 1,000): n no-op tasks pinned to the far one of two
   nodes started as real processes through the CLI, plus a 100 MiB transfer; it runs last, in a
   fresh child process (``--child cross_node``). Defined in ``benchmarks/cross_node.py``.
@@ -38,26 +37,29 @@ import argparse  # noqa: E402
 import asyncio  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
-import subprocess  # noqa: E402
 import sys  # noqa: E402
-from collections.abc import Awaitable, Callable, Iterable  # noqa: E402
+from collections.abc import Awaitable, Callable  # noqa: E402
 from typing import Any  # noqa: E402
 
 import actorflow as af  # noqa: E402
 
 T_IMPORTED = time.perf_counter()
 
+from benchmarks import cross_node, many_actors  # noqa: E402
 from benchmarks._common import (  # noqa: E402
     CpuMeter,
     alatency_loop,
+    check_sum,
     claim_stdout,
     collect_tree,
     emit,
-    have_uvloop,
+    large_array,
     log,
+    loop_kind,
     measure_tree,
     meta,
     reap_tagged,
+    run_child,
     run_on,
     save_jsonl,
     summarize,
@@ -72,45 +74,18 @@ from benchmarks.compare import (  # noqa: E402
     comparison_text,
     records_table,
 )
-
-LARGE_BYTES = 100 * 1024 * 1024  # the 100 MiB array: 13,107,200 float64
-
-# name -> (unit, n, quick n); in the peer scripts' order, then our own workloads
-_SPEC: dict[str, tuple[str, int, int]] = {
-    "startup": ("s", 1, 1),
-    "idle_memory": ("MiB", 1, 1),
-    "tasks_async": ("tasks/s", 10_000, 1_000),
-    "tasks_sync": ("us", 1_000, 200),
-    "actor_calls_async": ("calls/s", 10_000, 1_000),
-    "actor_calls_sync": ("us", 1_000, 200),
-    "async_actor_calls": ("calls/s", 10_000, 1_000),
-    "actor_calls_asyncio": ("calls/s", 10_000, 1_000),
-    "n_n_actor_calls": ("calls/s", 10_000, 1_000),
-    "put_get_small": ("ops/s", 10_000, 1_000),
-    "put_get_large": ("GB/s", 5, 2),
-    "large_arg_task": ("s", 5, 2),
-    "large_arg_actor": ("s", 5, 2),
-    "task_chain": ("tasks/s", 1_000, 100),
-    "tree_reduce": ("s", 1_024, 128),
-    "cross_node": ("tasks/s", 10_000, 1_000),  # ours: two CLI-started nodes
-    "many_actors": ("actors/s", 200, 20),  # ours
-}
-WORKLOADS = tuple(_SPEC)
-_CHILD_WORKLOADS = ("startup", "idle_memory")
-
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the checkout
-
-
-def _loop_kind() -> str:
-    return "uvloop" if have_uvloop() else "asyncio"
-
-
-def _num_cpus() -> int:
-    return os.cpu_count() or 1
+from benchmarks.spec import (  # noqa: E402
+    CHILD_WORKLOADS,
+    LARGE_BYTES,
+    SPEC,
+    WORKLOADS,
+    many_actors_sizes,
+    num_cpus,
+)
 
 
 def _init() -> Any:
-    return af.init(num_cpus=_num_cpus(), log_to_driver=False)
+    return af.init(num_cpus=num_cpus(), log_to_driver=False)
 
 
 # -- remote functions and actors -------------------------------------------------------------------
@@ -183,34 +158,12 @@ class Caller:
         return sum(await af.get(refs))
 
 
-@af.remote
-class Pinger:
-    """``many_actors``' actor; ``pid`` is only called after the timed region."""
-
-    def ping(self, i):  # type: ignore[no-untyped-def]
-        return i
-
-    def pid(self) -> int:
-        return os.getpid()
-
-
-def _large_array() -> Any:
-    import numpy as np
-
-    return np.random.default_rng(0).random(LARGE_BYTES // 8)
-
-
 # -- in-process workloads -------------------------------------------------------------------
 # Each: ``async def wl(n) -> (rep, teardown)``; ``await rep()`` is one repetition's record
-# (``value`` + extras, ``ops`` when the CPU per op is not per n, ``cleanup``: a coroutine
-# function awaited after the repetition's CPU snapshot); ``teardown`` may be None.
+# (``value`` + extras, ``ops`` when the CPU per op is not per n); ``teardown`` may be None.
 
 Rep = Callable[[], Awaitable[dict[str, Any]]]
 Teardown = Callable[[], Awaitable[None]] | None
-
-
-def _check_sum(res: list[int], n: int) -> None:
-    assert sum(res) == n * (n - 1) // 2, (sum(res), n)
 
 
 async def _actor(cls: Any) -> Any:
@@ -228,7 +181,7 @@ def _killer(*handles: Any) -> Teardown:
 
 
 async def tasks_async(n: int) -> tuple[Rep, Teardown]:
-    _check_sum(await af.get([noop.remote(i) for i in range(200)]), 200)
+    check_sum(await af.get([noop.remote(i) for i in range(200)]), 200)
 
     async def rep() -> dict[str, Any]:
         t0 = time.perf_counter()
@@ -236,14 +189,14 @@ async def tasks_async(n: int) -> tuple[Rep, Teardown]:
         t1 = time.perf_counter()
         res = await af.get(refs)
         t2 = time.perf_counter()
-        _check_sum(res, n)
+        check_sum(res, n)
         return {"value": n / (t2 - t0), "submit_s": t1 - t0, "total_s": t2 - t0}
 
     return rep, None
 
 
 async def tasks_sync(n: int) -> tuple[Rep, Teardown]:
-    _check_sum(await af.get([noop.remote(i) for i in range(50)]), 50)
+    check_sum(await af.get([noop.remote(i) for i in range(50)]), 50)
 
     async def call(i: int) -> None:
         assert await noop.remote(i) == i
@@ -259,7 +212,7 @@ async def tasks_sync(n: int) -> tuple[Rep, Teardown]:
 
 async def actor_calls_async(n: int) -> tuple[Rep, Teardown]:
     a = await _actor(Echo)
-    _check_sum(await af.get([a.noop.remote(i) for i in range(200)]), 200)
+    check_sum(await af.get([a.noop.remote(i) for i in range(200)]), 200)
 
     async def rep() -> dict[str, Any]:
         t0 = time.perf_counter()
@@ -267,7 +220,7 @@ async def actor_calls_async(n: int) -> tuple[Rep, Teardown]:
         t1 = time.perf_counter()
         res = await af.get(refs)
         t2 = time.perf_counter()
-        _check_sum(res, n)
+        check_sum(res, n)
         return {"value": n / (t2 - t0), "submit_s": t1 - t0, "total_s": t2 - t0}
 
     return rep, _killer(a)
@@ -291,13 +244,13 @@ async def actor_calls_sync(n: int) -> tuple[Rep, Teardown]:
 
 async def async_actor_calls(n: int) -> tuple[Rep, Teardown]:
     a = await _actor(AsyncEcho)
-    _check_sum(await af.get([a.noop.remote(i) for i in range(200)]), 200)
+    check_sum(await af.get([a.noop.remote(i) for i in range(200)]), 200)
 
     async def rep() -> dict[str, Any]:
         t0 = time.perf_counter()
         res = await af.get([a.noop.remote(i) for i in range(n)])
         dt = time.perf_counter() - t0
-        _check_sum(res, n)
+        check_sum(res, n)
         return {"value": n / dt, "total_s": dt}
 
     return rep, _killer(a)
@@ -314,14 +267,14 @@ async def actor_calls_asyncio(n: int) -> tuple[Rep, Teardown]:
         for i in range(k):
             assert await a.noop.remote(i) == i
 
-    _check_sum(await gather_calls(200), 200)
+    check_sum(await gather_calls(200), 200)
     await seq_calls(50)
 
     async def rep() -> dict[str, Any]:
         t0 = time.perf_counter()
         res = await gather_calls(n)
         dt = time.perf_counter() - t0
-        _check_sum(res, n)
+        check_sum(res, n)
         t1 = time.perf_counter()
         await seq_calls(n_seq)
         dts = time.perf_counter() - t1
@@ -364,7 +317,7 @@ async def put_get_small(n: int) -> tuple[Rep, Teardown]:
 
 
 async def put_get_large(n: int) -> tuple[Rep, Teardown]:
-    arr = _large_array()
+    arr = large_array()
     out = await af.get(af.put(arr))  # warm-up: first touch of shared memory
     del out
 
@@ -393,7 +346,7 @@ async def put_get_large(n: int) -> tuple[Rep, Teardown]:
 
 
 async def large_arg_task(n: int) -> tuple[Rep, Teardown]:
-    arr = _large_array()
+    arr = large_array()
     expect = float(arr.sum())
     await array_sum.remote(arr)
 
@@ -417,7 +370,7 @@ async def large_arg_task(n: int) -> tuple[Rep, Teardown]:
 
 
 async def large_arg_actor(n: int) -> tuple[Rep, Teardown]:
-    arr = _large_array()
+    arr = large_array()
     expect = float(arr.sum())
     a = await _actor(Echo)
     await a.array_sum.remote(arr)
@@ -465,82 +418,6 @@ async def tree_reduce(n: int) -> tuple[Rep, Teardown]:
     return rep, None
 
 
-MANY_ACTORS_TIMEOUT_S = 180.0  # per repetition
-_GONE_TIMEOUT_S = 60.0  # for killed actors' processes to exit
-
-
-def _alive(pid: int) -> bool:
-    """Whether ``pid`` is a live process (a zombie is not)."""
-    try:
-        import psutil
-    except ImportError:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
-    try:
-        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
-    except psutil.NoSuchProcess:
-        return False
-
-
-async def _wait_gone(pids: Iterable[int], timeout: float = _GONE_TIMEOUT_S) -> list[int]:
-    """Wait (bounded) until none of ``pids`` is alive; the ones left."""
-    deadline = time.monotonic() + timeout
-    left = [p for p in pids if _alive(p)]
-    while left and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
-        left = [p for p in left if _alive(p)]
-    return left
-
-
-async def many_actors(n: int) -> tuple[Rep, Teardown]:
-    # warm-up: one actor through its whole life (class export, first actor worker)
-    a = Pinger.remote()
-    assert await a.ping.remote(7) == 7
-    pid = await a.pid.remote()
-    await af.kill(a)
-    await _wait_gone([pid])
-
-    async def rep() -> dict[str, Any]:
-        t0 = time.perf_counter()
-        handles = [Pinger.remote() for _ in range(n)]
-        refs = [h.ping.remote(i) for i, h in enumerate(handles)]
-        try:
-            res = await af.get(refs, timeout=MANY_ACTORS_TIMEOUT_S)
-            timed_out = False
-        except af.GetTimeoutError:
-            timed_out = True
-        dt = time.perf_counter() - t0
-        if timed_out:
-            ready, _ = await af.wait(refs, num_returns=n, timeout=0)
-            done = set(ready)
-            answered = [i for i, ref in enumerate(refs) if ref in done]
-            assert sorted(await af.get([refs[i] for i in answered])) == answered
-            log(f"[many_actors] TIMED OUT after {dt:.1f} s: {len(answered)}/{n} answered")
-        else:
-            assert res == list(range(n)), "wrong results"
-            answered = list(range(n))
-
-        async def cleanup() -> None:
-            pids = await af.get([handles[i].pid.remote() for i in answered],
-                                timeout=_GONE_TIMEOUT_S)
-            for h in handles:
-                await af.kill(h)
-            left = await _wait_gone(pids)
-            if left:
-                log(f"[many_actors] {len(left)} actor processes still alive "
-                    f"{_GONE_TIMEOUT_S:.0f} s after af.kill: {left[:10]}")
-
-        return {"value": len(answered) / dt, "total_s": dt, "completed": len(answered),
-                "timed_out": int(timed_out), "cleanup": cleanup}
-
-    return rep, None
-
-
 _IN_PROCESS: dict[str, Callable[[int], Awaitable[tuple[Rep, Teardown]]]] = {
     "tasks_async": tasks_async,
     "tasks_sync": tasks_sync,
@@ -555,17 +432,19 @@ _IN_PROCESS: dict[str, Callable[[int], Awaitable[tuple[Rep, Teardown]]]] = {
     "large_arg_actor": large_arg_actor,
     "task_chain": task_chain,
     "tree_reduce": tree_reduce,
-    "many_actors": many_actors,
 }
 
 
 async def _in_process(names: list[str], quick: bool, reps: int,
                       provenance: dict[str, Any]) -> list[dict[str, Any]]:
+    """The in-process workloads among ``names``, in one cluster, ``many_actors`` last."""
     meter = CpuMeter()
     records = []
     async with _init():
         for name in names:
-            unit, n_full, n_quick = _SPEC[name]
+            if name not in _IN_PROCESS:
+                continue
+            unit, n_full, n_quick = SPEC[name]
             n = n_quick if quick else n_full
             rep, teardown = await _IN_PROCESS[name](n)
             runs = []
@@ -574,15 +453,15 @@ async def _in_process(names: list[str], quick: bool, reps: int,
                     before = meter.snap()
                     rec = await rep()
                     after = meter.snap(end=True)
-                    cleanup = rec.pop("cleanup", None)
                     runs.append(meter.add(rec, before, after, rec.pop("ops", n)))
                     log(f"[{name}] rep {r + 1}/{reps}: {rec['value']:.4g} {unit}")
-                    if cleanup is not None:
-                        await cleanup()
             finally:
                 if teardown is not None:
                     await teardown()
             records.append(summarize(name, unit, n, runs, provenance))
+        if "many_actors" in names:
+            runs, n = await many_actors.measure(many_actors_sizes(quick), reps, meter)
+            records.append(summarize("many_actors", SPEC["many_actors"][0], n, runs, provenance))
     return records
 
 
@@ -606,7 +485,7 @@ def _child_startup() -> dict[str, Any]:
             "shutdown_s": t3 - t2,
         }
 
-    return run_on(_loop_kind(), main)
+    return run_on(loop_kind(), main)
 
 
 def _child_idle_memory() -> dict[str, Any]:
@@ -626,42 +505,14 @@ def _child_idle_memory() -> dict[str, Any]:
             await af.kill(a)
         return m
 
-    return run_on(_loop_kind(), main)
-
-
-def _child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    env = dict(os.environ)
-    for key in ("ACTORFLOW_ADDRESS", "ACTORFLOW_TOKEN", "AF_BENCH_COMPARE"):
-        env.pop(key, None)
-    env["PYTHONPATH"] = _ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    env.update(extra or {})
-    return env
-
-
-def _run_child(name: str, args: list[str] | None = None, env: dict[str, str] | None = None,
-               timeout: float | None = None, quiet: bool = True) -> tuple[float, Any]:
-    """``python -m benchmarks.cluster --child NAME ARGS``: its wall time and the last JSON
-    line it printed. ``quiet``: its stderr is kept (shown on failure) rather than passed on."""
-    cmd = [sys.executable, "-m", "benchmarks.cluster", "--child", name, *(args or [])]
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE if quiet else None, text=True,
-                          env=_child_env(env), cwd=_ROOT, timeout=timeout)
-    wall = time.perf_counter() - t0
-    err = proc.stderr[-3000:] if quiet else "(its stderr is above)"
-    if proc.returncode != 0:
-        raise RuntimeError(f"child {name} failed (rc={proc.returncode}): {err}")
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(("{", "["))]
-    if not lines:
-        raise RuntimeError(f"child {name} printed no record: {err}")
-    return wall, json.loads(lines[-1])
+    return run_on(loop_kind(), main)
 
 
 def _fresh_process(name: str, reps: int, provenance: dict[str, Any]) -> dict[str, Any]:
-    unit = _SPEC[name][0]
+    unit = SPEC[name][0]
     runs = []
     for r in range(reps):
-        wall, inner = _run_child(name)
+        wall, inner = run_child(name)
         rec = {"value": wall, **inner} if name == "startup" else {"value": inner["rss_mib"],
                                                                   **inner}
         runs.append(rec)
@@ -682,14 +533,12 @@ def run(quick: bool, reps: int, only: set[str] | None = None,
     if compare and compare != "ray":
         raise ValueError(f"--compare knows only 'ray', not {compare!r}")
     names = [w for w in WORKLOADS if only is None or w in only]
-    provenance = {**meta(quick), "num_cpus": _num_cpus(), "loop": _loop_kind()}
-    records = [_fresh_process(w, reps, provenance) for w in names if w in _CHILD_WORKLOADS]
-    in_proc = [w for w in names if w in _IN_PROCESS]
+    provenance = {**meta(quick), "num_cpus": num_cpus(), "loop": loop_kind()}
+    records = [_fresh_process(w, reps, provenance) for w in names if w in CHILD_WORKLOADS]
+    in_proc = [w for w in names if w in _IN_PROCESS or w == "many_actors"]
     if in_proc:
-        records += run_on(_loop_kind(), lambda: _in_process(in_proc, quick, reps, provenance))
+        records += run_on(loop_kind(), lambda: _in_process(in_proc, quick, reps, provenance))
     if "cross_node" in names:
-        from benchmarks import cross_node  # it imports this module
-
         records.append(cross_node.measure(quick, reps, provenance))
     records.sort(key=lambda rec: WORKLOADS.index(rec["workload"]))
     attach_abs(records)
@@ -724,8 +573,6 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.child:
         if args.child == "cross_node":
-            from benchmarks import cross_node  # it imports this module
-
             out: Any = cross_node.child_main(args.n, args.reps or 1)
         elif args.child == "startup":
             out = _child_startup()

@@ -19,8 +19,9 @@ Ray is never a dependency of the project: it is run as a separate program. Where
 where it exists, else ``/work/shared/bench/ray_bench.py``); the floor script likewise
 (``--floor-script`` / ``AF_BENCH_FLOOR_SCRIPT``, ``floor_bench.py``), run with this interpreter.
 
-Standard library and ``benchmarks._common`` only: the harness imports this module whatever the
-groups it runs. ``benchmarks.cluster`` (which imports this module) is imported on first use.
+The workloads, their sizes and the targets are ``benchmarks.spec``'s. Standard library,
+``benchmarks._common`` and ``benchmarks.spec`` only: the harness imports this module whatever
+the groups it runs.
 """
 
 from __future__ import annotations
@@ -34,70 +35,17 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from benchmarks._common import attach_baseline, log, sig
-
-#: Workloads of our own: their Ray side is ``benchmarks/ray_extra.py``, not ``ray_bench.py``.
-RAY_EXTRA_WORKLOADS = ("cross_node", "many_actors")
-
-#: Targets against Ray, as (key compared, op, factor) on the ratio actorflow / Ray of one
-#: sitting. From the issue: startup <= 0.2 x Ray (and <= 1 s: ABS_TARGETS); the throughputs
-#: tasks_async, actor_calls_async, async_actor_calls, n_n_actor_calls, put_get_small and
-#: task_chain >= 10 x Ray; tree_reduce (seconds) <= 0.1 x; put_get_large (a bandwidth) >= 2 x;
-#: large_arg_task <= 1 x; idle memory (PSS) <= 0.2 x. The rest are ours (PROPOSALS: the table
-#: says "ours"): the sequential latencies <= 0.25 x Ray (the issue judges them against the
-#: floor: FLOOR_TARGETS), actor_calls_asyncio >= 5 x, large_arg_actor and large_arg_task's
-#: ref_arg_s <= 1 x (as large_arg_task: a 100 MiB copy and sum bound both), and our own
-#: workloads' cross_node and many_actors >= 5 x and the cross-node 100 MiB transfer <= 1 x.
-TARGETS: dict[str, tuple[str, str, float]] = {
-    "startup": ("value", "<=", 0.2),
-    "idle_memory": ("pss_mib", "<=", 0.2),
-    "tasks_async": ("value", ">=", 10.0),
-    "tasks_sync": ("value", "<=", 0.25),
-    "actor_calls_async": ("value", ">=", 10.0),
-    "actor_calls_sync": ("value", "<=", 0.25),
-    "async_actor_calls": ("value", ">=", 10.0),
-    "actor_calls_asyncio": ("value", ">=", 5.0),
-    "n_n_actor_calls": ("value", ">=", 10.0),
-    "put_get_small": ("value", ">=", 10.0),
-    "put_get_large": ("value", ">=", 2.0),
-    "large_arg_task": ("value", "<=", 1.0),
-    "large_arg_actor": ("value", "<=", 1.0),
-    "task_chain": ("value", ">=", 10.0),
-    "tree_reduce": ("value", "<=", 0.1),  # seconds for 2L-1 tasks: >= 10 x tasks_per_s
-    "cross_node": ("value", ">=", 5.0),
-    "many_actors": ("value", ">=", 5.0),
-}
-#: Extras compared too (rows of their own in the comparison table).
-EXTRA_TARGETS: dict[str, tuple[str, str, float]] = {
-    "actor_calls_asyncio": ("seq_await_us", "<=", 0.25),
-    "large_arg_task": ("ref_arg_s", "<=", 1.0),
-    "cross_node": ("transfer_100MiB_s", "<=", 1.0),
-}
-#: The targets above that are ours, not the issue's, as (workload, key compared).
-PROPOSALS: frozenset[tuple[str, str]] = frozenset({
-    ("tasks_sync", "value"), ("actor_calls_sync", "value"), ("actor_calls_asyncio", "value"),
-    ("actor_calls_asyncio", "seq_await_us"), ("large_arg_actor", "value"),
-    ("large_arg_task", "ref_arg_s"), ("cross_node", "value"), ("cross_node", "transfer_100MiB_s"),
-    ("many_actors", "value"),
-})
-#: Absolute targets (no Ray needed), as (key, op, limit in the record's unit).
-ABS_TARGETS: dict[str, tuple[str, str, float]] = {
-    "startup": ("value", "<=", 1.0),
-}
-#: Targets against the peer floor (``floor_bench.py``, same sitting), as (floor workload, op,
-#: factor) on the ratio actorflow / floor: a sequential round trip at most twice the smallest
-#: honest websocket RPC's; pipelined actor calls at least a third of the coalescing RPC's.
-FLOOR_TARGETS: dict[str, tuple[str, str, float]] = {
-    "tasks_sync": ("ws_rpc_sync", "<=", 2.0),
-    "actor_calls_sync": ("ws_rpc_sync", "<=", 2.0),
-    "actor_calls_async": ("ws_rpc_async_coalesced", ">=", 1 / 3),
-}
-#: Extras shown as rows of their own in the comparison table (no target).
-INFO_EXTRAS: dict[str, tuple[str, ...]] = {
-    "startup": ("ttfr_s",),
-    "tasks_sync": ("p99_us",),
-    "actor_calls_sync": ("p99_us",),
-    "cross_node": ("transfer_GBps", "move_GBps"),
-}
+from benchmarks.spec import (
+    ABS_TARGETS,
+    EXTRA_TARGETS,
+    FLOOR_TARGETS,
+    INFO_EXTRAS,
+    PROPOSALS,
+    RAY_EXTRA_WORKLOADS,
+    SPEC,
+    TARGETS,
+    num_cpus,
+)
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _ROOT = os.path.dirname(_HERE)
@@ -113,21 +61,6 @@ DEFAULT_RAY_PYTHON = "/work/rayenv/bin/python"
 DEFAULT_RAY_SCRIPT = _shared_bench("ray_bench.py")
 DEFAULT_FLOOR_SCRIPT = _shared_bench("floor_bench.py")
 RAY_EXTRA_SCRIPT = os.path.join(_HERE, "ray_extra.py")
-
-
-def _cluster_spec() -> dict[str, tuple[str, int, int]]:
-    """The cluster group's workloads (name -> unit, n, quick n): the ones Ray runs. Imported on
-    first use: ``benchmarks.cluster`` imports this module."""
-    from benchmarks import cluster
-
-    return cluster._SPEC
-
-
-def _num_cpus() -> int:
-    """The CPUs of the cluster group's node; Ray's single node gets as many."""
-    from benchmarks import cluster
-
-    return cluster._num_cpus()
 
 
 # -- targets without Ray ---------------------------------------------------------------------------
@@ -198,13 +131,12 @@ def run_ray_peer(names: Iterable[str], quick: bool, reps: int, python: str | Non
                  script: str | None = None) -> list[dict[str, Any]]:
     """The peer script ``ray_bench.py`` (Ray's interpreter) on the peer workloads among
     ``names``; its records."""
-    spec = _cluster_spec()
-    peer = [w for w in names if w in spec and w not in RAY_EXTRA_WORKLOADS]
+    peer = [w for w in names if w in SPEC and w not in RAY_EXTRA_WORKLOADS]
     if not peer:
         return []
     python, script = _ray_paths(python, script)
     cmd = [python, script, "--only", ",".join(peer), *_common_args(quick, reps),
-           "--num-cpus", str(_num_cpus())]
+           "--num-cpus", str(num_cpus())]
     return _run_script("ray_bench.py", cmd, _script_timeout(quick))
 
 
@@ -217,7 +149,7 @@ def run_ray_extra(names: Iterable[str], quick: bool, reps: int, python: str | No
         return []
     python, script = _ray_paths(python, script)
     cmd = [python, RAY_EXTRA_SCRIPT, "--only", ",".join(extra), *_common_args(quick, reps),
-           "--num-cpus", str(_num_cpus()), "--bench-dir", os.path.dirname(script)]
+           "--num-cpus", str(num_cpus()), "--bench-dir", os.path.dirname(script)]
     return _run_script("ray_extra.py", cmd, _script_timeout(quick))
 
 
@@ -262,8 +194,7 @@ def compare_with_ray(
     and ``ray_extra.py`` one after the other, and attach Ray's and the floor's figures to the
     records. Returns (Ray's records, the floor's records, the scripts that failed); a failed
     script is reported on stderr and the others still run."""
-    spec = _cluster_spec()
-    names = [r["workload"] for r in records if r.get("workload") in spec]
+    names = [r["workload"] for r in records if r.get("workload") in SPEC]
     ray_records: list[dict[str, Any]] = []
     floor_records: list[dict[str, Any]] = []
     failed: list[str] = []
@@ -288,6 +219,12 @@ def compare_with_ray(
     return ray_records, floor_records, failed
 
 
+def same_n(rec: dict[str, Any], ray: dict[str, Any]) -> bool:
+    """Whether two records' values measure the same size (``many_actors`` on Ray stops short
+    of its largest size where that would not fit in memory; its ``n`` says where)."""
+    return rec.get("n") is None or ray.get("n") is None or rec["n"] == ray["n"]
+
+
 def attach_ray(records: list[dict[str, Any]], ray_records: list[dict[str, Any]]) -> None:
     """Give each record Ray's figure of the same run as ``baseline_value`` (plus ``ratio``,
     ``target``, ``target_met`` where the issue sets a target); extras compared get
@@ -302,8 +239,12 @@ def attach_ray(records: list[dict[str, Any]], ray_records: list[dict[str, Any]])
         rec["baseline_version"] = ray.get("version")
         if ray.get("timed_out"):
             rec["baseline_timed_out"] = True
+        if ray.get("memory_limited"):
+            rec["baseline_memory_limited"] = ray["memory_limited"]
         key, op, factor = TARGETS.get(rec["workload"], ("value", "", 0.0))
-        if key == "value" and op:
+        if not same_n(rec, ray):  # Ray stopped at a smaller size: no ratio of the values
+            rec["baseline_n"] = ray["n"]
+        elif key == "value" and op:
             attach_baseline(rec, "ray", op, factor)
         elif ray["value"]:
             rec["ratio"] = sig(rec["value"] / ray["value"], 4)
@@ -419,7 +360,6 @@ def compare_table(records: list[dict[str, Any]], ray_records: list[dict[str, Any
     met | floor. Cluster workloads are judged against Ray (TARGETS, EXTRA_TARGETS, plus
     ABS_TARGETS) and, where one applies, the floor (in the floor cell); records of other
     groups (kernel, transport, placement) show their own target and floor."""
-    spec = _cluster_spec()
     by_ray = {r["workload"]: r for r in ray_records}
     by_floor = {r["workload"]: r for r in floor_records or ()}
     rows = [("workload", "unit", "actorflow (median, min-max)", "Ray", "ratio af/Ray",
@@ -430,6 +370,8 @@ def compare_table(records: list[dict[str, Any]], ray_records: list[dict[str, Any
             absolute: tuple[str, str, float] | None = None) -> None:
         ours = rec.get(key)
         theirs = ray.get(key) if ray else None
+        if key == "value" and ray and not same_n(rec, ray):
+            theirs = None  # another size: shown, not compared
         ratio = ours / theirs if _num(ours) and _num(theirs) and theirs else None
         texts: list[str] = []
         checks: list[bool | None] = []
@@ -443,6 +385,9 @@ def compare_table(records: list[dict[str, Any]], ray_records: list[dict[str, Any
         ray_cell = _span(ray, key) if ray else "-"
         if ray and key == "value" and ray.get("timed_out"):
             ray_cell += f" (timed out: {_count(ray.get('completed'))}/{ray.get('n')})"
+        if ray and key == "value" and not same_n(rec, ray):
+            ray_cell += f" (n = {ray.get('n')}"
+            ray_cell += f"; {ray['memory_limited']})" if ray.get("memory_limited") else ")"
         ours_cell = _span(rec, key)
         if key == "value" and rec.get("timed_out"):
             ours_cell += f" (timed out: {_count(rec.get('completed'))}/{rec.get('n')})"
@@ -452,7 +397,7 @@ def compare_table(records: list[dict[str, Any]], ray_records: list[dict[str, Any
 
     for rec in records:
         name, unit = rec["workload"], rec.get("unit", "")
-        if name not in spec:  # another group's record: its own target and floor
+        if name not in SPEC:  # another group's record: its own target and floor
             met = rec.get("target_met")
             rows.append((name, unit, _span(rec, "value"), "-", "-", str(rec.get("target", "-")),
                          "-" if met is None else ("yes" if met else "**NO**"),

@@ -19,9 +19,9 @@ too) it kills any ``actorflow start`` process group left in that folder and any 
 with the tag, and removes the folder. Ray's side of the workload is in
 ``benchmarks/ray_extra.py``.
 
-This module imports ``benchmarks.cluster`` (the spec, the child runner, ``noop`` and the 100 MiB
-array), so that module imports this one only where it runs the workload. Its own remote
-functions travel by value, as that module's do (see the end of the module).
+The spec (n, the 100 MiB array's size) is ``benchmarks.spec``'s, the child runner
+``benchmarks._common``'s; ``benchmarks.cluster`` imports this module. Its remote functions
+travel by value, as that module's do (see the end of the module).
 """
 
 from __future__ import annotations
@@ -42,24 +42,32 @@ from typing import Any
 import cloudpickle
 
 import actorflow as af
-from benchmarks._common import TAG_VAR, CpuMeter, log, reap_tagged, run_on, summarize
-from benchmarks.cluster import (
-    _ROOT,
-    _SPEC,
-    LARGE_BYTES,
-    _check_sum,
-    _child_env,
-    _large_array,
-    _loop_kind,
-    _run_child,
-    noop,
+from benchmarks._common import (
+    ROOT,
+    TAG_VAR,
+    CpuMeter,
+    check_sum,
+    child_env,
+    large_array,
+    log,
+    loop_kind,
+    reap_tagged,
+    run_child,
+    run_on,
+    summarize,
 )
+from benchmarks.spec import LARGE_BYTES, SPEC
 
 _FAR = {"far": 0.001}
 _CROSS_NODE_TIMEOUT_S = 1200.0  # the whole child, all repetitions
 
 
-# -- remote functions (with ``benchmarks.cluster.noop``) -------------------------------------------
+# -- remote functions ------------------------------------------------------------------------------
+
+
+@af.remote
+def noop(i):  # type: ignore[no-untyped-def]
+    return i
 
 
 @af.remote
@@ -98,7 +106,7 @@ class _CliNodes:
 
     def __init__(self) -> None:
         self.state_dir = Path(os.environ["ACTORFLOW_STATE_DIR"])
-        self.env = _child_env({"PYTHONUNBUFFERED": "1"})
+        self.env = child_env({"PYTHONUNBUFFERED": "1"})
         self.started: list[tuple[str, subprocess.Popen[bytes], Any]] = []
 
     def start(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
@@ -106,7 +114,7 @@ class _CliNodes:
         proc = subprocess.Popen(
             [sys.executable, "-m", "actorflow", "start", *args, "--block"],
             stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT, env=self.env,
-            cwd=_ROOT, start_new_session=True)
+            cwd=ROOT, start_new_session=True)
         self.started.append((name, proc, logf))
         return proc
 
@@ -201,12 +209,12 @@ async def _cross_node_driver(address: str, token: str, n: int, reps: int
             await asyncio.sleep(0.1)
         far_noop, far_where = noop.options(resources=_FAR), where.options(resources=_FAR)
         far_big, far_big_last = big.options(resources=_FAR), big_last.options(resources=_FAR)
-        local = _large_array()
+        local = large_array()
         shape, last = local.shape, float(local[-1])
         del local
         assert await far_where.remote() == far[0] != rt.node_id, "far tasks did not run far"
         # warm-up: tasks on the far node, one big transfer (first touch of shared memory)
-        _check_sum(await af.get([far_noop.remote(i) for i in range(200)]), 200)
+        check_sum(await af.get([far_noop.remote(i) for i in range(200)]), 200)
         out = await far_big.remote()
         assert isinstance(out, np.ndarray) and out.shape == shape and out[-1] == last
         del out
@@ -221,7 +229,7 @@ async def _cross_node_driver(address: str, token: str, n: int, reps: int
             res = await af.get(refs)
             t2 = time.perf_counter()
             after = meter.snap(end=True)
-            _check_sum(res, n)
+            check_sum(res, n)
             del refs, res
             rec: dict[str, Any] = {"value": n / (t2 - t0), "submit_s": t1 - t0,
                                    "total_s": t2 - t0}
@@ -271,19 +279,19 @@ def child_main(n: int, reps: int) -> list[dict[str, Any]]:
         far = nodes.start("far", ["--address", address, "--num-cpus", "1",
                                   "--resources", json.dumps({"far": 1})])
         nodes.wait_ready(far)
-        return run_on(_loop_kind(), lambda: _cross_node_driver(address, token, n, reps))
+        return run_on(loop_kind(), lambda: _cross_node_driver(address, token, n, reps))
     finally:
         nodes.stop()
 
 
 def measure(quick: bool, reps: int, provenance: dict[str, Any]) -> dict[str, Any]:
     """The parent: run the child, clean up after it; the summarized record."""
-    unit, n_full, n_quick = _SPEC["cross_node"]
+    unit, n_full, n_quick = SPEC["cross_node"]
     n = n_quick if quick else n_full
     state_dir = tempfile.mkdtemp(prefix="af-bench-cross-node-")
     tag = uuid.uuid4().hex  # the child's, its nodes' and their workers'
     try:
-        _, runs = _run_child("cross_node", ["--n", str(n), "--reps", str(reps)],
+        _, runs = run_child("cross_node", ["--n", str(n), "--reps", str(reps)],
                              env={"ACTORFLOW_STATE_DIR": state_dir, TAG_VAR: tag},
                              timeout=_CROSS_NODE_TIMEOUT_S, quiet=False)
     finally:

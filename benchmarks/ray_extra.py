@@ -10,15 +10,22 @@ Prints one JSON record per workload on stdout, in the peer scripts' format (``WO
 ``framework: "ray"``); everything else goes to stderr. It reuses ``bench_common.py`` and
 ``ray_bench.py``'s ``init_ray`` from the peer benchmark folder (``--bench-dir``, else the folder
 of ``$AF_BENCH_RAY_SCRIPT``, else ``<checkout>/../shared/bench``, else ``/work/shared/bench``).
-The actorflow side is in ``benchmarks/cluster.py`` (``many_actors``) and
-``benchmarks/cross_node.py`` (``cross_node``); the definitions:
+The sizes come from ``benchmarks/spec.py`` (this script puts the checkout on its path; that
+module and ``benchmarks/_common.py`` need nothing but the standard library). The actorflow side
+is in ``benchmarks/many_actors.py`` and ``benchmarks/cross_node.py``; the definitions:
 
-- ``many_actors`` (actors/s; n = 200, quick 20): create n actors of a plain class (Ray's
-  defaults: 1 CPU to place, 0 held) and call ``ping(i)`` (``return i``) once on each; value =
-  n / (time from the first creation to the last call's result). Results are checked. After
-  each repetition (outside the timed region and the CPU snapshots) every actor is killed and
-  its process awaited gone. A repetition that has not finished after 180 s is stopped there:
-  ``timed_out`` = 1, ``completed`` = the calls answered, value = completed / elapsed.
+- ``many_actors`` (actors/s at 100, 300 and 1,000 actors; quick 10 and 30), as ours: for each
+  size k in turn, k actors of a plain class (Ray's defaults: 1 CPU to place, 0 held), one
+  ``ping(i)`` (``return i``) each; ``actors_per_s_<k>`` = k / (time from the first creation to
+  the last call's result), results checked; a size unfinished after ``many_actors_timeout(k)``
+  stops there (``timed_out``, ``completed``). Then, untimed, the idle actors' memory from
+  ``/proc/PID/smaps_rollup``: ``pss_per_actor_mib_<k>`` (the k actor processes' PSS / k),
+  ``marginal_pss_per_actor_mib_<k>`` (the PSS of the driver's process tree, which holds every
+  Ray process of a local instance, now minus before the k, / k), ``uss_per_actor_mib_<k>``;
+  then every actor is killed and its process awaited gone. A size that would not fit in this
+  machine's memory (k x the previous size's marginal PSS x 1.25, plus 2 GiB to spare, over
+  what is available) is skipped, with the larger ones: ``memory_limited`` says so, and the
+  record's ``value`` and ``n`` are the largest size that ran.
 - ``cross_node`` (tasks/s; n = 10,000, quick 1,000): two nodes on this machine, the head
   (1 CPU; the driver's node) and a second node (1 CPU, resource ``{"far": 1}``), started with
   ``ray.cluster_utils.Cluster`` (object store 512 MiB each, so the 100 MiB array never
@@ -39,15 +46,23 @@ import sys
 import time
 from typing import Any
 
-#: name -> (unit, n, quick n); the same as ``_SPEC`` in benchmarks/cluster.py
-WORKLOADS: dict[str, tuple[str, int, int]] = {
-    "cross_node": ("tasks/s", 10_000, 1_000),
-    "many_actors": ("actors/s", 200, 20),
-}
+if not __package__:  # run as a script (Ray's interpreter): the checkout on the path
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks._common import collect_tree, memory_fits, pss_of
+from benchmarks.spec import (
+    LARGE_BYTES,
+    RAY_EXTRA_WORKLOADS,
+    SPEC,
+    many_actors_sizes,
+    many_actors_timeout,
+)
+
+#: name -> (unit, n, quick n): ``benchmarks.spec``'s
+WORKLOADS: dict[str, tuple[str, int, int]] = {w: SPEC[w] for w in RAY_EXTRA_WORKLOADS}
 FRAMEWORK = "ray"
-TIMEOUT_S = 180.0  # per many_actors repetition
-GONE_TIMEOUT_S = 60.0  # for killed actors' processes to exit
-LARGE_BYTES = 100 * 1024 * 1024
+GONE_TIMEOUT_S = 60.0  # for killed actors' processes to exit (plus 50 ms per actor)
+SETTLE_S = 1.0  # between the last answer and the memory reading
 OBJECT_STORE_BYTES = 512 * 1024 * 1024
 FAR = {"far": 0.001}
 
@@ -92,7 +107,62 @@ def wait_gone(pids: list[int], timeout: float = GONE_TIMEOUT_S) -> list[int]:
 # -- the workloads: each returns its list of per-repetition dicts ------------------------------
 
 
-def run_many_actors(ray: Any, n: int, reps: int, meter: Any) -> list[dict[str, Any]]:
+def _tree_pss() -> float:
+    return pss_of(p.pid for p in collect_tree())["pss_mib"]
+
+
+def _one_size(ray: Any, cls: Any, k: int, meter: Any) -> dict[str, Any]:
+    tree_before = _tree_pss()
+    before = meter.snap()
+    t0 = time.perf_counter()
+    handles = [cls.remote() for _ in range(k)]
+    refs = [h.ping.remote(i) for i, h in enumerate(handles)]
+    try:
+        res = ray.get(refs, timeout=many_actors_timeout(k))
+        timed_out = False
+    except ray.exceptions.GetTimeoutError:
+        timed_out = True
+    dt = time.perf_counter() - t0
+    after = meter.snap()
+    if timed_out:
+        ready, _ = ray.wait(refs, num_returns=k, timeout=0)
+        done = set(ready)
+        idx = [i for i, ref in enumerate(refs) if ref in done]
+        assert sorted(ray.get([refs[i] for i in idx])) == idx
+        _log(f"[many_actors] {k} actors: TIMED OUT after {dt:.1f} s, {len(idx)}/{k} answered")
+    else:
+        assert res == list(range(k)), "wrong results"
+        idx = list(range(k))
+    rec: dict[str, Any] = {"value": len(idx) / dt, "total_s": dt, "completed": len(idx),
+                           "timed_out": int(timed_out)}
+    meter.add(rec, before, after, k)
+    # untimed: the idle actors' memory, then kill every actor and wait for the answered ones'
+    # processes to exit (Ray may still be starting the others: take the pids that come back in
+    # time, kill them all anyway)
+    gone_timeout = GONE_TIMEOUT_S + 0.05 * k
+    pid_refs = [handles[i].pid.remote() for i in idx]
+    got, _ = ray.wait(pid_refs, num_returns=len(pid_refs), timeout=gone_timeout)
+    pids = ray.get(got)
+    time.sleep(SETTLE_S)
+    workers = pss_of(pids)
+    n = max(1, workers["nprocs"])
+    rec["pss_per_actor_mib"] = workers["pss_mib"] / n
+    rec["marginal_pss_per_actor_mib"] = (_tree_pss() - tree_before) / n
+    rec["uss_per_actor_mib"] = workers["uss_mib"] / n
+    for h in handles:
+        ray.kill(h)
+    left = wait_gone(pids, gone_timeout)
+    if left:
+        _log(f"[many_actors] {len(left)} actor processes still alive after "
+             f"{gone_timeout:.0f} s: {left[:10]}")
+    del handles, refs
+    return rec
+
+
+def run_many_actors(ray: Any, sizes: tuple[int, ...], reps: int, meter: Any
+                    ) -> tuple[list[dict[str, Any]], int, str]:
+    """The repetitions over ``sizes`` (those that fit in memory, judged in the first); the
+    per-repetition dicts, the largest size run, and why larger ones were not ('' if none)."""
     @ray.remote
     class Pinger:
         def ping(self, i):  # type: ignore[no-untyped-def]
@@ -109,49 +179,36 @@ def run_many_actors(ray: Any, n: int, reps: int, meter: Any) -> list[dict[str, A
     wait_gone([pid])
 
     runs = []
+    run_sizes = list(sizes)
+    limited = ""
     for r in range(reps):
-        before = meter.snap()
-        t0 = time.perf_counter()
-        handles = [Pinger.remote() for _ in range(n)]
-        refs = [h.ping.remote(i) for i, h in enumerate(handles)]
-        try:
-            res = ray.get(refs, timeout=TIMEOUT_S)
-            timed_out = False
-        except ray.exceptions.GetTimeoutError:
-            timed_out = True
-        dt = time.perf_counter() - t0
-        after = meter.snap()
-        if timed_out:
-            ready, _ = ray.wait(refs, num_returns=n, timeout=0)
-            done = set(ready)
-            idx = [i for i, ref in enumerate(refs) if ref in done]
-            assert sorted(ray.get([refs[i] for i in idx])) == idx
-            completed = len(idx)
-            _log(f"[many_actors] rep {r + 1}: TIMED OUT after {dt:.1f} s, "
-                 f"{completed}/{n} actors answered")
-        else:
-            assert res == list(range(n)), "wrong results"
-            idx = list(range(n))
-            completed = n
-        rec = {"value": completed / dt, "total_s": dt, "completed": completed,
-               "timed_out": int(timed_out)}
-        meter.add(rec, before, after, n)
-        runs.append(rec)
-        _log(f"[many_actors] rep {r + 1}/{reps}: {rec['value']:.4g} actors/s")
-        # cleanup, untimed: kill every actor, wait for the answered ones' processes to exit
-        # (Ray may still be busy starting the actors that did not answer: take the pids that
-        # come back in time, kill them all anyway)
-        pid_refs = [handles[i].pid.remote() for i in idx]
-        got, _ = ray.wait(pid_refs, num_returns=len(pid_refs), timeout=GONE_TIMEOUT_S)
-        pids = ray.get(got)
-        for h in handles:
-            ray.kill(h)
-        left = wait_gone(pids)
-        if left:
-            _log(f"[many_actors] {len(left)} actor processes still alive after "
-                 f"{GONE_TIMEOUT_S:.0f} s: {left[:10]}")
-        del handles, refs
-    return runs
+        run: dict[str, Any] = {}
+        last: dict[str, Any] = {}  # the largest size's record
+        timed_out = 0
+        per_actor = 0.0
+        for j, k in enumerate(run_sizes):
+            if r == 0 and j > 0 and (why := memory_fits(k, per_actor)) is not None:
+                _log(f"[many_actors] {why}")
+                limited = why
+                run_sizes = run_sizes[:j]
+                break
+            rec = last = _one_size(ray, Pinger, k, meter)
+            per_actor = max(rec["marginal_pss_per_actor_mib"], rec["pss_per_actor_mib"])
+            timed_out += rec["timed_out"]
+            _log(f"[many_actors] rep {r + 1}/{reps}, {k} actors: {rec['value']:.4g} actors/s; "
+                 f"idle PSS {rec['pss_per_actor_mib']:.2f} MiB/actor (marginal "
+                 f"{rec['marginal_pss_per_actor_mib']:.2f})")
+            run[f"actors_per_s_{k}"] = rec["value"]
+            for key in ("pss_per_actor_mib", "marginal_pss_per_actor_mib", "uss_per_actor_mib"):
+                run[f"{key}_{k}"] = rec[key]
+        run = {**last, **run}
+        run["timed_out"] = timed_out
+        marginal = run.get("marginal_pss_per_actor_mib", 0.0)
+        run["actors_per_gib"] = 1024 / marginal if marginal > 0 else 0.0
+        if limited:
+            run["memory_limited"] = limited
+        runs.append(run)
+    return runs, run_sizes[-1], limited
 
 
 def run_cross_node(ray: Any, n: int, reps: int, cpu_meter_cls: Any, label: Any,
@@ -304,7 +361,8 @@ def main(argv: list[str] | None = None) -> int:
         if name == "many_actors":
             init_ray(args.num_cpus)
             try:
-                runs = run_many_actors(ray, n, reps, CpuMeter(session_name(), ray_label))
+                runs, n, _ = run_many_actors(ray, many_actors_sizes(args.quick), reps,
+                                             CpuMeter(session_name(), ray_label))
             finally:
                 ray.shutdown()
             emit(summarize(name, FRAMEWORK, unit, n, runs, meta))

@@ -6,17 +6,22 @@ the CPU meter is checked against a real process.
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 cluster = pytest.importorskip("benchmarks.cluster")
 compare = pytest.importorskip("benchmarks.compare")
+spec = pytest.importorskip("benchmarks.spec")
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
 def rec(workload: str, value: float, unit: str, **extra: Any) -> dict[str, Any]:
@@ -25,18 +30,86 @@ def rec(workload: str, value: float, unit: str, **extra: Any) -> dict[str, Any]:
 
 
 def test_every_workload_has_a_spec_and_ray_side() -> None:
-    assert cluster.WORKLOADS[-3:] == ("tree_reduce", "cross_node", "many_actors")
-    assert set(compare.TARGETS) <= set(cluster.WORKLOADS)
-    assert set(compare.FLOOR_TARGETS) <= set(cluster.WORKLOADS)
-    assert set(compare.RAY_EXTRA_WORKLOADS) <= set(cluster.WORKLOADS)
+    assert cluster.WORKLOADS == spec.WORKLOADS
+    assert spec.WORKLOADS[-3:] == ("tree_reduce", "cross_node", "many_actors")
+    for table in (spec.TARGETS, spec.EXTRA_TARGETS, spec.FLOOR_TARGETS, spec.INFO_EXTRAS,
+                  spec.RAY_EXTRA_WORKLOADS):
+        assert set(table) <= set(spec.WORKLOADS)
+    assert {w for w, _ in spec.PROPOSALS} <= set(spec.TARGETS)
+    # many_actors' n is its largest size
+    assert spec.SPEC["many_actors"][1:] == (spec.MANY_ACTORS_SIZES[-1],
+                                            spec.MANY_ACTORS_QUICK_SIZES[-1])
 
 
 def test_ray_extra_agrees_with_the_spec() -> None:
     from benchmarks import ray_extra  # imports ray lazily: loadable without it
 
-    for name, spec in ray_extra.WORKLOADS.items():
-        assert cluster._SPEC[name] == spec
-    assert set(ray_extra.WORKLOADS) == set(compare.RAY_EXTRA_WORKLOADS)
+    for name, entry in ray_extra.WORKLOADS.items():
+        assert spec.SPEC[name] == entry
+    assert set(ray_extra.WORKLOADS) == set(spec.RAY_EXTRA_WORKLOADS)
+
+
+def _benchmark_imports() -> dict[str, list[tuple[str, bool]]]:
+    """module -> the ``benchmarks.*`` modules it imports, each with whether the import sits
+    at module level (not inside a function)."""
+    out: dict[str, list[tuple[str, bool]]] = {}
+    for path in sorted(BENCHMARKS.glob("*.py")):
+        tree = ast.parse(path.read_text(), str(path))
+        nested = {id(n) for f in ast.walk(tree)
+                  if isinstance(f, ast.FunctionDef | ast.AsyncFunctionDef)
+                  for n in ast.walk(f)}
+        found = []
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module] if node.module != "benchmarks" else [
+                    f"benchmarks.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            found += [(n, id(node) not in nested) for n in names if n.startswith("benchmarks.")]
+        out[f"benchmarks.{path.stem}"] = found
+    return out
+
+
+def test_benchmark_modules_import_one_another_at_top_level_without_a_cycle() -> None:
+    graph = _benchmark_imports()
+    assert ("benchmarks.spec", True) in graph["benchmarks.compare"]
+    assert ("benchmarks.cluster", True) not in graph["benchmarks.cross_node"]
+    for module, imports in graph.items():
+        local = [m for m, top in imports if not top]
+        assert not local, f"{module} imports {local} inside a function"
+    assert not [m for m, _ in graph["benchmarks.spec"]], "the spec imports nothing of ours"
+    done: set[str] = set()
+
+    def visit(module: str, path: tuple[str, ...]) -> None:
+        assert module not in path, f"import cycle: {' -> '.join((*path, module))}"
+        if module in done:
+            return
+        for dep, _ in graph.get(module, []):
+            visit(dep, (*path, module))
+        done.add(module)
+
+    for module in graph:
+        visit(module, ())
+
+
+def test_pss_of_a_real_process() -> None:
+    if not os.path.exists(f"/proc/{os.getpid()}/smaps_rollup"):
+        pytest.skip("no /proc/PID/smaps_rollup here")
+    from benchmarks._common import pss_of
+
+    proc = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"],
+                            stdin=subprocess.PIPE)
+    try:
+        one = pss_of([os.getpid()])
+        two = pss_of([os.getpid(), proc.pid, 2**22 + 1])  # the last pid is never live
+    finally:
+        proc.communicate(b"", timeout=30)
+    assert one["nprocs"] == 1 and two["nprocs"] == 2
+    assert 0 < one["uss_mib"] <= one["pss_mib"] <= one["rss_mib"]
+    assert two["pss_mib"] > one["pss_mib"]
+    assert pss_of([proc.pid])["nprocs"] == 0  # gone
 
 
 def test_targets_from_the_issue() -> None:
@@ -80,7 +153,7 @@ def test_compare_table_rows() -> None:
     records = [
         rec("startup", 0.5, "s", ttfr_s=0.3),
         rec("tasks_sync", 70.0, "us", p99_us=100.0),
-        rec("many_actors", 60.0, "actors/s"),
+        rec("many_actors", 60.0, "actors/s", n=200),
         rec("cross_node", 20_000.0, "tasks/s", transfer_100MiB_s=0.4, transfer_GBps=0.26),
         rec("kernel_ask", 9.0, "us", baseline="asyncio_rpc", baseline_value=6.0, ratio=1.5,
             target="ratio <= 3", target_met=True),
@@ -142,3 +215,25 @@ def test_script_selection() -> None:
     names = ["tasks_sync", "actor_calls_sync", "actor_calls_async", "many_actors"]
     assert compare.floor_workloads(names) == ["ws_rpc_sync", "ws_rpc_async_coalesced"]
     assert compare.floor_workloads(["many_actors", "cross_node"]) == []
+
+
+def test_values_of_different_sizes_are_shown_not_compared() -> None:
+    """Ray's many_actors stops short of 1,000 actors where they would not fit in memory: its
+    value (at 300) is shown with its n, and neither a ratio nor a verdict is drawn from it;
+    the sizes both ran are compared row by row."""
+    ours = [rec("many_actors", 70.0, "actors/s", n=1000, actors_per_s_300=75.0,
+                pss_per_actor_mib=4.0)]
+    ray = [rec("many_actors", 1.2, "actors/s", n=300, actors_per_s_300=1.2,
+               pss_per_actor_mib=60.0, memory_limited="1000 actors not run")]
+    compare.attach_ray(ours, ray)
+    assert ours[0]["baseline_n"] == 300 and "ratio" not in ours[0]
+    assert "target_met" not in ours[0]
+    assert ours[0]["baseline_memory_limited"] == "1000 actors not run"
+    table = compare.compare_table(ours, ray, [])
+    cells = {ln.split("|")[1].strip(): [c.strip() for c in ln.split("|")[2:-1]]
+             for ln in table.splitlines()[2:]}
+    assert cells["many_actors"][2] == "1.2 (n = 300; 1000 actors not run)"
+    assert cells["many_actors"][3:6] == ["-", "ours: >= 5 x Ray", "-"]
+    assert cells["many_actors: actors_per_s_300"][1:4] == ["75.0", "1.2", "62.5"]
+    assert cells["many_actors: pss_per_actor_mib"][0] == "MiB"
+    assert "many_actors: actors_per_s_1000" not in cells  # neither side has it
