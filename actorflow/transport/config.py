@@ -93,9 +93,11 @@ class TransportConfig:
         "authentication within this time, or it is closed.", gt=0))
     connect_timeout_s: float = field(default=5.0, metadata=_about(
         "Dialing gives up after.", gt=0))
-    peer_timeout_s: float = field(default=3.0, metadata=_about(
-        "A silent peer is declared lost after this long: an "
-        "idle link is pinged after 2/3 of it and must answer within the last third.", gt=0))
+    peer_timeout_s: float = field(default=10.0, metadata=_about(
+        "A peer whose machine stays silent this long (a partition, a frozen machine) is "
+        "declared lost, by TCP keepalive; a peer whose process dies is lost at once, and one "
+        "whose event loop is busy never. Also how long an unreachable peer is dialed again.",
+        gt=0))
     close_timeout_s: float = field(default=2.0, metadata=_about(
         "aclose() flushes queued messages for at most this long.", gt=0))
     max_frame_size: int = field(default=8 * MIB, metadata=_about(

@@ -6,8 +6,9 @@ Every connection passes, in order: the per-peer connection cap, the HTTP upgrade
 closes a connection that sends no request within ``handshake_timeout_s``), and the token
 handshake of :mod:`actorflow.transport.auth` (bounded by the same timeout), before a
 :class:`Link` exists for it. Messages are never compressed; the largest accepted websocket
-message is ``max_frame_size``. Idle links are pinged; a peer silent past ``peer_timeout_s``
-is declared lost.
+message is ``max_frame_size``. A peer whose process dies is lost at once (its kernel closes
+the connection); one whose machine is silent past ``peer_timeout_s`` is lost by TCP keepalive;
+a peer whose event loop is merely busy is never lost (see :class:`_WSCarrier`).
 
 Addresses: ``ws://HOST:PORT``, ``wss://HOST:PORT`` (TLS) and ``ws+unix:///PATH``.
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import math
 import os
 import socket
 import stat
@@ -70,13 +72,22 @@ def parse_address(address: str) -> tuple[str, str, str | None]:
 
 
 class _WSCarrier(Carrier):
-    """A websocket as a carrier, with its own liveness check.
+    """A websocket as a carrier. Its liveness is the kernel's, not the event loop's.
 
-    Liveness costs nothing per message: a timer ticks four times per ``peer_timeout_s`` and
-    looks whether anything arrived since the last tick. After one silent tick it pings (the
-    peer answers pings at once); after three, the peer is lost and the connection is shut
-    down, so the pending receive ends. A silent peer is therefore declared lost between
-    3/4 and all of ``peer_timeout_s`` after the last thing it sent.
+    A peer's event loop may be busy for a long time (user code that blocks, a large copy): it
+    must not be declared lost for that, so nothing here waits for the peer's loop to answer.
+    What tells a dead peer from a busy one is the peer's kernel, which answers for the
+    process whatever its loop does:
+
+    - the peer's process died: its kernel closes the connection (FIN or RST), and the pending
+      receive ends at once, on a unix socket or over the network;
+    - the peer is silent (a partition, a frozen or powered-off machine): TCP keepalive probes
+      an idle connection, and ``TCP_USER_TIMEOUT`` bounds how long sent data may go
+      unacknowledged; both are set from ``peer_timeout_s``, so the kernel ends the
+      connection about ``peer_timeout_s`` after the peer's machine last answered, and the
+      receive raises :class:`PeerUnreachableError` saying so.
+
+    A unix-socket peer shares this machine: only its death can end the link.
     """
 
     def __init__(
@@ -90,53 +101,9 @@ class _WSCarrier(Carrier):
         self.peer = peer
         self._config = config
         self._session = session
-        self._loop = asyncio.get_running_loop()
-        self._received = 0  # messages received, of any type
-        self._seen = 0  # ... as of the last tick
-        self._silent_ticks = 0
-        self._lost: str | None = None
-        self._interval = config.peer_timeout_s / 4
-        self._timer: asyncio.TimerHandle | None = self._loop.call_later(self._interval, self._tick)
-
-    def _tick(self) -> None:
-        self._timer = None
-        if self._ws.closed:
-            return
-        if self._received != self._seen:
-            self._seen = self._received
-            self._silent_ticks = 0
-        else:
-            self._silent_ticks += 1
-            if self._silent_ticks >= 3:
-                self._declare_lost()
-                return
-            self._ping()
-        self._timer = self._loop.call_later(self._interval, self._tick)
-
-    def _ping(self) -> None:
-        coro = self._ws.ping()
-        try:
-            coro.send(None)
-        except StopIteration:
-            return
-        except Exception:
-            pass  # a failing connection: the reader hears of it
-        coro.close()  # it waits for room in the socket; the ping is written already
-
-    def _declare_lost(self) -> None:
-        self._lost = (
-            f"{self.peer} did not answer for {self._config.peer_timeout_s} s "
-            "(peer_timeout_s): it is lost"
-        )
-        # End the connection at the OS level, so the pending receive returns now.
-        sock = self._ws.get_extra_info("socket")
-        if sock is None:
-            return
-        try:
-            with socket.socket(fileno=os.dup(sock.fileno())) as dup:
-                dup.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
+        sock = ws.get_extra_info("socket")
+        if sock is not None:
+            _keepalive(sock, config.peer_timeout_s)
 
     async def send(self, data: bytes | memoryview) -> None:
         try:
@@ -189,7 +156,6 @@ class _WSCarrier(Carrier):
         ws = self._ws
         while True:
             msg = await ws.receive()
-            self._received += 1
             kind = msg.type
             if kind is WSMsgType.BINARY or kind is WSMsgType.TEXT:
                 return msg.data  # type: ignore[no-any-return]
@@ -201,10 +167,12 @@ class _WSCarrier(Carrier):
                 continue
             if kind is not WSMsgType.PONG:
                 break
-        if self._lost is not None:
-            raise PeerUnreachableError(self._lost)
         if kind is WSMsgType.ERROR:
             exc = msg.data
+            if isinstance(exc, OSError) and exc.errno == errno.ETIMEDOUT:
+                raise PeerUnreachableError(
+                    f"{self.peer} did not answer for {self._config.peer_timeout_s} s "
+                    "(peer_timeout_s): it is lost")
             if isinstance(exc, aiohttp.WebSocketError) and exc.code == CLOSE_TOO_BIG:
                 raise ProtocolError(
                     f"{self.peer} sent a message larger than max_frame_size "
@@ -215,9 +183,6 @@ class _WSCarrier(Carrier):
         raise PeerUnreachableError(f"{self.peer} closed the link (code {code})")
 
     async def close(self, code: int = CLOSE_NORMAL, reason: str = "") -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
         try:
             async with asyncio.timeout(self._config.close_timeout_s):
                 await self._ws.close(code=code, message=reason.encode()[:120])
@@ -226,6 +191,30 @@ class _WSCarrier(Carrier):
         finally:
             if self._session is not None:
                 await self._session.close()
+
+
+def _keepalive(sock: socket.socket, peer_timeout_s: float) -> None:
+    """Have the kernel end a TCP connection whose peer's machine stays silent for about
+    ``peer_timeout_s``: keepalive probes after half of it idle, then one a second or so, and
+    sent data unacknowledged for ``peer_timeout_s`` (TCP_USER_TIMEOUT). Not for unix sockets
+    (a peer on this machine cannot go silent while alive), nor for an infinite timeout."""
+    if sock.family not in (socket.AF_INET, socket.AF_INET6) or not math.isfinite(
+            peer_timeout_s):
+        return
+    idle = max(1, int(peer_timeout_s / 2))
+    interval = max(1, int(peer_timeout_s / 8))
+    count = max(1, math.ceil((peer_timeout_s - idle) / interval))
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        if hasattr(socket, "TCP_KEEPIDLE"):  # Linux; macOS has only the idle time
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idle)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, interval)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, count)
+        if hasattr(socket, "TCP_USER_TIMEOUT"):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT,
+                            int(peer_timeout_s * 1000))
+    except OSError as exc:  # a socket that does not take them: liveness by close only
+        log.debug("keepalive not set on a link: %s", exc)
 
 
 def _refusal(status: int, why: str) -> web.Response:

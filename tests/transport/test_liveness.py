@@ -1,5 +1,6 @@
-"""A dead or frozen peer is noticed within peer_timeout_s, on an idle link (heartbeats) and
-at once when its process dies (the socket closes)."""
+"""A peer whose process dies is noticed at once (the socket closes); one that is stopped or
+busy is never declared lost; an idle healthy link stays up. (A silent machine: see
+test_partition.py, across a real veth link.)"""
 
 from __future__ import annotations
 
@@ -22,22 +23,27 @@ def peer() -> PeerProcess:
     process.close()
 
 
-def test_the_default_peer_timeout_is_at_most_three_seconds() -> None:
-    assert TransportConfig().peer_timeout_s <= 3.0
+def test_the_default_peer_timeout_is_ten_seconds() -> None:
+    # a silent machine costs its in-flight work this long; a busy loop costs nothing (the
+    # kernel answers for it), so the default can be long enough to ride out TCP's
+    # retransmissions (RTO 0.2, 0.4, ... 3.2 s) of a short loss burst
+    assert TransportConfig().peer_timeout_s == 10.0
 
 
-async def test_a_frozen_peer_is_lost_within_the_timeout(peer: PeerProcess) -> None:
+async def test_a_stopped_peer_on_loopback_is_busy_not_lost(peer: PeerProcess) -> None:
     link = await within(
         WebSocketTransport().connect(peer.address, config(peer_timeout_s=PEER_TIMEOUT), hello={})
     )
     try:
         assert await echo_round_trip(link, 1) == 1
-        loop = asyncio.get_running_loop()
-        peer.signal(signal.SIGSTOP)  # alive, socket open, but silent: only heartbeats tell
-        start = loop.time()
-        with pytest.raises(PeerUnreachableError, match="did not answer"):
-            await within(link.receive())
-        assert loop.time() - start <= PEER_TIMEOUT + 0.5
+        peer.signal(signal.SIGSTOP)  # alive, socket open, loop not running: as a busy loop
+        receiving = asyncio.ensure_future(link.receive())
+        done, _ = await asyncio.wait([receiving], timeout=3 * PEER_TIMEOUT)
+        assert not done, "a stopped (busy) peer was declared lost"
+        receiving.cancel()
+        await asyncio.wait([receiving])
+        peer.signal(signal.SIGCONT)
+        assert await echo_round_trip(link, 2) == 2
     finally:
         peer.signal(signal.SIGCONT)
         await link.aclose()

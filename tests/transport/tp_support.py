@@ -10,12 +10,17 @@ import asyncio
 import datetime
 import json
 import os
+import random
+import shutil
 import signal
 import ssl
 import subprocess
 import sys
 import threading
-from collections.abc import Awaitable
+import uuid
+from collections.abc import Awaitable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -43,10 +48,11 @@ class PeerProcess:
     """A ``tp_peer.py`` child process. Its stderr is collected in the background (a reader
     thread owned by this object), so the tests can read what it logged."""
 
-    def __init__(self, mode: str, **options: Any) -> None:
+    def __init__(self, mode: str, *, prefix: Sequence[str] = (), **options: Any) -> None:
+        """``prefix`` runs it under another command (``ip netns exec NAME``)."""
         env = dict(os.environ, AF_TEST_TOKEN=TOKEN, PYTHONPATH=str(ROOT))
         self.proc = subprocess.Popen(
-            [sys.executable, str(HERE / "tp_peer.py"), mode, json.dumps(options)],
+            [*prefix, sys.executable, str(HERE / "tp_peer.py"), mode, json.dumps(options)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -166,3 +172,62 @@ def tls_contexts(tmp: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
     server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     server_ctx.load_cert_chain(cert, key)
     return server_ctx, ssl.create_default_context(cafile=str(cert))
+
+
+@dataclass(frozen=True)
+class NetNs:
+    """A network namespace joined to this one by a veth pair: a host of its own, whose link
+    the test cuts (:meth:`cut`) and heals (:meth:`heal`) as a partition would."""
+
+    name: str
+    here_dev: str  # the veth end in this namespace
+    there_dev: str  # the end inside the namespace
+    here_ip: str
+    there_ip: str
+
+    @property
+    def prefix(self) -> list[str]:
+        return ["ip", "netns", "exec", self.name]
+
+    def cut(self) -> None:
+        """Silence, not a close: the namespace's end goes down, so what is sent there is
+        dropped and nothing comes back (both kernels keep their connections)."""
+        _ip("netns", "exec", self.name, "ip", "link", "set", self.there_dev, "down")
+
+    def heal(self) -> None:
+        _ip("netns", "exec", self.name, "ip", "link", "set", self.there_dev, "up")
+
+
+def _ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True, timeout=10)
+
+
+def netns_unavailable() -> str | None:
+    """Why network namespaces cannot be made here, or None when they can."""
+    if os.geteuid() != 0:
+        return "network namespaces need root"
+    if shutil.which("ip") is None:
+        return "the ip command (iproute2) is not installed"
+    return None
+
+
+@contextmanager
+def netns() -> Iterator[NetNs]:
+    """A fresh namespace with a /30 of 10.213.x.0 on a veth pair; removed at the end."""
+    tag = uuid.uuid4().hex[:8]
+    name, here, there = f"af{tag}", f"af{tag}h", f"af{tag}n"
+    third = random.randrange(1, 255)
+    here_ip, there_ip = f"10.213.{third}.1", f"10.213.{third}.2"
+    _ip("netns", "add", name)
+    try:
+        _ip("link", "add", here, "type", "veth", "peer", "name", there)
+        _ip("link", "set", there, "netns", name)
+        _ip("addr", "add", f"{here_ip}/30", "dev", here)
+        _ip("link", "set", here, "up")
+        _ip("netns", "exec", name, "ip", "addr", "add", f"{there_ip}/30", "dev", there)
+        _ip("netns", "exec", name, "ip", "link", "set", there, "up")
+        _ip("netns", "exec", name, "ip", "link", "set", "lo", "up")
+        yield NetNs(name, here, there, here_ip, there_ip)
+    finally:
+        subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=10)
+        subprocess.run(["ip", "link", "del", here], capture_output=True, timeout=10)
