@@ -33,7 +33,9 @@ from actorflow.cluster.protocol import (
     Args,
     CancelTask,
     Failed,
+    Fetched,
     HostActor,
+    Inline,
     InShm,
     Local,
     MissingFunction,
@@ -47,7 +49,7 @@ from actorflow.cluster.protocol import (
 )
 from actorflow.cluster.threads import Outcome, SyncRunner, run_one
 from actorflow.objects.ref import ObjectRef
-from actorflow.objects.serialization import loads
+from actorflow.objects.serialization import loads, loads_read_only
 from actorflow.runtime import Actor, ActorRef, ErrorReply, restore_ref
 
 if TYPE_CHECKING:
@@ -64,13 +66,27 @@ async def local_args(core: Core, blob: Args) -> bytes | Payload:
     return blob
 
 
+def argument(core: Core, payload: Payload) -> Any:
+    """An argument's value (or the error its producer left), with every numpy array in it
+    read-only: a view of shared memory or a copy, small or large, it behaves the same
+    (API.md §3)."""
+    if type(payload) is bytes:
+        return loads_read_only(payload)
+    if type(payload) is Inline or type(payload) is Fetched:
+        return loads_read_only(payload.meta, payload.buffers)
+    if type(payload) is InShm and core.is_local(payload):
+        meta, buffers = core.store.read(payload.name, payload.generation)
+        return loads_read_only(meta, buffers)
+    return core.materialize(payload)  # a Failed raises its error here
+
+
 def resolve_args(core: Core, blob: bytes | Payload, resolved: tuple[Payload, ...]
                  ) -> tuple[Any, Any]:
     """Unpickle ``(args, kwargs)`` (from shared memory when large) and put the resolved
-    ObjectRef values in place."""
-    args, kwargs = loads(blob) if isinstance(blob, bytes) else core.materialize(blob)
+    ObjectRef values in place; numpy arrays among them are read-only (see ``argument``)."""
+    args, kwargs = argument(core, blob)
     if resolved:
-        values = [core.materialize(p) for p in resolved]
+        values = [argument(core, p) for p in resolved]
         args = tuple(values[a.index] if type(a) is ResolvedArg else a for a in args)
         kwargs = {k: values[v.index] if type(v) is ResolvedArg else v for k, v in kwargs.items()}
     return args, kwargs

@@ -8,6 +8,7 @@ read back zero-copy (see :mod:`actorflow.objects.shm`).
 
 from __future__ import annotations
 
+import io
 import pickle
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ __all__ = [
     "dumps",
     "is_plain",
     "loads",
+    "loads_read_only",
     "serialize",
 ]
 
@@ -130,3 +132,52 @@ def dumps(value: Any, what: str = "value") -> bytes:
 
 def loads(data: bytes | memoryview) -> Any:
     return pickle.loads(data)
+
+
+#: numpy's functions that pickles call to make an array: from a buffer (protocol 5, contiguous
+#: arrays), or empty and then filled by ``__setstate__`` (other layouts, object arrays). numpy
+#: 1.x and 2.x name their modules differently.
+_ARRAY_MAKERS = frozenset({
+    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+})
+
+
+class _ReadOnlyArrays(pickle.Unpickler):
+    """An unpickler that notes every numpy array it makes, to make them read-only once they
+    are complete (an array made empty is filled by a later opcode)."""
+
+    def __init__(self, data: bytes | memoryview, buffers: Sequence[Any]) -> None:
+        super().__init__(io.BytesIO(data), buffers=buffers)
+        self.arrays: list[Any] = []
+
+    def find_class(self, module: str, name: str) -> Any:
+        found = super().find_class(module, name)
+        if (module, name) not in _ARRAY_MAKERS:
+            return found
+        arrays = self.arrays
+
+        def make(*args: Any) -> Any:
+            array = found(*args)
+            arrays.append(array)
+            return array
+
+        return make
+
+
+def loads_read_only(meta: bytes | memoryview, buffers: Sequence[Any] = ()) -> Any:
+    """:func:`deserialize`, with every numpy array in the value read-only, however it came:
+    a view of shared memory or of a buffer sent out of band, or rebuilt from bytes inside the
+    stream. A call's arguments read this way behave alike at every size (API.md §3). No copy:
+    only the arrays' flags change. A stream that names nothing of numpy's (checked when it is
+    ``bytes``: the common small case) is read as it is."""
+    if type(meta) is bytes and b"numpy" not in meta:
+        return pickle.loads(meta, buffers=buffers) if buffers else pickle.loads(meta)
+    unpickler = _ReadOnlyArrays(meta, buffers)
+    value = unpickler.load()
+    for array in unpickler.arrays:
+        try:
+            array.flags.writeable = False
+        except (AttributeError, ValueError):  # not an array after all; or it has no flags
+            pass
+    return value

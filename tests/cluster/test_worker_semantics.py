@@ -9,6 +9,7 @@ import gc
 import sys
 
 import cloudpickle
+import numpy as np
 import pytest
 from cl_support import within
 
@@ -92,3 +93,71 @@ async def test_an_actor_method_that_returns_a_ref_gives_the_ref(
         assert isinstance(back, af.ObjectRef) and await within(back) == "async"
     finally:
         await within(af.kill(maker))
+
+
+# -- numpy arguments are read-only at every size (issue 14, API.md §3) -----------------------------
+
+
+def _flags(value) -> list[bool]:
+    """The writeable flag of every array in ``value`` (arrays, lists and dicts of them)."""
+    if isinstance(value, np.ndarray):
+        return [bool(value.flags.writeable)]
+    if isinstance(value, dict):
+        return [f for v in value.values() for f in _flags(v)]
+    if isinstance(value, list | tuple):
+        return [f for v in value for f in _flags(v)]
+    return []
+
+
+@af.remote
+def flags_of(*args, **kwargs) -> list[bool]:
+    return _flags(args) + _flags(kwargs)
+
+
+@af.remote
+async def flags_of_async(*args, **kwargs) -> list[bool]:
+    return _flags(args) + _flags(kwargs)
+
+
+@af.remote
+class FlagReader:
+    def __init__(self, arr) -> None:
+        self.init_flags = _flags(arr)
+
+    def init(self) -> list[bool]:
+        return self.init_flags
+
+    def flags(self, *args, **kwargs) -> list[bool]:
+        return _flags(args) + _flags(kwargs)
+
+
+def _arrays(n: int) -> dict[str, np.ndarray]:
+    """Arrays of ``n`` float64s in the layouts that pickle differently."""
+    base = np.arange(2 * n, dtype=np.float64)
+    return {"contiguous": base[:n].copy(), "strided": base[::2],
+            "fortran": np.asfortranarray(base[:n].reshape(2, -1)),
+            "objects": np.array([1, "a"], dtype=object)}
+
+
+@pytest.mark.parametrize("n", [10, 1_000, 100_000], ids=["tiny", "small", "large"])
+async def test_numpy_arguments_are_read_only_at_every_size(
+        shared_cluster: af.Runtime, n: int) -> None:
+    arrays = _arrays(n)
+    expected = [False] * len(arrays)
+    # as positional and keyword arguments, nested in containers, and as ObjectRef arguments
+    assert await within(flags_of.remote(*arrays.values())) == expected
+    assert await within(flags_of_async.remote(**arrays)) == expected
+    nested = await within(flags_of.remote([arrays], x={"y": arrays["strided"]}))
+    assert nested == [*expected, False]
+    assert await within(flags_of.remote(af.put(arrays["contiguous"]),
+                                        af.put(arrays["strided"]))) == [False, False]
+    reader = FlagReader.remote(arrays["strided"])
+    try:
+        assert await within(reader.init.remote()) == [False]
+        assert await within(reader.flags.remote(**arrays)) == expected
+        # queued together, plain-def calls run as a batch
+        many = await within(af.get([reader.flags.remote(arrays["contiguous"])
+                                    for _ in range(10)]))
+        assert many == [[False]] * 10
+    finally:
+        await within(af.kill(reader))
