@@ -472,7 +472,7 @@ class Worker(Actor):
             cls = loads(msg.cls_blob)
             resolved = await self.core.localize(msg.resolved)
             args, kwargs = resolve_args(self.core, msg.args, resolved)
-            instance = cls(*args, **kwargs)
+            instance = await _construct(cls, args, kwargs)
         except Exception as exc:  # answered as an error; this worker carries on
             return ErrorReply(capture_error(exc, f"{msg.name}.__init__ (pid={self.pid})"))
         finally:
@@ -483,6 +483,21 @@ class Worker(Actor):
         )
         self.user_actor = ref
         return ref
+
+
+async def _construct(cls: type, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """``cls(*args, **kwargs)``; an ``async def __init__`` is awaited here, on the worker's
+    loop (where the actor's async methods will run), as ``type.__call__`` would call it."""
+    init = getattr(cls, "__init__", None)
+    if not inspect.iscoroutinefunction(init):
+        return cls(*args, **kwargs)
+    new: Any = cls.__new__
+    instance = new(cls) if new is object.__new__ else new(cls, *args, **kwargs)
+    if isinstance(instance, cls):
+        result = await init(instance, *args, **kwargs)
+        if result is not None:
+            raise TypeError(f"__init__() should return None, not {type(result).__name__!r}")
+    return instance
 
 
 class UserActor(Actor):

@@ -161,3 +161,43 @@ async def test_numpy_arguments_are_read_only_at_every_size(
         assert many == [[False]] * 10
     finally:
         await within(af.kill(reader))
+
+
+# -- async def __init__ is awaited on the actor's loop (issue 14) ----------------------------------
+
+
+@af.remote
+class AsyncInit:
+    async def __init__(self, start: int, *, step: int = 1) -> None:
+        await asyncio.sleep(0.01)  # it may await: it runs on the actor's loop
+        self.loop = asyncio.get_running_loop()
+        self.n = start + step
+
+    async def same_loop(self) -> bool:
+        return asyncio.get_running_loop() is self.loop
+
+    def value(self) -> int:
+        return self.n
+
+
+@af.remote
+class AsyncInitFails:
+    async def __init__(self) -> None:
+        await asyncio.sleep(0)
+        raise ValueError("cannot build asynchronously")
+
+    def f(self) -> int:
+        return 1
+
+
+async def test_an_async_init_is_awaited_on_the_actors_loop(shared_cluster: af.Runtime) -> None:
+    actor = AsyncInit.remote(40, step=2)
+    try:
+        assert await within(actor.value.remote()) == 42
+        assert await within(actor.same_loop.remote()) is True
+    finally:
+        await within(af.kill(actor))
+    broken = AsyncInitFails.remote()
+    with pytest.raises(af.ActorDiedError, match="cannot build asynchronously") as info:
+        await within(broken.f.remote())
+    assert isinstance(info.value.cause, ValueError)
