@@ -36,6 +36,7 @@ from actorflow._errors import (
 )
 
 if _typing.TYPE_CHECKING:
+    from actorflow import util as util
     from actorflow.api.objects import as_completed, cancel, get, put, wait
     from actorflow.api.placement import PlacementGroup, placement_group, remove_placement_group
     from actorflow.api.remote import ActorClass, ActorHandle, ActorMethod, RemoteFunction, remote
@@ -134,8 +135,16 @@ _LAZY: dict[str, str] = {
 }
 
 
+#: public subpackages, reached as ``af.util`` and imported on first use (not in ``__all__``)
+_SUBPACKAGES = ("util",)
+
+
 def __getattr__(name: str) -> object:
     module = _LAZY.get(name)
+    if module is None and name in _SUBPACKAGES:
+        import importlib
+
+        return importlib.import_module(f"actorflow.{name}")
     if module is None:
         raise AttributeError(f"module 'actorflow' has no attribute {name!r}")
     import importlib
@@ -149,4 +158,4 @@ def __getattr__(name: str) -> object:
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+    return sorted({*globals(), *__all__, *_SUBPACKAGES})

@@ -129,3 +129,21 @@ def test_new_errors_carry_their_facts_as_fields_across_pickling() -> None:
     assert (full.size, full.limit, full.where) == (3 << 30, 1 << 30, "shm")
     oom = pickle.loads(pickle.dumps(af.OutOfMemoryError("f", "n1", 95, 100, 0.95)))
     assert (oom.task, oom.node_id, oom.used, oom.total, oom.threshold) == ("f", "n1", 95, 100, 0.95)
+
+
+def test_util_is_a_public_subpackage_imported_on_first_use() -> None:
+    """``af.util`` (API.md §11) is reached as an attribute of the package, imported when first
+    used; every name it exports is documented."""
+    import subprocess
+    import sys
+
+    code = ("import sys, actorflow as af; assert 'actorflow.util' not in sys.modules; "
+            "assert af.util.ActorPool and 'actorflow.util' in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+    assert "util" in dir(af)
+    util = af.util
+    assert isinstance(util, types.ModuleType) and util.__name__ == "actorflow.util"
+    assert {"ActorPool", "Queue", "Full", "Empty"} <= set(util.__all__)
+    for name in util.__all__:
+        obj = getattr(util, name)
+        assert "__doc__" in vars(obj) and (obj.__doc__ or "").strip(), f"af.util.{name}"
