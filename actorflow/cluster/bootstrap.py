@@ -16,10 +16,10 @@ the Head, the Node, the Placement actor: this module imports them on first use, 
 the caller's loop is never blocked by them), so that the zygote's imports, which the first
 worker waits for, run while this process does the rest of its start.
 
-A process that runs a node holds the node's liveness lock while it runs, and sweeps what dead
-processes of this machine left behind (their shared-memory segments and unix socket files:
-:mod:`actorflow.objects.sweep`) once it has started, every ``SWEEP_INTERVAL_S`` after, and
-when it stops, all in a thread.
+A process that runs a node also runs a :class:`Sweeper` actor: it holds the node's liveness
+lock, and sweeps what dead processes of this machine left behind (their shared-memory segments
+and unix socket files: :mod:`actorflow.objects.sweep`) when it starts, every
+``SWEEP_INTERVAL_S``, and when it stops, which is after the node (it is spawned before it).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from actorflow.cluster import zygote as _zygote
 from actorflow.cluster.protocol import ClusterInfo, GetClusterInfo, RegisterNode
 from actorflow.objects import sweep
 from actorflow.placement.resources import Resources
-from actorflow.runtime import ActorRef, ActorSystem, restore_ref
+from actorflow.runtime import Actor, ActorRef, ActorSystem, restore_ref
 
 if TYPE_CHECKING:
     from actorflow.cluster.zygote import Zygote
@@ -57,6 +57,7 @@ SWEEP_INTERVAL_S = 300.0
 
 __all__ = [
     "ClusterProcess",
+    "Sweeper",
     "connect",
     "discover_head",
     "placement_of",
@@ -77,9 +78,6 @@ class ClusterProcess:
     node: ActorRef | None = None
     node_id: str | None = None
     info: dict[str, Any] = field(default_factory=dict)
-    #: The node whose liveness lock this process holds (it runs it), and its sweeper.
-    _held: str | None = field(default=None, repr=False)
-    _sweeper: asyncio.Task[None] | None = field(default=None, repr=False)
 
     @property
     def address(self) -> str:
@@ -90,33 +88,54 @@ class ClusterProcess:
         try:
             await self.system.shutdown()
         finally:
-            try:
-                await self.remoting.aclose()
-            finally:
-                await self._stop_sweeping()
-
-    def _start_sweeping(self) -> None:
-        """Sweep now and every ``SWEEP_INTERVAL_S``, until :meth:`aclose`."""
-        self._sweeper = asyncio.get_running_loop().create_task(_sweep_every(SWEEP_INTERVAL_S))
-
-    async def _stop_sweeping(self) -> None:
-        """Stop the sweeper; let the node's lock go (its segments are gone: the node removed
-        them as it stopped); sweep once more (what this node's workers killed hard left)."""
-        sweeper, self._sweeper = self._sweeper, None
-        if sweeper is not None:
-            sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sweeper
-        held, self._held = self._held, None
-        if held is not None:
-            await asyncio.to_thread(sweep.release_node, held)
-            await asyncio.to_thread(sweep.sweep_machine)
+            await self.remoting.aclose()
 
 
-async def _sweep_every(interval: float) -> None:
-    while True:
+class _Sweep:
+    """The sweeper's own timer message: sweep now."""
+
+
+class Sweeper(Actor):
+    """What a process running node ``node_id`` does for the machine (see the module doc).
+
+    ``on_start`` takes the node's liveness lock (shared: its workers and drivers take it too),
+    so none of the node's segments is swept while any of them lives, and sweeps at once; a
+    timer sweeps again every ``interval`` seconds; ``on_stop`` lets the lock go (the last
+    holder takes what is left of the node's segments with it) and sweeps once more, for what
+    the node's workers killed as it stopped left. Each sweep runs in a thread.
+    """
+
+    def __init__(self, node_id: str, interval: float = SWEEP_INTERVAL_S) -> None:
+        self.node_id = node_id
+        self.interval = interval
+        self._held = False
+        self._timer: asyncio.TimerHandle | None = None
+
+    async def on_start(self) -> None:
+        try:
+            self._held = sweep.hold_node(self.node_id)
+        except OSError as exc:
+            log.warning("cannot take the liveness lock of node %s (%s): its segments will "
+                        "not be swept if it dies", self.node_id, exc)
+        self.ref.tell_nowait(_Sweep())
+
+    async def receive(self, message: Any) -> Any:
+        if not isinstance(message, _Sweep):
+            return await super().receive(message)
+        self._timer = None
         await asyncio.to_thread(sweep.sweep_machine)
-        await asyncio.sleep(interval)
+        self._timer = asyncio.get_running_loop().call_later(
+            self.interval, self.ref.tell_nowait, _Sweep())
+        return None
+
+    async def on_stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._held:
+            self._held = False
+            await asyncio.to_thread(sweep.release_node, self.node_id)
+        await asyncio.to_thread(sweep.sweep_machine)
 
 
 async def _import(names: tuple[str, ...]) -> None:
@@ -211,17 +230,6 @@ async def _spawn_node(
     return node, node_id
 
 
-def _hold_node(node_id: str) -> str | None:
-    """Hold the liveness lock of the node this process is about to run (before any of its
-    processes can make a segment): its id when held."""
-    try:
-        return node_id if sweep.hold_node(node_id) else None
-    except OSError as exc:
-        log.warning("cannot take the liveness lock of node %s (%s): its segments will not be "
-                    "swept if it dies", node_id, exc)
-        return None
-
-
 async def start_head(
     *,
     token: str,
@@ -248,14 +256,14 @@ async def start_head(
         if zygote is not None:
             await zygote.aclose()
         raise
-    proc: ClusterProcess | None = None
     try:
+        node_id = secrets.token_hex(4)
+        if with_node:  # first: it stops last, after the node
+            await system.spawn(lambda: Sweeper(node_id), name="sweeper")
         placement = await system.spawn(Placement, name="placement", well_known=True)
         head = await system.spawn(lambda: Head(session, placement), name="head", well_known=True)
         proc = ClusterProcess(system, remoting, head, session, token)
         if with_node:
-            node_id = secrets.token_hex(4)
-            proc._held = _hold_node(node_id)
             proc.node, proc.node_id = await _spawn_node(
                 system, head, session=session, token=token, resources=resources,
                 prestart=prestart, log_to_driver=log_to_driver, node_id=node_id, zygote=zygote,
@@ -265,11 +273,7 @@ async def start_head(
         await remoting.aclose()
         if zygote is not None:
             await zygote.aclose()  # a no-op when the node's pool took it and closed it
-        if proc is not None:
-            await proc._stop_sweeping()
         raise
-    if with_node:
-        proc._start_sweeping()
     return proc
 
 
@@ -294,13 +298,12 @@ async def start_node(
         if zygote is not None:
             await zygote.aclose()
         raise
-    proc: ClusterProcess | None = None
     try:
+        node_id = secrets.token_hex(4)
+        await system.spawn(lambda: Sweeper(node_id), name="sweeper")  # stops after the node
         head = await discover_head(remoting, address)
         info: ClusterInfo = await head.ask(GetClusterInfo(), timeout=30.0)
         proc = ClusterProcess(system, remoting, head, info.session, token)
-        node_id = secrets.token_hex(4)
-        proc._held = _hold_node(node_id)
         proc.node, proc.node_id = await _spawn_node(
             system, head, session=info.session, token=token, resources=resources,
             prestart=prestart, log_to_driver=log_to_driver, node_id=node_id, zygote=zygote,
@@ -310,10 +313,7 @@ async def start_node(
         await remoting.aclose()
         if zygote is not None:
             await zygote.aclose()  # a no-op when the node's pool took it and closed it
-        if proc is not None:
-            await proc._stop_sweeping()
         raise
-    proc._start_sweeping()
     return proc
 
 
