@@ -178,21 +178,24 @@ async def _call(
 PlainCall = tuple[Any, Context, Callable[..., Any], tuple[Any, ...], dict[str, Any]]
 
 
-async def _run_plain(runner: SyncRunner, calls: list[PlainCall]) -> list[Outcome]:
+async def _run_plain(runner: SyncRunner, calls: list[PlainCall],
+                     answer: Callable[[int, Outcome], Awaitable[None]]) -> None:
     """Run queued plain-def calls in order, each in its context: on the loop while they are
-    short (see :class:`SyncRunner`), the rest in one hop to the runner's thread."""
-    outcomes: list[Outcome] = []
+    short (see :class:`SyncRunner`), the rest queued to the runner's thread at once, so it runs
+    them back to back. Each call is answered (``answer(index, outcome)``) as soon as it is
+    done, not when the whole run is: after a crash only the calls that had not finished run
+    again. Calls that finish in the same loop turn are answered in that turn, together."""
     for i, (key, ctx, fn, args, kwargs) in enumerate(calls):
         if not runner.inline(key):
-            rest = await runner.run_many([(c[1], c[2], c[3], c[4]) for c in calls[i:]])
-            for call, outcome in zip(calls[i:], rest, strict=True):
-                runner.record(call[0], outcome[2])
-            outcomes += rest
-            break
+            pending = [runner.run(c[1], c[2], c[3], c[4]) for c in calls[i:]]
+            for j, fut in enumerate(pending, i):
+                outcome = await fut  # (no suspension when it is done already)
+                runner.record(calls[j][0], outcome[2])
+                await answer(j, outcome)
+            return
         outcome = ctx.run(run_one, None, fn, args, kwargs)
         runner.record(key, outcome[2])
-        outcomes.append(outcome)
-    return outcomes
+        await answer(i, outcome)
 
 
 async def _answer(core: Core, reply: Any, ok: bool, value: Any, num_returns: int, name: str,
@@ -376,11 +379,15 @@ class Worker(Actor):
         if not calls:
             return
         assert self.executor is not None
-        outcomes = await _run_plain(self.executor, calls)
-        for (spec, reply), (ok, value, run_s) in zip(ready, outcomes, strict=True):
+
+        async def answer(i: int, outcome: Outcome) -> None:
+            spec, reply = ready[i]
+            ok, value, run_s = outcome
             self._remember(spec, await _answer(
                 self.core, reply, ok, value, spec.num_returns, spec.name,
                 f"task {spec.name} (pid={self.pid})", run_s))
+
+        await _run_plain(self.executor, calls, answer)
 
     def _answer_failed(self, spec: TaskSpec, reply: Any, failed: Failed) -> None:
         returns = (failed,) * spec.num_returns
@@ -585,10 +592,14 @@ class UserActor(Actor):
         if not calls:
             return
         assert isinstance(self.executor, SyncRunner)
-        outcomes = await _run_plain(self.executor, calls)
-        for (call, reply), (ok, value, run_s) in zip(ready, outcomes, strict=True):
+
+        async def answer(i: int, outcome: Outcome) -> None:
+            call, reply = ready[i]
+            ok, value, run_s = outcome
             where = f"{self.ctx.name}.{call.method} (pid={self.pid})"
             await _answer(self.core, reply, ok, value, call.num_returns, where, where, run_s)
+
+        await _run_plain(self.executor, calls, answer)
 
     async def receive(self, message: Any) -> Any:
         if type(message) is bytes:

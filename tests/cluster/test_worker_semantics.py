@@ -6,7 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
+import signal
 import sys
+import time
+from pathlib import Path
 
 import cloudpickle
 import numpy as np
@@ -201,3 +205,65 @@ async def test_an_async_init_is_awaited_on_the_actors_loop(shared_cluster: af.Ru
     with pytest.raises(af.ActorDiedError, match="cannot build asynchronously") as info:
         await within(broken.f.remote())
     assert isinstance(info.value.cause, ValueError)
+
+
+# -- each call of a batch answers when it finishes (issue 13) --------------------------------------
+
+
+@af.remote(max_restarts=1, max_task_retries=-1)
+class SlowLog:
+    """Plain-def calls that take long (so they run on the actor's thread) and log each run."""
+
+    def __init__(self, log: str) -> None:
+        self.log = log
+
+    def work(self, i: int, seconds: float) -> int:
+        time.sleep(seconds)
+        with open(self.log, "a") as f:
+            f.write(f"{i}\n")
+        return i
+
+    def pid(self) -> int:
+        return os.getpid()
+
+
+@af.remote
+def slow_task(i: int, seconds: float) -> int:
+    time.sleep(seconds)
+    return i
+
+
+async def test_calls_queued_together_answer_one_by_one_and_rerun_only_if_unfinished(
+        shared_cluster: af.Runtime, tmp_path: Path) -> None:
+    log = tmp_path / "runs.log"
+    actor = SlowLog.remote(str(log))
+    try:
+        pid = await within(actor.pid.remote())
+        refs = [actor.work.remote(i, 0.3) for i in range(8)]  # one batch at the actor
+        assert await within(refs[1]) == 1
+        # the second call answered while later calls of its batch still run
+        ready, _ = await within(af.wait(refs, num_returns=len(refs), timeout=0))
+        assert refs[-1] not in ready
+        answered = set(ready)
+        os.kill(pid, signal.SIGKILL)  # at-least-once: the calls in flight run again
+        assert await within(af.get(refs)) == list(range(8))
+        runs = [int(line) for line in log.read_text().split()]
+        assert sorted(set(runs)) == list(range(8))  # every call ran
+        for i, ref in enumerate(refs):
+            if ref in answered:  # answered before the kill: never run again
+                assert runs.count(i) == 1, (i, runs)
+        assert await within(actor.pid.remote()) != pid  # (a new incarnation)
+    finally:
+        await within(af.kill(actor))
+
+
+async def test_tasks_queued_together_answer_one_by_one(shared_cluster: af.Runtime) -> None:
+    # all the CPUs each: one worker at a time. Short tasks are pipelined onto it and run as
+    # batches; then they turn long, six of them in flight on that worker
+    whole = slow_task.options(num_cpus=2)
+    assert await within(af.get([whole.remote(i, 0) for i in range(50)])) == list(range(50))
+    refs = [whole.remote(i, 0.2) for i in range(50, 56)]
+    first = await within(af.wait(refs, num_returns=1))
+    ready, _ = await within(af.wait(refs, num_returns=len(refs), timeout=0))
+    assert first[0][0] in ready and len(ready) < len(refs)
+    assert await within(af.get(refs)) == list(range(50, 56))
