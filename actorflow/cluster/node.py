@@ -32,6 +32,7 @@ from actorflow._errors import (
     TaskError,
     WorkerCrashedError,
 )
+from actorflow._limits import UNLIMITED
 from actorflow.cluster.pool import WorkerHandle, WorkerPool, WorkerState
 from actorflow.cluster.protocol import (
     ActorDown,
@@ -58,6 +59,7 @@ from actorflow.cluster.protocol import (
 )
 from actorflow.cluster.zygote import Zygote
 from actorflow.objects import shm
+from actorflow.placement.policy import GpuAllocator
 from actorflow.placement.resources import UNIT, Resources
 from actorflow.runtime import Actor, ActorRef, ServiceActor, Terminated
 from actorflow.supervision import ChildSpec, Supervisor, add_restart
@@ -127,7 +129,7 @@ class Node(ServiceActor):
         self.log_to_driver = log_to_driver
         self.prestart = prestart
         self.max_workers = max_workers or max(4, 4 * prestart)
-        self.gpu_free = [UNIT] * (resources["GPU"] // UNIT)
+        self.gpus = GpuAllocator(resources["GPU"] // UNIT)
         self.leases: dict[int, _LeaseRecord] = {}
         self.waiting: deque[_Waiting] = deque()
         self.actors: dict[str, ActorRef] = {}  # actor_id -> its supervisor
@@ -416,8 +418,8 @@ class Node(ServiceActor):
                 fut.set_exception(InfeasibleError(
                     f"placement group {waiting.pool[0]!r} was removed"))  # type: ignore[index]
                 continue
-            gpus = self._pick_gpus(demand["GPU"]) if demand["GPU"] else ()
-            if not demand.fits_in(free) or gpus is None:
+            units = demand["GPU"]
+            if not demand.fits_in(free) or not self.gpus.can_allocate(units):
                 skipped.append(waiting)
                 continue
             worker = pool.idle()
@@ -430,9 +432,8 @@ class Node(ServiceActor):
             else:
                 self.available = self.available - demand
             self._load_changed()
-            units = demand["GPU"]
-            for gid in gpus:
-                self.gpu_free[gid] -= min(units, UNIT)
+            gpus = self.gpus.allocate(units)
+            assert gpus is not None  # can_allocate said so, and nothing ran in between
             record = _LeaseRecord(next(self._lease_ids), demand, worker, gpus, units,
                                   pool=waiting.pool)
             worker.state = WorkerState.ACTOR if dedicated else WorkerState.LEASED
@@ -471,8 +472,7 @@ class Node(ServiceActor):
                 self.available = self.available - Resources({"CPU": record.demand["CPU"]})
         else:
             self.available = self.available + back
-        for gid in record.gpu_ids:
-            self.gpu_free[gid] += min(record.gpu_units, UNIT)
+        self.gpus.release(record.gpu_ids, record.gpu_units)
         self._load_changed()
         worker = record.worker
         if worker.state in (WorkerState.LEASED, WorkerState.ACTOR) and not keep_worker:
@@ -516,24 +516,8 @@ class Node(ServiceActor):
         self._dispatch()
 
     def _gpu_feasible(self, units: int) -> bool:
-        if units == 0:
-            return True
-        if units > UNIT:
-            return units % UNIT == 0 and units // UNIT <= len(self.gpu_free)
-        return len(self.gpu_free) > 0
-
-    def _pick_gpus(self, units: int) -> tuple[int, ...] | None:
-        """GPU ids for a demand of ``units``: whole GPUs exclusive, a fraction shares one."""
-        if units >= UNIT:
-            if units % UNIT:
-                return None
-            free = [i for i, f in enumerate(self.gpu_free) if f == UNIT]
-            need = units // UNIT
-            return tuple(free[:need]) if len(free) >= need else None
-        fits = [i for i, f in enumerate(self.gpu_free) if f >= units]
-        if not fits:
-            return None
-        return (min(fits, key=lambda i: self.gpu_free[i]),)  # pack fractions together
+        """Could this node ever give ``units`` of GPU (with all its GPUs free)?"""
+        return GpuAllocator(self.gpus.count).can_allocate(units)
 
     # -- workers -------------------------------------------------------------------------------
 
@@ -599,7 +583,7 @@ class Node(ServiceActor):
         old = self.actors.pop(spec.actor_id, None)
         if old is not None:  # a restart by an af.supervise tree: the last generation is over
             await self.system.stop(old)
-        restarts = spec.max_restarts if spec.max_restarts >= 0 else 1_000_000_000
+        restarts = spec.max_restarts if spec.max_restarts >= 0 else UNLIMITED
         try:
             sup = await self.system.spawn(
                 lambda: Supervisor(
