@@ -79,7 +79,7 @@ class _Holds:
     """This process's shared locks on nodes' lock files: one descriptor per node, counted."""
 
     def __init__(self) -> None:
-        self.mutex = threading.Lock()
+        self.mutex = threading.RLock()
         self.fds: dict[str, int] = {}
         self.counts: dict[str, int] = {}
         self.claimed: set[str] = set()  # held for the process's life
@@ -89,7 +89,7 @@ class _Holds:
         """In a forked child: the descriptors are the parent's locks too (a flock belongs to
         the open file, which fork shares), so never unlock them here; they stay open, and
         the locks held, while the child lives."""
-        self.mutex = threading.Lock()
+        self.mutex = threading.RLock()
         self.fds = {}
         self.counts = {}
         self.claimed = set()
@@ -128,15 +128,15 @@ def claim_node(node_id: str) -> None:
     that): called before this process creates its first segment of that node."""
     if node_id in _holds.claimed:
         return
-    with _holds.mutex:
+    with _holds.mutex:  # another thread's first segment waits until the lock is held
         if node_id in _holds.claimed:
             return
+        try:
+            hold_node(node_id)
+        except OSError as exc:
+            log.warning("cannot take the liveness lock of node %s (%s): its segments will "
+                        "not be swept if this process dies", node_id, exc)
         _holds.claimed.add(node_id)
-    try:
-        hold_node(node_id)
-    except OSError as exc:
-        log.warning("cannot take the liveness lock of node %s (%s): its segments will not be "
-                    "swept if this process dies", node_id, exc)
 
 
 def release_node(node_id: str) -> int:
