@@ -191,6 +191,26 @@ async def test_spread_still_spreads_when_a_node_is_busy_at_submission(
     assert set(used) == set(cli_cluster.ids.values()), f"tasks per node: {dict(counts)}"
 
 
+async def test_default_spills_to_an_idle_node_when_the_local_one_is_busy(
+        cli_cluster: Cluster) -> None:
+    """DEFAULT takes the driver's node (the head's) while it has room, and spills a task over
+    to an idle node when it is busy, as Ray users expect, instead of waiting there."""
+    await settled(cli_cluster)
+    head = cli_cluster.ids["head"]
+    assert await within(where.remote()) == head, "an idle local node takes DEFAULT work"
+    blocker = where_after.options(resources={"r_a": 1}).remote(3.0)  # holds the head's CPU
+
+    async def head_busy() -> bool:
+        free = await af.available_resources()
+        return free.get("r_a", 0.0) == 0.0
+    await until_async(head_busy, what="the blocker to run on the head")
+    start = asyncio.get_running_loop().time()
+    spilled = await within(where.remote(), 60)
+    assert spilled != head, "a DEFAULT task waited on its busy node while others were idle"
+    assert asyncio.get_running_loop().time() - start < 2.5, "it waited for the blocker"
+    assert await within(blocker) == head
+
+
 async def test_hard_node_affinity_to_each_node(cli_cluster: Cluster) -> None:
     for name, node_id in cli_cluster.ids.items():
         strategy = af.NodeAffinity(node_id, soft=False)
