@@ -149,6 +149,8 @@ async def run_chaos(cluster: Cluster, ledger: Path, victim: str) -> dict[str, An
                 await asyncio.sleep(WAVE_S)
             task_refs += [(spread if i % 3 == 0 else square).remote(str(ledger), i)
                           for i in range(len(task_refs), len(task_refs) + N_TASKS // WAVES)]
+        pending.extend(task_refs)
+        pending.extend(ref for _, _, ref in call_refs)
         squares = await af.get(task_refs)
         calls = await af.get([ref for _, _, ref in call_refs])
         expected = [(k, i, i * 7 + k) for k, i, _ in call_refs]
@@ -156,9 +158,14 @@ async def run_chaos(cluster: Cluster, ledger: Path, victim: str) -> dict[str, An
         assert not wrong, wrong[:5]
         return squares, calls, keepers
 
+    pending: list[Any] = []
     killing = asyncio.ensure_future(killer())
     try:
         squares, calls, keepers = await within(workload(), DEADLINE_S)
+    except TimeoutError:
+        _, stuck = await af.wait(pending, num_returns=len(pending), timeout=0)
+        raise AssertionError(f"{len(stuck)} of {len(pending)} results never came: "
+                             f"{stuck[:5]}") from None
     finally:
         done.set()
         await within(killing, 5.0)
@@ -178,6 +185,7 @@ async def run_chaos(cluster: Cluster, ledger: Path, victim: str) -> dict[str, An
     }
 
 
+@pytest.mark.timeout(150)
 async def test_nothing_is_lost_under_worker_and_node_kills(cli_cluster: Cluster,
                                                            tmp_path: Path) -> None:
     figures = await run_chaos(cli_cluster, tmp_path / "ledger", "node3")
