@@ -231,11 +231,13 @@ class WorkerPool:
                       ) -> asyncio.subprocess.Process | ForkedProcess:
         zygote = await self._ready_zygote()
         if zygote is not None:
-            try:
-                return await zygote.fork(env)
-            except ZygoteError as exc:
+            try:  # (bounded: a zygote that stopped answering must not hold starts for ever)
+                return await asyncio.wait_for(zygote.fork(env), self.start_timeout_s)
+            except (ZygoteError, TimeoutError) as exc:
+                why = exc if isinstance(exc, ZygoteError) else (
+                    f"no answer within {self.start_timeout_s} s")
                 log.warning("worker %s: the zygote could not fork it (%s); starting a plain "
-                            "process", worker_id, exc)
+                            "process", worker_id, why)
         return await asyncio.create_subprocess_exec(
             sys.executable, "-m", "actorflow.cluster.worker_main",
             stdin=asyncio.subprocess.DEVNULL,

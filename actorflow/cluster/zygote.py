@@ -50,8 +50,9 @@ import signal
 import socket
 import sys
 import traceback
+from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = ["ForkedProcess", "Zygote", "ZygoteError", "enabled", "main", "supported"]
@@ -368,10 +369,29 @@ class ForkedProcess:
 
 @dataclass(slots=True)
 class _Pending:
+    """A fork request from its making to its answer. ``data`` and ``fds`` (ours: the worker's
+    pipe ends and the working directory) are kept until it leaves; then they are dropped."""
+
     fut: asyncio.Future[ForkedProcess]
     stdout: asyncio.StreamReader
     stderr: asyncio.StreamReader
     pipes: list[asyncio.BaseTransport]
+    data: bytes = b""
+    fds: list[int] = field(default_factory=list)
+    sent: bool = False  # it left (written to the channel whole)
+
+    def drop_fds(self) -> None:
+        fds, self.fds = self.fds, []
+        for fd in fds:
+            os.close(fd)
+
+    def fail(self, error: BaseException) -> None:
+        """It will never be answered: fail its waiter, close what it holds."""
+        self.drop_fds()
+        if not self.fut.done():
+            self.fut.set_exception(error)
+        for pipe in self.pipes:
+            pipe.close()
 
 
 class Zygote:
@@ -391,6 +411,9 @@ class Zygote:
         self._chan: socket.socket | None = chan
         self._ids = itertools.count(1)
         self._pending: dict[int, _Pending] = {}
+        #: requests not sent yet, oldest first (the channel was full when they were made)
+        self._outbox: deque[int] = deque()
+        self._writing = False  # a writer callback waits for the channel to drain
         self._children: dict[int, ForkedProcess] = {}
         self.loop.add_reader(chan.fileno(), self._on_readable)
         assert proc.stderr is not None
@@ -443,14 +466,19 @@ class Zygote:
 
     async def fork(self, env: dict[str, str]) -> ForkedProcess:
         """A new worker process with environment ``env``, in this process's working
-        directory."""
+        directory. Requests leave in the order they were made; while the channel is full
+        (the zygote is behind) they wait in :attr:`_outbox`, each kept whole until it leaves,
+        so a slow zygote makes starts wait and never loses or repeats one."""
         if not self.usable or self._chan is None:
             raise ZygoteError(f"the zygote (pid {self.pid}) is not running")
         loop = self.loop
+        req_id = next(self._ids)
+        data = json.dumps({"op": "fork", "id": req_id, "env": env}).encode()
+        if len(data) > _MAX_MESSAGE:
+            raise ZygoteError("the worker's environment is too large for a fork request")
         pipes: list[asyncio.BaseTransport] = []
         readers: list[asyncio.StreamReader] = []
         ends: list[int] = []
-        req_id = next(self._ids)
         try:
             for _ in range(2):
                 r, w = os.pipe()
@@ -465,27 +493,35 @@ class Zygote:
                 ends.append(os.open(".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC))
             except OSError as exc:
                 raise ZygoteError(f"cannot open the working directory: {exc}") from exc
-            if self._chan is None:
-                raise ZygoteError(f"the zygote (pid {self.pid}) exited")
-            data = json.dumps({"op": "fork", "id": req_id, "env": env}).encode()
-            if len(data) > _MAX_MESSAGE:
-                raise ZygoteError("the worker's environment is too large for a fork request")
-            pending = _Pending(loop.create_future(), readers[0], readers[1], pipes)
-            self._pending[req_id] = pending
-            await self._send(data, ends)
         except BaseException:
-            self._pending.pop(req_id, None)
+            for w in ends:
+                os.close(w)
             for pipe in pipes:
                 pipe.close()
             raise
-        finally:
-            for w in ends:
-                os.close(w)  # the child has its copies now; ours would keep the pipes open
+        # from here the request owns the pipe ends and the directory (closed once it leaves:
+        # the child has its copies then; ours would keep the pipes open)
+        pending = _Pending(loop.create_future(), readers[0], readers[1], pipes, data, ends)
+        if self.lost:  # it was lost while the pipes were made (its channel is closed)
+            pending.fail(ZygoteError(f"the zygote (pid {self.pid}) exited"))
+        else:
+            self._pending[req_id] = pending
+            self._outbox.append(req_id)
+            if not self._writing:
+                self._flush()
         try:
             await asyncio.wait([pending.fut])
         except BaseException:  # cancelled: nobody will take the child, so end it
             fut = pending.fut
-            if not fut.done():
+            if not pending.sent and self._pending.pop(req_id, None) is not None:
+                # still queued here: it never leaves
+                with contextlib.suppress(ValueError):
+                    self._outbox.remove(req_id)
+                fut.cancel()
+                pending.drop_fds()
+                for pipe in pending.pipes:
+                    pipe.close()
+            elif not fut.done():
                 fut.cancel()  # the answer's handler ends it when it comes
             elif not fut.cancelled() and fut.exception() is None:
                 child = fut.result()  # it came just before the cancel
@@ -495,25 +531,37 @@ class Zygote:
             raise
         return pending.fut.result()
 
-    async def _send(self, data: bytes, fds: list[int]) -> None:
-        while True:
-            chan = self._chan
-            if chan is None:
-                raise ZygoteError(f"the zygote (pid {self.pid}) exited")
+    def _flush(self) -> None:
+        """Send the queued requests, oldest first, while the channel takes them. When it is
+        full, one writer callback (for the whole queue) calls this again once it drains; it
+        is removed when the queue is empty or the channel is lost."""
+        chan = self._chan
+        outbox = self._outbox
+        while outbox and chan is not None:
+            req_id = outbox[0]
+            pending = self._pending.get(req_id)
+            if pending is None or pending.sent:  # dropped (its start was cancelled)
+                outbox.popleft()
+                continue
             try:
-                socket.send_fds(chan, [data], fds)
-                return
+                socket.send_fds(chan, [pending.data], pending.fds)
             except BlockingIOError:
-                writable = self.loop.create_future()
-                self.loop.add_writer(chan.fileno(), writable.set_result, None)
-                try:
-                    await asyncio.wait([writable, self.exited],
-                                       return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    if self._chan is not None:
-                        self.loop.remove_writer(chan.fileno())
+                if not self._writing:
+                    self.loop.add_writer(chan.fileno(), self._flush)
+                    self._writing = True
+                return
             except OSError as exc:
-                raise ZygoteError(f"cannot reach the zygote (pid {self.pid}): {exc}") from exc
+                outbox.popleft()
+                del self._pending[req_id]
+                pending.fail(ZygoteError(f"cannot reach the zygote (pid {self.pid}): {exc}"))
+                continue
+            outbox.popleft()
+            pending.sent = True
+            pending.data = b""
+            pending.drop_fds()
+        if self._writing and chan is not None:
+            self.loop.remove_writer(chan.fileno())
+        self._writing = False
 
     # -- the channel -------------------------------------------------------------------------
 
@@ -562,10 +610,7 @@ class Zygote:
         elif op == "failed":
             failed = self._pending.pop(msg["id"], None)
             if failed is not None:
-                if not failed.fut.done():
-                    failed.fut.set_exception(ZygoteError(msg["error"]))
-                for pipe in failed.pipes:
-                    pipe.close()
+                failed.fail(ZygoteError(msg["error"]))
         elif op == "ready":
             if not self.ready.done():
                 self.ready.set_result(True)
@@ -584,15 +629,16 @@ class Zygote:
         chan, self._chan = self._chan, None
         if chan is not None:
             self.loop.remove_reader(chan.fileno())
+            if self._writing:
+                self.loop.remove_writer(chan.fileno())
             chan.close()
+        self._writing = False
         if not self.ready.done():
             self.ready.set_result(False)
-        for pending in self._pending.values():
-            if not pending.fut.done():
-                pending.fut.set_exception(ZygoteError(f"the zygote (pid {self.pid}) exited"))
-            for pipe in pending.pipes:
-                pipe.close()
-        self._pending.clear()
+        self._outbox.clear()
+        pending, self._pending = list(self._pending.values()), {}
+        for one in pending:
+            one.fail(ZygoteError(f"the zygote (pid {self.pid}) exited"))
         for child in list(self._children.values()):
             child._zygote_lost()
 
