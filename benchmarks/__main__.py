@@ -1,9 +1,10 @@
 """``python -m benchmarks [NAMES...] [--json] [--quick] [--reps N] [--list] [--compare ray]
-[--save DIR]``.
+[--save DIR] [--minutes N]``.
 
 NAMES are group names (``kernel``, ``transport``, ...) or workload names; none means every
-group. With ``--json`` each workload's record is one JSON line on stdout; otherwise a table is
-printed at the end. Progress and notes go to stderr.
+group but the soaks (``chaos``: run only when named, for ``--minutes N``, default 1). With
+``--json`` each workload's record is one JSON line on stdout; otherwise a table is printed at
+the end. Progress and notes go to stderr.
 
 With ``--compare ray`` (or ``AF_BENCH_COMPARE=ray``) our selected groups run first, then, one
 program at a time, the peer ``floor_bench.py`` with this interpreter (for the floors the cluster
@@ -47,7 +48,10 @@ GROUPS: dict[str, str] = {
     "transport": "benchmarks.transport",
     "cluster": "benchmarks.cluster",
     "placement": "benchmarks.placement",
+    "chaos": "benchmarks.chaos",
 }
+#: Soaks: run only when named (never by default, nor by a bare ``--compare ray``).
+SOAKS = ("chaos",)
 
 Runner = Callable[..., list[dict[str, Any]]]
 
@@ -98,10 +102,13 @@ def _select(
 
 
 def _run_group(
-    group: str, mod: ModuleType, quick: bool, reps: int, only: set[str] | None
+    group: str, mod: ModuleType, quick: bool, reps: int, only: set[str] | None,
+    minutes: float | None = None,
 ) -> list[dict[str, Any]]:
     fn: Runner = mod.run
     kwargs: dict[str, Any] = {}
+    if minutes is not None and _takes(fn, "minutes"):
+        kwargs["minutes"] = minutes
     if only is not None and _takes(fn, "only"):
         kwargs["only"] = only
     if _takes(fn, "compare"):
@@ -139,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--floor-script", default=None,
                     help="the peer floor_bench.py (AF_BENCH_FLOOR_SCRIPT; default as "
                          "--ray-script)")
+    ap.add_argument("--minutes", type=float, default=None,
+                    help="how long a soak (chaos) runs (default 1)")
     ap.add_argument("--save", default=None, metavar="DIR",
                     help="also write actorflow.jsonl (and ray.jsonl, floor.jsonl) into DIR")
     args = ap.parse_args(argv)
@@ -149,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"AF_BENCH_COMPARE knows only 'ray', not {env_compare!r}")
     compare = (args.compare or env_compare) == "ray"
 
-    wanted = [g for g in GROUPS if g in args.names] if args.names else list(GROUPS)
+    wanted = ([g for g in GROUPS if g in args.names] if args.names
+              else [g for g in GROUPS if g not in SOAKS])
     # workload names need every group loaded to find their owner
     to_load = list(GROUPS) if args.list or any(n not in GROUPS for n in args.names) else wanted
     modules = {g: m for g in to_load if (m := _load(g)) is not None}
@@ -159,10 +169,11 @@ def main(argv: list[str] | None = None) -> int:
             mod = modules.get(group)
             names = _workloads(mod) if mod is not None else None
             what = "(not available)" if mod is None else "(workloads not listed)"
-            print(f"{group}: {' '.join(names) if names else what}")
+            soak = " (soak: run only when named)" if group in SOAKS else ""
+            print(f"{group}: {' '.join(names) if names else what}{soak}")
         return 0
 
-    plan, unknown = _select(args.names or list(GROUPS), modules)
+    plan, unknown = _select(args.names or wanted, modules)
     if unknown:
         known = sorted({*GROUPS, *(w for m in modules.values() for w in (_workloads(m) or ()))})
         ap.error(f"unknown name(s) {unknown}; known: {known}")
@@ -184,7 +195,8 @@ def _run(args: argparse.Namespace, plan: dict[str, set[str] | None],
     for group, only in plan.items():
         log(f"[{group}] running" + (f" {sorted(only)}" if only else ""))
         try:
-            group_records = _run_group(group, modules[group], args.quick, reps, only)
+            group_records = _run_group(group, modules[group], args.quick, reps, only,
+                                       args.minutes)
         except ImportError as exc:  # a dependency only the group needs is missing
             log(f"[{group}] skipped: {exc}")
             continue
@@ -192,6 +204,8 @@ def _run(args: argparse.Namespace, plan: dict[str, set[str] | None],
             log(f"[{group}] failed:\n{traceback.format_exc()}")
             failed.append(group)
             continue
+        if any(rec.get("lost") or rec.get("wrong") for rec in group_records):
+            failed.append(group)  # a soak that lost or garbled a result
         for rec in group_records:
             records.append(rec)
             if args.json and not compare:
