@@ -205,7 +205,7 @@ async def discover_head(remoting: Remoting, address: str) -> ActorRef:
 
 def placement_of(head: ActorRef) -> ActorRef:
     """The Placement actor beside ``head`` (same process, well-known id ``placement``)."""
-    system = head._slot.system
+    system = head.slot.system
     return restore_ref(system.uid, system.address, "placement", "placement")
 
 

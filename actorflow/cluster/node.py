@@ -628,7 +628,7 @@ class Node(ServiceActor):
 
 def _ref_args(ref: ActorRef) -> list[Any]:
     """What a worker needs to rebuild ``ref`` (see actorflow.runtime.restore_ref)."""
-    system = ref._slot.system
+    system = ref.slot.system
     return [system.uid, system.address, ref.id, ref.path]
 
 
@@ -680,7 +680,7 @@ class ActorHost(Actor):
                                       node.node_id, record.worker.pid))
 
     def _incarnation(self) -> int:
-        cell = self.ref._slot.cell
+        cell = self.ref.slot.cell
         return cell.incarnation if cell is not None else 0
 
     def process_died(self, code: int | None) -> None:

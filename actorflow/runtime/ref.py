@@ -71,7 +71,7 @@ def restore_ref(uid: str, address: str | None, slot_id: str, path: str) -> Actor
         slot = local._slots.get(slot_id)
         if slot is not None:
             return ActorRef(slot)
-        return ActorRef(local._dead_slot(slot_id, path, "it is no longer running"))
+        return local.dead_ref(slot_id, path, "it is no longer running")
     system = current_system.get()
     if system is None and len(_SYSTEMS) == 1:
         system = next(iter(_SYSTEMS.values()))
@@ -82,7 +82,7 @@ def restore_ref(uid: str, address: str | None, slot_id: str, path: str) -> Actor
             f"cannot rebuild a reference to actor {path!r}: no ActorSystem runs in this process"
         )
     where = f"at {address}" if address else "in another process"
-    return ActorRef(system._dead_slot(slot_id, path, f"it lives {where}, which is not reachable"))
+    return system.dead_ref(slot_id, path, f"it lives {where}, which is not reachable")
 
 
 class Reply(Protocol):
@@ -294,6 +294,13 @@ class ActorRef:
         self._slot = slot
 
     @property
+    def slot(self) -> Slot:
+        """The actor's :class:`Slot`: its system, its running incarnation (``cell``) and its
+        incarnation count, for the layers built on the kernel (supervision, transport,
+        cluster)."""
+        return self._slot
+
+    @property
     def path(self) -> str:
         """The actor's name within its system (``parent/child`` for supervised children)."""
         return self._slot.path
@@ -328,7 +335,7 @@ class ActorRef:
     async def tell(self, message: Any) -> None:
         """Send without waiting for an answer. Waits only while the mailbox is full
         (backpressure) or the actor is restarting (bounded)."""
-        await self._send(message, None)
+        await self.deliver(message, None)
 
     def tell_nowait(self, message: Any) -> None:
         """Send now or raise: MailboxFullError when the mailbox is full, ActorUnavailableError
@@ -385,11 +392,11 @@ class ActorRef:
         """
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         if timeout is None:
-            await self._send(message, fut)
+            await self.deliver(message, fut)
             return await fut
         try:
             async with asyncio.timeout(timeout):
-                await self._send(message, fut)
+                await self.deliver(message, fut)
                 return await fut
         except TimeoutError:
             if fut.done() and not fut.cancelled():
@@ -399,7 +406,12 @@ class ActorRef:
                 f"{timeout} s; raise the timeout or check that the actor is not stuck"
             ) from None
 
-    async def _send(self, message: Any, reply: Any) -> None:
+    async def deliver(self, message: Any, reply: Reply | None) -> None:
+        """Put ``(message, reply)`` into the actor's mailbox: ``reply`` settles with the
+        answer (an ask) or is None (a tell). Waits while the mailbox is full and, while the
+        actor restarts, for its next incarnation (bounded by ``restart_wait_s``); raises
+        ActorDiedError or ActorUnavailableError as ``tell`` does. The transport delivers the
+        messages that came over a link with it."""
         slot = self._slot
         while True:
             cell = slot.cell

@@ -16,7 +16,7 @@ import asyncio
 import itertools
 import logging
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any
 
@@ -301,11 +301,22 @@ class ActorSystem:
         if self._names.get(slot.path) is slot:
             del self._names[slot.path]
 
-    def _dead_slot(self, slot_id: str, path: str, reason: str) -> Slot:
+    # -- hooks for the layers above -------------------------------------------------------
+
+    @property
+    def slots(self) -> Mapping[str, Slot]:
+        """The slots of this system's actors that may still run, by id (read it, never change
+        it: the system keeps it). The transport reads it to deliver messages from a link."""
+        return self._slots
+
+    def dead_ref(self, slot_id: str, path: str, reason: str) -> ActorRef:
+        """A ref to an actor of this system that will never run (one that ended, or an id no
+        actor has): its sends fail with ``ActorDiedError(path, reason)``, a watch hears
+        ``noproc`` at once."""
         slot = Slot(self, slot_id, path)
         slot.state = SlotState.DEAD
         slot.death = ActorDiedError(path, reason)
-        return slot
+        return ActorRef(slot)
 
     def statistics(self) -> dict[str, int]:
         """Counts for monitoring: running actors, known slots, tells dropped at death."""

@@ -23,6 +23,7 @@ when it ends; the supervisor never polls.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -60,6 +61,8 @@ __all__ = [
     "start_supervisor",
     "supervisor_spec",
 ]
+
+log = logging.getLogger("actorflow.supervision")
 
 
 # -- the supervisor's messages ---------------------------------------------------------------
@@ -216,7 +219,7 @@ class Supervisor(Actor):
                 ChildInfo(c.spec.name, c.ref, c.running, c.spec.restart)
                 for c in self._children.values()
             ]
-        self.system._log.warning(
+        log.warning(
             "supervisor %s ignored an unexpected %s message", self.ref.path,
             type(message).__name__,
         )
@@ -253,7 +256,7 @@ class Supervisor(Actor):
         child.running = True
 
     def _notice(self, notice: Terminated) -> None:
-        cell = self.ref._slot.cell
+        cell = self.ref.slot.cell
         if cell is not None and not cell.mailbox.closed:
             cell.mailbox.put_system((notice, None))
 
@@ -364,7 +367,7 @@ class Supervisor(Actor):
 
         def due() -> None:
             self._timers.discard(handle)
-            cell = self.ref._slot.cell
+            cell = self.ref.slot.cell
             if cell is not None and not cell.mailbox.closed:
                 cell.mailbox.put_system((_RestartDue(names), None))
 

@@ -203,7 +203,7 @@ class Remoting:
     def _resolve(self, uid: str, address: str | None, slot_id: str, path: str) -> ActorRef:
         if address is None or self._closed:
             where = "an unserved system" if address is None else address
-            return ActorRef(self.system._dead_slot(slot_id, path, f"it lives in {where}"))
+            return self.system.dead_ref(slot_id, path, f"it lives in {where}")
         key = (uid, address)
         peer = self._peers.get(key)
         if peer is None:
@@ -274,7 +274,7 @@ class Remoting:
         current_system.set(self.system)  # refs unpickled on this task resolve through us
         link = channel.link
         error: BaseException = PeerUnreachableError(f"the link to {link.peer} was closed")
-        slots = self.system._slots
+        slots = self.system.slots
         overflow = self._overflow
         pending = channel.pending
         try:
@@ -338,7 +338,7 @@ class Remoting:
             return
         overflow = self._overflow.get(target)
         if overflow is None:
-            if target not in self.system._slots:
+            if target not in self.system.slots:
                 if reply is not None:
                     reply.set_exception(
                         ActorDiedError(f"#{target}", f"no such actor runs in {self.address}")
@@ -366,11 +366,11 @@ class Remoting:
         try:
             while overflow.items:
                 value, reply = overflow.items[0]
-                slot = self.system._slots.get(target)
+                slot = self.system.slots.get(target)
                 try:
                     if slot is None:
                         raise ActorDiedError(f"#{target}", f"it no longer runs in {self.address}")
-                    await ActorRef(slot)._send(value, reply)
+                    await ActorRef(slot).deliver(value, reply)
                 except ActorflowError as exc:  # dead or unavailable
                     if reply is not None and not reply.done():
                         reply.set_exception(exc)
@@ -423,9 +423,9 @@ class Remoting:
             except PeerUnreachableError:
                 pass
 
-        slot: Slot | None = self.system._slots.get(target)
+        slot: Slot | None = self.system.slots.get(target)
         if slot is None:
-            dead = ActorRef(self.system._dead_slot(str(target), f"#{target}", "no such actor"))
+            dead = self.system.dead_ref(str(target), f"#{target}", "no such actor")
             notify(Terminated(dead, ExitReason.NOPROC, None, 0))
             return
         channel.served[wid] = _noop

@@ -37,7 +37,7 @@ from actorflow._errors import (
     RemoteException,
     SerializationError,
 )
-from actorflow.runtime import ActorRef, ExitReason, Terminated
+from actorflow.runtime import ActorRef, ExitReason, Reply, Terminated
 from actorflow.runtime.ref import SlotState, WatchCallback
 from actorflow.transport.codec import UndecodableValue, dumps
 
@@ -421,11 +421,12 @@ class _RemoteSlot:
 class RemoteActorRef(ActorRef):
     """An ActorRef to an actor in another process (see the module docstring)."""
 
-    __slots__ = ("_peer",)
+    __slots__ = ("_peer", "_target")
 
     def __init__(self, peer: Peer, slot_id: str, path: str) -> None:
         super().__init__(_RemoteSlot(peer.uid, peer.address, slot_id, path))  # type: ignore[arg-type]
         self._peer = peer
+        self._target = slot_id
 
     def __repr__(self) -> str:
         return f"<RemoteActorRef {self.path} at {self._peer.address}>"
@@ -438,7 +439,7 @@ class RemoteActorRef(ActorRef):
     async def tell(self, message: Any) -> None:
         """Send without waiting for an answer; waits only while the link's backlog is over
         its high-water mark."""
-        self._peer.send(TELL, self._slot.id, message, self)
+        self._peer.send(TELL, self._target, message, self)
         channel = self._peer.channel
         if channel is not None:
             try:
@@ -448,15 +449,23 @@ class RemoteActorRef(ActorRef):
 
     def tell_nowait(self, message: Any) -> None:
         """Send now; never waits. Raises SerializationError if it cannot be pickled."""
-        self._peer.send(TELL, self._slot.id, message, self)
+        self._peer.send(TELL, self._target, message, self)
 
     def ask_nowait(self, message: Any, reply: Any = None) -> Any:
         """Send now and return a future of the answer (or ``reply``, settled in its place); it
         fails with PeerUnreachableError if the peer is lost first."""
-        return self._peer.ask(self._slot.id, message, self, reply)
+        return self._peer.ask(self._target, message, self, reply)
+
+    async def deliver(self, message: Any, reply: Reply | None) -> None:
+        """Send ``message``: a tell when ``reply`` is None, else an ask whose answer settles
+        ``reply``."""
+        if reply is None:
+            await self.tell(message)
+        else:
+            self._peer.ask(self._target, message, self, reply)
 
     async def ask(self, message: Any, timeout: float | None = None) -> Any:
-        fut = self._peer.ask(self._slot.id, message, self)
+        fut = self._peer.ask(self._target, message, self)
         if timeout is None:
             return await fut
         try:
