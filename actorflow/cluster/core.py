@@ -32,7 +32,13 @@ from pickle import dumps as pickle_dumps
 from pickle import loads as pickle_loads
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from actorflow._errors import ObjectLostError, PeerUnreachableError, ProtocolError, TaskError
+from actorflow._errors import (
+    ActorDiedError,
+    ObjectLostError,
+    PeerUnreachableError,
+    ProtocolError,
+    TaskError,
+)
 from actorflow.cluster.protocol import (
     Args,
     Failed,
@@ -507,7 +513,7 @@ class Core:
     def when_ready(self, ref: ObjectRef, callback: PayloadCallback) -> None:
         """``callback(payload)`` once the ref's payload is known here (now, if it is): from the
         object table when this process owns it, else fetched from its owner."""
-        if ref._core is self:
+        if ref.core is self:
             self.objects.when_ready(ref.id, callback)
             return
         fut = self._fetch(ref)
@@ -517,7 +523,7 @@ class Core:
 
     def payload_future(self, ref: ObjectRef) -> asyncio.Future[Payload]:
         """A future of the ref's payload (for ``wait`` and ``as_completed``)."""
-        if ref._core is not self:
+        if ref.core is not self:
             return self._fetch(ref)
         fut: asyncio.Future[Payload] = self.loop.create_future()
         self.objects.when_ready(ref.id, functools.partial(_settle, fut))
@@ -557,7 +563,7 @@ class Core:
 
     async def get_one(self, ref: ObjectRef) -> Any:
         """The value of one ref (``await ref``): no list, no counter, for the commonest wait."""
-        entry = self.objects.entries.get(ref.id) if ref._core is self else None
+        entry = self.objects.entries.get(ref.id) if ref.core is self else None
         payload = entry.payload if entry is not None else None
         if payload is None:
             fut: asyncio.Future[Payload] = self.loop.create_future()
@@ -604,7 +610,7 @@ class Core:
         out: list[Any] = [None] * len(refs)
         missing = []
         for i, ref in enumerate(refs):
-            entry = entries.get(ref.id) if ref._core is self else None
+            entry = entries.get(ref.id) if ref.core is self else None
             if entry is None or entry.payload is None:
                 missing.append(i)
             else:
@@ -628,6 +634,13 @@ class Core:
         return await self._lending(done)
 
     # -- lifetime ------------------------------------------------------------------------------
+
+    def actor_died(self, actor_id: str, error: ActorDiedError) -> None:
+        """This process's calls to the actor (queued, unsent and in flight) fail with
+        ``error`` now, and so do later ones: it will not run again (``af.kill``)."""
+        client = self.actors.get(actor_id)
+        if client is not None:
+            client._die(error)
 
     async def close(self) -> None:
         if self.closed:

@@ -173,7 +173,7 @@ class TaskSubmitter:
         resolved: list[Payload | Local] = []
         entries = self.core.objects.entries
         for ref in pending.deps:
-            entry = entries.get(ref.id) if ref._core is self.core else None
+            entry = entries.get(ref.id) if ref.core is self.core else None
             if entry is not None and entry.payload is not None:
                 resolved.append(entry.payload)
                 continue

@@ -40,19 +40,22 @@ class ObjectRef:
 
     ``await ref`` (or ``await af.get(ref)``) returns the value. Refs are hashable, picklable,
     and may be passed inside arguments, containers and messages.
+
+    ``core`` is this process's ``Core`` when it owns the object (the ref then counts itself
+    there), else None: read it, never set it.
     """
 
-    __slots__ = ("__weakref__", "_core", "id", "owner")
+    __slots__ = ("__weakref__", "core", "id", "owner")
 
     def __init__(self, object_id: str, owner: ActorRef, core: Core | None = None) -> None:
         self.id = object_id
         self.owner = owner
-        self._core = core  # set when this process owns the object: the ref counts itself
+        self.core = core
         if core is not None:
             core.objects.incref(object_id)
 
     def __del__(self) -> None:
-        core = self._core
+        core = self.core
         if core is not None:
             try:
                 core.objects.decref(self.id)
@@ -69,15 +72,15 @@ class ObjectRef:
         return isinstance(other, ObjectRef) and other.id == self.id
 
     def __reduce__(self) -> tuple[Any, ...]:
-        if self._core is not None:
-            self._core.objects.pin(self.id)
+        if self.core is not None:
+            self.core.objects.pin(self.id)
         return (_restore, (self.id, self.owner))
 
     def __await__(self) -> Generator[Any, None, Any]:
         return current_core().get_one(self).__await__()
 
     def owned_by(self, core: Core) -> bool:
-        return self._core is core
+        return self.core is core
 
 
 def _restore(object_id: str, owner: ActorRef) -> ObjectRef:
