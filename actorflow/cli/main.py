@@ -82,7 +82,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run(ns: argparse.Namespace) -> int:
-    import actorflow as af
+    from actorflow.api.runtime import run
 
     argv = list(ns.args)
     sys.argv = [ns.app, *argv]
@@ -106,7 +106,7 @@ def _run(ns: argparse.Namespace) -> int:
     if ns.num_gpus is not None:
         init_kwargs["num_gpus"] = ns.num_gpus
     try:
-        af.run(entry, *call_args, **init_kwargs)
+        run(entry, *call_args, **init_kwargs)
     except KeyboardInterrupt:
         return 130
     except BaseException:
