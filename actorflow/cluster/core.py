@@ -32,13 +32,7 @@ from pickle import dumps as pickle_dumps
 from pickle import loads as pickle_loads
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from actorflow._errors import (
-    ActorDiedError,
-    ObjectLostError,
-    PeerUnreachableError,
-    ProtocolError,
-    TaskError,
-)
+from actorflow._errors import ObjectLostError, PeerUnreachableError, ProtocolError, TaskError
 from actorflow.cluster.protocol import (
     Args,
     Failed,
@@ -634,13 +628,6 @@ class Core:
         return await self._lending(done)
 
     # -- lifetime ------------------------------------------------------------------------------
-
-    def actor_died(self, actor_id: str, error: ActorDiedError) -> None:
-        """This process's calls to the actor (queued, unsent and in flight) fail with
-        ``error`` now, and so do later ones: it will not run again (``af.kill``)."""
-        client = self.actors.get(actor_id)
-        if client is not None:
-            client._die(error)
 
     async def close(self) -> None:
         if self.closed:
