@@ -124,11 +124,26 @@ async def as_completed(refs: Sequence[ObjectRef]) -> AsyncIterator[ObjectRef]:
         yield ready.popleft()
 
 
-async def cancel(ref: ObjectRef, *, force: bool = False) -> None:
-    """Cancel the task that produces ``ref``: a queued task never runs, a running ``async``
-    task gets CancelledError inside; ``get`` then raises TaskCancelledError. ``force`` ends
-    the worker process of a running plain-``def`` task."""
+async def cancel(ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> None:
+    """Cancel the task or actor call that produces ``ref``; ``get`` then raises
+    TaskCancelledError (unless it had finished: its value stays).
+
+    A queued one never runs. A running ``async def`` one gets CancelledError inside. A running
+    plain-``def`` task gets TaskCancelledError raised in its thread (when it next runs Python
+    code), or with ``force`` its worker process is ended; a running plain-``def`` actor method
+    is not interrupted: ``af.get_runtime_context().is_cancelled()`` turns True in it, and its
+    caller gets TaskCancelledError at once. ``recursive``: the tasks and actor calls it
+    submitted are cancelled too. ``force`` is for tasks only (end an actor with ``af.kill``).
+    Only the process that made the call can cancel it."""
     core = current_core()
     if not isinstance(ref, ObjectRef):
         raise TypeError(f"cancel() takes an ObjectRef, got {type(ref).__name__}")
-    core.submitter.cancel(ref.id, force)
+    if core.submitter.cancel(ref.id, force, recursive):
+        return
+    for client in list(core.actors.values()):
+        if client.pending(ref.id):
+            if force:
+                raise ValueError("force=True cannot cancel an actor call (it would end the "
+                                 "actor's process); use af.kill(actor) for that")
+            client.cancel(ref.id, recursive)
+            return

@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 from actorflow._errors import ActorDiedError, AuthenticationError
 from actorflow.api.remote import ActorHandle
 from actorflow.cluster import bootstrap, state
+from actorflow.cluster.calls import CallState, current_call
 from actorflow.cluster.core import Core, task_context
 from actorflow.cluster.protocol import GetNamedActor, KillActor, ListState
 from actorflow.objects.ref import current_core, set_current_core
@@ -268,7 +269,7 @@ async def kill(actor: ActorHandle, *, no_restart: bool = True) -> None:
         client.invalidate()  # before the kill: no call of ours may go to the dying process
     await core.head.ask(KillActor(actor._actor_id, no_restart))
     if client is not None and no_restart:
-        client._die(ActorDiedError(actor._class_name, "it was killed with af.kill()"))
+        client.die(ActorDiedError(actor._class_name, "it was killed with af.kill()"))
 
 
 # -- cluster views ---------------------------------------------------------------------------------
@@ -313,6 +314,14 @@ class RuntimeContext:
     worker_pid: int
     namespace: str
     name: str
+    _call: CallState | None = field(default=None, repr=False, compare=False)
+
+    def is_cancelled(self) -> bool:
+        """True once ``af.cancel`` reached the task or actor call this context was taken in
+        (a plain-``def`` actor method is not interrupted: it may look here and stop). False
+        outside a call, and in a call that runs on the worker's loop between two awaits of
+        nothing (a plain call that proved short: a cancel cannot reach it while it runs)."""
+        return self._call is not None and self._call.cancelled
 
 
 def get_runtime_context() -> RuntimeContext:
@@ -321,7 +330,7 @@ def get_runtime_context() -> RuntimeContext:
     core = current_core()
     ctx = task_context.get()
     return RuntimeContext(core.node_id, ctx.job_id or core.job_id, ctx.task_id, ctx.actor_id,
-                          os.getpid(), core.namespace, ctx.name)
+                          os.getpid(), core.namespace, ctx.name, current_call.get())
 
 
 def get_gpu_ids() -> list[int]:

@@ -6,6 +6,11 @@ the calls dies, the client asks the head what happened: if the actor is restarti
 were in flight fail with ActorUnavailableError (or are re-sent while ``max_task_retries``
 allows) and queued ones wait for the new incarnation; if it is dead for good, every pending and
 later call fails with ActorDiedError and its cause.
+
+``cancel`` drops a call that has not left, or asks the actor's process (its WorkerControl, at a
+well-known slot) to cancel one that has; the call's refs then raise TaskCancelledError, unless
+its answer came first (it finished before the cancel reached the actor: the answer and the
+cancel's acknowledgement travel back in that order on one link).
 """
 
 from __future__ import annotations
@@ -15,11 +20,19 @@ from collections import deque
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from actorflow._errors import ActorDiedError, ActorUnavailableError, PeerUnreachableError
+from actorflow._errors import (
+    ActorDiedError,
+    ActorUnavailableError,
+    PeerUnreachableError,
+    TaskCancelledError,
+)
+from actorflow.cluster.calls import note_child
 from actorflow.cluster.protocol import (
+    CONTROL_ID,
     ActorCall,
     ActorLocation,
     ActorSpec,
+    CancelCall,
     CreateActor,
     Failed,
     InShm,
@@ -27,8 +40,9 @@ from actorflow.cluster.protocol import (
     TaskReply,
     WaitActorDown,
     reply_returns,
+    with_call_id,
 )
-from actorflow.runtime import CallbackReply
+from actorflow.runtime import ActorRef, CallbackReply, restore_ref
 
 if TYPE_CHECKING:
     from actorflow.cluster.core import Core
@@ -45,6 +59,14 @@ class PendingCall:
     deps: list[ObjectRef]
     ready: bool = True
     keep: Any = None  # the ObjectRef of its arguments in shared memory, held until it is done
+    sent_to: ActorLocation | None = None  # the incarnation it went to last
+    cancelled: bool = False
+
+
+def _call_id(return_ids: tuple[str, ...]) -> str:
+    """A call's id: its return's id, without the index of one of several returns."""
+    first = return_ids[0]
+    return first if len(return_ids) == 1 else first.rpartition(".")[0]
 
 
 class ActorClient:
@@ -110,9 +132,16 @@ class ActorClient:
 
     def _created_failed(self, exc: BaseException) -> None:
         self._creating = False
-        self._die(ActorDiedError(self.class_name, "it could not be created", exc))
+        self.die(ActorDiedError(self.class_name, "it could not be created", exc))
 
     def call(self, pending: PendingCall) -> None:
+        call_id = _call_id(pending.return_ids)
+        c = pending.call
+        if type(c) is bytes:
+            pending.call = with_call_id(c, call_id)
+        elif type(c) is ActorCall and not c.call_id:
+            pending.call = replace(c, call_id=call_id)
+        note_child(self.core, pending.return_ids[0])  # (for a recursive cancel of its caller)
         if pending.deps:
             pending.ready = False
             self.queue.append(pending)
@@ -123,6 +152,8 @@ class ActorClient:
 
     def _resolve_deps(self, pending: PendingCall) -> None:
         def on_deps(payloads: list[Any]) -> None:
+            if pending.cancelled:  # dropped meanwhile
+                return
             for payload in payloads:
                 if type(payload) is Failed:
                     self.queue.remove(pending)
@@ -131,7 +162,8 @@ class ActorClient:
                     return
             c = pending.call
             assert type(c) is ActorCall  # a call with ObjectRef arguments is never quick
-            pending.call = ActorCall(c.method, c.args, tuple(payloads), c.num_returns)
+            pending.call = ActorCall(c.method, c.args, tuple(payloads), c.num_returns,
+                                     c.call_id)
             self.core.sending(payloads)
             pending.deps = []
             pending.ready = True
@@ -157,6 +189,7 @@ class ActorClient:
             self._seq += 1
             key = self._seq
             self.inflight[key] = pending
+            pending.sent_to = loc
             call = pending.call
             if type(call) is ActorCall and type(call.args) is InShm:
                 self.core.store.lent(call.args.name)  # the actor says when it is done with it
@@ -180,7 +213,9 @@ class ActorClient:
             self._finish(pending, reply_returns(reply)[0])
             return
         # the incarnation that had the call is gone: ask the head what happens next
-        if isinstance(exc, PeerUnreachableError) and exc.delivered is False:
+        if pending.cancelled:  # (never sent again)
+            self._fail(pending, self._cancelled_error())
+        elif isinstance(exc, PeerUnreachableError) and exc.delivered is False:
             # it never reached that process: send it to the next incarnation, in order
             self._unsent.append((key, pending))
         else:
@@ -202,7 +237,7 @@ class ActorClient:
             fut = self.core.head.ask_nowait(ResolveActor(self.actor_id, after))
         except Exception as exc:
             self.resolving = False
-            self._die(ActorDiedError(self.class_name, "the cluster head is unreachable", exc))
+            self.die(ActorDiedError(self.class_name, "the cluster head is unreachable", exc))
             return
         fut.add_done_callback(self._resolved)
 
@@ -214,7 +249,7 @@ class ActorClient:
         if exc is not None:
             error = exc if isinstance(exc, ActorDiedError) else ActorDiedError(
                 self.class_name, "its state could not be resolved", exc)
-            self._die(error)
+            self.die(error)
             return
         self.location = fut.result()
         self._follow(self.location)
@@ -259,7 +294,9 @@ class ActorClient:
         if self.queue and not self.resolving:
             self._resolve(self._stale_after)
 
-    def _die(self, error: ActorDiedError) -> None:
+    def die(self, error: ActorDiedError) -> None:
+        """The actor is dead for good (``error`` says why): every pending and later call
+        fails with it."""
         self.dead = error
         self.location = None
         for pending in self._orphans:
@@ -273,12 +310,80 @@ class ActorClient:
         self.inflight.clear()
         self._flush()
 
+    _die = die  # (the name core.py uses)
+
     def _finish(self, pending: PendingCall, returns: tuple[Any, ...]) -> None:
         for oid, payload in zip(pending.return_ids, returns, strict=False):
             self.core.objects.resolve(oid, payload)
 
     def _fail(self, pending: PendingCall, error: BaseException) -> None:
         self._finish(pending, (Failed(error),) * len(pending.return_ids))
+
+    # -- cancel ----------------------------------------------------------------------------------
+
+    def cancel(self, object_id: str, recursive: bool = True) -> bool:
+        """Cancel the call returning ``object_id`` if it is one of this client's and not done:
+        one that has not left is dropped here; for one that has, the actor's process is asked
+        to (``CancelCall``). Its refs raise TaskCancelledError once that is settled, unless its
+        answer came first. False when no such call is pending here."""
+        pending = self._find(object_id)
+        if pending is None:
+            return False
+        if pending.cancelled:
+            return True
+        pending.cancelled = True
+        error = self._cancelled_error()
+        for waiting in (self.queue, self._orphans):
+            if pending in waiting:
+                waiting.remove(pending)
+                self._fail(pending, error)
+                self._flush()  # (it may have held back later calls)
+                return True
+        for i, (_, unsent) in enumerate(self._unsent):
+            if unsent is pending:
+                del self._unsent[i]
+                self._fail(pending, error)
+                return True
+        loc = pending.sent_to
+        assert loc is not None  # in flight
+        uid, address, _, _ = loc.worker.__reduce__()[1]
+        control: ActorRef = restore_ref(uid, address, CONTROL_ID, CONTROL_ID)
+        call_id = _call_id(pending.return_ids)
+        try:
+            control.ask_nowait(CancelCall(call_id, recursive),
+                               CallbackReply(self._cancel_settled, pending))
+        except Exception:  # that process is gone: the call fails with it, as cancelled
+            self._fail(pending, error)
+        return True
+
+    def _cancel_settled(self, pending: PendingCall, _answer: Any, _exc: BaseException | None
+                        ) -> None:
+        """The actor's process took the cancel (or is gone): the call's refs raise
+        TaskCancelledError, unless its answer, which came before, settled them already."""
+        self._fail(pending, self._cancelled_error())
+
+    def _cancelled_error(self) -> TaskCancelledError:
+        return TaskCancelledError(f"a call to actor {self.class_name!r} was cancelled")
+
+    def pending(self, object_id: str) -> bool:
+        """Whether the call returning ``object_id`` is one of this client's, not done."""
+        return self._find(object_id) is not None
+
+    def _find(self, object_id: str) -> PendingCall | None:
+        """The call of this client that returns ``object_id``, if it is pending."""
+        for pending in self.queue:
+            if object_id in pending.return_ids:
+                return pending
+        for pending in self.inflight.values():
+            if object_id in pending.return_ids:
+                return pending
+        for pending in self._orphans:
+            if object_id in pending.return_ids:
+                return pending
+        for _, pending in self._unsent:
+            if object_id in pending.return_ids:
+                return pending
+        return None
 
     def close(self) -> None:
         self._closed = True

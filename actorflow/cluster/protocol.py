@@ -201,7 +201,9 @@ class TaskReply:
 #
 # - a task push whose worker already has the function, with no GPUs and no resolved ObjectRef
 #   arguments: ``(task_id, fn_id, name, job_id, num_returns, args)`` (see quick_task);
-# - an actor call with no ObjectRef arguments: ``(method, args, num_returns)`` (quick_call);
+# - an actor call with no ObjectRef arguments: ``(method, args, num_returns)``, followed by the
+#   call's id and that id's length in one byte (quick_call; pickle stops reading at the end of
+#   its stream, so the id is a trailer: the caller's client adds it without pickling again);
 # - a reply with one return that is a small value without out-of-band buffers, from a call
 #   that ran under QUICK_RUN_S: that value's pickle stream itself (see quick_reply), which is
 #   also its ``bytes`` payload.
@@ -225,14 +227,28 @@ def task_from_quick(data: bytes) -> TaskSpec:
     return TaskSpec(task_id, name, fn_id, None, args, (), num_returns, job_id)
 
 
-def quick_call(method: str, args: bytes, num_returns: int) -> bytes:
+def quick_call(method: str, args: bytes, num_returns: int, call_id: str = "") -> bytes:
     """The quick form of an actor call whose arguments are ``args`` (pickled, no refs)."""
-    return pickle.dumps((method, args, num_returns), 5)
+    return pickle.dumps((method, args, num_returns), 5) + _id_trailer(call_id)
+
+
+def _id_trailer(call_id: str) -> bytes:
+    raw = call_id.encode()
+    if len(raw) > 255:
+        raise ValueError(f"a call id has at most 255 bytes: {call_id!r}")
+    return raw + bytes((len(raw),))
+
+
+def with_call_id(quick: bytes, call_id: str) -> bytes:
+    """A quick call made without an id (``quick_call``'s default), given ``call_id``."""
+    n = quick[-1]
+    return quick[: len(quick) - 1 - n] + _id_trailer(call_id)
 
 
 def call_from_quick(data: bytes) -> ActorCall:
     method, args, num_returns = pickle.loads(data)
-    return ActorCall(method, args, (), num_returns)
+    n = data[-1]
+    return ActorCall(method, args, (), num_returns, data[-1 - n : -1].decode() if n else "")
 
 
 def quick_reply(returns: tuple[Payload, ...], run_s: float) -> TaskReply | bytes:
@@ -340,6 +356,7 @@ class ActorCall:
     args: Args
     resolved: tuple[Payload, ...]
     num_returns: int = 1
+    call_id: str = ""  # its first return's id without the index: what CancelCall names
 
     def __af_plain__(self) -> bool:
         return _plain_payloads(self.resolved)
@@ -349,6 +366,7 @@ class ActorCall:
 class CancelTask:
     task_id: str
     force: bool = False
+    recursive: bool = True  # cancel the tasks and actor calls it submitted, too
 
 
 # -- actors at the head ----------------------------------------------------------------------------
@@ -501,3 +519,21 @@ class StartActor:
 @dataclass(frozen=True, slots=True)
 class NodeInfo:
     """Ask: answers the node's view (a dict)."""
+
+
+# -- cancelling actor calls -----------------------------------------------------------------------
+
+#: The slot id of a worker's WorkerControl (well-known: a caller that knows the address of an
+#: actor's process reaches it there without asking anyone).
+CONTROL_ID = "control"
+
+
+@dataclass(frozen=True, slots=True)
+class CancelCall:
+    """Ask a worker's WorkerControl: cancel the hosted actor's call ``call_id`` (queued: it is
+    dropped; running: an async one gets CancelledError, a plain one a flag). Answers None once
+    done, after any reply of that call already sent (so a caller that gets the answer first
+    knows the call had not finished)."""
+
+    call_id: str
+    recursive: bool = True

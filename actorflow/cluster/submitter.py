@@ -26,6 +26,7 @@ from actorflow._errors import (
     TaskError,
     WorkerCrashedError,
 )
+from actorflow.cluster.calls import note_child
 from actorflow.cluster.protocol import (
     CancelTask,
     Failed,
@@ -126,6 +127,7 @@ class TaskSubmitter:
     # -- submission ----------------------------------------------------------------------------
 
     def submit(self, pending: PendingTask) -> None:
+        note_child(self.core, pending.return_ids[0])  # (for a recursive cancel of its parent)
         for oid in pending.return_ids:
             self.by_return[oid] = pending
         if not pending.deps:
@@ -501,8 +503,9 @@ class TaskSubmitter:
 
     # -- cancel and close ----------------------------------------------------------------------
 
-    def cancel(self, object_id: str, force: bool) -> bool:
-        """Cancel the task producing ``object_id``. Returns False if it is already done."""
+    def cancel(self, object_id: str, force: bool, recursive: bool = True) -> bool:
+        """Cancel the task producing ``object_id`` (``recursive``: and what it submitted).
+        Returns False if it is already done."""
         pending = self.by_return.get(object_id)
         if pending is None:
             return False
@@ -514,7 +517,7 @@ class TaskSubmitter:
         elif pending.lease is not None:
             try:
                 target = pending.lease.lease.control or pending.lease.lease.worker
-                target.tell_nowait(CancelTask(pending.spec.task_id, force))
+                target.tell_nowait(CancelTask(pending.spec.task_id, force, recursive))
             except Exception:
                 pass
         return True

@@ -2,12 +2,14 @@
 
 A worker process runs one :class:`Worker` actor (tasks, one at a time: a task holds its CPU
 while it runs), a :class:`WorkerControl` actor (cancels, which must not wait behind the running
-task), and, once it becomes a user actor's process, a :class:`UserActor` that handles that
-actor's method calls (``max_concurrency`` at a time).
+task), and, once it becomes a user actor's process, a
+:class:`~actorflow.cluster.user_actor.UserActor` that handles that actor's method calls
+(``max_concurrency`` at a time).
 
 ``async def`` code runs on the worker's loop; plain ``def`` code runs in a thread, so it never
 blocks the loop (heartbeats, cancels and log forwarding go on while it runs), except code that
-has proved short, which runs on the loop (see :mod:`actorflow.cluster.threads`).
+has proved short, which runs on the loop (see :mod:`actorflow.cluster.threads` and
+:mod:`actorflow.cluster.execution`).
 """
 
 from __future__ import annotations
@@ -15,95 +17,51 @@ from __future__ import annotations
 import asyncio
 import inspect
 import os
-import pickle
 import time
-import traceback
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
-from contextvars import Context, copy_context
+from collections.abc import Callable
+from contextvars import copy_context
 from typing import TYPE_CHECKING, Any, cast
 
-import cloudpickle
-
-from actorflow._errors import RemoteException, SerializationError, TaskCancelledError, TaskError
+from actorflow._errors import TaskCancelledError
+from actorflow.cluster.calls import CallState, cancel_children, current_call, interrupt
 from actorflow.cluster.core import TaskContext, task_context
+from actorflow.cluster.execution import (
+    PlainCall,
+    answer_outcome,
+    call_plain,
+    cancelled_returns,
+    capture_error,
+    encode_returns,
+    in_runs,
+    local_args,
+    resolve_args,
+    run_plain,
+    with_released,
+)
 from actorflow.cluster.protocol import (
-    ActorCall,
-    Args,
+    CancelCall,
     CancelTask,
     Failed,
-    Fetched,
     HostActor,
-    Inline,
-    InShm,
     Local,
     MissingFunction,
     Payload,
-    ResolvedArg,
     TaskReply,
     TaskSpec,
-    call_from_quick,
     quick_reply,
     task_from_quick,
 )
-from actorflow.cluster.threads import Outcome, SyncRunner, run_one
+from actorflow.cluster.threads import Outcome, SyncRunner
+from actorflow.cluster.user_actor import UserActor
 from actorflow.objects.ref import ObjectRef
-from actorflow.objects.serialization import loads, loads_read_only
+from actorflow.objects.serialization import loads
 from actorflow.runtime import Actor, ActorRef, ErrorReply, restore_ref
 
 if TYPE_CHECKING:
     from actorflow.cluster.core import Core
 
-__all__ = ["UserActor", "Worker", "WorkerControl", "capture_error", "resolve_args"]
-
-
-async def local_args(core: Core, blob: Args) -> bytes | Payload:
-    """The arguments blob, fetched first when it lies in another node's shared memory."""
-    if isinstance(blob, InShm) and not core.is_local(blob):
-        (fetched,) = await core.localize((blob,))
-        return fetched
-    return blob
-
-
-def argument(core: Core, payload: Payload) -> Any:
-    """An argument's value (or the error its producer left), with every numpy array in it
-    read-only: a view of shared memory or a copy, small or large, it behaves the same
-    (API.md §3)."""
-    if type(payload) is bytes:
-        return loads_read_only(payload)
-    if type(payload) is Inline or type(payload) is Fetched:
-        return loads_read_only(payload.meta, payload.buffers)
-    if type(payload) is InShm and core.is_local(payload):
-        meta, buffers = core.store.read(payload.name, payload.generation)
-        return loads_read_only(meta, buffers)
-    return core.materialize(payload)  # a Failed raises its error here
-
-
-def resolve_args(core: Core, blob: bytes | Payload, resolved: tuple[Payload, ...]
-                 ) -> tuple[Any, Any]:
-    """Unpickle ``(args, kwargs)`` (from shared memory when large) and put the resolved
-    ObjectRef values in place; numpy arrays among them are read-only (see ``argument``)."""
-    args, kwargs = argument(core, blob)
-    if resolved:
-        values = [argument(core, p) for p in resolved]
-        args = tuple(values[a.index] if type(a) is ResolvedArg else a for a in args)
-        kwargs = {k: values[v.index] if type(v) is ResolvedArg else v for k, v in kwargs.items()}
-    return args, kwargs
-
-
-def _with_released(core: Core, args: Args, reply: TaskReply | bytes) -> TaskReply | bytes:
-    """Tell the caller, with the reply, when nothing here uses its arguments' segment any
-    more (it may then reuse it: see ``actorflow/objects/store.py``). Called once the call's
-    own frame is gone, so only what the user's code kept can hold a view of it."""
-    if type(args) is not InShm:
-        return reply
-    released = core.store.released((args.name,))
-    if not released:
-        return reply
-    if type(reply) is TaskReply:
-        return TaskReply(reply.returns, reply.run_s, released)
-    return TaskReply((reply,), 0.0, released)  # type: ignore[arg-type]  # the quick form
+__all__ = ["RECENT_BYTES", "RECENT_RESULTS", "Worker", "WorkerControl"]
 
 
 #: Most task returns a worker keeps for the Local arguments of later tasks, and their bytes.
@@ -117,132 +75,6 @@ def _failed(resolved: tuple[Any, ...]) -> Failed | None:
         if type(payload) is Failed:
             return payload
     return None
-
-
-def capture_error(exc: BaseException, where: str) -> TaskError:
-    """A TaskError for ``exc`` that is sure to cross back: it must pickle and unpickle (here,
-    at least); a cause that does not is replaced by a RemoteException carrying its type name,
-    text and traceback."""
-    tb = "".join(traceback.format_exception(exc))
-    error = TaskError(exc, tb, where)
-    try:
-        pickle.loads(cloudpickle.dumps(error))
-    except Exception:
-        error = TaskError(RemoteException(type(exc).__qualname__, str(exc)), tb, where)
-    return error
-
-
-def _encode_returns(core: Core, result: Any, num_returns: int, name: str) -> tuple[Payload, ...]:
-    try:
-        if num_returns == 1:
-            return (core.encode(result, f"the result of {name!r}", owned=False),)
-        values = tuple(result)
-        if len(values) != num_returns:
-            raise ValueError(
-                f"{name!r} has num_returns={num_returns} but returned {len(values)} values"
-            )
-        return tuple(core.encode(v, f"a result of {name!r}", owned=False) for v in values)
-    except SerializationError as exc:
-        return (Failed(exc),) * num_returns
-    except Exception as exc:
-        return (Failed(capture_error(exc, name)),) * num_returns
-
-
-async def _call(
-    fn: Callable[..., Any],
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-    runner: SyncRunner | ThreadPoolExecutor,
-    key: Any,
-) -> Any:
-    """Run a plain-def ``fn``: on the loop when the runner's policy says ``key`` is short,
-    else on the runner's thread (or pool)."""
-    if isinstance(runner, SyncRunner):
-        if runner.inline(key):
-            ok, result, run_s = run_one(None, fn, args, kwargs)
-        else:
-            ok, result, run_s = await runner.run(copy_context(), fn, args, kwargs)
-        runner.record(key, run_s)
-        if not ok:
-            raise result
-    else:
-        ctx = copy_context()
-        loop = asyncio.get_running_loop()
-        result = await loop.run_in_executor(runner, lambda: ctx.run(fn, *args, **kwargs))
-    if inspect.iscoroutine(result):  # a plain def that returned a coroutine (an ObjectRef,
-        return await result          # awaitable too, is a result: its caller gets the ref)
-    return result
-
-
-#: A queued plain-def call: (its key for the inline policy, context, fn, args, kwargs).
-PlainCall = tuple[Any, Context, Callable[..., Any], tuple[Any, ...], dict[str, Any]]
-
-
-async def _run_plain(runner: SyncRunner, calls: list[PlainCall],
-                     answer: Callable[[int, Outcome], Awaitable[None]]) -> None:
-    """Run queued plain-def calls in order, each in its context: on the loop while they are
-    short (see :class:`SyncRunner`), the rest queued to the runner's thread at once, so it runs
-    them back to back. Each call is answered (``answer(index, outcome)``) as soon as it is
-    done, not when the whole run is: after a crash only the calls that had not finished run
-    again. Calls that finish in the same loop turn are answered in that turn, together."""
-    for i, (key, ctx, fn, args, kwargs) in enumerate(calls):
-        if not runner.inline(key):
-            pending = [runner.run(c[1], c[2], c[3], c[4]) for c in calls[i:]]
-            for j, fut in enumerate(pending, i):
-                outcome = await fut  # (no suspension when it is done already)
-                runner.record(calls[j][0], outcome[2])
-                await answer(j, outcome)
-            return
-        outcome = ctx.run(run_one, None, fn, args, kwargs)
-        runner.record(key, outcome[2])
-        await answer(i, outcome)
-
-
-async def _answer(core: Core, reply: Any, ok: bool, value: Any, num_returns: int, name: str,
-                  where: str, run_s: float) -> tuple[Payload, ...]:
-    """Answer one call of a batch with its outcome; returns the payloads it answered."""
-    if ok and inspect.iscoroutine(value):  # a plain def that returned a coroutine (not a ref)
-        try:
-            value = await value
-        except Exception as exc:
-            ok, value = False, exc
-    if ok:
-        returns = _encode_returns(core, value, num_returns, name)
-    else:
-        returns = (Failed(capture_error(value, where)),) * num_returns
-    if reply is not None and not reply.done():
-        reply.set_result(quick_reply(returns, run_s))
-    return returns
-
-
-async def _in_runs(
-    items: list[tuple[Any, Any]],
-    pick: Callable[[Any], Callable[..., Any] | None],
-    run_batch: Callable[[list[Any]], Awaitable[None]],
-    receive: Callable[[Any], Awaitable[Any]],
-) -> None:
-    """Handle queued ``(message, reply)`` items in order: runs of two or more that ``pick``
-    accepts (plain-def calls ready to run) go to ``run_batch`` in one thread hop; any other
-    item goes to ``receive`` on its own."""
-    i = 0
-    while i < len(items):
-        run: list[tuple[Any, Any, Callable[..., Any]]] = []
-        while i < len(items) and (fn := pick(items[i][0])) is not None:
-            run.append((items[i][0], items[i][1], fn))
-            i += 1
-        if len(run) > 1:
-            await run_batch(run)
-            continue
-        if run:
-            i -= 1
-        message, reply = items[i]
-        i += 1
-        result = await receive(message)
-        if reply is not None and not reply.done():
-            if type(result) is ErrorReply:
-                reply.set_exception(result.error)
-            else:
-                reply.set_result(result)
 
 
 class Worker(Actor):
@@ -260,9 +92,10 @@ class Worker(Actor):
         self.core = core
         self.functions: dict[str, tuple[Callable[..., Any], bool]] = {}  # fn, is it async
         self.executor: SyncRunner | None = None  # made in on_start, on the worker's loop
-        self.running: tuple[str, asyncio.Task[Any]] | None = None
-        self.cancelled: set[str] = set()
+        self.calls: dict[str, CallState] = {}  # the tasks taken, until they are answered
+        self.cancelled: set[str] = set()  # tasks cancelled before they were taken
         self.user_actor: ActorRef | None = None
+        self.hosted: UserActor | None = None
         self.pid = os.getpid()
         # the latest tasks' returns by object id, for Local arguments of the tasks pushed
         # behind them (bounded; a miss fetches from the owner)
@@ -351,7 +184,7 @@ class Worker(Actor):
 
     async def receive_batch(self, items: list[tuple[Any, Any]]) -> None:
         items = [(task_from_quick(m), r) if type(m) is bytes else (m, r) for m, r in items]
-        await _in_runs(items, self._batchable, self._run_batch, self.receive)
+        await in_runs(items, self._batchable, self._run_batch, self.receive)
 
     async def _run_batch(self, run: list[tuple[TaskSpec, Any, Callable[..., Any]]]) -> None:
         calls: list[PlainCall] = []
@@ -374,7 +207,8 @@ class Worker(Actor):
                 continue
             finally:
                 task_context.reset(token)
-            calls.append((spec.fn_id, ctx, fn, args, kwargs))
+            state = self.calls[spec.task_id] = CallState()
+            calls.append((spec.fn_id, ctx, fn, args, kwargs, state))
             ready.append((spec, reply))
         if not calls:
             return
@@ -382,12 +216,19 @@ class Worker(Actor):
 
         async def answer(i: int, outcome: Outcome) -> None:
             spec, reply = ready[i]
-            ok, value, run_s = outcome
-            self._remember(spec, await _answer(
-                self.core, reply, ok, value, spec.num_returns, spec.name,
-                f"task {spec.name} (pid={self.pid})", run_s))
+            state = calls[i][5]
+            try:
+                self._remember(spec, await answer_outcome(
+                    self.core, reply, outcome, spec.num_returns, spec.name,
+                    f"task {spec.name} (pid={self.pid})", state, f"task {spec.name!r}"))
+            finally:
+                self.calls.pop(spec.task_id, None)
 
-        await _run_plain(self.executor, calls, answer)
+        try:
+            await run_plain(self.executor, calls, answer)
+        finally:
+            for spec, _ in ready:  # (those not answered: the worker is stopping)
+                self.calls.pop(spec.task_id, None)
 
     def _answer_failed(self, spec: TaskSpec, reply: Any, failed: Failed) -> None:
         returns = (failed,) * spec.num_returns
@@ -401,7 +242,7 @@ class Worker(Actor):
             self._remember(spec, reply.returns)
         else:
             self._remember(spec, (reply,))  # type: ignore[arg-type]  # the quick form
-        return _with_released(self.core, spec.args, reply)
+        return with_released(self.core, spec.args, reply)
 
     async def _run_one(self, spec: TaskSpec) -> TaskReply | bytes:
         start = time.perf_counter()
@@ -425,6 +266,8 @@ class Worker(Actor):
             os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, spec.gpu_ids))
         token = task_context.set(TaskContext(task_id=spec.task_id, name=spec.name,
                                              gpu_ids=spec.gpu_ids, job_id=spec.job_id))
+        state = self.calls[spec.task_id] = CallState()
+        call_token = current_call.set(state)
         try:
             resolved = await self._locals(spec.resolved) if spec.resolved else ()
             failed_arg = _failed(resolved)
@@ -434,40 +277,56 @@ class Worker(Actor):
                 resolved = await self.core.localize(resolved)
             blob = await local_args(self.core, spec.args)
             args, kwargs = resolve_args(self.core, blob, resolved)
-            if is_async:
-                task = asyncio.get_running_loop().create_task(fn(*args, **kwargs))
-                self.running = (spec.task_id, task)
+            if state.cancelled:
+                pass  # while its arguments came: it does not run
+            elif is_async:
+                # a task of its own, so that a cancel reaches the user's code only
+                state.task = asyncio.get_running_loop().create_task(fn(*args, **kwargs))
+                state.started = True
                 try:
-                    result = await task
+                    result = await state.task
                 finally:
-                    self.running = None
+                    state.task = None
             else:
                 assert self.executor is not None
-                result = await _call(fn, args, kwargs, self.executor, spec.fn_id)
+                result = await call_plain(fn, args, kwargs, self.executor, spec.fn_id, state)
         except asyncio.CancelledError:
-            if self.running is None and spec.task_id in self.cancelled:
-                self.cancelled.discard(spec.task_id)
-                error = TaskCancelledError(f"task {spec.name!r} was cancelled while it ran")
-                return TaskReply((Failed(error),) * spec.num_returns, time.perf_counter() - start)
-            raise
+            current = asyncio.current_task()
+            if state.cancelled and (current is None or not current.cancelling()):
+                return TaskReply(cancelled_returns(state, f"task {spec.name!r}",
+                                                   spec.num_returns), time.perf_counter() - start)
+            raise  # this worker is stopping
         except Exception as exc:
-            failed = Failed(capture_error(exc, where))
-            return TaskReply((failed,) * spec.num_returns, time.perf_counter() - start)
+            if not state.cancelled:
+                failed = Failed(capture_error(exc, where))
+                return TaskReply((failed,) * spec.num_returns, time.perf_counter() - start)
         finally:
+            current_call.reset(call_token)
             task_context.reset(token)
+            self.calls.pop(spec.task_id, None)
             self.cancelled.discard(spec.task_id)
-        returns = _encode_returns(self.core, result, spec.num_returns, spec.name)
+        if state.cancelled:  # (what it returned or raised once cancelled does not count)
+            return TaskReply(cancelled_returns(state, f"task {spec.name!r}", spec.num_returns),
+                             time.perf_counter() - start)
+        returns = encode_returns(self.core, result, spec.num_returns, spec.name)
         return quick_reply(returns, time.perf_counter() - start)
 
-    def cancel(self, task_id: str, force: bool) -> None:
-        running = self.running
-        if running is not None and running[0] == task_id:
+    def cancel(self, task_id: str, force: bool, recursive: bool) -> None:
+        """Cancel task ``task_id``: a queued one does not run; a running ``async def`` one
+        gets CancelledError, a plain one (on the task thread) Interrupted, or with ``force``
+        this process ends; ``recursive``: what it submitted is cancelled too."""
+        state = self.calls.get(task_id)
+        if state is None:  # not taken yet (or answered already)
             self.cancelled.add(task_id)
-            running[1].cancel()
-        elif force and running is None:
-            os._exit(1)  # a sync task cannot be interrupted: end the process (Ray does too)
-        else:
-            self.cancelled.add(task_id)
+            return
+        if force and state.task is None and state.started:
+            os._exit(1)  # the caller's owner sees the process end: TaskCancelledError there
+        if not state.cancelled:
+            interrupt(state)
+            if state.task is not None:
+                state.task.cancel()
+        if recursive:
+            cancel_children(self.core, state, force)
 
     async def _host_actor(self, msg: HostActor) -> ActorRef | ErrorReply:
         if msg.gpu_ids:
@@ -484,11 +343,11 @@ class Worker(Actor):
             return ErrorReply(capture_error(exc, f"{msg.name}.__init__ (pid={self.pid})"))
         finally:
             task_context.reset(token)
+        hosted = UserActor(self.core, instance, ctx, msg.max_concurrency)
         ref = await self.system.spawn(
-            UserActor, self.core, instance, ctx, max_concurrency=msg.max_concurrency,
-            name=f"actor-{msg.actor_id}",
+            lambda: hosted, max_concurrency=msg.max_concurrency, name=f"actor-{msg.actor_id}",
         )
-        self.user_actor = ref
+        self.user_actor, self.hosted = ref, hosted
         return ref
 
 
@@ -507,135 +366,6 @@ async def _construct(cls: type, args: tuple[Any, ...], kwargs: dict[str, Any]) -
     return instance
 
 
-class UserActor(Actor):
-    """Handles method calls of the user actor this process hosts.
-
-    Plain ``def`` methods of a serial actor run on its :class:`SyncRunner`: on the loop while
-    they prove short, else on the actor's own thread; calls queued together run back to back
-    (``batches``), in one hop when they go to the thread. An actor that allows concurrent
-    calls runs plain methods on a thread pool.
-    """
-
-    mailbox_size = 1 << 16
-    batches = True
-
-    def __init__(self, core: Core, instance: Any, ctx: TaskContext) -> None:
-        self.core = core
-        self.instance = instance
-        self.ctx = ctx
-        self.pid = os.getpid()
-        self.methods: dict[str, tuple[Callable[..., Any], bool]] = {}  # method, is it async
-        # sync methods: the runner for a serial actor, a pool when it allows concurrent calls
-        self.executor: SyncRunner | ThreadPoolExecutor | None = None
-
-    async def on_start(self) -> None:
-        threads = type(self).max_concurrency
-        cell = self.ref._slot.cell
-        if cell is not None:
-            threads = cell.max_concurrency
-        if threads <= 1:
-            self.executor = SyncRunner("af-actor")
-        else:
-            self.executor = ThreadPoolExecutor(
-                max_workers=min(threads, 32), thread_name_prefix="af-actor"
-            )
-
-    async def on_stop(self) -> None:
-        if isinstance(self.executor, SyncRunner):
-            self.executor.close()
-        elif self.executor is not None:
-            self.executor.shutdown(wait=False, cancel_futures=True)
-
-    def _method(self, name: str) -> tuple[Callable[..., Any], bool]:
-        known = self.methods.get(name)
-        if known is None:
-            method = getattr(self.instance, name)
-            if name.startswith("_") and name != "__call__":
-                raise AttributeError(f"{name!r} is private")
-            known = self.methods[name] = (method, inspect.iscoroutinefunction(method))
-        return known
-
-    def _sync_method(self, message: Any) -> Callable[..., Any] | None:
-        """The plain-def method a queued call can run in a batch, if it can."""
-        if type(message) is not ActorCall or not isinstance(self.executor, SyncRunner):
-            return None
-        call: ActorCall = message
-        if type(call.args) is not bytes or (call.resolved and not all(
-                self.core.is_local(p) for p in call.resolved)):
-            return None
-        known = self.methods.get(call.method)
-        if known is None or known[1]:
-            return None
-        return known[0]
-
-    async def receive_batch(self, items: list[tuple[Any, Any]]) -> None:
-        items = [(call_from_quick(m), r) if type(m) is bytes else (m, r) for m, r in items]
-        await _in_runs(items, self._sync_method, self._run_batch, self.receive)
-
-    async def _run_batch(self, run: list[tuple[ActorCall, Any, Callable[..., Any]]]) -> None:
-        token = task_context.set(self.ctx)
-        ctx = copy_context()
-        task_context.reset(token)
-        calls: list[PlainCall] = []
-        ready: list[tuple[ActorCall, Any]] = []
-        for call, reply, method in run:
-            try:
-                args, kwargs = resolve_args(self.core, call.args, call.resolved)
-            except Exception as exc:
-                where = f"{self.ctx.name}.{call.method} (pid={self.pid})"
-                failed = Failed(capture_error(exc, where))
-                if reply is not None and not reply.done():
-                    reply.set_result(TaskReply((failed,) * call.num_returns))
-                continue
-            calls.append((call.method, ctx, method, args, kwargs))
-            ready.append((call, reply))
-        if not calls:
-            return
-        assert isinstance(self.executor, SyncRunner)
-
-        async def answer(i: int, outcome: Outcome) -> None:
-            call, reply = ready[i]
-            ok, value, run_s = outcome
-            where = f"{self.ctx.name}.{call.method} (pid={self.pid})"
-            await _answer(self.core, reply, ok, value, call.num_returns, where, where, run_s)
-
-        await _run_plain(self.executor, calls, answer)
-
-    async def receive(self, message: Any) -> Any:
-        if type(message) is bytes:
-            message = call_from_quick(message)
-        elif type(message) is not ActorCall:
-            raise TypeError(f"actor got an unexpected {type(message).__name__}")
-        reply = await self._call_one(message)
-        return _with_released(self.core, message.args, reply)
-
-    async def _call_one(self, call: ActorCall) -> TaskReply | bytes:
-        start = time.perf_counter()
-        where = f"{self.ctx.name}.{call.method} (pid={self.pid})"
-        token = task_context.set(self.ctx)
-        try:
-            method, is_async = self._method(call.method)
-            resolved = call.resolved
-            if not all(self.core.is_local(p) for p in resolved):
-                resolved = await self.core.localize(resolved)
-            blob = await local_args(self.core, call.args)
-            args, kwargs = resolve_args(self.core, blob, resolved)
-            if is_async:
-                result = await method(*args, **kwargs)
-            else:
-                assert self.executor is not None
-                result = await _call(method, args, kwargs, self.executor, call.method)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            failed = Failed(capture_error(exc, where))
-            return TaskReply((failed,) * call.num_returns, time.perf_counter() - start)
-        finally:
-            task_context.reset(token)
-        returns = _encode_returns(self.core, result, call.num_returns, where)
-        return quick_reply(returns, time.perf_counter() - start)
-
-
 class WorkerControl(Actor):
     """Control messages that must not wait behind the running task."""
 
@@ -646,6 +376,11 @@ class WorkerControl(Actor):
 
     async def receive(self, message: Any) -> Any:
         if type(message) is CancelTask:
-            self.worker.cancel(message.task_id, message.force)
+            self.worker.cancel(message.task_id, message.force, message.recursive)
+            return None
+        if type(message) is CancelCall:
+            hosted = self.worker.hosted
+            if hosted is not None:
+                hosted.cancel(message.call_id, message.recursive)
             return None
         raise TypeError(f"worker control got an unexpected {type(message).__name__}")

@@ -26,7 +26,7 @@ import sys
 from typing import Any, TextIO
 
 from actorflow.cluster.core import Core, task_context
-from actorflow.cluster.protocol import WorkerReady
+from actorflow.cluster.protocol import CONTROL_ID, WorkerReady
 from actorflow.cluster.worker import Worker, WorkerControl
 from actorflow.objects.ref import set_current_core
 from actorflow.runtime import ActorSystem, Terminated, restore_ref
@@ -96,7 +96,9 @@ async def _main(boot: dict[str, Any], token: str) -> None:
         set_current_core(core)
         worker = Worker(core)
         worker_ref = await system.spawn(lambda: worker, name="worker")
-        control = await system.spawn(lambda: WorkerControl(worker), name="control")
+        # well-known: a caller of the actor this process may host reaches it by its address
+        control = await system.spawn(lambda: WorkerControl(worker), name=CONTROL_ID,
+                                     well_known=True)
 
         def node_lost(notice: Terminated) -> None:
             request_stop()

@@ -1,0 +1,261 @@
+"""Running user code in a worker: reading a call's arguments, running plain-``def`` calls
+(on the loop or on a thread, one by one or queued together), and answering each call.
+
+Shared by the task runner (:mod:`actorflow.cluster.worker`) and the actor host
+(:mod:`actorflow.cluster.user_actor`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import pickle
+import threading
+import traceback
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextvars import Context, copy_context
+from typing import TYPE_CHECKING, Any
+
+import cloudpickle
+
+from actorflow._errors import RemoteException, SerializationError, TaskCancelledError, TaskError
+from actorflow.cluster.calls import CallState, current_call, run_guarded
+from actorflow.cluster.protocol import (
+    Args,
+    Failed,
+    Fetched,
+    Inline,
+    InShm,
+    Payload,
+    ResolvedArg,
+    TaskReply,
+    quick_reply,
+)
+from actorflow.cluster.threads import Outcome, SyncRunner, run_one
+from actorflow.objects.serialization import loads_read_only
+from actorflow.runtime import ErrorReply
+
+if TYPE_CHECKING:
+    from actorflow.cluster.core import Core
+
+__all__ = [
+    "PlainCall",
+    "answer_outcome",
+    "argument",
+    "call_plain",
+    "cancelled_returns",
+    "capture_error",
+    "encode_returns",
+    "in_runs",
+    "local_args",
+    "resolve_args",
+    "run_plain",
+    "with_released",
+]
+
+
+async def local_args(core: Core, blob: Args) -> bytes | Payload:
+    """The arguments blob, fetched first when it lies in another node's shared memory."""
+    if isinstance(blob, InShm) and not core.is_local(blob):
+        (fetched,) = await core.localize((blob,))
+        return fetched
+    return blob
+
+
+def argument(core: Core, payload: Payload) -> Any:
+    """An argument's value (or the error its producer left), with every numpy array in it
+    read-only: a view of shared memory or a copy, small or large, it behaves the same
+    (API.md §3)."""
+    if type(payload) is bytes:
+        return loads_read_only(payload)
+    if type(payload) is Inline or type(payload) is Fetched:
+        return loads_read_only(payload.meta, payload.buffers)
+    if type(payload) is InShm and core.is_local(payload):
+        meta, buffers = core.store.read(payload.name, payload.generation)
+        return loads_read_only(meta, buffers)
+    return core.materialize(payload)  # a Failed raises its error here
+
+
+def resolve_args(core: Core, blob: bytes | Payload, resolved: tuple[Payload, ...]
+                 ) -> tuple[Any, Any]:
+    """Unpickle ``(args, kwargs)`` (from shared memory when large) and put the resolved
+    ObjectRef values in place; numpy arrays among them are read-only (see ``argument``)."""
+    args, kwargs = argument(core, blob)
+    if resolved:
+        values = [argument(core, p) for p in resolved]
+        args = tuple(values[a.index] if type(a) is ResolvedArg else a for a in args)
+        kwargs = {k: values[v.index] if type(v) is ResolvedArg else v for k, v in kwargs.items()}
+    return args, kwargs
+
+
+def with_released(core: Core, args: Args, reply: TaskReply | bytes) -> TaskReply | bytes:
+    """Tell the caller, with the reply, when nothing here uses its arguments' segment any
+    more (it may then reuse it: see ``actorflow/objects/store.py``). Called once the call's
+    own frame is gone, so only what the user's code kept can hold a view of it."""
+    if type(args) is not InShm:
+        return reply
+    released = core.store.released((args.name,))
+    if not released:
+        return reply
+    if type(reply) is TaskReply:
+        return TaskReply(reply.returns, reply.run_s, released)
+    return TaskReply((reply,), 0.0, released)  # type: ignore[arg-type]  # the quick form
+
+
+def capture_error(exc: BaseException, where: str) -> TaskError:
+    """A TaskError for ``exc`` that is sure to cross back: it must pickle and unpickle (here,
+    at least); a cause that does not is replaced by a RemoteException carrying its type name,
+    text and traceback."""
+    tb = "".join(traceback.format_exception(exc))
+    error = TaskError(exc, tb, where)
+    try:
+        pickle.loads(cloudpickle.dumps(error))
+    except Exception:
+        error = TaskError(RemoteException(type(exc).__qualname__, str(exc)), tb, where)
+    return error
+
+
+def encode_returns(core: Core, result: Any, num_returns: int, name: str) -> tuple[Payload, ...]:
+    try:
+        if num_returns == 1:
+            return (core.encode(result, f"the result of {name!r}", owned=False),)
+        values = tuple(result)
+        if len(values) != num_returns:
+            raise ValueError(
+                f"{name!r} has num_returns={num_returns} but returned {len(values)} values"
+            )
+        return tuple(core.encode(v, f"a result of {name!r}", owned=False) for v in values)
+    except SerializationError as exc:
+        return (Failed(exc),) * num_returns
+    except Exception as exc:
+        return (Failed(capture_error(exc, name)),) * num_returns
+
+
+async def call_plain(
+    fn: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    runner: SyncRunner | ThreadPoolExecutor,
+    key: Any,
+    state: CallState,
+) -> Any:
+    """Run a plain-def ``fn``: on the loop when the runner's policy says ``key`` is short,
+    else on the runner's thread (or pool), where ``state`` says whether it may still begin and
+    whether its thread may be interrupted (see :func:`run_guarded`)."""
+    if isinstance(runner, SyncRunner):
+        if runner.inline(key):
+            ok, result, run_s = run_one(None, fn, args, kwargs)
+        else:
+            state.lock = threading.Lock()
+            ok, result, run_s = await runner.run(copy_context(), run_guarded,
+                                                 (state, fn, args, kwargs), {})
+        runner.record(key, run_s)
+        if not ok:
+            raise result
+    else:
+        state.lock = threading.Lock()
+        ctx = copy_context()
+        loop = asyncio.get_running_loop()
+        result = await loop.run_in_executor(
+            runner, lambda: ctx.run(run_guarded, state, fn, args, kwargs))
+    if inspect.iscoroutine(result):  # a plain def that returned a coroutine (an ObjectRef,
+        return await result          # awaitable too, is a result: its caller gets the ref)
+    return result
+
+
+#: A queued plain-def call: (its key for the inline policy, context, fn, args, kwargs, and
+#: its state for cancel).
+PlainCall = tuple[Any, Context, Callable[..., Any], tuple[Any, ...], dict[str, Any], CallState]
+
+
+def _on_thread(runner: SyncRunner, call: PlainCall) -> asyncio.Future[Outcome]:
+    """Queue ``call`` to the runner's thread, in a context of its own where it is the current
+    call (cancel may reach it there: see :func:`run_guarded`)."""
+    _, ctx, fn, args, kwargs, state = call
+    state.lock = threading.Lock()
+    ctx = ctx.copy()
+    ctx.run(current_call.set, state)
+    return runner.run(ctx, run_guarded, (state, fn, args, kwargs), {})
+
+
+async def run_plain(runner: SyncRunner, calls: list[PlainCall],
+                     answer: Callable[[int, Outcome], Awaitable[None]]) -> None:
+    """Run queued plain-def calls in order, each in its context: on the loop while they are
+    short (see :class:`SyncRunner`), the rest queued to the runner's thread at once, so it runs
+    them back to back. Each call is answered (``answer(index, outcome)``) as soon as it is
+    done, not when the whole run is: after a crash only the calls that had not finished run
+    again. Calls that finish in the same loop turn are answered in that turn, together. A call
+    cancelled before it began is answered without running."""
+    for i, (key, ctx, fn, args, kwargs, state) in enumerate(calls):
+        if state.cancelled:  # (while an earlier answer awaited a coroutine's result)
+            await answer(i, (False, TaskCancelledError("it was cancelled before it ran"), 0.0))
+            continue
+        if not runner.inline(key):
+            pending = [_on_thread(runner, c) for c in calls[i:]]
+            for j, fut in enumerate(pending, i):
+                outcome = await fut  # (no suspension when it is done already)
+                runner.record(calls[j][0], outcome[2])
+                await answer(j, outcome)
+            return
+        outcome = ctx.run(run_one, None, fn, args, kwargs)
+        runner.record(key, outcome[2])
+        await answer(i, outcome)
+
+
+def cancelled_returns(state: CallState, what: str, num_returns: int) -> tuple[Payload, ...]:
+    """The returns of a call that was cancelled (``what`` names it)."""
+    when = "while it ran" if state.started else "before it ran"
+    return (Failed(TaskCancelledError(f"{what} was cancelled {when}")),) * num_returns
+
+
+async def answer_outcome(core: Core, reply: Any, outcome: Outcome, num_returns: int, name: str,
+                  where: str, state: CallState, what: str) -> tuple[Payload, ...]:
+    """Answer one call of a batch with its outcome (``name`` and ``where`` name it in a
+    serialization error and a user's error, ``what`` in a cancel); returns the payloads it
+    answered."""
+    ok, value, run_s = outcome
+    if ok and inspect.iscoroutine(value):  # a plain def that returned a coroutine (not a ref)
+        try:
+            value = await value
+        except Exception as exc:
+            ok, value = False, exc
+    if state.cancelled:
+        returns = cancelled_returns(state, what, num_returns)
+    elif ok:
+        returns = encode_returns(core, value, num_returns, name)
+    else:
+        returns = (Failed(capture_error(value, where)),) * num_returns
+    if reply is not None and not reply.done():
+        reply.set_result(quick_reply(returns, run_s))
+    return returns
+
+
+async def in_runs(
+    items: list[tuple[Any, Any]],
+    pick: Callable[[Any], Callable[..., Any] | None],
+    run_batch: Callable[[list[Any]], Awaitable[None]],
+    receive: Callable[[Any], Awaitable[Any]],
+) -> None:
+    """Handle queued ``(message, reply)`` items in order: runs of two or more that ``pick``
+    accepts (plain-def calls ready to run) go to ``run_batch`` in one thread hop; any other
+    item goes to ``receive`` on its own."""
+    i = 0
+    while i < len(items):
+        run: list[tuple[Any, Any, Callable[..., Any]]] = []
+        while i < len(items) and (fn := pick(items[i][0])) is not None:
+            run.append((items[i][0], items[i][1], fn))
+            i += 1
+        if len(run) > 1:
+            await run_batch(run)
+            continue
+        if run:
+            i -= 1
+        message, reply = items[i]
+        i += 1
+        result = await receive(message)
+        if reply is not None and not reply.done():
+            if type(result) is ErrorReply:
+                reply.set_exception(result.error)
+            else:
+                reply.set_result(result)
