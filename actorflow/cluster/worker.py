@@ -207,7 +207,7 @@ class Worker(Actor):
                 continue
             finally:
                 task_context.reset(token)
-            state = self.calls[spec.task_id] = CallState()
+            state = self.calls[spec.task_id] = CallState(interruptible=True)
             calls.append((spec.fn_id, ctx, fn, args, kwargs, state))
             ready.append((spec, reply))
         if not calls:
@@ -266,7 +266,7 @@ class Worker(Actor):
             os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, spec.gpu_ids))
         token = task_context.set(TaskContext(task_id=spec.task_id, name=spec.name,
                                              gpu_ids=spec.gpu_ids, job_id=spec.job_id))
-        state = self.calls[spec.task_id] = CallState()
+        state = self.calls[spec.task_id] = CallState(interruptible=True)
         call_token = current_call.set(state)
         try:
             resolved = await self._locals(spec.resolved) if spec.resolved else ()

@@ -1,13 +1,17 @@
-"""API.md §3, ``af.cancel`` of actor calls (issue 13): a queued call is dropped, a running
-async one gets CancelledError, a running plain-def method a flag (``is_cancelled()``) while its
-caller is answered at once; ``recursive`` reaches what the cancelled call submitted. On one shared
+"""API.md §3, ``af.cancel`` of actor calls and of running plain-def tasks (issues 13, 14): a
+queued call is dropped, a running async one gets CancelledError, a running plain-def method a
+flag (``is_cancelled()``) while its caller is answered at once, a running plain-def task an
+exception in its thread; ``recursive`` reaches what the cancelled call submitted. On one shared
 cluster with real worker processes; markers are files, since the code runs elsewhere."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import queue
+import random
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -15,9 +19,11 @@ from pathlib import Path
 import cloudpickle
 import pytest
 import pytest_asyncio
-from cl_support import until, within
+from cl_support import pid_alive, until, within
 
 import actorflow as af
+from actorflow.cluster.calls import CallState, Interrupted, interrupt, run_guarded
+from actorflow.cluster.threads import Outcome, run_one
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -112,6 +118,35 @@ async def child_task(started: str, cancelled: str, seconds: float) -> str:
         raise
     Path(started + ".done").touch()  # noqa: ASYNC240 - an empty marker file
     return "finished"
+
+
+@af.remote
+def spin_task(started: str, interrupted: str, seconds: float = LONG_S) -> str:
+    Path(started).write_text(str(os.getpid()))
+    try:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            time.sleep(0.01)
+    except af.TaskCancelledError:  # raised in this thread by the cancel
+        Path(interrupted).touch()
+        raise
+    return "finished"
+
+
+@af.remote
+def plain_parent(started: str, cancelled: str) -> str:
+    child = child_task.remote(started, cancelled, LONG_S)
+    try:
+        while True:
+            time.sleep(0.01)
+    finally:
+        del child
+
+
+@af.remote
+def briefly(i: int) -> int:
+    time.sleep(0.003)  # long enough to run on the task thread (see threads.INLINE_MAX_S)
+    return i
 
 
 @pytest_asyncio.fixture(loop_scope="module")
@@ -276,3 +311,114 @@ async def test_cancelling_an_actor_call_cancels_the_actor_call_it_made(
         await until(saw.exists, what="the nested call to see its cancel")
     finally:
         await within(af.kill(other))
+
+
+# -- plain-def tasks -----------------------------------------------------------------------------
+
+
+async def test_a_running_plain_task_is_interrupted_in_its_thread(
+        shared_cluster: af.Runtime, tmp_path: Path) -> None:
+    started, interrupted = tmp_path / "started", tmp_path / "interrupted"
+    ref = spin_task.remote(str(started), str(interrupted))
+    await until(lambda: started.exists() and started.read_text() != "", what="the task to start")
+    pid = int(started.read_text())
+    assert await _cancel_at_once(ref) < AT_ONCE_S
+    assert interrupted.exists()  # it saw TaskCancelledError raised inside
+    assert pid_alive(pid)  # the worker was not ended: it runs tasks again
+    assert await within(af.get([briefly.remote(i) for i in range(10)])) == list(range(10))
+
+
+async def test_cancelling_a_plain_task_cancels_what_it_submitted(
+        shared_cluster: af.Runtime, tmp_path: Path) -> None:
+    started, cancelled = tmp_path / "child", tmp_path / "child-cancelled"
+    ref = plain_parent.remote(str(started), str(cancelled))
+    await until(started.exists, what="the child task to start")
+    await _cancel_at_once(ref)
+    await until(cancelled.exists, what="the child task to be cancelled")
+
+
+async def test_cancels_that_cross_the_end_of_a_task_never_reach_the_worker(
+        shared_cluster: af.Runtime) -> None:
+    """An interrupt sent as a task ends must not land in the worker's own code: every task
+    ends with its value or TaskCancelledError, and the workers go on running tasks."""
+    rng = random.Random(1234)
+    assert await within(af.get([briefly.remote(i) for i in range(20)])) == list(range(20))
+    outcomes = {"value": 0, "cancelled": 0}
+    for i in range(80):
+        ref = briefly.remote(i)
+        await asyncio.sleep(rng.uniform(0.0, 0.006))
+        await af.cancel(ref)
+        try:
+            assert await within(ref) == i
+            outcomes["value"] += 1
+        except af.TaskCancelledError:
+            outcomes["cancelled"] += 1
+    assert sum(outcomes.values()) == 80
+    assert await within(af.get([briefly.remote(i) for i in range(40)])) == list(range(40))
+
+
+# -- the interrupt's guard, in this process ------------------------------------------------------
+
+
+def _busy(seconds: float) -> int:
+    """Python code (so an async exception can land in it) for about ``seconds``."""
+    end = time.perf_counter() + seconds
+    n = 0
+    while time.perf_counter() < end:
+        n += 1
+    return n
+
+
+async def test_an_interrupt_lands_in_the_guarded_call_or_nowhere() -> None:
+    """``run_guarded`` on a real thread, interrupted at random moments around the end of its
+    call, with threads switching every 10 us: the exception is the call's outcome or is taken
+    back, and never reaches the code that runs the calls (a stray one would stop that loop)."""
+    await asyncio.wait_for(asyncio.to_thread(_interrupt_at_random), 120)
+
+
+def _interrupt_at_random() -> None:
+    stray: list[BaseException] = []
+    jobs: queue.SimpleQueue[tuple[CallState, float] | None] = queue.SimpleQueue()
+    done: queue.SimpleQueue[Outcome] = queue.SimpleQueue()
+
+    def runner() -> None:  # what SyncRunner's thread does, with a check of its own code
+        while True:
+            try:
+                job = jobs.get()
+                if job is None:
+                    return
+                state, seconds = job
+                outcome = run_one(None, run_guarded, (state, _busy, (seconds,), {}), {})
+                _busy(0.0002)  # the runner's own code after a call
+                done.put(outcome)
+            except BaseException as exc:  # only a stray interrupt gets here
+                stray.append(exc)
+                done.put((False, exc, 0.0))
+
+    rng = random.Random(99)
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)
+    thread = threading.Thread(target=runner, daemon=True)
+    thread.start()
+    kinds = {"value": 0, "interrupted": 0, "not begun": 0}
+    try:
+        for _ in range(400):
+            state = CallState(interruptible=True)
+            state.lock = threading.Lock()
+            jobs.put((state, rng.uniform(0.0, 0.0003)))
+            time.sleep(rng.uniform(0.0, 0.0004))
+            interrupt(state)
+            ok, value, _ = done.get(timeout=10)
+            if ok:
+                kinds["value"] += 1
+            elif isinstance(value, Interrupted):
+                kinds["interrupted"] += 1
+            else:
+                assert isinstance(value, af.TaskCancelledError), value
+                kinds["not begun"] += 1
+    finally:
+        jobs.put(None)
+        thread.join(10)
+        sys.setswitchinterval(interval)
+    assert stray == []
+    assert kinds["interrupted"] > 0 and kinds["value"] > 0, kinds
