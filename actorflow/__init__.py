@@ -37,7 +37,7 @@ from actorflow._errors import (
 
 if _typing.TYPE_CHECKING:
     from actorflow import util as util
-    from actorflow.api.objects import as_completed, cancel, get, put, wait
+    from actorflow.api.objects import as_completed, cancel, get, put, put_async, wait
     from actorflow.api.placement import PlacementGroup, placement_group, remove_placement_group
     from actorflow.api.remote import ActorClass, ActorHandle, ActorMethod, RemoteFunction, remote
     from actorflow.api.runtime import (
@@ -109,6 +109,7 @@ __all__ = [
     "nodes",
     "placement_group",
     "put",
+    "put_async",
     "remote",
     "remove_placement_group",
     "run",
@@ -120,7 +121,8 @@ __all__ = [
 
 #: public name -> the module that defines it (imported on first use; see the docstring)
 _LAZY: dict[str, str] = {
-    **dict.fromkeys(("as_completed", "cancel", "get", "put", "wait"), "actorflow.api.objects"),
+    **dict.fromkeys(("as_completed", "cancel", "get", "put", "put_async", "wait"),
+                    "actorflow.api.objects"),
     **dict.fromkeys(("PlacementGroup", "placement_group", "remove_placement_group"),
                     "actorflow.api.placement"),
     **dict.fromkeys(("ActorClass", "ActorHandle", "ActorMethod", "RemoteFunction", "remote"),

@@ -189,7 +189,17 @@ class InfeasibleError(ActorflowError):
 
 
 class SerializationError(ActorflowError, TypeError):
-    """An argument, message or result cannot be pickled; names the object and the cause."""
+    """An argument, message or result cannot be pickled or stored; names the object and the
+    cause. ``size`` and ``limit`` (bytes) are set when it was too large for where it went."""
+
+    def __init__(self, message: str, size: int | None = None, limit: int | None = None
+                 ) -> None:
+        self.size = size
+        self.limit = limit
+        super().__init__(message)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (str(self), self.size, self.limit))
 
 
 class AuthenticationError(ActorflowError, PermissionError):

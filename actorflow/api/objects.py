@@ -13,7 +13,7 @@ from actorflow.cluster.core import Core
 from actorflow.cluster.protocol import Payload
 from actorflow.objects.ref import ObjectRef, current_core
 
-__all__ = ["as_completed", "cancel", "get", "put", "wait"]
+__all__ = ["as_completed", "cancel", "get", "put", "put_async", "wait"]
 
 
 def put(value: Any) -> ObjectRef:
@@ -21,6 +21,15 @@ def put(value: Any) -> ObjectRef:
     now (later changes to it are not seen); a large numpy array is copied once, into shared
     memory, and read back without a copy."""
     return current_core().put(value)
+
+
+async def put_async(value: Any) -> ObjectRef:
+    """:func:`put` for values of any size, without holding the event loop: the copy into
+    shared memory runs in a thread while the loop serves others. Do not change ``value``
+    until this returns. ``af.put`` and ``.remote()`` refuse, with
+    :class:`~actorflow.SerializationError`, to copy a value larger than 256 MiB on the
+    event loop's thread; put it with this and pass the ref."""
+    return await current_core().put_async(value)
 
 
 def _check(refs: Sequence[Any], what: str) -> None:

@@ -32,7 +32,15 @@ from pickle import dumps as pickle_dumps
 from pickle import loads as pickle_loads
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from actorflow._errors import ObjectLostError, PeerUnreachableError, ProtocolError, TaskError
+from actorflow._errors import (
+    ObjectLostError,
+    ObjectStoreFullError,
+    PeerUnreachableError,
+    ProtocolError,
+    SerializationError,
+    TaskCancelledError,
+    TaskError,
+)
 from actorflow.cluster.protocol import (
     Args,
     Failed,
@@ -65,6 +73,13 @@ if TYPE_CHECKING:
     from actorflow.cluster.submitter import TaskSubmitter
 
 __all__ = ["Core", "Fetch", "ObjectOwner", "ObjectTable", "TaskContext", "task_context"]
+
+MIB = 1 << 20
+#: The largest value copied into shared memory on the event loop's thread (by ``af.put`` or a
+#: ``.remote()`` argument). The copy holds the loop for as long as it takes: about 30 ms per
+#: 256 MiB into kept pages here, several times that into fresh ones. Larger values go through
+#: ``await af.put_async(value)``, which copies off the loop.
+SYNC_COPY_LIMIT = 256 * MIB
 
 log = logging.getLogger("actorflow.cluster")
 
@@ -323,6 +338,18 @@ class Core:
         return self._to_segment(ser, owned)
 
     def _to_segment(self, ser: Serialized, owned: bool = True) -> InShm:
+        size = ser.nbytes
+        if size > SYNC_COPY_LIMIT and threading.get_ident() == self.loop_thread:
+            raise SerializationError(
+                f"a value of {size / MIB:.0f} MiB would be copied into shared memory on the "
+                f"event loop's thread, holding the loop for that long (more than "
+                f"{SYNC_COPY_LIMIT / MIB:.0f} MiB is refused): store it with "
+                "`ref = await af.put_async(value)`, which copies it off the loop, and pass the "
+                "ref instead", size, SYNC_COPY_LIMIT)
+        free = shm.free_bytes()
+        if size > free:
+            raise ObjectStoreFullError(
+                size, free, f"this machine's shared memory ({shm.SHM_DIR})")
         name, nbytes, generation = self.store.write(ser, keep=owned)
         return InShm(name, self.node_id, nbytes, generation)
 
@@ -497,6 +524,22 @@ class Core:
         self.objects.create(object_id)
         ref = ObjectRef(object_id, self.owner_ref, self)
         self.objects.resolve(object_id, self.encode(value, "the value given to put()"))
+        return ref
+
+    async def put_async(self, value: Any) -> ObjectRef:
+        """:meth:`put` with the copy into shared memory done off the event loop (any size);
+        the caller must not change ``value`` until this returns."""
+        assert self.owner_ref is not None
+        object_id = self.new_id()
+        self.objects.create(object_id)
+        ref = ObjectRef(object_id, self.owner_ref, self)
+        try:
+            payload = await asyncio.to_thread(self.encode, value, "the value given to put()")
+        except BaseException as exc:
+            self.objects.resolve(object_id, Failed(exc if isinstance(exc, Exception) else
+                                                   TaskCancelledError("put_async was cancelled")))
+            raise
+        self.objects.resolve(object_id, payload)
         return ref
 
     def new_pending(self, object_id: str) -> ObjectRef:

@@ -86,6 +86,12 @@ def _layout(value: Serialized, generation: int) -> tuple[bytes, list[int], int]:
     return header, offsets, max(end, 1)
 
 
+def free_bytes() -> int:
+    """Bytes free for new segments in this machine's shared memory (``SHM_DIR``)."""
+    fs = os.statvfs(SHM_DIR)
+    return fs.f_bavail * fs.f_frsize
+
+
 def segment_size(value: Serialized) -> int:
     """The bytes a segment holding ``value`` takes."""
     return _layout(value, 0)[2]

@@ -1,0 +1,92 @@
+"""Large values never stall the event loop (reliability.md): a value too large to copy on the
+loop's thread is refused at once with a SerializationError naming its size and the limit;
+``af.put_async`` copies any size off the loop (the loop's worst lag is measured) and its ref
+reaches a task."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from collections.abc import AsyncIterator
+
+import cloudpickle
+import numpy as np
+import pytest
+from cl_support import within
+
+import actorflow as af
+from actorflow.cluster.core import SYNC_COPY_LIMIT
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+CLUSTER = {"num_cpus": 1}
+
+
+@af.remote
+def summary(a: np.ndarray) -> tuple[float, int]:
+    return float(a[:: 1 << 12].sum()), a.nbytes
+
+
+class LagMeter:
+    """How late a 5 ms sleep on the loop wakes, at worst, while it runs."""
+
+    def __init__(self) -> None:
+        self.worst = 0.0
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def _run(self) -> None:
+        while not self._stop.is_set():
+            start = time.perf_counter()
+            await asyncio.sleep(0.005)
+            self.worst = max(self.worst, time.perf_counter() - start - 0.005)
+
+    async def __aenter__(self) -> LagMeter:
+        self._task = asyncio.ensure_future(self._run())
+        await asyncio.sleep(0.02)
+        self.worst = 0.0
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._stop.set()
+        assert self._task is not None
+        await within(self._task)
+
+
+@pytest.fixture(scope="module")
+def two_gib() -> AsyncIterator[np.ndarray]:
+    yield np.ones((2 << 30) // 8)  # type: ignore[misc]
+
+
+async def test_a_two_gib_argument_is_refused_at_once_naming_size_and_limit(
+        shared_cluster: af.Runtime, two_gib: np.ndarray) -> None:
+    async with LagMeter() as lag:
+        start = time.perf_counter()
+        with pytest.raises(af.SerializationError) as info:
+            summary.remote(two_gib)
+        with pytest.raises(af.SerializationError):
+            af.put(two_gib)
+        took = time.perf_counter() - start
+    assert took < 1.0
+    assert info.value.size is not None and info.value.size >= two_gib.nbytes
+    assert info.value.limit == SYNC_COPY_LIMIT
+    assert lag.worst < 0.1, f"the loop stalled {lag.worst * 1000:.0f} ms"
+
+
+async def test_put_async_copies_two_gib_off_the_loop_and_a_task_reads_it(
+        shared_cluster: af.Runtime, two_gib: np.ndarray) -> None:
+    async with LagMeter() as lag:
+        ref = await within(af.put_async(two_gib), 60.0)
+    assert lag.worst < 0.1, f"the loop stalled {lag.worst * 1000:.0f} ms during put_async"
+    total, nbytes = await within(summary.remote(ref), 60.0)
+    assert nbytes == two_gib.nbytes and total == float(two_gib[:: 1 << 12].sum())
+    del ref
+
+
+async def test_a_value_under_the_limit_still_goes_the_sync_way(shared_cluster: af.Runtime
+                                                               ) -> None:
+    small = np.arange(1 << 20, dtype=np.float64)  # 8 MiB
+    assert await within(summary.remote(small)) == (float(small[:: 1 << 12].sum()), small.nbytes)
+    assert (await within(af.get(af.put(small))) == small).all()
