@@ -320,7 +320,8 @@ class Core:
 
     # -- objects -------------------------------------------------------------------------------
 
-    def encode(self, value: Any, what: str = "value", *, owned: bool = True) -> Payload:
+    def encode(self, value: Any, what: str = "value", *, owned: bool = True,
+               caller: bool = False) -> Payload:
         """Serialize once: inline when small, else into a shared-memory segment. ``owned``:
         this process owns the object (a put); a task's result belongs to its caller, and this
         process keeps no record of its segment."""
@@ -328,18 +329,20 @@ class Core:
             meta = pickle_dumps(value, 5)
             if len(meta) < INLINE_LIMIT:
                 return meta
-            return self._to_segment(Serialized(meta), owned)
+            return self._to_segment(Serialized(meta), owned, caller)
         ser = serialize(value, what)
         if not ser.buffers:
             if len(ser.meta) < INLINE_LIMIT:
                 return ser.meta
         elif ser.nbytes < INLINE_LIMIT:
             return Inline(ser.meta, tuple(bytes(b) for b in ser.buffers))
-        return self._to_segment(ser, owned)
+        return self._to_segment(ser, owned, caller)
 
-    def _to_segment(self, ser: Serialized, owned: bool = True) -> InShm:
+    def _to_segment(self, ser: Serialized, owned: bool = True, caller: bool = False) -> InShm:
+        """``caller``: for a synchronous API (``af.put``, a call's arguments), which refuses a
+        value too large to copy on the loop's thread (see SYNC_COPY_LIMIT)."""
         size = ser.nbytes
-        if size > SYNC_COPY_LIMIT and threading.get_ident() == self.loop_thread:
+        if caller and size > SYNC_COPY_LIMIT and threading.get_ident() == self.loop_thread:
             raise SerializationError(
                 f"a value of {size / MIB:.0f} MiB would be copied into shared memory on the "
                 f"event loop's thread, holding the loop for that long (more than "
@@ -431,7 +434,7 @@ class Core:
         object_id = self.new_id()
         self.objects.create(object_id)
         ref = ObjectRef(object_id, self.owner_ref, self)
-        payload = self._to_segment(ser)
+        payload = self._to_segment(ser, caller=True)
         self.objects.resolve(object_id, payload)
         return payload, ref
 
@@ -523,7 +526,8 @@ class Core:
         object_id = self.new_id()
         self.objects.create(object_id)
         ref = ObjectRef(object_id, self.owner_ref, self)
-        self.objects.resolve(object_id, self.encode(value, "the value given to put()"))
+        self.objects.resolve(object_id, self.encode(value, "the value given to put()",
+                                                    caller=True))
         return ref
 
     async def put_async(self, value: Any) -> ObjectRef:

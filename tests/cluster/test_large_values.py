@@ -90,3 +90,15 @@ async def test_a_value_under_the_limit_still_goes_the_sync_way(shared_cluster: a
     small = np.arange(1 << 20, dtype=np.float64)  # 8 MiB
     assert await within(summary.remote(small)) == (float(small[:: 1 << 12].sum()), small.nbytes)
     assert (await within(af.get(af.put(small))) == small).all()
+
+
+@af.remote
+async def make(n: int) -> np.ndarray:
+    return np.ones(n)
+
+
+async def test_a_large_result_of_an_async_task_is_not_refused(shared_cluster: af.Runtime
+                                                              ) -> None:
+    n = (SYNC_COPY_LIMIT + (16 << 20)) // 8  # over the limit for a caller's sync copy
+    out = await within(make.remote(n), 60.0)
+    assert out.nbytes == n * 8 and out[-1] == 1.0
