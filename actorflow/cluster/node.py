@@ -146,6 +146,7 @@ class Node(ServiceActor):
         self._zygote = zygote  # started early by bootstrap; the pool owns it once made
         self.started_at = time.time()
         self._load_handle: asyncio.Handle | None = None
+        self.stopping = False
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -166,6 +167,7 @@ class Node(ServiceActor):
             self._spawn_worker()
 
     def on_stop_requested(self) -> None:
+        self.stopping = True
         # lease requests waiting for resources would hold the stop up: fail them now
         for waiting in self.waiting:
             if not waiting.fut.done():
@@ -584,19 +586,30 @@ class Node(ServiceActor):
         if old is not None:  # a restart by an af.supervise tree: the last generation is over
             await self.system.stop(old)
         restarts = spec.max_restarts if spec.max_restarts >= 0 else UNLIMITED
-        try:
-            sup = await self.system.spawn(
-                lambda: Supervisor(
-                    [ChildSpec(factory=ActorHost, args=(self, spec, bundle), name="host",
-                               restart="transient", shutdown=5.0)],
-                    max_restarts=restarts, within_s=math.inf,
-                ),
-                name=f"actor-{spec.actor_id}",
-            )
-        except Exception as exc:
-            cause = exc.__cause__ if exc.__cause__ is not None else exc
-            self.head.tell_nowait(ActorDown(spec.actor_id, -1, True, _creation_error(spec, cause)))
-            return
+        while True:
+            try:
+                sup = await self.system.spawn(
+                    lambda restarts=restarts: Supervisor(
+                        [ChildSpec(factory=ActorHost, args=(self, spec, bundle), name="host",
+                                   restart="transient", shutdown=5.0)],
+                        max_restarts=restarts, within_s=math.inf,
+                    ),
+                    name=f"actor-{spec.actor_id}",
+                )
+                break
+            except Exception as exc:
+                cause = exc.__cause__ if exc.__cause__ is not None else exc
+                if (isinstance(cause, WorkerCrashedError) and restarts > 0
+                        and not self.stopping):
+                    # its process died while the instance was being built (a crash, not an
+                    # error of its constructor): that costs a restart, as a crash later does
+                    restarts -= 1
+                    log.warning("node %s: the process of actor %s died while it was being "
+                                "created; starting it again", self.node_id, spec.class_name)
+                    continue
+                self.head.tell_nowait(
+                    ActorDown(spec.actor_id, -1, True, _creation_error(spec, cause)))
+                return
         self.actors[spec.actor_id] = sup
         self.system.on_terminated(sup, lambda n: self._actor_sup_ended(spec, n))
 
