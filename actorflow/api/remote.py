@@ -22,6 +22,7 @@ from actorflow._errors import SerializationError
 from actorflow.api.options import ActorOptions, MethodOptions, TaskOptions, validate
 from actorflow.cluster.actor_client import ActorClient, PendingCall
 from actorflow.cluster.core import Core
+from actorflow.cluster.holds import HandleCounter, counter_for
 from actorflow.cluster.protocol import ActorCall, ActorSpec, ResolvedArg, TaskSpec, quick_call
 from actorflow.cluster.submitter import PendingTask
 from actorflow.objects.ref import ObjectRef, current_core
@@ -202,6 +203,7 @@ class ActorClass(Generic[T]):
         handle = ActorHandle(spec.actor_id, spec.class_name, spec.methods, spec.max_task_retries)
         client = _client(core, handle)
         client.creating(core, spec, deps, self._options.get_if_exists)
+        counter_for(core).created(spec.actor_id)  # (told to the head after the creation)
         return handle
 
     def _spec(self, core: Core, blob: bytes) -> ActorSpec:
@@ -237,10 +239,23 @@ def _client(core: Core, handle: ActorHandle) -> ActorClient:
     return client
 
 
-class ActorHandle:
-    """A handle to an actor: ``handle.method.remote(...)``. Picklable; valid across restarts."""
+def _counter() -> HandleCounter | None:
+    try:
+        core = current_core()
+    except RuntimeError:  # no cluster in this process: the handle is not counted
+        return None
+    return counter_for(core)
 
-    __slots__ = ("_actor_id", "_bound", "_class_name", "_max_task_retries", "_methods")
+
+class ActorHandle:
+    """A handle to an actor: ``handle.method.remote(...)``. Picklable; valid across restarts.
+
+    Handles are counted per process (see ``docs/architecture.md``, actor lifetimes): an
+    anonymous, non-detached actor is stopped once no handle to it is left anywhere, a pickled
+    one on its way included, and no call made through one is still in progress.
+    """
+
+    __slots__ = ("_actor_id", "_class_name", "_counter", "_max_task_retries", "_methods")
 
     def __init__(self, actor_id: str, class_name: str, methods: tuple[str, ...],
                  max_task_retries: int = 0) -> None:
@@ -248,21 +263,27 @@ class ActorHandle:
         self._class_name = class_name
         self._methods = methods
         self._max_task_retries = max_task_retries
-        self._bound: dict[str, ActorMethod] = {}  # handle.method, made once per method
+        counter = self._counter = _counter()
+        if counter is not None:
+            counter.add(actor_id)
+
+    def __del__(self) -> None:
+        # only queues a note (any thread, never blocks): the loop tells the head, batched
+        counter = getattr(self, "_counter", None)
+        if counter is not None:
+            counter.drop(self._actor_id)
 
     def __getattr__(self, name: str) -> ActorMethod:
         if name.startswith("_"):  # private names and slots not set yet are not methods
             raise AttributeError(name)
-        method = self._bound.get(name)
-        if method is not None:
-            return method
         if name not in self._methods:
             raise AttributeError(
                 f"actor {self._class_name!r} has no method {name!r}; its methods are "
                 f"{sorted(self._methods)}"
             )
-        method = self._bound[name] = ActorMethod(self, name, _DEFAULT_METHOD_OPTIONS)
-        return method
+        # (made per access, not cached on the handle: a cache would be a reference cycle,
+        # and the handle would outlive its last user until a garbage collection)
+        return ActorMethod(self, name, _DEFAULT_METHOD_OPTIONS)
 
     def __repr__(self) -> str:
         return f"ActorHandle({self._class_name}, {self._actor_id})"
@@ -274,8 +295,20 @@ class ActorHandle:
         return hash(self._actor_id)
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (ActorHandle, (self._actor_id, self._class_name, self._methods,
-                              self._max_task_retries))
+        # the pickled handle carries a token the head counts until it is unpickled somewhere
+        counter = self._counter or _counter()
+        token = counter.lend(self._actor_id) if counter is not None else None
+        return (_restore_handle, (self._actor_id, self._class_name, self._methods,
+                                  self._max_task_retries, token))
+
+
+def _restore_handle(actor_id: str, class_name: str, methods: tuple[str, ...],
+                    max_task_retries: int, token: str | None) -> ActorHandle:
+    handle = ActorHandle(actor_id, class_name, methods, max_task_retries)
+    counter = handle._counter
+    if token is not None and counter is not None:
+        counter.take(actor_id, token)
+    return handle
 
 
 _DEFAULT_METHOD_OPTIONS = MethodOptions()
@@ -317,8 +350,9 @@ class ActorMethod:
         retries = handle._max_task_retries
         call = (quick_call(self._name, blob, n) if not deps and type(blob) is bytes
                 else ActorCall(self._name, blob, (), n))
-        _client(core, handle).call(PendingCall(
-            call, return_ids, retries if retries >= 0 else 1 << 30, deps, keep=keep,
+        _client(core, handle).call(PendingCall(  # (the call holds the handle until done)
+            call, return_ids, retries if retries >= 0 else 1 << 30, deps,
+            keep=handle if keep is None else (keep, handle),
         ))
         return refs[0] if n == 1 else refs
 

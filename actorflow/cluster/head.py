@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from actorflow._errors import ActorDiedError, ActorflowError, NodeDiedError
+from actorflow.cluster.holds import HandleHolds, HoldLedger
 from actorflow.cluster.protocol import (
     ActorDown,
     ActorLocation,
@@ -72,6 +73,16 @@ class StartAt:
 
 
 @dataclass(frozen=True, slots=True)
+class _HolderGone:
+    holder: ActorRef
+
+
+@dataclass(frozen=True, slots=True)
+class _Collect:
+    actor_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class _NodeLost:
     node_id: str
     notice: Terminated
@@ -98,6 +109,7 @@ class ActorRecord:
     generation: int = 0  # counts incarnations cluster-wide (the head is the authority)
     last_error: BaseException | None = None
     failed_attempt: BaseException | None = None  # a supervised start that ended
+    collecting: bool = False  # no handle to it is left: it is being stopped
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -115,6 +127,8 @@ class Head(ServiceActor):
         self.names: dict[tuple[str, str], str] = {}
         self.aliases: dict[str, str] = {}  # get_if_exists hits: provisional id -> existing id
         self.closing = False
+        self.holds = HoldLedger()  # who holds a handle of each actor (docs: actor lifetimes)
+        self._watched: set[ActorRef] = set()  # holders whose end the head listens for
 
     def on_stop_requested(self) -> None:
         # resolvers waiting for actors to come up would hold the stop up: wake them to fail
@@ -128,6 +142,9 @@ class Head(ServiceActor):
 
     async def handle(self, message: Any) -> Any:
         kind = type(message)
+        if kind is HandleHolds:
+            self._handle_holds(message)
+            return None
         if kind is ResolveActor:
             return await self._resolve(
                 self._id(message.actor_id), message.after_incarnation, message.fail_if_down
@@ -160,6 +177,14 @@ class Head(ServiceActor):
         if kind is _NodeLost:
             await self._node_lost(message.node_id, message.notice)
             return None
+        if kind is _HolderGone:
+            self._watched.discard(message.holder)
+            for actor_id in self.holds.holder_gone(message.holder):
+                self._maybe_collect(actor_id)
+            return None
+        if kind is _Collect:
+            await self._collect(message.actor_id)
+            return None
         if kind is RegisterNode:
             self._register(message)
             return None
@@ -181,6 +206,7 @@ class Head(ServiceActor):
             if existing is not None:
                 if get_if_exists:
                     self.aliases[spec.actor_id] = existing
+                    self.holds.forget(spec.actor_id)  # (named: its handles do not count)
                     return existing, self.actors[existing].spec
                 raise ValueError(
                     f"an actor named {spec.name!r} already exists in namespace "
@@ -198,6 +224,7 @@ class Head(ServiceActor):
                 self.names.pop((spec.namespace, spec.name), None)
             raise
         node.start(spec)
+        self._maybe_collect(spec.actor_id)  # its creator may have dropped it already
         return spec.actor_id, spec
 
     async def _place(self, spec: ActorSpec) -> StartAt:
@@ -274,6 +301,8 @@ class Head(ServiceActor):
         record.node_id = msg.node_id
         record.pid = msg.pid
         self._changed(record)
+        if record.collecting:  # its handles were all dropped while it started
+            self.ref.tell_nowait(_Collect(msg.actor_id))
 
     def _down(self, msg: ActorDown) -> None:
         record = self.actors.get(msg.actor_id)
@@ -292,9 +321,12 @@ class Head(ServiceActor):
             error = msg.error
             if not isinstance(error, ActorDiedError):
                 reason = ("its node died" if isinstance(error, NodeDiedError)
+                          else "every handle to it was dropped"
+                          if error is None and record.collecting
                           else "it was killed" if error is None else "it ended")
                 error = ActorDiedError(record.spec.class_name, reason, error)
             record.death = error
+            self.holds.forget(msg.actor_id)
             record.location = None
             spec = record.spec
             key = (spec.namespace, spec.name or "")
@@ -303,6 +335,53 @@ class Head(ServiceActor):
         else:
             record.state = ActorState.RESTARTING
         self._changed(record)
+
+    # -- lifetimes: actors nobody holds a handle of ----------------------------------------------
+
+    def _handle_holds(self, msg: HandleHolds) -> None:
+        holder = msg.holder
+        if holder not in self._watched and isinstance(holder, ActorRef):
+            self._watched.add(holder)
+
+            def gone(_notice: Terminated) -> None:
+                try:
+                    self.ref.tell_nowait(_HolderGone(holder))
+                except ActorflowError:
+                    pass  # the head itself is stopping
+
+            self.system.on_terminated(holder, gone)
+        aliases = self.aliases
+        if aliases:  # a handle got by get_if_exists names its provisional id
+            msg = HandleHolds(
+                holder, tuple(self._id(a) for a in msg.held),
+                tuple(self._id(a) for a in msg.released),
+                tuple((self._id(a), t) for a, t in msg.lent),
+                tuple((self._id(a), t) for a, t in msg.taken))
+        for actor_id in self.holds.apply(holder, msg.held, msg.released, msg.lent, msg.taken):
+            self._maybe_collect(actor_id)
+
+    def _maybe_collect(self, actor_id: str) -> None:
+        """Stop the actor if no handle to it is left anywhere and it is one that lives only
+        as long as its handles: anonymous, not detached, not in an af.supervise tree."""
+        record = self.actors.get(actor_id)
+        if record is None or record.collecting or record.state is ActorState.DEAD:
+            return  # (not created yet: its creation checks again)
+        spec = record.spec
+        if (spec.name is not None or spec.lifetime == "detached" or spec.supervised
+                or not self.holds.unheld(actor_id)):
+            return
+        record.collecting = True
+        if record.state is not ActorState.PENDING:  # a pending one is stopped once up
+            self.ref.tell_nowait(_Collect(actor_id))
+
+    async def _collect(self, actor_id: str) -> None:
+        record = self.actors.get(actor_id)
+        if record is None or record.state is ActorState.DEAD or self.closing:
+            return
+        try:
+            await self._kill(KillActor(actor_id, True))
+        except ActorflowError as exc:  # its node is gone: the node's loss ends it
+            log.debug("stopping actor %s, which no handle holds: %s", actor_id, exc)
 
     async def _wait_down(self, actor_id: str, generation: int) -> BaseException | None:
         while True:
