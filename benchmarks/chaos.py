@@ -238,7 +238,7 @@ async def _live_views() -> list[dict[str, Any]]:
     return [v for v in views if v.get("alive")]
 
 
-async def _busy_workers() -> list[int]:
+async def busy_workers() -> list[int]:
     """The pids of the worker processes holding a lease now, as the live nodes report them."""
     pids: list[int] = []
     for view in await _live_views():
@@ -311,7 +311,7 @@ class _Round:
                 self.node_killed = True
                 continue
             try:
-                busy = await _busy_workers()
+                busy = await busy_workers()
             except af.ActorflowError:
                 continue
             if busy:

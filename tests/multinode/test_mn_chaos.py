@@ -5,7 +5,8 @@ Every task allows unlimited retries and every actor unlimited restarts and call 
 the promise is exact: every result arrives, and each equals what the ledger says it must be;
 afterwards the cluster's free resources come back to the surviving total within 10 s and no
 process of the killed node is left. Each run of a task or call appends a line to a file, so
-the figures (re-runs) are counted, not guessed.
+the figures (re-runs) are counted, not guessed. The workload is one round of the chaos soak
+(``python -m benchmarks chaos --minutes N``, which also restarts the killed node each round).
 """
 
 from __future__ import annotations
@@ -25,8 +26,18 @@ import pytest
 from mn_support import Cluster, alive, live_nodes, nonzero, until_async, within
 
 import actorflow as af
-from actorflow.cluster.protocol import ListState, NodeInfo
-from actorflow.objects.ref import current_core
+from benchmarks.chaos import (
+    CALLS_PER_ACTOR,
+    KILL_EVERY_S,
+    N_ACTORS,
+    N_TASKS,
+    NODE_KILL_AFTER_S,
+    WAVE_S,
+    WAVES,
+    Keeper,
+    busy_workers,
+    square,
+)
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -36,74 +47,7 @@ NODES = [
     {"name": "node2", "num_cpus": 2, "resources": {"r_b": 1}},
     {"name": "node3", "num_cpus": 2, "resources": {"r_c": 1}},
 ]
-N_TASKS = 2000
-N_ACTORS = 20
-CALLS_PER_ACTOR = 25
-TASK_S = 0.005
-WAVES = 20  # tasks are submitted in waves over about 6 s, so kills land throughout
-WAVE_S = 0.3
-CALL_S = 0.2  # 25 calls in a row per actor: about 5 s of calls, so kills land in them
-KILL_EVERY_S = 0.5
-NODE_KILL_AFTER_S = 2.0
 DEADLINE_S = 100.0  # the whole workload, kills included (the test's bound is 2 minutes)
-
-
-def _note(ledger: str, line: str) -> None:
-    fd = os.open(ledger, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-    try:
-        os.write(fd, line.encode())
-    finally:
-        os.close(fd)
-
-
-@af.remote(max_retries=-1)
-def square(ledger: str, i: int) -> int:
-    _note(ledger, f"t {i}\n")
-    time.sleep(TASK_S)
-    return i * i
-
-
-@af.remote(max_restarts=-1, max_task_retries=-1, num_cpus=0)
-class Keeper:
-    def __init__(self, ledger: str, k: int) -> None:
-        self.ledger = ledger
-        self.k = k
-
-    def work(self, i: int) -> tuple[int, int, int]:  # plain def: one call at a time
-        _note(self.ledger, f"a {self.k} {i}\n")
-        time.sleep(CALL_S)
-        return (self.k, i, i * 7 + self.k)
-
-
-async def _busy_workers() -> list[int]:
-    """The pids of the worker processes that hold a lease now (a task's or an actor's), as
-    the live nodes report them."""
-    pids: list[int] = []
-    views = await current_core().head.ask(ListState("nodes"), timeout=5.0)
-    for view in live_nodes(views):
-        try:
-            info = await view["ref"].ask(NodeInfo(), timeout=2.0)
-        except af.ActorflowError:
-            continue  # it died meanwhile
-        pids += [lease["worker_pid"] for lease in info["lease_list"]]
-    return pids
-
-
-def _workers_of(pids: list[int]) -> list[psutil.Process]:
-    """The task and actor worker processes below the given node processes."""
-    out = []
-    for pid in pids:
-        try:
-            kids = psutil.Process(pid).children(recursive=True)
-        except psutil.NoSuchProcess:
-            continue
-        for kid in kids:
-            try:
-                if "actorflow.cluster.worker_main" in " ".join(kid.cmdline()):
-                    out.append(kid)
-            except psutil.Error:
-                continue
-    return out
 
 
 async def run_chaos(cluster: Cluster, ledger: Path, victim: str) -> dict[str, Any]:
@@ -128,7 +72,7 @@ async def run_chaos(cluster: Cluster, ledger: Path, victim: str) -> dict[str, An
                 continue
             # a worker that holds a lease (a task's or an actor's): killing idle ones tests
             # nothing
-            busy = await _busy_workers()
+            busy = await busy_workers()
             if busy:
                 try:
                     os.kill(rng.choice(busy), signal.SIGKILL)
