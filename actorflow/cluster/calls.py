@@ -72,7 +72,7 @@ class CallState:
         self.cancelled = False
         self.interruptible = interruptible  # a task: its thread may be interrupted
         #: Object ids of the tasks and actor calls it submitted (pruned of finished ones).
-        self.children: list[str] = []
+        self.children: list[str] | None = None
         self.pruned_at = 1024
         #: Made when the call goes to a thread: guards ``thread`` and ``cancelled`` then.
         self.lock: threading.Lock | None = None
@@ -95,6 +95,8 @@ def note_child(core: Core, object_id: str) -> None:
     if state is None:
         return
     children = state.children
+    if children is None:
+        children = state.children = []
     children.append(object_id)
     if len(children) >= state.pruned_at:  # forget the finished ones, now and then
         entries = core.objects.entries
@@ -115,8 +117,8 @@ def cancel_object(core: Core, object_id: str, *, force: bool = False, recursive:
 
 def cancel_children(core: Core, state: CallState, force: bool = False) -> None:
     """Cancel (recursively) what the call of ``state`` submitted and is not done yet."""
-    children, state.children = state.children, []
-    for object_id in children:
+    children, state.children = state.children, None
+    for object_id in children or ():
         cancel_object(core, object_id, force=force, recursive=True)
 
 

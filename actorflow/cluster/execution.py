@@ -12,6 +12,7 @@ import inspect
 import pickle
 import threading
 import traceback
+from collections import deque
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextvars import Context, copy_context
@@ -169,34 +170,94 @@ async def call_plain(
 PlainCall = tuple[Any, Context, Callable[..., Any], tuple[Any, ...], dict[str, Any], CallState]
 
 
-def _on_thread(runner: SyncRunner, call: PlainCall) -> asyncio.Future[Outcome]:
-    """Queue ``call`` to the runner's thread, in a context of its own where it is the current
-    call (cancel may reach it there: see :func:`run_guarded`)."""
-    _, ctx, fn, args, kwargs, state = call
-    state.lock = threading.Lock()
-    ctx = ctx.copy()
-    ctx.run(current_call.set, state)
-    return runner.run(ctx, run_guarded, (state, fn, args, kwargs), {})
+class _Posted:
+    """Outcomes that a runner's thread posts one by one as it runs queued calls. The loop is
+    woken once for all that arrive before it runs (one ``call_soon_threadsafe``, not one per
+    call), so the calls that finish meanwhile are answered together, in one loop turn.
+
+    Lock-free: the deque's operations and the flag's reads and writes are each atomic. A post
+    that finds no wake pending schedules one; a wake clears the flag before it looks, so a
+    post is always followed by a wake that runs after it."""
+
+    __slots__ = ("_loop", "_ready", "_waiter", "_woken")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._ready: deque[tuple[int, Outcome]] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._woken = False
+
+    def post(self, item: tuple[int, Outcome]) -> None:
+        """(On the thread.)"""
+        self._ready.append(item)
+        if not self._woken:
+            self._woken = True
+            try:
+                self._loop.call_soon_threadsafe(self._wake)
+            except RuntimeError:  # the loop is closed: nobody waits any more
+                pass
+
+    def _wake(self) -> None:
+        self._woken = False
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def take(self) -> list[tuple[int, Outcome]]:
+        """What was posted since the last take (waits for one at least)."""
+        ready = self._ready
+        while not ready:
+            self._waiter = self._loop.create_future()
+            await self._waiter
+        out = []
+        while ready:
+            out.append(ready.popleft())
+        return out
+
+
+def _as_current(state: CallState, fn: Callable[..., Any], args: tuple[Any, ...],
+                kwargs: dict[str, Any]) -> Any:
+    """(On the thread, in the call's context.) Run a queued call as the current call: cancel
+    may reach it (see :func:`run_guarded`)."""
+    token = current_call.set(state)
+    try:
+        return run_guarded(state, fn, args, kwargs)
+    finally:
+        current_call.reset(token)
+
+
+def _run_all(posted: _Posted, calls: list[Any]) -> None:
+    """(On the thread.) Run queued calls back to back, posting each one's outcome."""
+    for i, (ctx, state, fn, args, kwargs) in enumerate(calls):
+        posted.post((i, run_one(ctx, _as_current, (state, fn, args, kwargs), {})))
 
 
 async def run_plain(runner: SyncRunner, calls: list[PlainCall],
-                     answer: Callable[[int, Outcome], Awaitable[None]]) -> None:
+                    answer: Callable[[int, Outcome], Awaitable[None]]) -> None:
     """Run queued plain-def calls in order, each in its context: on the loop while they are
     short (see :class:`SyncRunner`), the rest queued to the runner's thread at once, so it runs
     them back to back. Each call is answered (``answer(index, outcome)``) as soon as it is
     done, not when the whole run is: after a crash only the calls that had not finished run
-    again. Calls that finish in the same loop turn are answered in that turn, together. A call
-    cancelled before it began is answered without running."""
+    again. Calls that finish before the loop next runs are answered in that turn, together. A
+    call cancelled before it began is answered without running."""
     for i, (key, ctx, fn, args, kwargs, state) in enumerate(calls):
         if state.cancelled:  # (while an earlier answer awaited a coroutine's result)
             await answer(i, (False, TaskCancelledError("it was cancelled before it ran"), 0.0))
             continue
         if not runner.inline(key):
-            pending = [_on_thread(runner, c) for c in calls[i:]]
-            for j, fut in enumerate(pending, i):
-                outcome = await fut  # (no suspension when it is done already)
-                runner.record(calls[j][0], outcome[2])
-                await answer(j, outcome)
+            rest = calls[i:]
+            for call in rest:
+                call[5].lock = threading.Lock()
+            posted = _Posted(asyncio.get_running_loop())
+            batch = runner.run(Context(), _run_all,
+                               (posted, [(c[1], c[5], c[2], c[3], c[4]) for c in rest]), {})
+            left = len(rest)
+            while left:
+                for j, outcome in await posted.take():
+                    runner.record(rest[j][0], outcome[2])
+                    left -= 1
+                    await answer(i + j, outcome)
+            await batch  # (done: its last outcome came)
             return
         outcome = ctx.run(run_one, None, fn, args, kwargs)
         runner.record(key, outcome[2])
