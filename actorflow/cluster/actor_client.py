@@ -310,8 +310,6 @@ class ActorClient:
         self.inflight.clear()
         self._flush()
 
-    _die = die  # (the name core.py uses)
-
     def _finish(self, pending: PendingCall, returns: tuple[Any, ...]) -> None:
         for oid, payload in zip(pending.return_ids, returns, strict=False):
             self.core.objects.resolve(oid, payload)
