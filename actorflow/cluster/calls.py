@@ -74,7 +74,8 @@ class CallState:
         #: Object ids of the tasks and actor calls it submitted (pruned of finished ones).
         self.children: list[str] | None = None
         self.pruned_at = 1024
-        #: Made when the call goes to a thread: guards ``thread`` and ``cancelled`` then.
+        #: Made when an interruptible call goes to a thread: guards ``thread`` and
+        #: ``cancelled`` then.
         self.lock: threading.Lock | None = None
         self.started = False  # a thread began it
         self.thread: int | None = None  # the thread running it, while it may be interrupted
@@ -138,7 +139,7 @@ def interrupt(state: CallState) -> None:
     """Cancel the call of ``state`` (on the loop's thread): its flag is set and, if it is an
     interruptible call that a thread is running, Interrupted is raised in that thread."""
     lock = state.lock
-    if lock is None:  # it never went to a thread
+    if lock is None:  # not an interruptible call on a thread: its flag is all there is
         state.cancelled = True
         return
     with lock:
@@ -156,9 +157,16 @@ def run_guarded(state: CallState, fn: Callable[..., Any], args: tuple[Any, ...],
     Where an async exception can land: anywhere inside the ``try`` (it is then the call's
     outcome) or inside the loop at the end (it is absorbed: the loop goes round again). Before
     the ``try`` none is set (``thread`` is None); after the loop none is pending (it was taken
-    back under the lock, and ``thread`` is None again, so no other comes)."""
+    back under the lock, and ``thread`` is None again, so no other comes).
+
+    A call that is not interruptible (an actor's) has no lock: it checks its flag once, and
+    a cancel that comes just after only sets the flag it may read."""
     lock = state.lock
-    assert lock is not None
+    if lock is None:
+        if state.cancelled:
+            raise TaskCancelledError("it was cancelled before it ran")
+        state.started = True
+        return fn(*args, **kwargs)
     error: BaseException | None = None
     value: Any = None
     try:

@@ -148,14 +148,16 @@ async def call_plain(
         if runner.inline(key):
             ok, result, run_s = run_one(None, fn, args, kwargs)
         else:
-            state.lock = threading.Lock()
+            if state.interruptible:
+                state.lock = threading.Lock()
             ok, result, run_s = await runner.run(copy_context(), run_guarded,
                                                  (state, fn, args, kwargs), {})
         runner.record(key, run_s)
         if not ok:
             raise result
     else:
-        state.lock = threading.Lock()
+        if state.interruptible:
+            state.lock = threading.Lock()
         ctx = copy_context()
         loop = asyncio.get_running_loop()
         result = await loop.run_in_executor(
@@ -221,6 +223,11 @@ def _as_current(state: CallState, fn: Callable[..., Any], args: tuple[Any, ...],
     may reach it (see :func:`run_guarded`)."""
     token = current_call.set(state)
     try:
+        if state.lock is None:  # not interruptible: run_guarded's first lines, inline
+            if state.cancelled:
+                raise TaskCancelledError("it was cancelled before it ran")
+            state.started = True
+            return fn(*args, **kwargs)
         return run_guarded(state, fn, args, kwargs)
     finally:
         current_call.reset(token)
@@ -247,7 +254,8 @@ async def run_plain(runner: SyncRunner, calls: list[PlainCall],
         if not runner.inline(key):
             rest = calls[i:]
             for call in rest:
-                call[5].lock = threading.Lock()
+                if call[5].interruptible:
+                    call[5].lock = threading.Lock()
             posted = _Posted(asyncio.get_running_loop())
             batch = runner.run(Context(), _run_all,
                                (posted, [(c[1], c[5], c[2], c[3], c[4]) for c in rest]), {})
