@@ -612,6 +612,9 @@ class Node(ServiceActor):
                 return
         self.actors[spec.actor_id] = sup
         self.system.on_terminated(sup, lambda n: self._actor_sup_ended(spec, n))
+        # the worker cap (max_workers + actors up) just rose: actors still waiting for a
+        # worker may start one now (else, with none starting, nothing would ever wake them)
+        self._dispatch()
 
     def _actor_sup_ended(self, spec: ActorSpec, notice: Terminated) -> None:
         self.actors.pop(spec.actor_id, None)
