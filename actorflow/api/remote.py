@@ -19,6 +19,7 @@ from typing import Any, Generic, TypeVar
 import cloudpickle
 
 from actorflow._errors import SerializationError
+from actorflow._limits import UNLIMITED
 from actorflow.api.options import ActorOptions, MethodOptions, TaskOptions, validate
 from actorflow.cluster.actor_client import ActorClient, PendingCall
 from actorflow.cluster.core import Core
@@ -142,7 +143,7 @@ class RemoteFunction(Generic[T]):
         refs = [core.new_pending(oid) for oid in return_ids]
         assert core.owner_ref is not None
         spec = TaskSpec(task_id, self._name, export.fid, None, blob, (), n, core.job_id)
-        retries = opts.max_retries if opts.max_retries >= 0 else 1 << 30
+        retries = opts.max_retries if opts.max_retries >= 0 else UNLIMITED
         core.submitter.submit(PendingTask(spec, return_ids, self._shape, retries,
                                           self._retry_exceptions, export.blob,
                                           strategy=opts.scheduling_strategy, deps=deps,
@@ -351,7 +352,7 @@ class ActorMethod:
         call = (quick_call(self._name, blob, n) if not deps and type(blob) is bytes
                 else ActorCall(self._name, blob, (), n))
         _client(core, handle).call(PendingCall(  # (the call holds the handle until done)
-            call, return_ids, retries if retries >= 0 else 1 << 30, deps,
+            call, return_ids, retries if retries >= 0 else UNLIMITED, deps,
             keep=handle if keep is None else (keep, handle),
         ))
         return refs[0] if n == 1 else refs
