@@ -33,8 +33,10 @@ from pickle import loads as pickle_loads
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from actorflow._errors import (
+    ActorDiedError,
     ObjectLostError,
     ObjectStoreFullError,
+    OwnerDiedError,
     PeerUnreachableError,
     ProtocolError,
     SerializationError,
@@ -596,10 +598,11 @@ class Core:
     def _lost(self, ref: ObjectRef, exc: BaseException) -> BaseException:
         if isinstance(exc, ObjectLostError):
             return exc
-        if isinstance(exc, PeerUnreachableError) or "dead" in str(exc):
-            return ObjectLostError(
-                f"object {ref.id} is lost: its owner ({ref.owner.path}) is gone ({exc})"
-            )
+        if isinstance(exc, (PeerUnreachableError, ActorDiedError)):
+            # the owner's process (or its object-owner actor) is gone: so is its table
+            error = OwnerDiedError(ref.id, f"{ref.owner.path}: {exc}")
+            error.__cause__ = exc
+            return error
         return exc
 
     async def get_one(self, ref: ObjectRef) -> Any:

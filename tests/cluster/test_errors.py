@@ -177,8 +177,10 @@ async def test_object_lost_error_when_the_owner_process_is_gone(
     await until(lambda: not pid_alive(owner_pid), what="the owner to die")
     # a fresh copy of the ref (the value is not cached in this process)
     lost = pickle.loads(pickle.dumps(ref))
-    with pytest.raises(af.ObjectLostError) as info:
+    with pytest.raises(af.OwnerDiedError) as info:  # an ObjectLostError, with its facts
         await within(lost)
+    assert isinstance(info.value, af.ObjectLostError)
+    assert info.value.object_id == ref.id
     round_trip(info.value)
 
 
