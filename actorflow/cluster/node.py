@@ -147,6 +147,7 @@ class Node(ServiceActor):
         self.started_at = time.time()
         self._load_handle: asyncio.Handle | None = None
         self.stopping = False
+        self.blocked_leases = 0  # leases whose task waits for others (its CPU lent back)
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -438,7 +439,7 @@ class Node(ServiceActor):
             assert gpus is not None  # can_allocate said so, and nothing ran in between
             record = _LeaseRecord(next(self._lease_ids), demand, worker, gpus, units,
                                   pool=waiting.pool)
-            worker.state = WorkerState.ACTOR if dedicated else WorkerState.LEASED
+            pool.set_state(worker, WorkerState.ACTOR if dedicated else WorkerState.LEASED)
             worker.lease_id = record.lease_id
             self.leases[record.lease_id] = record
             fut.set_result(record)
@@ -446,7 +447,7 @@ class Node(ServiceActor):
                 self._replenish(restart=False)
         self.waiting = skipped
         if (need_worker and pool.count(WorkerState.STARTING) == 0
-                and pool.size < self.max_workers + len(self.actors)):
+                and pool.size < self._worker_cap()):
             self._spawn_worker()
 
     def release(self, lease_id: int, *, keep_worker: bool = False, worker_ok: bool = True
@@ -463,8 +464,11 @@ class Node(ServiceActor):
                 owned.discard(lease_id)
         if not worker_ok and self.pool is not None:
             keep_worker = True
-            record.worker.state = WorkerState.DEAD  # its exit is handled when it is reaped
+            # its exit is handled when it is reaped
+            self.pool.set_state(record.worker, WorkerState.DEAD)
             self.pool.kill(record.worker)
+        if record.blocked:
+            self.blocked_leases -= 1
         back = record.demand if not record.blocked else (
             record.demand - Resources({"CPU": record.demand["CPU"]})
         )
@@ -478,7 +482,8 @@ class Node(ServiceActor):
         self._load_changed()
         worker = record.worker
         if worker.state in (WorkerState.LEASED, WorkerState.ACTOR) and not keep_worker:
-            worker.state = WorkerState.IDLE
+            assert self.pool is not None
+            self.pool.set_state(worker, WorkerState.IDLE)
             worker.lease_id = None
         self._dispatch()
 
@@ -508,6 +513,7 @@ class Node(ServiceActor):
             return
         cpu = Resources({"CPU": record.demand["CPU"]})
         record.blocked = blocked
+        self.blocked_leases += 1 if blocked else -1
         if blocked:
             self.available = self.available + cpu
         else:  # may oversubscribe for a moment, as Ray does, rather than deadlock
@@ -516,6 +522,14 @@ class Node(ServiceActor):
             self.available = Resources(avail)
         self._load_changed()
         self._dispatch()
+
+    def _worker_cap(self) -> int:
+        """How many worker processes the node may have now: ``max_workers`` for tasks, one per
+        actor, and one more per task blocked waiting for others (its children need a worker
+        while it holds one: without it a tree of waits deeper than the cap deadlocks, as Ray
+        avoids the same way). The extra ones are bounded by ``4 * max_workers``."""
+        extra = min(self.blocked_leases, 4 * self.max_workers)
+        return self.max_workers + len(self.actors) + extra
 
     def _gpu_feasible(self, units: int) -> bool:
         """Could this node ever give ``units`` of GPU (with all its GPUs free)?"""
@@ -558,7 +572,7 @@ class Node(ServiceActor):
         if pool is None:
             return
         usable = pool.count(WorkerState.IDLE, WorkerState.STARTING, WorkerState.LEASED)
-        if usable < self.prestart and pool.size < self.max_workers + len(self.actors):
+        if usable < self.prestart and pool.size < self._worker_cap():
             if restart:
                 self._replacements, exceeded = add_restart(
                     self._replacements, time.monotonic(), 10 * max(1, self.prestart), 10.0

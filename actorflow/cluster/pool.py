@@ -99,6 +99,9 @@ class WorkerPool:
         self.on_exit = on_exit
         self.start_timeout_s = start_timeout_s
         self.workers: dict[str, WorkerHandle] = {}
+        #: the same workers by state (each in the bucket of its state), so that finding an idle
+        #: one or counting a state does not scan every worker (a node hosts hundreds of actors)
+        self._by_state: dict[WorkerState, dict[str, WorkerHandle]] = {s: {} for s in WorkerState}
         self._counter = 0
         self._launching = 0  # starts whose process does not exist yet (counted as STARTING)
         self._closing = False
@@ -123,8 +126,8 @@ class WorkerPool:
         return z if z is not None and not z.lost else None
 
     def idle(self) -> WorkerHandle | None:
-        for handle in self.workers.values():
-            if handle.state is WorkerState.IDLE and not _doomed(handle):
+        for handle in self._by_state[WorkerState.IDLE].values():
+            if not _doomed(handle):
                 return handle
         return None
 
@@ -132,7 +135,16 @@ class WorkerPool:
         """Workers in any of ``states``; a start whose process is not made yet (waiting for
         the zygote, say) counts as STARTING."""
         launching = self._launching if WorkerState.STARTING in states else 0
-        return launching + sum(1 for h in self.workers.values() if h.state in states)
+        return launching + sum(len(self._by_state[state]) for state in states)
+
+    def set_state(self, handle: WorkerHandle, state: WorkerState) -> None:
+        """Move a worker to ``state`` (every change of a tracked worker's state goes here)."""
+        if handle.state is state:
+            return
+        bucket = self._by_state[handle.state]
+        if bucket.pop(handle.worker_id, None) is not None:
+            self._by_state[state][handle.worker_id] = handle
+        handle.state = state
 
     @property
     def size(self) -> int:
@@ -165,6 +177,7 @@ class WorkerPool:
             _close_pipes(handle)
             raise RuntimeError("the worker pool is shutting down")
         self.workers[worker_id] = handle
+        self._by_state[handle.state][worker_id] = handle
         assert proc.stdout is not None and proc.stderr is not None
         handle.tasks = [
             loop.create_task(self._forward(proc.stdout, sys.stdout)),
@@ -191,7 +204,7 @@ class WorkerPool:
             return False
         handle.ref = ref
         handle.control = control
-        handle.state = WorkerState.IDLE
+        self.set_state(handle, WorkerState.IDLE)
         handle.ready.set_result(None)
         return True
 
@@ -215,7 +228,8 @@ class WorkerPool:
             await asyncio.wait(forwarders, timeout=1.0)
         _close_pipes(handle)
         handle.exit_code = code
-        handle.state = WorkerState.DEAD
+        self.set_state(handle, WorkerState.DEAD)
+        self._by_state[WorkerState.DEAD].pop(handle.worker_id, None)
         self.workers.pop(handle.worker_id, None)
         assert handle.exited is not None
         handle.exited.set_result(code)
