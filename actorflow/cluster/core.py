@@ -68,7 +68,7 @@ from actorflow.objects.serialization import (
     serialize,
 )
 from actorflow.objects.store import ReceiveBuffers, SegmentStore
-from actorflow.runtime import Actor, ActorRef, ActorSystem
+from actorflow.runtime import Actor, ActorRef, ActorSystem, OwnedTasks
 
 if TYPE_CHECKING:
     from actorflow.cluster.actor_client import ActorClient
@@ -305,7 +305,7 @@ class Core:
         self.store = SegmentStore(lambda: f"af-{self.node_id}-{self.new_id()}",
                                   make_spare=self._make_spare, on_pooled=self._on_pooled)
         self._trim_timer: asyncio.TimerHandle | None = None
-        self._spares: set[asyncio.Task[None]] = set()
+        self._spares = OwnedTasks("the spare-segment maker", log)
         self._spare_thread: concurrent.futures.ThreadPoolExecutor | None = None
         self.receive_buffers = ReceiveBuffers()
         self.closed = False
@@ -375,9 +375,7 @@ class Core:
         if self.closed:
             self.store.spare_failed(capacity)
             return
-        task = self.loop.create_task(self._spare(name, capacity))
-        self._spares.add(task)
-        task.add_done_callback(self._spares.discard)
+        self._spares.spawn(self._spare(name, capacity), f"actorflow spare {name}")
 
     async def _spare(self, name: str, capacity: int) -> None:
         if self._spare_thread is None:
@@ -687,8 +685,8 @@ class Core:
         for client in list(self.actors.values()):
             client.close()
         self.objects.clear()
-        if self._spares:  # (a spare's thread cannot be stopped: let it end, then unlink it)
-            await asyncio.gather(*self._spares, return_exceptions=True)
+        # a spare's thread cannot be stopped: let it end, then unlink it
+        await self._spares.close(cancel=False)
         if self._spare_thread is not None:
             self._spare_thread.shutdown(wait=False)  # (idle: its work was awaited above)
         if self._trim_timer is not None:

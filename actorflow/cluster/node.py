@@ -61,7 +61,7 @@ from actorflow.cluster.zygote import Zygote
 from actorflow.objects import shm
 from actorflow.placement.policy import GpuAllocator
 from actorflow.placement.resources import UNIT, Resources
-from actorflow.runtime import Actor, ActorRef, ServiceActor, Terminated
+from actorflow.runtime import Actor, ActorRef, OwnedTasks, ServiceActor, Terminated
 from actorflow.supervision import ChildSpec, Supervisor, add_restart
 
 __all__ = ["ActorHost", "Node"]
@@ -140,7 +140,7 @@ class Node(ServiceActor):
         self.reserved_seq = 0
         self.hosts: dict[str, ActorHost] = {}  # actor_id -> running host
         self._lease_ids = itertools.count(1)
-        self._bg: set[asyncio.Task[Any]] = set()
+        self._bg = OwnedTasks(f"node {node_id}", log)
         self._replacements: tuple[float, ...] = ()
         self.pool: WorkerPool | None = None
         self._zygote = zygote  # started early by bootstrap; the pool owns it once made
@@ -187,23 +187,13 @@ class Node(ServiceActor):
             await self.system.stop(sup, timeout=5.0)
         # stop starting workers first (a start cancelled mid-way is cleaned up by asyncio, or
         # its process is registered and the pool's close ends it), then end every worker
-        for task in list(self._bg):
-            task.cancel()
-        if self._bg:
-            await asyncio.gather(*self._bg, return_exceptions=True)
+        await self._bg.close()
         if self.pool is not None:
             await self.pool.close()
         shm.cleanup_session(f"af-{self.node_id}-")
 
     def _background(self, coro: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._bg.add(task)
-        task.add_done_callback(self._bg_done)
-
-    def _bg_done(self, task: asyncio.Task[Any]) -> None:
-        self._bg.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("node %s background work failed", self.node_id, exc_info=task.exception())
+        self._bg.spawn(coro)
 
     # -- messages ------------------------------------------------------------------------------
 

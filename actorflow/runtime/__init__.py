@@ -12,6 +12,7 @@ from actorflow.runtime.actor import (
     Terminated,
 )
 from actorflow.runtime.mailbox import Mailbox, MailboxStatistics
+from actorflow.runtime.owned import OwnedTasks
 from actorflow.runtime.ref import (
     ActorRef,
     CallbackReply,
@@ -33,6 +34,7 @@ __all__ = [
     "ExitReason",
     "Mailbox",
     "MailboxStatistics",
+    "OwnedTasks",
     "RemoteResolver",
     "Reply",
     "ServiceActor",

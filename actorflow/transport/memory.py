@@ -14,6 +14,7 @@ from collections.abc import Awaitable
 from typing import Any
 
 from actorflow._errors import PeerUnreachableError, ProtocolError
+from actorflow.runtime import OwnedTasks
 from actorflow.transport.auth import HandshakeRefused, accept_handshake, dial_handshake
 from actorflow.transport.base import (
     CLOSE_NORMAL,
@@ -124,16 +125,13 @@ class _MemoryListener(Listener):
         self.addresses = [f"mem://{name}"]
         self._accepted: asyncio.Queue[Link | None] = asyncio.Queue()  # None: closed
         self._links: set[Link] = set()
-        self._handshakes: set[asyncio.Task[None]] = set()
+        self._handshakes = OwnedTasks(f"the listener {self.addresses[0]}", log)
         self._closed = False
         self._n_accepted = self._n_refused = 0
 
     def _dial(self, server_side: _MemoryCarrier) -> None:
-        task = asyncio.get_running_loop().create_task(
-            self._handshake(server_side), name=f"actorflow handshake {self.addresses[0]}"
-        )
-        self._handshakes.add(task)
-        task.add_done_callback(self._handshakes.discard)
+        self._handshakes.spawn(self._handshake(server_side),
+                               f"actorflow handshake {self.addresses[0]}")
 
     async def _handshake(self, carrier: _MemoryCarrier) -> None:
         try:
@@ -166,10 +164,7 @@ class _MemoryListener(Listener):
             return
         self._closed = True
         self._transport._listeners.pop(self._name, None)
-        for task in self._handshakes:
-            task.cancel()
-        if self._handshakes:
-            await asyncio.wait(self._handshakes)
+        await self._handshakes.close()
         await asyncio.gather(*(link.aclose() for link in self._links))
         self._accepted.put_nowait(None)  # wakes whoever waits in accept()
 

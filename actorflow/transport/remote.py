@@ -36,7 +36,15 @@ from actorflow._errors import (
     ProtocolError,
     SerializationError,
 )
-from actorflow.runtime import ActorRef, ActorSystem, ExitReason, Reply, Terminated, current_system
+from actorflow.runtime import (
+    ActorRef,
+    ActorSystem,
+    ExitReason,
+    OwnedTasks,
+    Reply,
+    Terminated,
+    current_system,
+)
 from actorflow.runtime.mailbox import MailboxClosed
 from actorflow.runtime.ref import Slot
 from actorflow.transport.base import Link, Listener, Transport
@@ -148,7 +156,7 @@ class Remoting:
         self._peers: dict[tuple[str, str], Peer] = {}
         self._channels: set[Channel] = set()
         self._overflow: dict[str, _Overflow] = {}
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = OwnedTasks(f"the remoting of {system.name}", log)
         self._closed = False
         self.loop = asyncio.get_running_loop()
 
@@ -174,9 +182,7 @@ class Remoting:
         if self._closed:
             coro.close()
             return
-        task = asyncio.get_running_loop().create_task(coro, name=name)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks.spawn(coro, name)
 
     async def aclose(self) -> None:
         """Close every link and the listener, fail what waits on them, end every task."""
@@ -189,10 +195,7 @@ class Remoting:
         await asyncio.gather(*(channel.link.aclose() for channel in list(self._channels)))
         if self._listener is not None:
             await self._listener.aclose()
-        for task in self._tasks:
-            task.cancel()
-        while self._tasks:
-            await asyncio.wait(list(self._tasks))
+        await self._tasks.close()
         if self.system.remote_resolver == self._resolve:
             self.system.remote_resolver = None
             self.system.address = None
@@ -355,11 +358,8 @@ class Remoting:
             return
         overflow.items.append((value, reply))
         if overflow.task is None:
-            overflow.task = asyncio.get_running_loop().create_task(
-                self._feed(target, overflow), name=f"actorflow feed {target}"
-            )
-            self._tasks.add(overflow.task)
-            overflow.task.add_done_callback(self._tasks.discard)
+            overflow.task = self._tasks.spawn(self._feed(target, overflow),
+                                              f"actorflow feed {target}")
 
     async def _feed(self, target: str, overflow: _Overflow) -> None:
         """Feed waiting messages to a local actor, in order, as its mailbox makes room."""
