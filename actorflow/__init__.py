@@ -54,6 +54,7 @@ if _typing.TYPE_CHECKING:
         nodes,
         run,
         shutdown,
+        watch,
     )
     from actorflow.api.supervise import Child, SupervisionTree, child, supervise
     from actorflow.objects.ref import ObjectRef
@@ -116,6 +117,7 @@ __all__ = [
     "shutdown",
     "supervise",
     "wait",
+    "watch",
 ]
 
 
@@ -129,7 +131,7 @@ _LAZY: dict[str, str] = {
                     "actorflow.api.remote"),
     **dict.fromkeys(("Runtime", "RuntimeContext", "available_resources", "cluster_resources",
                      "get_actor", "get_gpu_ids", "get_runtime_context", "init",
-                     "is_initialized", "kill", "nodes", "run", "shutdown"),
+                     "is_initialized", "kill", "nodes", "run", "shutdown", "watch"),
                     "actorflow.api.runtime"),
     **dict.fromkeys(("Child", "SupervisionTree", "child", "supervise"), "actorflow.api.supervise"),
     "ObjectRef": "actorflow.objects.ref",

@@ -38,6 +38,7 @@ def test_all_holds_the_names_api_md_promises() -> None:
         "WorkerCrashedError", "NodeDiedError", "ObjectLostError", "GetTimeoutError",
         "TaskCancelledError", "InfeasibleError", "SerializationError", "AuthenticationError",
         "SupervisionError", "OwnerDiedError", "ObjectStoreFullError", "OutOfMemoryError",
+        "watch",
     }
     assert promised <= set(af.__all__), promised - set(af.__all__)
 

@@ -22,7 +22,7 @@ from actorflow._errors import SerializationError
 from actorflow._limits import UNLIMITED
 from actorflow.api.options import ActorOptions, MethodOptions, TaskOptions, validate
 from actorflow.cluster.actor_client import ActorClient, PendingCall
-from actorflow.cluster.core import Core
+from actorflow.cluster.core import Core, task_context
 from actorflow.cluster.holds import HandleCounter, counter_for
 from actorflow.cluster.protocol import ActorCall, ActorSpec, ResolvedArg, TaskSpec, quick_call
 from actorflow.cluster.submitter import PendingTask
@@ -195,20 +195,25 @@ class ActorClass(Generic[T]):
 
     def remote(self, *args: Any, **kwargs: Any) -> ActorHandle:
         core = current_core()
-        return _on_loop(core, lambda: self._create(core, args, kwargs))
+        # an actor's code (a method, its constructor, their threads) creates a child of it,
+        # which dies with it unless detached (docs/guide.md, fate-sharing)
+        creator = task_context.get().actor_id or ""
+        return _on_loop(core, lambda: self._create(core, args, kwargs, creator))
 
-    def _create(self, core: Core, args: tuple[Any, ...], kwargs: dict[str, Any]) -> ActorHandle:
+    def _create(self, core: Core, args: tuple[Any, ...], kwargs: dict[str, Any],
+                creator: str = "") -> ActorHandle:
         args, kwargs, deps = _split_refs(args, kwargs)
         blob = dumps((args, kwargs), f"an argument of {self._cls.__name__}")
-        spec = self._spec(core, blob)
+        spec = self._spec(core, blob, creator)
         handle = ActorHandle(spec.actor_id, spec.class_name, spec.methods, spec.max_task_retries)
         client = _client(core, handle)
         client.creating(core, spec, deps, self._options.get_if_exists)
         counter_for(core).created(spec.actor_id)  # (told to the head after the creation)
         return handle
 
-    def _spec(self, core: Core, blob: bytes) -> ActorSpec:
-        """The actor's spec with ``blob`` as its pickled (args, kwargs)."""
+    def _spec(self, core: Core, blob: bytes, creator: str = "") -> ActorSpec:
+        """The actor's spec with ``blob`` as its pickled (args, kwargs), created by actor
+        ``creator`` ("" when a driver or a task creates it)."""
         if not self._export:
             self._export.append(_Export(self._cls, f"actor class {self._cls.__name__!r}"))
         export = self._export[0]
@@ -227,7 +232,7 @@ class ActorClass(Generic[T]):
             max_restarts=opts.max_restarts, max_task_retries=opts.max_task_retries,
             max_concurrency=max_concurrency, name=opts.name, namespace=namespace,
             lifetime=opts.lifetime, job_id=core.job_id, owner=core.worker_id or "driver",
-            strategy=opts.scheduling_strategy, methods=tuple(self._methods),
+            strategy=opts.scheduling_strategy, methods=tuple(self._methods), creator=creator,
         )
 
 

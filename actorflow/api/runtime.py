@@ -18,12 +18,18 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, TypeVar
 
-from actorflow._errors import ActorDiedError, AuthenticationError
+from actorflow._errors import ActorDiedError, ActorflowError, AuthenticationError
 from actorflow.api.remote import ActorHandle
 from actorflow.cluster import bootstrap, state
 from actorflow.cluster.calls import CallState, current_call
 from actorflow.cluster.core import Core, task_context
-from actorflow.cluster.protocol import GetNamedActor, KillActor, ListState
+from actorflow.cluster.protocol import (
+    GetNamedActor,
+    KillActor,
+    ListState,
+    UnwatchActor,
+    WatchActor,
+)
 from actorflow.objects.ref import current_core, set_current_core
 from actorflow.placement.resources import Resources
 from actorflow.runtime import ActorSystem
@@ -43,6 +49,7 @@ __all__ = [
     "nodes",
     "run",
     "shutdown",
+    "watch",
 ]
 
 T = TypeVar("T")
@@ -270,6 +277,31 @@ async def kill(actor: ActorHandle, *, no_restart: bool = True) -> None:
     await core.head.ask(KillActor(actor._actor_id, no_restart))
     if client is not None and no_restart:
         client.die(ActorDiedError(actor._class_name, "it was killed with af.kill()"))
+
+
+async def watch(actor: ActorHandle) -> ActorDiedError:
+    """Wait until the actor is dead for good and return why: an ActorDiedError whose
+    ``reason`` and ``cause`` tell (the cause of a crash, NodeDiedError when its node died,
+    the creator's end for a child that died with it). A restart is not a death: the wait
+    goes on while ``max_restarts`` allows one. Works in a driver, a task or an actor;
+    cancelling the awaiting coroutine ends the wait at the head too."""
+    if not isinstance(actor, ActorHandle):
+        raise TypeError(f"watch() takes an ActorHandle, got {type(actor).__name__}")
+    core = current_core()
+    while True:
+        watch_id = core.new_id()
+        try:
+            death: ActorDiedError | None = await core.head.ask(
+                WatchActor(actor._actor_id, watch_id, core.owner_ref))
+        except asyncio.CancelledError:
+            try:
+                core.head.tell_nowait(UnwatchActor(watch_id))
+            except ActorflowError:
+                pass  # the head is gone: its waits went with it
+            raise
+        if death is not None:
+            return death
+        # None: the head dropped this wait, taking this process for ended: wait again
 
 
 # -- cluster views ---------------------------------------------------------------------------------

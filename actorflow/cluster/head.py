@@ -7,6 +7,15 @@ moves through::
     PENDING --ActorUp--> ALIVE --ActorDown(final=False)--> RESTARTING --ActorUp--> ALIVE ...
        |                   |                                   |
        +-------------------+----ActorDown(final=True)----------+--> DEAD (with the cause)
+
+``af.watch`` waits (WatchActor) are answered when a record turns DEAD, never on a restart;
+they sit in the head's waiter table (``holds.Watches``) until then, or until the watcher
+cancels (UnwatchActor) or its process ends.
+
+Fate-sharing: an actor created by another actor (``ActorSpec.creator``) is that creator's
+child unless detached. When the creator's process ends (it died for good, or it is about to
+restart: Ray's rule, the children were owned by the process that is gone) its children, and
+theirs, are stopped as ``af.kill`` stops an actor; detached ones live on.
 """
 
 from __future__ import annotations
@@ -19,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from actorflow._errors import ActorDiedError, ActorflowError, NodeDiedError
-from actorflow.cluster.holds import HandleHolds, HoldLedger
+from actorflow.cluster.holds import HandleHolds, HoldLedger, Watches
 from actorflow.cluster.protocol import (
     ActorDown,
     ActorLocation,
@@ -39,7 +48,9 @@ from actorflow.cluster.protocol import (
     RestartActor,
     RetireActor,
     StartActor,
+    UnwatchActor,
     WaitActorDown,
+    WatchActor,
 )
 from actorflow.placement.messages import AddNode, NodeGone
 from actorflow.placement.resources import Resources
@@ -110,6 +121,7 @@ class ActorRecord:
     last_error: BaseException | None = None
     failed_attempt: BaseException | None = None  # a supervised start that ended
     collecting: bool = False  # no handle to it is left: it is being stopped
+    orphaned: BaseException | None = None  # its creator's process ended (why): being stopped
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -129,12 +141,16 @@ class Head(ServiceActor):
         self.closing = False
         self.holds = HoldLedger()  # who holds a handle of each actor (docs: actor lifetimes)
         self._watched: set[ActorRef] = set()  # holders whose end the head listens for
+        self.watches = Watches()  # af.watch waits
+        self.children: dict[str, set[str]] = {}  # creator id -> its non-detached children
 
     def on_stop_requested(self) -> None:
         # resolvers waiting for actors to come up would hold the stop up: wake them to fail
         self.closing = True
-        for record in self.actors.values():
+        for actor_id, record in self.actors.items():
             self._changed(record)
+            self.watches.settle(actor_id, ActorDiedError(record.spec.class_name,
+                                                         "the cluster is shutting down"))
 
     def _id(self, actor_id: str) -> str:
         return self.aliases.get(actor_id, actor_id)
@@ -167,6 +183,11 @@ class Head(ServiceActor):
         if kind is KillActor:
             await self._kill(message)
             return None
+        if kind is WatchActor:
+            return await self._watch(message)
+        if kind is UnwatchActor:
+            self.watches.drop(message.watch_id)
+            return None
         if kind is WaitActorDown:
             return await self._wait_down(self._id(message.actor_id), message.generation)
         if kind is RestartActor:
@@ -179,6 +200,7 @@ class Head(ServiceActor):
             return None
         if kind is _HolderGone:
             self._watched.discard(message.holder)
+            self.watches.drop_watcher(message.holder)
             for actor_id in self.holds.holder_gone(message.holder):
                 self._maybe_collect(actor_id)
             return None
@@ -212,7 +234,10 @@ class Head(ServiceActor):
                     f"an actor named {spec.name!r} already exists in namespace "
                     f"{spec.namespace!r}; pass get_if_exists=True to get it, or pick another name"
                 )
-            self.names[key] = spec.actor_id
+        if spec.creator:
+            self._adopt(spec)  # (raises if the creator is dead: nothing is registered yet)
+        if spec.name is not None:
+            self.names[(spec.namespace, spec.name)] = spec.actor_id
         # the record exists before the placement is awaited: a lookup by name meanwhile
         # finds the actor (PENDING), and calls wait for it to come up
         self.actors[spec.actor_id] = ActorRecord(spec)
@@ -222,6 +247,7 @@ class Head(ServiceActor):
             del self.actors[spec.actor_id]
             if spec.name is not None:
                 self.names.pop((spec.namespace, spec.name), None)
+            self.children.get(spec.creator, set()).discard(spec.actor_id)
             raise
         node.start(spec)
         self._maybe_collect(spec.actor_id)  # its creator may have dropped it already
@@ -273,6 +299,8 @@ class Head(ServiceActor):
                 actor.location = None
                 actor.node_id = None
                 self._changed(actor)
+                self._orphan(spec.actor_id,
+                             ActorDiedError(spec.class_name, "its node died", cause))
                 try:
                     (await self._place(spec)).start(spec)
                 except Exception as exc:
@@ -301,8 +329,8 @@ class Head(ServiceActor):
         record.node_id = msg.node_id
         record.pid = msg.pid
         self._changed(record)
-        if record.collecting:  # its handles were all dropped while it started
-            self.ref.tell_nowait(_Collect(msg.actor_id))
+        if record.collecting or record.orphaned:  # its handles were all dropped (or its
+            self.ref.tell_nowait(_Collect(msg.actor_id))  # creator ended) while it started
 
     def _down(self, msg: ActorDown) -> None:
         record = self.actors.get(msg.actor_id)
@@ -321,11 +349,16 @@ class Head(ServiceActor):
             error = msg.error
             if not isinstance(error, ActorDiedError):
                 reason = ("its node died" if isinstance(error, NodeDiedError)
+                          else "its creator's process ended"
+                          if error is None and record.orphaned
                           else "every handle to it was dropped"
                           if error is None and record.collecting
                           else "it was killed" if error is None else "it ended")
-                error = ActorDiedError(record.spec.class_name, reason, error)
+                error = ActorDiedError(record.spec.class_name, reason,
+                                       error if error is not None else record.orphaned)
             record.death = error
+            self.watches.settle(msg.actor_id, error)
+            self.children.get(record.spec.creator, set()).discard(msg.actor_id)
             self.holds.forget(msg.actor_id)
             record.location = None
             spec = record.spec
@@ -335,21 +368,16 @@ class Head(ServiceActor):
         else:
             record.state = ActorState.RESTARTING
         self._changed(record)
+        # an ActorDown says the actor's process ended (or never began): its children go too
+        why = record.death or msg.error
+        self._orphan(msg.actor_id, why if isinstance(why, ActorDiedError) else ActorDiedError(
+            record.spec.class_name, "its process ended", why))
 
     # -- lifetimes: actors nobody holds a handle of ----------------------------------------------
 
     def _handle_holds(self, msg: HandleHolds) -> None:
         holder = msg.holder
-        if holder not in self._watched and isinstance(holder, ActorRef):
-            self._watched.add(holder)
-
-            def gone(_notice: Terminated) -> None:
-                try:
-                    self.ref.tell_nowait(_HolderGone(holder))
-                except ActorflowError:
-                    pass  # the head itself is stopping
-
-            self.system.on_terminated(holder, gone)
+        self._watch_process(holder)
         aliases = self.aliases
         if aliases:  # a handle got by get_if_exists names its provisional id
             msg = HandleHolds(
@@ -359,6 +387,21 @@ class Head(ServiceActor):
                 tuple((self._id(a), t) for a, t in msg.taken))
         for actor_id in self.holds.apply(holder, msg.held, msg.released, msg.lent, msg.taken):
             self._maybe_collect(actor_id)
+
+    def _watch_process(self, holder: Any) -> None:
+        """Listen for the end of ``holder``'s process (a Core's object owner): it then holds
+        no handle and waits in no af.watch."""
+        if holder in self._watched or not isinstance(holder, ActorRef):
+            return
+        self._watched.add(holder)
+
+        def gone(_notice: Terminated) -> None:
+            try:
+                self.ref.tell_nowait(_HolderGone(holder))
+            except ActorflowError:
+                pass  # the head itself is stopping
+
+        self.system.on_terminated(holder, gone)
 
     def _maybe_collect(self, actor_id: str) -> None:
         """Stop the actor if no handle to it is left anywhere and it is one that lives only
@@ -382,6 +425,47 @@ class Head(ServiceActor):
             await self._kill(KillActor(actor_id, True))
         except ActorflowError as exc:  # its node is gone: the node's loss ends it
             log.debug("stopping actor %s, which no handle holds: %s", actor_id, exc)
+
+    # -- death watch and fate-sharing ------------------------------------------------------------
+
+    async def _watch(self, msg: WatchActor) -> ActorDiedError | None:
+        actor_id = self._id(msg.actor_id)
+        record = self.actors.get(actor_id)
+        if record is None:
+            return ActorDiedError(msg.actor_id, "no such actor in this cluster")
+        if record.state is ActorState.DEAD:
+            d = record.death
+            assert d is not None
+            return ActorDiedError(d.actor, d.reason, d.cause)
+        if self.closing:
+            return ActorDiedError(record.spec.class_name, "the cluster is shutting down")
+        answer = self.watches.add(msg.watch_id, actor_id, msg.watcher)
+        self._watch_process(msg.watcher)
+        try:
+            return await answer
+        finally:
+            self.watches.remove(msg.watch_id)
+
+    def _adopt(self, spec: ActorSpec) -> None:
+        """Note ``spec``'s actor as its creator's child (a detached one is nobody's)."""
+        creator = self.actors.get(self._id(spec.creator))
+        if creator is not None and creator.state is ActorState.DEAD:
+            raise ActorDiedError(spec.class_name, "its creator is dead", creator.death)
+        if creator is not None and spec.lifetime != "detached":
+            self.children.setdefault(creator.spec.actor_id, set()).add(spec.actor_id)
+
+    def _orphan(self, creator_id: str, cause: ActorDiedError) -> None:
+        """The process of actor ``creator_id`` ended (``cause`` says how): stop its children,
+        and theirs (the error they die with names their creator's end as its cause)."""
+        for child_id in self.children.pop(creator_id, ()):
+            record = self.actors.get(child_id)
+            if record is None or record.state is ActorState.DEAD or record.orphaned:
+                continue
+            record.orphaned = cause
+            self._orphan(child_id, ActorDiedError(record.spec.class_name,
+                                                  "its creator's process ended", cause))
+            if record.state is not ActorState.PENDING:  # a pending one is stopped once up
+                self.ref.tell_nowait(_Collect(child_id))
 
     async def _wait_down(self, actor_id: str, generation: int) -> BaseException | None:
         while True:
@@ -466,6 +550,8 @@ class Head(ServiceActor):
                     info["alive"] = False
                 out.append(info)
             return out
+        if what == "watches":
+            return self.watches.counts()
         if what == "actors":
             return [
                 {
@@ -475,7 +561,7 @@ class Head(ServiceActor):
                 }
                 for aid, r in self.actors.items()
             ]
-        raise ValueError(f"unknown view {what!r}; use nodes or actors")
+        raise ValueError(f"unknown view {what!r}; use nodes, actors or watches")
 
     @staticmethod
     async def _live_info(node: _NodeRecord) -> dict[str, Any] | None:

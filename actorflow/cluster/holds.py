@@ -1,4 +1,5 @@
-"""Who holds an ActorHandle: the head's ledger of holders and handles in flight, per actor.
+"""The head's ledgers of processes: who holds an ActorHandle (holders and handles in flight,
+per actor), and who waits in ``af.watch`` for an actor's death (:class:`Watches`).
 
 Each process counts its live :class:`~actorflow.api.remote.ActorHandle` objects per actor and
 tells the head (:class:`~actorflow.cluster.protocol.HandleHolds`, batched) when it starts or
@@ -12,19 +13,23 @@ so a late duplicate is ignored; one that comes after it was forgotten opens the 
 and keeps the actor alive (a leak, never an early stop).
 
 This module decides nothing about lifetimes: the head asks :meth:`HoldLedger.unheld` and
-applies the rules (only anonymous, non-detached, unsupervised actors are stopped). Pure data,
-no asyncio, so its rules are tested without processes.
+applies the rules (only anonymous, non-detached, unsupervised actors are stopped). The
+ledger is pure data, no asyncio, so its rules are tested without processes.
 """
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections import OrderedDict, deque
 from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["CLOSED_TOKENS", "HandleCounter", "HandleHolds", "HoldLedger", "counter_for"]
+from actorflow._errors import ActorDiedError
+
+__all__ = ["CLOSED_TOKENS", "HandleCounter", "HandleHolds", "HoldLedger", "Watches",
+           "counter_for"]
 
 #: How many closed tokens the ledger remembers (cluster-wide), to ignore late duplicates.
 CLOSED_TOKENS = 1 << 16
@@ -151,6 +156,64 @@ class HoldLedger:
             if len(self._closed) > CLOSED_TOKENS:
                 self._closed.popitem(last=False)
         # else: the same side again (a second unpickling before the lender's report came)
+
+
+# -- af.watch waits ---------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Watch:
+    actor_id: str
+    answer: asyncio.Future[ActorDiedError | None]
+    watcher: Any
+
+
+class Watches:
+    """The head's waiter table of ``af.watch``: each wait by its id, by actor and by the
+    process that waits. A wait is settled (its future answered) by the actor's death, by its
+    watcher giving up, or by its watcher's end; it leaves the table when its handler ends."""
+
+    def __init__(self) -> None:
+        self.waits: dict[str, _Watch] = {}
+        self._by_actor: dict[str, set[str]] = {}
+
+    def add(self, watch_id: str, actor_id: str, watcher: Any
+            ) -> asyncio.Future[ActorDiedError | None]:
+        answer: asyncio.Future[ActorDiedError | None] = (
+            asyncio.get_running_loop().create_future())
+        self.waits[watch_id] = _Watch(actor_id, answer, watcher)
+        self._by_actor.setdefault(actor_id, set()).add(watch_id)
+        return answer
+
+    def remove(self, watch_id: str) -> None:
+        watch = self.waits.pop(watch_id, None)
+        if watch is None:
+            return
+        ids = self._by_actor.get(watch.actor_id)
+        if ids is not None:
+            ids.discard(watch_id)
+            if not ids:
+                del self._by_actor[watch.actor_id]
+
+    def drop(self, watch_id: str) -> None:
+        """The watcher gave up: its wait answers None (nobody reads it)."""
+        watch = self.waits.get(watch_id)
+        if watch is not None and not watch.answer.done():
+            watch.answer.set_result(None)
+
+    def drop_watcher(self, watcher: Any) -> None:
+        for watch_id in [w for w, watch in self.waits.items() if watch.watcher == watcher]:
+            self.drop(watch_id)
+
+    def settle(self, actor_id: str, death: ActorDiedError) -> None:
+        for watch_id in self._by_actor.get(actor_id, ()):
+            answer = self.waits[watch_id].answer
+            if not answer.done():
+                answer.set_result(ActorDiedError(death.actor, death.reason, death.cause))
+
+    def counts(self) -> dict[str, int]:
+        """Waits per actor id."""
+        return {actor_id: len(ids) for actor_id, ids in self._by_actor.items()}
 
 
 # -- the process's side -------------------------------------------------------------------------

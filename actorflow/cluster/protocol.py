@@ -392,6 +392,9 @@ class ActorSpec:
     strategy: Any = None
     methods: tuple[str, ...] = ()
     supervised: bool = False  # restarted by an af.supervise tree, not by its node
+    #: the actor whose process created this one ("" if a driver or a task did): a
+    #: non-detached actor is stopped when its creator's process ends (docs/guide.md)
+    creator: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -537,3 +540,24 @@ class CancelCall:
 
     call_id: str
     recursive: bool = True
+
+
+# -- watching an actor's death ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class WatchActor:
+    """Ask (``af.watch``): answers the actor's ActorDiedError once it is dead for good (never
+    on a restart). ``watch_id`` names this wait (see UnwatchActor); ``watcher`` is the asking
+    process's object owner: the head drops the wait when that process ends."""
+
+    actor_id: str
+    watch_id: str
+    watcher: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class UnwatchActor:
+    """Tell: the watcher gave up (its ``af.watch`` was cancelled): drop wait ``watch_id``."""
+
+    watch_id: str
