@@ -38,7 +38,13 @@ from actorflow._errors import (
 if _typing.TYPE_CHECKING:
     from actorflow import util as util
     from actorflow.api.objects import as_completed, cancel, get, put, put_async, wait
-    from actorflow.api.placement import PlacementGroup, placement_group, remove_placement_group
+    from actorflow.api.placement import (
+        PlacementGroup,
+        get_placement_group,
+        placement_group,
+        placement_group_table,
+        remove_placement_group,
+    )
     from actorflow.api.remote import ActorClass, ActorHandle, ActorMethod, RemoteFunction, remote
     from actorflow.api.runtime import (
         Runtime,
@@ -103,12 +109,14 @@ __all__ = [
     "get",
     "get_actor",
     "get_gpu_ids",
+    "get_placement_group",
     "get_runtime_context",
     "init",
     "is_initialized",
     "kill",
     "nodes",
     "placement_group",
+    "placement_group_table",
     "put",
     "put_async",
     "remote",
@@ -125,7 +133,8 @@ __all__ = [
 _LAZY: dict[str, str] = {
     **dict.fromkeys(("as_completed", "cancel", "get", "put", "put_async", "wait"),
                     "actorflow.api.objects"),
-    **dict.fromkeys(("PlacementGroup", "placement_group", "remove_placement_group"),
+    **dict.fromkeys(("PlacementGroup", "get_placement_group", "placement_group",
+                     "placement_group_table", "remove_placement_group"),
                     "actorflow.api.placement"),
     **dict.fromkeys(("ActorClass", "ActorHandle", "ActorMethod", "RemoteFunction", "remote"),
                     "actorflow.api.remote"),

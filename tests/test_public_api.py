@@ -38,6 +38,8 @@ def test_all_holds_the_names_api_md_promises() -> None:
         "WorkerCrashedError", "NodeDiedError", "ObjectLostError", "GetTimeoutError",
         "TaskCancelledError", "InfeasibleError", "SerializationError", "AuthenticationError",
         "SupervisionError", "OwnerDiedError", "ObjectStoreFullError", "OutOfMemoryError",
+        "placement_group", "remove_placement_group", "get_placement_group",
+        "placement_group_table", "PlacementGroup", "PlacementGroupStrategy",
         "watch",
     }
     assert promised <= set(af.__all__), promised - set(af.__all__)

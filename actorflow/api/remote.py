@@ -8,6 +8,7 @@ before the task runs; refs nested in containers stay refs. Functions and classes
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import inspect
@@ -23,12 +24,14 @@ from actorflow._limits import UNLIMITED
 from actorflow.api.options import ActorOptions, MethodOptions, TaskOptions, validate
 from actorflow.cluster.actor_client import ActorClient, PendingCall
 from actorflow.cluster.core import Core, task_context
+from actorflow.cluster.execution import capture_strategy
 from actorflow.cluster.holds import HandleCounter, counter_for
 from actorflow.cluster.protocol import ActorCall, ActorSpec, ResolvedArg, TaskSpec, quick_call
 from actorflow.cluster.submitter import PendingTask
 from actorflow.objects.ref import ObjectRef, current_core
 from actorflow.objects.serialization import dumps
 from actorflow.placement.resources import demand_from_options
+from actorflow.placement.strategies import PlacementGroupStrategy
 
 __all__ = ["ActorClass", "ActorHandle", "ActorMethod", "RemoteFunction", "remote"]
 
@@ -130,6 +133,10 @@ class RemoteFunction(Generic[T]):
 
     def remote(self, *args: Any, **kwargs: Any) -> Any:
         core = current_core()
+        if self._options.scheduling_strategy is None and capture_strategy.get() is not None:
+            captured: RemoteFunction[T] = RemoteFunction(self._fn, _captured(self._options),
+                                                         self._export)
+            return captured.remote(*args, **kwargs)
         return _on_loop(core, lambda: self._submit(core, args, kwargs))
 
     def _submit(self, core: Core, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -142,7 +149,10 @@ class RemoteFunction(Generic[T]):
         return_ids = (task_id,) if n == 1 else tuple(f"{task_id}.{i}" for i in range(n))
         refs = [core.new_pending(oid) for oid in return_ids]
         assert core.owner_ref is not None
-        spec = TaskSpec(task_id, self._name, export.fid, None, blob, (), n, core.job_id)
+        strategy = opts.scheduling_strategy
+        spec = TaskSpec(task_id, self._name, export.fid, None, blob, (), n, core.job_id,
+                        capture=strategy.for_children()
+                        if type(strategy) is PlacementGroupStrategy else None)
         retries = opts.max_retries if opts.max_retries >= 0 else UNLIMITED
         core.submitter.submit(PendingTask(spec, return_ids, self._shape, retries,
                                           self._retry_exceptions, export.blob,
@@ -195,6 +205,10 @@ class ActorClass(Generic[T]):
 
     def remote(self, *args: Any, **kwargs: Any) -> ActorHandle:
         core = current_core()
+        if self._options.scheduling_strategy is None and capture_strategy.get() is not None:
+            captured: ActorClass[T] = ActorClass(self._cls, _captured(self._options),
+                                                 self._export)
+            return captured.remote(*args, **kwargs)
         # an actor's code (a method, its constructor, their threads) creates a child of it,
         # which dies with it unless detached (docs/guide.md, fate-sharing)
         creator = task_context.get().actor_id or ""
@@ -234,6 +248,16 @@ class ActorClass(Generic[T]):
             lifetime=opts.lifetime, job_id=core.job_id, owner=core.worker_id or "driver",
             strategy=opts.scheduling_strategy, methods=tuple(self._methods), creator=creator,
         )
+
+
+_O = TypeVar("_O", TaskOptions, ActorOptions)
+
+
+def _captured(options: _O) -> _O:
+    """``options`` (which name no strategy) with the strategy of the placement group that the
+    running task captures its children in (``PlacementGroupStrategy(...,
+    capture_child_tasks=True)``): read here, in the submitting thread's context."""
+    return dataclasses.replace(options, scheduling_strategy=capture_strategy.get())
 
 
 def _client(core: Core, handle: ActorHandle) -> ActorClient:

@@ -15,7 +15,7 @@ import traceback
 from collections import deque
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextvars import Context, copy_context
+from contextvars import Context, ContextVar, copy_context
 from typing import TYPE_CHECKING, Any
 
 import cloudpickle
@@ -47,6 +47,7 @@ __all__ = [
     "call_plain",
     "cancelled_returns",
     "capture_error",
+    "capture_strategy",
     "encode_returns",
     "in_runs",
     "local_args",
@@ -54,6 +55,11 @@ __all__ = [
     "run_plain",
     "with_released",
 ]
+
+
+#: The placement-group strategy of the work that the running task submits without a strategy of
+#: its own (the task was placed with ``capture_child_tasks=True``); None: no such task runs here.
+capture_strategy: ContextVar[Any] = ContextVar("actorflow_capture", default=None)
 
 
 async def local_args(core: Core, blob: Args) -> bytes | Payload:

@@ -167,6 +167,8 @@ class TaskSpec:
     num_returns: int
     job_id: str
     gpu_ids: tuple[int, ...] = ()
+    #: the strategy of the work it submits without one (placement group capture), or None
+    capture: Any = None
 
     def __af_plain__(self) -> bool:  # see actorflow.transport.codec.dumps
         return _plain_payloads(self.resolved)
@@ -215,7 +217,8 @@ QUICK_RUN_S = 0.0005
 
 def quick_task(spec: TaskSpec) -> bytes | None:
     """The quick form of a task push, or None when it needs the full record."""
-    if spec.fn_blob is not None or spec.gpu_ids or spec.resolved or type(spec.args) is not bytes:
+    if (spec.fn_blob is not None or spec.gpu_ids or spec.resolved or type(spec.args) is not bytes
+            or spec.capture is not None):
         return None
     return pickle.dumps(
         (spec.task_id, spec.fn_id, spec.name, spec.job_id, spec.num_returns, spec.args), 5

@@ -32,6 +32,7 @@ from actorflow.cluster.execution import (
     call_plain,
     cancelled_returns,
     capture_error,
+    capture_strategy,
     encode_returns,
     in_runs,
     local_args,
@@ -123,7 +124,7 @@ class Worker(Actor):
             return None
         spec: TaskSpec = message
         known = self.functions.get(spec.fn_id)
-        if (known is None or known[1] or spec.gpu_ids
+        if (known is None or known[1] or spec.gpu_ids or spec.capture is not None
                 or spec.task_id in self.cancelled or type(spec.args) is not bytes):
             return None
         if spec.resolved:
@@ -266,6 +267,7 @@ class Worker(Actor):
             os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, spec.gpu_ids))
         token = task_context.set(TaskContext(task_id=spec.task_id, name=spec.name,
                                              gpu_ids=spec.gpu_ids, job_id=spec.job_id))
+        capture_token = capture_strategy.set(spec.capture)
         state = self.calls[spec.task_id] = CallState(interruptible=True)
         call_token = current_call.set(state)
         try:
@@ -302,6 +304,7 @@ class Worker(Actor):
                 return TaskReply((failed,) * spec.num_returns, time.perf_counter() - start)
         finally:
             current_call.reset(call_token)
+            capture_strategy.reset(capture_token)
             task_context.reset(token)
             self.calls.pop(spec.task_id, None)
             self.cancelled.discard(spec.task_id)

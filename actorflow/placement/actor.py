@@ -9,6 +9,9 @@ only applies them and keeps the books.
 - Tasks: a node that should not (or cannot) take a lease itself asks ``PlaceTask``; the answer
   names a node (and, for placement group work, a bundle). Leases themselves stay between owners
   and nodes: the scheduler sees lease decisions, not tasks.
+- SPREAD work goes round-robin over every live node that can hold it, busy or not (choose_node
+  with ``spread_busy=True``): the view's free figures lag the nodes' own, so a node that looks
+  busy still gets its share and the work queues there.
 - Placement groups are reserved all bundles or none: a group is planned against the view and
   reserved in it in one step, then each node sets its bundles aside (``ReserveBundles``). A
   group that does not fit now waits here, holding nothing; one that never could fails with
@@ -17,6 +20,9 @@ only applies them and keeps the books.
 - Load reports race with reservations in flight, so each reservation to a node carries a
   sequence number that the node echoes in its reports: the view subtracts those it has not
   applied yet.
+- A group's name is unique in its namespace among the groups not removed (``GetGroup`` finds
+  it); ``GroupTable`` answers what ``af.placement_group_table()`` shows. Every group is kept
+  here until it is removed, detached or not: jobs do not remove their groups yet.
 """
 
 from __future__ import annotations
@@ -39,6 +45,8 @@ from actorflow.placement.groups import (
 from actorflow.placement.messages import (
     AddNode,
     CreateGroup,
+    GetGroup,
+    GroupTable,
     NodeGone,
     NodeLoad,
     PlaceTask,
@@ -61,8 +69,18 @@ class GroupState(enum.Enum):
     PENDING = "PENDING"  # waits for room; holds nothing
     RESERVING = "RESERVING"  # planned and held in the view; nodes are setting bundles aside
     READY = "READY"
-    INFEASIBLE = "INFEASIBLE"
+    INFEASIBLE = "INFEASIBLE"  # never can be (no cluster state fits it, or its name is taken)
     REMOVED = "REMOVED"
+
+
+#: what ``af.placement_group_table()`` shows for each state (Ray's names where Ray has one)
+TABLE_STATES = {
+    GroupState.PENDING: "PENDING",
+    GroupState.RESERVING: "PENDING",
+    GroupState.READY: "CREATED",
+    GroupState.INFEASIBLE: "INFEASIBLE",
+    GroupState.REMOVED: "REMOVED",
+}
 
 
 @dataclass(slots=True)
@@ -71,6 +89,8 @@ class _Group:
     bundles: tuple[Resources, ...]
     strategy: str
     name: str | None
+    namespace: str = ""
+    lifetime: str | None = None
     state: GroupState = GroupState.PENDING
     plan: GroupPlan | None = None
     error: BaseException | None = None
@@ -89,11 +109,10 @@ class Placement(ServiceActor):
         self.groups = GroupReservations()
         self.refs: dict[str, ActorRef] = {}
         self.records: dict[str, _Group] = {}
+        self.names: dict[tuple[str, str], str] = {}  # (namespace, name) -> group id
         self.waiting: list[str] = []
         self._seq: dict[str, int] = {}
         self._unapplied: dict[str, dict[int, Resources]] = {}
-        self._cursor = 0
-
 
     async def handle(self, message: Any) -> Any:
         kind = type(message)
@@ -118,6 +137,10 @@ class Placement(ServiceActor):
         if kind is RemoveGroup:
             self._remove_group(message.group_id)
             return None
+        if kind is GetGroup:
+            return self._named(message.name, message.namespace)
+        if kind is GroupTable:
+            return self._table(message.group_id)
         raise TypeError(f"placement got an unexpected {kind.__name__}")
 
     # -- tasks and actors ----------------------------------------------------------------------
@@ -126,17 +149,8 @@ class Placement(ServiceActor):
               ) -> tuple[str, ActorRef, tuple[str, int] | None]:
         """``(node_id, node_ref, bundle)`` for ``demand``; InfeasibleError when no node ever
         could take it. When nothing is free now, the best node to wait on."""
-        if strategy == "SPREAD":
-            # round-robin over every live node that can ever fit it, busy or not: the task
-            # queues there (a busy node still gets its share, as users expect of SPREAD)
-            fits = sorted((n for n in self.view.nodes() if n.alive and demand.fits_in(n.total)),
-                          key=lambda n: n.node_id)
-            if fits:
-                self._cursor += 1
-                chosen = fits[self._cursor % len(fits)]
-                return chosen.node_id, self.refs[chosen.node_id], None
         decision = choose_node(demand, self.view, strategy, local_node_id=local,
-                               groups=self.groups, what=what)
+                               groups=self.groups, what=what, spread_busy=True)
         if type(decision) is Place:
             bundle = None
             if decision.bundle_index is not None and isinstance(strategy, PlacementGroupStrategy):
@@ -174,11 +188,6 @@ class Placement(ServiceActor):
             candidates = chosen or candidates
         if not candidates:
             raise InfeasibleError(f"{what} needs {demand.to_amounts()}: no live node fits it now")
-        if strategy == "SPREAD":  # nothing is free: still spread the queueing
-            self._cursor += 1
-            spread = sorted(candidates, key=lambda n: n.node_id)
-            pick = spread[self._cursor % len(spread)]
-            return pick.node_id, self.refs[pick.node_id], None
         if local is not None:
             mine = [n for n in candidates if n.node_id == local]
             candidates = mine or candidates
@@ -217,9 +226,55 @@ class Placement(ServiceActor):
     def _create_group(self, msg: CreateGroup) -> None:
         if msg.group_id in self.records:
             raise ValueError(f"placement group {msg.group_id!r} exists already")
-        self.records[msg.group_id] = _Group(msg.group_id, msg.bundles, msg.strategy, msg.name)
+        record = self.records[msg.group_id] = _Group(
+            msg.group_id, msg.bundles, msg.strategy, msg.name, msg.namespace, msg.lifetime)
+        if msg.name is not None:
+            key = (msg.namespace, msg.name)
+            if key in self.names:  # it never will be: pg.ready() raises this
+                record.state = GroupState.INFEASIBLE
+                record.error = ValueError(
+                    f"a placement group named {msg.name!r} already exists in namespace "
+                    f"{msg.namespace!r}; remove it first (af.remove_placement_group) or pick "
+                    "another name"
+                )
+                return
+            self.names[key] = msg.group_id
         self.waiting.append(msg.group_id)
         self._try_groups()
+
+    def _named(self, name: str, namespace: str) -> tuple[str, tuple[Resources, ...], str]:
+        group_id = self.names.get((namespace, name))
+        if group_id is None:
+            raise ValueError(
+                f"no placement group named {name!r} in namespace {namespace!r}; check the name "
+                "and the namespace (af.init(namespace=...)), and that it was not removed"
+            )
+        record = self.records[group_id]
+        return group_id, record.bundles, record.strategy
+
+    def _table(self, group_id: str | None) -> dict[Any, Any]:
+        if group_id is None:
+            return {gid: self.table_entry(r) for gid, r in self.records.items()}
+        record = self.records.get(group_id)
+        if record is None:
+            raise KeyError(f"no placement group {group_id!r}")
+        return self.table_entry(record)
+
+    @staticmethod
+    def table_entry(record: _Group) -> dict[str, Any]:
+        """A group as ``af.placement_group_table()`` shows it. ``bundles_to_node_id`` maps
+        each bundle's index to its node once the group is planned (empty while PENDING)."""
+        plan = record.plan if record.state is not GroupState.REMOVED else None
+        return {
+            "placement_group_id": record.group_id,
+            "name": record.name,
+            "namespace": record.namespace,
+            "strategy": record.strategy,
+            "state": TABLE_STATES[record.state],
+            "lifetime": record.lifetime,
+            "bundles": [b.to_amounts() for b in record.bundles],
+            "bundles_to_node_id": dict(enumerate(plan.nodes)) if plan is not None else {},
+        }
 
     def _try_groups(self) -> None:
         for group_id in list(self.waiting):
@@ -276,6 +331,8 @@ class Placement(ServiceActor):
                 return
             if record.state is GroupState.INFEASIBLE:
                 assert record.error is not None
+                if isinstance(record.error, ValueError):  # its name was taken
+                    raise ValueError(str(record.error))
                 raise InfeasibleError(str(record.error))
             if record.state is GroupState.REMOVED:
                 raise InfeasibleError(f"placement group {group_id!r} was removed")
@@ -285,6 +342,9 @@ class Placement(ServiceActor):
         record = self.records.get(group_id)
         if record is None or record.state is GroupState.REMOVED:
             return
+        if record.name is not None and self.names.get((record.namespace, record.name)) == (
+                group_id):
+            del self.names[(record.namespace, record.name)]
         if group_id in self.waiting:
             self.waiting.remove(group_id)
         if record.plan is not None and group_id in self.groups:
@@ -305,11 +365,3 @@ class Placement(ServiceActor):
     def _changed(record: _Group) -> None:
         record.changed.set()
         record.changed = asyncio.Event()
-
-    def group_views(self) -> list[dict[str, Any]]:
-        return [
-            {"group_id": r.group_id, "name": r.name, "strategy": r.strategy,
-             "state": r.state.value, "bundles": [b.to_amounts() for b in r.bundles],
-             "nodes": list(r.plan.nodes) if r.plan is not None else None}
-            for r in self.records.values()
-        ]

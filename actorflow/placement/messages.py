@@ -10,6 +10,8 @@ from actorflow.placement.resources import Resources
 __all__ = [
     "AddNode",
     "CreateGroup",
+    "GetGroup",
+    "GroupTable",
     "NodeGone",
     "NodeLoad",
     "PlaceTask",
@@ -72,6 +74,8 @@ class CreateGroup:
     bundles: tuple[Resources, ...]
     strategy: str
     name: str | None = None
+    namespace: str = ""  # a name is unique within its namespace
+    lifetime: str | None = None  # "detached" or None (recorded; see af.placement_group)
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +88,23 @@ class WaitGroup:
 @dataclass(frozen=True, slots=True)
 class RemoveGroup:
     group_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class GetGroup:
+    """Ask: the group named ``name`` in ``namespace`` (not removed), as
+    ``(group_id, bundles, strategy)``; raises ValueError naming the name when there is none."""
+
+    name: str
+    namespace: str
+
+
+@dataclass(frozen=True, slots=True)
+class GroupTable:
+    """Ask: one group's entry (``group_id``), or every group's by id (None); see
+    ``Placement.table_entry``. Raises KeyError for an unknown id."""
+
+    group_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,9 +14,12 @@ Policies (``choose_node``)
     most ``spread_threshold``; else the busiest node whose utilization after the grant is at most
     the threshold (packing); else the least busy node that can take the demand now (spreading).
     ``SPREAD``: round-robin over the nodes that can take the demand now, so that repeated calls
-    visit every node. ``NodeAffinity``: that node (hard), or that node when it can take the
-    demand now and ``DEFAULT`` otherwise (soft). ``PlacementGroupStrategy``: a bundle of a
-    reserved group (:class:`actorflow.placement.groups.GroupReservations`).
+    visit every node; with ``spread_busy=True``, round-robin over every live node that can hold
+    the demand, busy or not (the work queues on a busy one: the Placement actor's choice, as its
+    view of what is free lags the nodes' own). ``NodeAffinity``: that node (hard), or that
+    node when it can take the demand now and ``DEFAULT`` otherwise (soft).
+    ``PlacementGroupStrategy``: a bundle of a reserved group
+    (:class:`actorflow.placement.groups.GroupReservations`).
 
 Decisions
     ``Place(node_id)``; ``Wait(reason)`` when some live node could hold the demand but none has
@@ -542,8 +545,12 @@ class ClusterView:
             return Place(ln.node_id)
         return Place(next(iter(least)).node_id)
 
-    def _spread(self, demand: Resources, what: str) -> Decision:
+    def _spread(self, demand: Resources, what: str, busy: bool) -> Decision:
         sh = self._shape(demand)
+        if busy and sh.eligible and sh.gpu_error is None:  # every node that can hold it
+            n = sh.eligible[sh.cursor]  # (rebuild keeps the cursor inside ``eligible``)
+            sh.cursor = (sh.cursor + 1) % len(sh.eligible)
+            return Place(n.node_id)
         if not sh.mask or sh.gpu_error is not None:
             return self._unplaceable(sh, what)
         order = sh.eligible
@@ -614,6 +621,7 @@ def choose_node(
     spread_threshold: float | None = None,
     groups: GroupReservations | None = None,
     what: str = "task",
+    spread_busy: bool = False,
 ) -> Decision:
     """Where ``demand`` should run under ``strategy`` (see the module docstring).
 
@@ -621,9 +629,11 @@ def choose_node(
     ``local_node_id`` is the submitter's node (DEFAULT prefers it). ``spread_threshold`` is
     the DEFAULT policy's threshold (``None``: the view's). ``groups`` holds the reserved
     placement groups (needed for a :class:`PlacementGroupStrategy`). ``what`` names the work
-    in messages (``"task 'train'"``, ``"actor Counter"``). No resources change here (only the
-    view's indexes and SPREAD's cursor move): the caller grants a ``Place`` with
-    ``view.grant`` (or ``groups.grant`` for a placement group's bundle).
+    in messages (``"task 'train'"``, ``"actor Counter"``). ``spread_busy``: SPREAD
+    round-robins over the nodes that can hold the demand, busy or not, instead of those that
+    have it free now (``Wait`` then only when no live node is left). No resources change
+    here (only the view's indexes and SPREAD's cursor move): the caller grants a ``Place``
+    with ``view.grant`` (or ``groups.grant`` for a placement group's bundle).
     """
     if spread_threshold is None:
         thr = view.spread_threshold
@@ -634,7 +644,7 @@ def choose_node(
     if strategy is None or strategy == "DEFAULT":
         return view._default(demand, local_node_id, thr, what)
     if strategy == "SPREAD":
-        return view._spread(demand, what)
+        return view._spread(demand, what, spread_busy)
     if type(strategy) is NodeAffinity:
         return view._affinity(demand, strategy, local_node_id, thr, what)
     if type(strategy) is PlacementGroupStrategy:
@@ -647,7 +657,7 @@ def choose_node(
     parsed = parse_strategy(strategy)  # raises for anything invalid
     return choose_node(
         demand, view, parsed, local_node_id=local_node_id, spread_threshold=spread_threshold,
-        groups=groups, what=what,
+        groups=groups, what=what, spread_busy=spread_busy,
     )
 
 

@@ -63,10 +63,17 @@ class PlacementGroupStrategy:
     """Run inside a bundle of the placement group ``placement_group`` (what
     ``af.placement_group(...)`` returned): bundle ``bundle_index``, or any bundle with room
     when it is -1. The work uses the group's reserved resources, not the node's free ones.
+
+    With ``capture_child_tasks=True`` (Ray's ``placement_group_capture_child_tasks``), the tasks
+    and actors that this task submits without a ``scheduling_strategy`` of their own go into
+    the same group too (any bundle with room), and so do theirs. An explicit strategy, even
+    ``"DEFAULT"``, leaves the group. (Work submitted from an actor's methods is not captured
+    yet: only from tasks.)
     """
 
     placement_group: Any
     bundle_index: int = -1
+    capture_child_tasks: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(getattr(self.placement_group, "id", None), str):
@@ -80,12 +87,25 @@ class PlacementGroupStrategy:
                 "PlacementGroupStrategy(bundle_index=...) takes -1 (any bundle) or a bundle's "
                 f"index (0, 1, ...), got {index!r}"
             )
+        if not isinstance(self.capture_child_tasks, bool):
+            raise TypeError(
+                "PlacementGroupStrategy(capture_child_tasks=...) takes True or False, got "
+                f"{self.capture_child_tasks!r}"
+            )
 
     @property
     def group_id(self) -> str:
         """The placement group's id."""
         gid: str = self.placement_group.id
         return gid
+
+    def for_children(self) -> PlacementGroupStrategy | None:
+        """The strategy of the work that a task placed with this strategy submits without one
+        of its own: any bundle of the same group, capturing in turn; None when this strategy
+        does not capture."""
+        if not self.capture_child_tasks:
+            return None
+        return PlacementGroupStrategy(self.placement_group, -1, True)
 
 
 Strategy: TypeAlias = Literal["DEFAULT", "SPREAD"] | NodeAffinity | PlacementGroupStrategy

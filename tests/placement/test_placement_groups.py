@@ -355,3 +355,14 @@ def test_lost_bundles() -> None:
         groups2.add("h", [CPU1], GroupPlan(("n0",)))
     with pytest.raises(ValueError, match="1 nodes for 2 bundles"):
         groups2.add("k", [CPU1, CPU1], GroupPlan(("n0",)))
+
+
+def test_a_capturing_strategy_hands_its_children_any_bundle_of_its_group() -> None:
+    pg = FakeGroup("g")
+    captures = PlacementGroupStrategy(pg, 1, capture_child_tasks=True)
+    child = captures.for_children()
+    assert child == PlacementGroupStrategy(pg, -1, capture_child_tasks=True)
+    assert child is not None and child.for_children() == child  # grandchildren too
+    assert PlacementGroupStrategy(pg, 1).for_children() is None
+    with pytest.raises(TypeError, match="capture_child_tasks"):
+        PlacementGroupStrategy(pg, 0, capture_child_tasks="yes")  # type: ignore[arg-type]

@@ -223,6 +223,39 @@ def test_spread_with_mostly_full_nodes_still_finds_the_free_one() -> None:
     assert choose_node(CPU1, view, "SPREAD") == Place("n77")
 
 
+def test_spread_busy_round_robins_over_busy_nodes_too() -> None:
+    """The Placement actor's SPREAD: every node that can hold the demand gets its turn, busy or
+    not (the work queues there), where plain SPREAD skips the busy ones."""
+    view = same(3, CPU=1)
+    view.grant("n1", CPU1)
+    got = [choose_node(CPU1, view, "SPREAD", spread_busy=True) for _ in range(6)]
+    assert got == [Place(f"n{i % 3}") for i in range(6)]
+    plain = [choose_node(CPU1, view, "SPREAD") for _ in range(4)]
+    assert all(isinstance(d, Place) and d.node_id != "n1" for d in plain), plain
+
+
+def test_spread_busy_skips_nodes_that_cannot_hold_the_demand_and_dead_ones() -> None:
+    view = cluster({"CPU": 4}, {"CPU": 4, "GPU": 1}, {"CPU": 4}, {"CPU": 4, "GPU": 1},
+                   {"CPU": 4, "GPU": 1})
+    view.grant("n3", R(GPU=1))  # busy: still in the round
+    view.set_alive("n4", False)
+    got = [choose_node(R(GPU=1), view, "SPREAD", spread_busy=True) for _ in range(4)]
+    assert got == [Place("n1"), Place("n3"), Place("n1"), Place("n3")]
+
+
+def test_spread_busy_verdicts() -> None:
+    view = same(2, CPU=1)
+    view.grant("n0", CPU1)
+    view.grant("n1", CPU1)
+    assert isinstance(choose_node(CPU1, view, "SPREAD", spread_busy=True), Place)
+    assert isinstance(choose_node(R(CPU=2), view, "SPREAD", spread_busy=True), Infeasible)
+    assert isinstance(choose_node(R(GPU=1.5), view, "SPREAD", spread_busy=True), Infeasible)
+    view.set_alive("n0", False)
+    view.set_alive("n1", False)
+    assert choose_node(CPU1, view, "SPREAD", spread_busy=True) == Wait(
+        "no live node in the cluster")
+
+
 # -- NodeAffinity ---------------------------------------------------------------------------------
 
 
