@@ -188,6 +188,7 @@ class Worker(Actor):
         await in_runs(items, self._batchable, self._run_batch, self.receive)
 
     async def _run_batch(self, run: list[tuple[TaskSpec, Any, Callable[..., Any]]]) -> None:
+        _see_gpus(())  # batched tasks hold no GPU (see _batchable)
         calls: list[PlainCall] = []
         ready: list[tuple[TaskSpec, Any]] = []
         for spec, reply, fn in run:
@@ -263,8 +264,7 @@ class Worker(Actor):
                 return TaskReply((failed,) * spec.num_returns)
             known = self.functions[spec.fn_id] = (fn, inspect.iscoroutinefunction(fn))
         fn, is_async = known
-        if spec.gpu_ids:
-            os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, spec.gpu_ids))
+        _see_gpus(spec.gpu_ids)
         token = task_context.set(TaskContext(task_id=spec.task_id, name=spec.name,
                                              gpu_ids=spec.gpu_ids, job_id=spec.job_id))
         capture_token = capture_strategy.set(spec.capture)
@@ -332,8 +332,7 @@ class Worker(Actor):
             cancel_children(self.core, state, force)
 
     async def _host_actor(self, msg: HostActor) -> ActorRef | ErrorReply:
-        if msg.gpu_ids:
-            os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, msg.gpu_ids))
+        _see_gpus(msg.gpu_ids)
         ctx = TaskContext(actor_id=msg.actor_id, name=msg.name, gpu_ids=msg.gpu_ids,
                           job_id=msg.job_id or None)
         token = task_context.set(ctx)
@@ -387,3 +386,20 @@ class WorkerControl(Actor):
                 hosted.cancel(message.call_id, message.recursive)
             return None
         raise TypeError(f"worker control got an unexpected {type(message).__name__}")
+
+
+#: CUDA_VISIBLE_DEVICES as this worker process started (None: unset).
+_START_GPUS = os.environ.get("CUDA_VISIBLE_DEVICES")
+
+
+def _see_gpus(gpu_ids: tuple[int, ...] | list[int]) -> None:
+    """Show the running task or actor exactly the GPUs it was given: its ids, or, for one
+    given none, what the worker started with (a GPU task before it on this worker must not
+    leave its GPUs visible to later CPU tasks)."""
+    wanted = ",".join(map(str, gpu_ids)) if gpu_ids else _START_GPUS
+    if os.environ.get("CUDA_VISIBLE_DEVICES") == wanted:
+        return
+    if wanted is None:
+        del os.environ["CUDA_VISIBLE_DEVICES"]
+    else:
+        os.environ["CUDA_VISIBLE_DEVICES"] = wanted
