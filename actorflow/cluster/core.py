@@ -537,14 +537,28 @@ class Core:
         object_id = self.new_id()
         self.objects.create(object_id)
         ref = ObjectRef(object_id, self.owner_ref, self)
+        copy = self.loop.run_in_executor(
+            None, functools.partial(self.encode, value, "the value given to put()"))
         try:
-            payload = await asyncio.to_thread(self.encode, value, "the value given to put()")
-        except BaseException as exc:
-            self.objects.resolve(object_id, Failed(exc if isinstance(exc, Exception) else
-                                                   TaskCancelledError("put_async was cancelled")))
+            payload = await asyncio.shield(copy)  # a thread cannot be stopped: let it end
+        except asyncio.CancelledError:
+            copy.add_done_callback(self._drop_late_copy)  # (its segment, when it has one)
+            self.objects.resolve(object_id, Failed(TaskCancelledError(
+                "put_async was cancelled before the value was stored")))
+            raise
+        except Exception as exc:
+            self.objects.resolve(object_id, Failed(exc))
             raise
         self.objects.resolve(object_id, payload)
         return ref
+
+    def _drop_late_copy(self, copy: asyncio.Future[Payload]) -> None:
+        """A cancelled put_async's copy ended: nothing will read it, so its segment is freed."""
+        if copy.cancelled() or copy.exception() is not None:
+            return
+        payload = copy.result()
+        if type(payload) is InShm:
+            self.store.free(payload.name)
 
     def new_pending(self, object_id: str) -> ObjectRef:
         assert self.owner_ref is not None

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 import cloudpickle
 import numpy as np
 import pytest
-from cl_support import within
+from cl_support import run_python, within
 
 import actorflow as af
 from actorflow.cluster.core import SYNC_COPY_LIMIT
@@ -102,3 +102,40 @@ async def test_a_large_result_of_an_async_task_is_not_refused(shared_cluster: af
     n = (SYNC_COPY_LIMIT + (16 << 20)) // 8  # over the limit for a caller's sync copy
     out = await within(make.remote(n), 60.0)
     assert out.nbytes == n * 8 and out[-1] == 1.0
+
+
+async def test_a_cancelled_put_async_leaves_no_segment() -> None:
+    """In a process of its own, so that no other test's objects are counted: the store's
+    live segments come back to none once the cancelled copy has ended."""
+    out = await asyncio.to_thread(run_python, """
+        import asyncio, time
+        import numpy as np
+        import actorflow as af
+        from actorflow.objects.ref import current_core
+
+        async def main():
+            store = current_core().store
+            value = np.ones((512 << 20) // 8)
+            putting = asyncio.ensure_future(af.put_async(value))
+            await asyncio.sleep(0.01)  # the copy is under way in its thread
+            putting.cancel()
+            try:
+                await putting
+            except asyncio.CancelledError:
+                print("cancelled")
+            def stats():
+                return store.statistics()
+
+            deadline = time.monotonic() + 30  # until the copy has ended in its thread
+            while not (stats()["written"] or stats()["pooled"]):
+                assert time.monotonic() < deadline, "the copy never ended"
+                await asyncio.sleep(0.05)
+            deadline = time.monotonic() + 5  # then until its segment is let go
+            while stats()["written"] and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            print("written", stats()["written"])
+
+        af.run(main, num_cpus=1)
+    """, timeout=90.0)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["cancelled", "written", "0"], out.stdout
