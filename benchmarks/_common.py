@@ -15,11 +15,13 @@ import asyncio
 import json
 import os
 import platform
+import signal
 import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
+from pathlib import Path
 from typing import Any, TextIO, TypeVar
 
 from benchmarks.spec import LARGE_BYTES
@@ -508,6 +510,92 @@ def run_child(name: str, args: list[str] | None = None, env: dict[str, str] | No
     if not lines:
         raise RuntimeError(f"child {name} printed no record: {err}")
     return wall, json.loads(lines[-1])
+
+
+class CliNodes:
+    """``python -m actorflow start ... --block`` processes sharing one state folder
+    (``state_dir``), by name. Each is started in a session of its own, so it and its workers
+    form one process group: :meth:`stop` ends every one of them. ``extra_args`` go on every
+    start; ``env`` adds to :func:`child_env`; logs go to ``log_dir`` (``<name>.log``)."""
+
+    def __init__(self, state_dir: Path, *, log_dir: Path | None = None,
+                 env: dict[str, str] | None = None, extra_args: Sequence[str] = (),
+                 label: str = "nodes") -> None:
+        self.state_dir = state_dir
+        self.log_dir = log_dir or state_dir
+        self.env = child_env({"PYTHONUNBUFFERED": "1", "ACTORFLOW_STATE_DIR": str(state_dir),
+                              **(env or {})})
+        self.extra_args = list(extra_args)
+        self.label = label
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self._logs: list[Any] = []
+
+    def start(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
+        logf = open(self.log_dir / f"{name}.log", "wb")  # noqa: SIM115 - closed in stop()
+        self._logs.append(logf)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "actorflow", "start", *args, *self.extra_args, "--block"],
+            stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT, env=self.env,
+            cwd=ROOT, start_new_session=True)
+        self.procs[name] = proc
+        return proc
+
+    def log_tail(self, name: str) -> str:
+        try:
+            return (self.log_dir / f"{name}.log").read_text(errors="replace")[-3000:]
+        except OSError:
+            return ""
+
+    def wait_ready(self, name: str, timeout: float = 60.0) -> None:
+        """Blocking: until ``name`` has marked itself ready in the state folder."""
+        proc = self.procs[name]
+        entry = self.state_dir / "procs" / f"{proc.pid}.json"
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"actorflow start ({name}) exited with {proc.returncode}:\n"
+                                   f"{self.log_tail(name)}")
+            try:
+                if json.loads(entry.read_text()).get("ready"):
+                    return
+            except (OSError, ValueError):
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"actorflow start ({name}) not ready after {timeout:.0f} s:"
+                                   f"\n{self.log_tail(name)}")
+            time.sleep(0.05)
+
+    def head_info(self) -> tuple[str, str]:
+        """The head's address and token, from the state folder."""
+        info = json.loads((self.state_dir / "cluster.json").read_text())
+        return info["address"], Path(info["token_file"]).read_text().strip()
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """SIGTERM the nodes, then the head; a bounded wait; SIGKILL every process group."""
+        order = sorted(self.procs.items(), key=lambda item: item[0] == "head")
+        for _, proc in order:
+            if proc.poll() is None:
+                try:
+                    proc.send_signal(signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        deadline = time.monotonic() + timeout
+        for name, proc in order:
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log(f"[{self.label}] {name} (pid {proc.pid}) ignored SIGTERM: killed")
+        for _, proc in order:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)  # a lingering leader, or workers left
+            except (ProcessLookupError, PermissionError):
+                pass
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                pass
+        for logf in self._logs:
+            logf.close()
 
 
 # -- process hygiene --------------------------------------------------------------------------

@@ -36,7 +36,6 @@ import os
 import random
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -50,7 +49,7 @@ import cloudpickle
 import actorflow as af
 from actorflow.cluster.protocol import ListState, NodeInfo
 from actorflow.objects.ref import current_core
-from benchmarks._common import ROOT, TAG_VAR, child_env, log, loop_kind, reap_tagged, run_on
+from benchmarks._common import TAG_VAR, CliNodes, log, loop_kind, reap_tagged, run_on
 
 WORKLOADS = ("chaos",)
 
@@ -133,96 +132,29 @@ def _descendants(pid: int) -> list[int]:
     return out
 
 
-class _Nodes:
-    """The cluster's ``actorflow start ... --block`` processes, each in a session of its own
-    (it and its workers form one process group), all sharing one state folder."""
+class _Nodes(CliNodes):
+    """The soak's cluster: every node with ``NODE_CPUS`` and ``PEER_TIMEOUT_S``, in ``tmp``."""
 
     def __init__(self, tmp: Path, tag: str) -> None:
+        super().__init__(tmp / "state", log_dir=tmp, env={TAG_VAR: tag},
+                         extra_args=["--num-cpus", str(NODE_CPUS),
+                                     "--peer-timeout", str(PEER_TIMEOUT_S)],
+                         label="chaos")
         self.tmp = tmp
-        self.state_dir = tmp / "state"
-        self.env = child_env({"PYTHONUNBUFFERED": "1", "ACTORFLOW_STATE_DIR": str(self.state_dir),
-                              TAG_VAR: tag})
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
-        self.logs: list[Any] = []
         self.address = self.token = ""
-
-    def start(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
-        logf = open(self.tmp / f"{name}.log", "wb")  # noqa: SIM115 - closed in stop()
-        self.logs.append(logf)
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "actorflow", "start", *args, "--num-cpus", str(NODE_CPUS),
-             "--peer-timeout", str(PEER_TIMEOUT_S), "--block"],
-            stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT, env=self.env,
-            cwd=ROOT, start_new_session=True)
-        self.procs[name] = proc
-        return proc
-
-    def _tail(self, name: str) -> str:
-        try:
-            return (self.tmp / f"{name}.log").read_text(errors="replace")[-3000:]
-        except OSError:
-            return ""
-
-    def wait_ready(self, name: str, timeout: float = JOIN_TIMEOUT_S) -> None:
-        """Blocking: until the process has marked itself ready in the state folder."""
-        proc = self.procs[name]
-        entry = self.state_dir / "procs" / f"{proc.pid}.json"
-        deadline = time.monotonic() + timeout
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"actorflow start ({name}) exited with {proc.returncode}:\n"
-                                   f"{self._tail(name)}")
-            try:
-                if json.loads(entry.read_text()).get("ready"):
-                    return
-            except (OSError, ValueError):
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"actorflow start ({name}) not ready after {timeout:.0f} s:"
-                                   f"\n{self._tail(name)}")
-            time.sleep(0.05)
 
     def start_head(self) -> None:
         self.start("head", ["--head", "--port", "0", "--host", "127.0.0.1"])
-        self.wait_ready("head")
-        info = json.loads((self.state_dir / "cluster.json").read_text())
-        self.address = info["address"]
-        self.token = Path(info["token_file"]).read_text().strip()
+        self.wait_ready("head", JOIN_TIMEOUT_S)
+        self.address, self.token = self.head_info()
 
     def join(self, name: str) -> None:
         """Blocking: start a node joining the head and wait until it is ready."""
         self.start(name, ["--address", self.address])
-        self.wait_ready(name)
+        self.wait_ready(name, JOIN_TIMEOUT_S)
 
     def live_workers(self) -> list[str]:
         return [n for n, p in self.procs.items() if n != "head" and p.poll() is None]
-
-    def stop(self, timeout: float = 15.0) -> None:
-        """SIGTERM the nodes, then the head; a bounded wait; SIGKILL every process group."""
-        order = sorted(self.procs.items(), key=lambda item: item[0] == "head")
-        for _, proc in order:
-            if proc.poll() is None:
-                try:
-                    proc.send_signal(signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
-        deadline = time.monotonic() + timeout
-        for name, proc in order:
-            try:
-                proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                log(f"[chaos] {name} (pid {proc.pid}) ignored SIGTERM: killed")
-        for _, proc in order:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)  # a lingering leader, or workers left
-            except (ProcessLookupError, PermissionError):
-                pass
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                pass
-        for logf in self.logs:
-            logf.close()
 
 
 # -- one round --------------------------------------------------------------------------------
@@ -463,7 +395,7 @@ def run(quick: bool, reps: int, only: set[str] | None = None,
         for k in range(2, N_NODES + 1):
             nodes.start(f"node{k}", ["--address", nodes.address])
         for k in range(2, N_NODES + 1):
-            nodes.wait_ready(f"node{k}")
+            nodes.wait_ready(f"node{k}", JOIN_TIMEOUT_S)
         return run_on(loop_kind(), lambda: _soak(nodes, minutes))
     finally:
         nodes.stop()

@@ -27,11 +27,11 @@ travel by value, as that module's do (see the end of the module).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -43,11 +43,10 @@ import cloudpickle
 
 import actorflow as af
 from benchmarks._common import (
-    ROOT,
     TAG_VAR,
+    CliNodes,
     CpuMeter,
     check_sum,
-    child_env,
     large_array,
     log,
     loop_kind,
@@ -92,83 +91,6 @@ def big_last() -> float:
 # -- the nodes: ``actorflow start`` processes ------------------------------------------------------
 
 
-def _kill_group(pgid: int) -> None:
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-class _CliNodes:
-    """``python -m actorflow start ... --block`` processes sharing the private state folder
-    ``$ACTORFLOW_STATE_DIR`` (set by the parent). Each is started in a session of its own, so
-    it and its workers form one process group: :meth:`stop` ends every one of them."""
-
-    def __init__(self) -> None:
-        self.state_dir = Path(os.environ["ACTORFLOW_STATE_DIR"])
-        self.env = child_env({"PYTHONUNBUFFERED": "1"})
-        self.started: list[tuple[str, subprocess.Popen[bytes], Any]] = []
-
-    def start(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
-        logf = open(self.state_dir / f"{name}.log", "wb")  # noqa: SIM115 - closed in stop()
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "actorflow", "start", *args, "--block"],
-            stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT, env=self.env,
-            cwd=ROOT, start_new_session=True)
-        self.started.append((name, proc, logf))
-        return proc
-
-    def _log_tail(self, name: str) -> str:
-        try:
-            return (self.state_dir / f"{name}.log").read_text(errors="replace")[-3000:]
-        except OSError:
-            return ""
-
-    def wait_ready(self, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
-        name = next(n for n, p, _ in self.started if p is proc)
-        entry = self.state_dir / "procs" / f"{proc.pid}.json"
-        deadline = time.monotonic() + timeout
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"actorflow start ({name}) exited with {proc.returncode}:\n"
-                                   f"{self._log_tail(name)}")
-            try:
-                if json.loads(entry.read_text()).get("ready"):
-                    return
-            except (OSError, ValueError):
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"actorflow start ({name}) not ready after {timeout:.0f} s:"
-                                   f"\n{self._log_tail(name)}")
-            time.sleep(0.05)
-
-    def head_info(self) -> tuple[str, str]:
-        info = json.loads((self.state_dir / "cluster.json").read_text())
-        return info["address"], Path(info["token_file"]).read_text().strip()
-
-    def stop(self, timeout: float = 15.0) -> None:
-        """SIGTERM the nodes, then the head; a bounded wait; SIGKILL each process group."""
-        for _, proc, _ in reversed(self.started):
-            if proc.poll() is None:
-                try:
-                    proc.send_signal(signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
-        deadline = time.monotonic() + timeout
-        for name, proc, _ in reversed(self.started):
-            try:
-                proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                log(f"[cross_node] {name} (pid {proc.pid}) ignored SIGTERM: killed")
-        for _, proc, logf in self.started:
-            _kill_group(proc.pid)  # the leader if it lingers, and any worker left behind
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                pass
-            logf.close()
-
-
 def _kill_leftovers(state_dir: str) -> None:
     """Parent side: end the process groups of ``actorflow start`` processes the child left in
     ``state_dir`` (it ends them itself unless it was killed)."""
@@ -180,7 +102,8 @@ def _kill_leftovers(state_dir: str) -> None:
             continue
         if b"actorflow" in cmdline:
             log(f"[cross_node] killing leftover actorflow process group {pid}")
-            _kill_group(pid)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)
 
 
 # -- the driver (in the child) ---------------------------------------------------------------------
@@ -270,15 +193,14 @@ async def _cross_node_driver(address: str, token: str, n: int, reps: int
 def child_main(n: int, reps: int) -> list[dict[str, Any]]:
     """The child (``--child cross_node``): start the head and the far node, run the driver, stop
     the nodes; one dict per repetition."""
-    nodes = _CliNodes()
+    nodes = CliNodes(Path(os.environ["ACTORFLOW_STATE_DIR"]), label="cross_node")
     try:
-        head = nodes.start("head", ["--head", "--port", "0", "--host", "127.0.0.1",
-                                    "--num-cpus", "1"])
-        nodes.wait_ready(head)
+        nodes.start("head", ["--head", "--port", "0", "--host", "127.0.0.1", "--num-cpus", "1"])
+        nodes.wait_ready("head")
         address, token = nodes.head_info()
-        far = nodes.start("far", ["--address", address, "--num-cpus", "1",
-                                  "--resources", json.dumps({"far": 1})])
-        nodes.wait_ready(far)
+        nodes.start("far", ["--address", address, "--num-cpus", "1",
+                            "--resources", json.dumps({"far": 1})])
+        nodes.wait_ready("far")
         return run_on(loop_kind(), lambda: _cross_node_driver(address, token, n, reps))
     finally:
         nodes.stop()
