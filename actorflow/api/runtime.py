@@ -145,7 +145,7 @@ async def _start(opts: dict[str, Any]) -> Runtime:
         token = token or secrets.token_hex(16)
         proc = await bootstrap.start_head(
             token=token, resources=_resources(opts),
-            log_to_driver=bool(opts.get("log_to_driver", True)),
+            log_to_driver=bool(opts.get("log_to_driver", True)), options=opts,
         )
     assert proc.node is not None and proc.node_id is not None
     try:

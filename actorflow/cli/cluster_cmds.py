@@ -26,7 +26,41 @@ from actorflow.objects import sweep
 from actorflow.placement.resources import Resources
 from actorflow.runtime.loop import run_main
 
-__all__ = ["cmd_list", "cmd_start", "cmd_status", "cmd_stop"]
+__all__ = ["cmd_list", "cmd_start", "cmd_status", "cmd_stop", "register"]
+
+
+def register(sub: Any) -> None:
+    """Add ``start``, ``stop``, ``status`` and ``list`` to the ``actorflow`` parser."""
+    start = sub.add_parser("start", help="start a head, or a node that joins one")
+    start.add_argument("--head", action="store_true", help="start a head (and its own node)")
+    start.add_argument("--address", default=None, help="join the head at ws://HOST:PORT")
+    start.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    start.add_argument("--port", type=int, default=6380, help="the head's port")
+    start.add_argument("--token", default=None, help="the cluster token (default: a new one, "
+                       "or $ACTORFLOW_TOKEN, or the head's token file)")
+    start.add_argument("--num-cpus", type=float, default=None)
+    start.add_argument("--num-gpus", type=float, default=None)
+    start.add_argument("--resources", default=None, help='custom resources, JSON: {"ssd": 1}')
+    start.add_argument("--peer-timeout", type=float, default=None,
+                       help="seconds of silence before a peer (node) is declared dead (3)")
+    start.add_argument("--block", action="store_true", help="stay in the foreground")
+    start.set_defaults(handler=cmd_start)
+
+    stop = sub.add_parser("stop", help="stop what `actorflow start` started on this machine")
+    stop.add_argument("--timeout", type=float, default=10.0)
+    stop.set_defaults(handler=cmd_stop)
+
+    status = sub.add_parser("status", help="nodes, resources, actors and pending work")
+    status.add_argument("--address", default=None)
+    status.add_argument("--token", default=None)
+    status.set_defaults(handler=cmd_status)
+
+    lst = sub.add_parser("list", help="list nodes, actors, tasks or objects")
+    lst.add_argument("what", choices=["nodes", "actors", "tasks", "objects"])
+    lst.add_argument("--address", default=None)
+    lst.add_argument("--token", default=None)
+    lst.add_argument("--json", action="store_true")
+    lst.set_defaults(handler=cmd_list)
 
 
 def _resources(args: Any) -> Resources:
@@ -132,7 +166,7 @@ async def _run_blocking(args: Any) -> int:
         token = _token(args, new=True)
         proc = await bootstrap.start_head(
             token=token, resources=resources, host=args.host, port=args.port,
-            peer_timeout_s=peer_timeout,
+            peer_timeout_s=peer_timeout, options=vars(args),
         )
         token_file = state.write_token(token)
         state.write_cluster({"address": proc.address, "token_file": str(token_file),
@@ -142,7 +176,7 @@ async def _run_blocking(args: Any) -> int:
         token = _token(args, new=False)
         proc = await bootstrap.start_node(
             address=args.address, token=token, resources=resources, host=args.host,
-            peer_timeout_s=peer_timeout,
+            peer_timeout_s=peer_timeout, options=vars(args),
         )
         kind = "node"
         # a node whose head is gone has nothing left to do
@@ -153,6 +187,9 @@ async def _run_blocking(args: Any) -> int:
     loop_kind = type(loop).__module__.partition(".")[0]  # "uvloop" or "asyncio"
     print(f"actorflow {kind} running at {address} (node {proc.node_id}, {loop_kind} loop); "
           "SIGTERM or Ctrl-C stops it", flush=True)
+    for key, value in proc.info.items():
+        if key != "nodes":
+            print(f"{key}: {value}", flush=True)
     try:
         await stop
     finally:

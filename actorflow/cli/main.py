@@ -1,4 +1,6 @@
-"""The ``actorflow`` command: ``run``, and ``start | stop | status | list`` (cluster_cmds).
+"""The actorflow command line: run, start, stop, status, list and more.
+
+``run`` is here; the other subcommands come from the modules of :data:`COMMAND_MODULES`.
 
 ``actorflow run app.py [--address ADDR] [--num-cpus N] [--num-gpus N] [-- ARGS...]``
 (everything after ``--`` goes to ``main(argv)``):
@@ -13,6 +15,7 @@ it raised (the traceback is printed), 2 for a usage error.
 from __future__ import annotations
 
 import argparse
+import importlib
 import importlib.util
 import inspect
 import os
@@ -24,7 +27,14 @@ from typing import Any
 
 import cloudpickle
 
-__all__ = ["load_app", "main"]
+__all__ = ["COMMAND_MODULES", "load_app", "main"]
+
+#: The modules that add the other subcommands: each has ``register(subparsers)``, which adds
+#: its parsers and sets ``handler`` (a function of the parsed namespace that returns the exit
+#: status) with ``set_defaults``. Imported only when the command line is parsed.
+COMMAND_MODULES: tuple[str, ...] = (
+    "actorflow.cli.cluster_cmds",
+)
 
 
 def load_app(path: str) -> ModuleType:
@@ -52,32 +62,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--num-cpus", type=float, default=None)
     run.add_argument("--num-gpus", type=float, default=None)
 
-    start = sub.add_parser("start", help="start a head, or a node that joins one")
-    start.add_argument("--head", action="store_true", help="start a head (and its own node)")
-    start.add_argument("--address", default=None, help="join the head at ws://HOST:PORT")
-    start.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    start.add_argument("--port", type=int, default=6380, help="the head's port")
-    start.add_argument("--token", default=None, help="the cluster token (default: a new one, "
-                       "or $ACTORFLOW_TOKEN, or the head's token file)")
-    start.add_argument("--num-cpus", type=float, default=None)
-    start.add_argument("--num-gpus", type=float, default=None)
-    start.add_argument("--resources", default=None, help='custom resources, JSON: {"ssd": 1}')
-    start.add_argument("--peer-timeout", type=float, default=None,
-                       help="seconds of silence before a peer (node) is declared dead (3)")
-    start.add_argument("--block", action="store_true", help="stay in the foreground")
-
-    stop = sub.add_parser("stop", help="stop what `actorflow start` started on this machine")
-    stop.add_argument("--timeout", type=float, default=10.0)
-
-    status = sub.add_parser("status", help="nodes, resources, actors and pending work")
-    status.add_argument("--address", default=None)
-    status.add_argument("--token", default=None)
-
-    lst = sub.add_parser("list", help="list nodes, actors, tasks or objects")
-    lst.add_argument("what", choices=["nodes", "actors", "tasks", "objects"])
-    lst.add_argument("--address", default=None)
-    lst.add_argument("--token", default=None)
-    lst.add_argument("--json", action="store_true")
+    for module in COMMAND_MODULES:
+        importlib.import_module(module).register(sub)
     return parser
 
 
@@ -125,8 +111,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     if ns.command == "run":
         ns.args = app_args
         return _run(ns)
-    from actorflow.cli import cluster_cmds
-
-    commands = {"start": cluster_cmds.cmd_start, "stop": cluster_cmds.cmd_stop,
-                "status": cluster_cmds.cmd_status, "list": cluster_cmds.cmd_list}
-    return commands[ns.command](ns)
+    handler: Any = ns.handler
+    return int(handler(ns))

@@ -32,11 +32,13 @@ import os
 import secrets
 import sys
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from actorflow.cluster import zygote as _zygote
 from actorflow.cluster.protocol import ClusterInfo, GetClusterInfo, RegisterNode
+from actorflow.cluster.services import HeadContext, start_head_services
 from actorflow.objects import sweep
 from actorflow.placement.resources import Resources
 from actorflow.runtime import Actor, ActorRef, ActorSystem, restore_ref
@@ -241,7 +243,9 @@ async def start_head(
     log_to_driver: bool = True,
     peer_timeout_s: float | None = None,
     name: str = "head",
+    options: Mapping[str, Any] | None = None,
 ) -> ClusterProcess:
+    """``options``: what the head's services read (see :mod:`actorflow.cluster.services`)."""
     zygote = await _launch_zygote(log_to_driver) if with_node else None
     try:
         await _import(_CLUSTER_MODULES)
@@ -263,6 +267,9 @@ async def start_head(
         placement = await system.spawn(Placement, name="placement", well_known=True)
         head = await system.spawn(lambda: Head(session, placement), name="head", well_known=True)
         proc = ClusterProcess(system, remoting, head, session, token)
+        services = HeadContext(system, head, placement, token, session, dict(options or {}))
+        await start_head_services(services)
+        proc.info.update(services.info)
         if with_node:
             proc.node, proc.node_id = await _spawn_node(
                 system, head, session=session, token=token, resources=resources,
@@ -286,7 +293,9 @@ async def start_node(
     prestart: int | None = None,
     log_to_driver: bool = True,
     peer_timeout_s: float | None = None,
+    options: Mapping[str, Any] | None = None,
 ) -> ClusterProcess:
+    """``options``: the node's start options (``actorflow start`` flags), as for a head."""
     zygote = await _launch_zygote(log_to_driver)
     try:
         await _import(_CLUSTER_MODULES)
