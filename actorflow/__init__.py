@@ -63,6 +63,7 @@ if _typing.TYPE_CHECKING:
         watch,
     )
     from actorflow.api.supervise import Child, SupervisionTree, child, supervise
+    from actorflow.cluster.streaming import ObjectRefGenerator
     from actorflow.objects.ref import ObjectRef
     from actorflow.placement.strategies import NodeAffinity, PlacementGroupStrategy
 
@@ -84,6 +85,7 @@ __all__ = [
     "NodeDiedError",
     "ObjectLostError",
     "ObjectRef",
+    "ObjectRefGenerator",
     "ObjectStoreFullError",
     "OutOfMemoryError",
     "OwnerDiedError",
@@ -144,6 +146,7 @@ _LAZY: dict[str, str] = {
                     "actorflow.api.runtime"),
     **dict.fromkeys(("Child", "SupervisionTree", "child", "supervise"), "actorflow.api.supervise"),
     "ObjectRef": "actorflow.objects.ref",
+    "ObjectRefGenerator": "actorflow.cluster.streaming",
     **dict.fromkeys(("NodeAffinity", "PlacementGroupStrategy"), "actorflow.placement.strategies"),
 }
 

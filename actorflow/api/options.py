@@ -43,6 +43,8 @@ class TaskOptions(_Options):
     num_returns: int = 1
     max_retries: int = 3
     retry_exceptions: bool | list[type[BaseException]] | tuple[type[BaseException], ...] = False
+    #: a generator task pauses while this many of its results are not yet taken (None: never)
+    generator_backpressure: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +65,7 @@ class MethodOptions:
 
     num_returns: int = 1
     name: str | None = None
+    generator_backpressure: int | None = None
 
 
 Record = TaskOptions | ActorOptions | MethodOptions
@@ -150,11 +153,13 @@ _COMMON: dict[str, Callable[[Any], Any]] = {
 }
 _CHECKS: dict[type, dict[str, Callable[[Any], Any]]] = {
     TaskOptions: {**_COMMON, "num_returns": _int(1), "max_retries": _int(-1),
-                  "retry_exceptions": _retry_exceptions},
+                  "retry_exceptions": _retry_exceptions,
+                  "generator_backpressure": _int(1, optional=True)},
     ActorOptions: {**_COMMON, "max_restarts": _int(-1), "max_task_retries": _int(-1),
                    "max_concurrency": _int(1, optional=True), "namespace": _str,
                    "lifetime": _lifetime, "get_if_exists": _bool},
-    MethodOptions: {"num_returns": _int(1), "name": _str},
+    MethodOptions: {"num_returns": _int(1), "name": _str,
+                    "generator_backpressure": _int(1, optional=True)},
 }
 
 
@@ -200,6 +205,7 @@ def _models() -> dict[type, type[BaseModel]]:
         max_retries: int = Field(default=3, ge=-1)
         retry_exceptions: (bool | list[type[BaseException]]
                            | tuple[type[BaseException], ...]) = False
+        generator_backpressure: int | None = Field(default=None, ge=1)
 
     class _ActorModel(_OptionsModel):
         max_restarts: int = Field(default=0, ge=-1)
@@ -214,6 +220,7 @@ def _models() -> dict[type, type[BaseModel]]:
 
         num_returns: int = Field(default=1, ge=1)
         name: str | None = None
+        generator_backpressure: int | None = Field(default=None, ge=1)
 
     return {TaskOptions: _TaskModel, ActorOptions: _ActorModel, MethodOptions: _MethodModel}
 

@@ -27,6 +27,7 @@ from actorflow.cluster.core import Core, task_context
 from actorflow.cluster.execution import capture_strategy
 from actorflow.cluster.holds import HandleCounter, counter_for
 from actorflow.cluster.protocol import ActorCall, ActorSpec, ResolvedArg, TaskSpec, quick_call
+from actorflow.cluster.streaming import ObjectRefGenerator, is_generator, pump_for
 from actorflow.cluster.submitter import PendingTask
 from actorflow.objects.ref import ObjectRef, current_core
 from actorflow.objects.serialization import dumps
@@ -111,6 +112,11 @@ class RemoteFunction(Generic[T]):
         self._retry_exceptions: bool | tuple[type[BaseException], ...] = (
             retry if isinstance(retry, bool) else tuple(retry)
         )
+        self._streaming = is_generator(fn)
+        if self._streaming and options.num_returns != 1:
+            raise ValueError(f"remote function {self._name!r} is a generator: each value it "
+                             "yields is a ref of its own (an af.ObjectRefGenerator), so it "
+                             "cannot have num_returns")
         functools.update_wrapper(self, fn)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -128,7 +134,8 @@ class RemoteFunction(Generic[T]):
 
     def _exported(self) -> _Export:
         if not self._export:
-            self._export.append(_Export(self._fn, f"remote function {self._name!r}"))
+            fn = pump_for(self._fn, self._name) if self._streaming else self._fn
+            self._export.append(_Export(fn, f"remote function {self._name!r}"))
         return self._export[0]
 
     def remote(self, *args: Any, **kwargs: Any) -> Any:
@@ -143,8 +150,10 @@ class RemoteFunction(Generic[T]):
         export = self._exported()
         opts = self._options
         args, kwargs, deps = _split_refs(args, kwargs)
-        blob, keep = core.pack_args(args, kwargs, f"an argument of {self._name!r}")
         task_id = core.new_id()
+        if self._streaming:
+            args = (core.owner_ref, task_id, opts.generator_backpressure, *args)
+        blob, keep = core.pack_args(args, kwargs, f"an argument of {self._name!r}")
         n = opts.num_returns
         return_ids = (task_id,) if n == 1 else tuple(f"{task_id}.{i}" for i in range(n))
         refs = [core.new_pending(oid) for oid in return_ids]
@@ -158,6 +167,8 @@ class RemoteFunction(Generic[T]):
                                           self._retry_exceptions, export.blob,
                                           strategy=opts.scheduling_strategy, deps=deps,
                                           keep=keep))
+        if self._streaming:
+            return ObjectRefGenerator(core, task_id, refs[0], opts.generator_backpressure)
         return refs[0] if n == 1 else refs
 
 
@@ -184,6 +195,8 @@ class ActorClass(Generic[T]):
         self._options = options
         self._export = export if export is not None else []
         self._methods = _public_methods(cls)
+        self._streaming = tuple(name for name in self._methods
+                                if is_generator(getattr(cls, name, None)))
         self.__name__ = cls.__name__
         self.__qualname__ = cls.__qualname__
         self.__doc__ = cls.__doc__
@@ -219,7 +232,7 @@ class ActorClass(Generic[T]):
         args, kwargs, deps = _split_refs(args, kwargs)
         blob = dumps((args, kwargs), f"an argument of {self._cls.__name__}")
         spec = self._spec(core, blob, creator)
-        handle = ActorHandle(spec.actor_id, spec.class_name, spec.methods, spec.max_task_retries)
+        handle = ActorHandle.from_spec(spec.actor_id, spec)
         client = _client(core, handle)
         client.creating(core, spec, deps, self._options.get_if_exists)
         counter_for(core).created(spec.actor_id)  # (told to the head after the creation)
@@ -247,6 +260,7 @@ class ActorClass(Generic[T]):
             max_concurrency=max_concurrency, name=opts.name, namespace=namespace,
             lifetime=opts.lifetime, job_id=core.job_id, owner=core.worker_id or "driver",
             strategy=opts.scheduling_strategy, methods=tuple(self._methods), creator=creator,
+            streaming=self._streaming,
         )
 
 
@@ -285,17 +299,25 @@ class ActorHandle:
     one on its way included, and no call made through one is still in progress.
     """
 
-    __slots__ = ("_actor_id", "_class_name", "_counter", "_max_task_retries", "_methods")
+    __slots__ = ("_actor_id", "_class_name", "_counter", "_max_task_retries", "_methods",
+                 "_streaming")
 
     def __init__(self, actor_id: str, class_name: str, methods: tuple[str, ...],
-                 max_task_retries: int = 0) -> None:
+                 max_task_retries: int = 0, streaming: tuple[str, ...] = ()) -> None:
         self._actor_id = actor_id
         self._class_name = class_name
         self._methods = methods
         self._max_task_retries = max_task_retries
+        self._streaming = streaming
         counter = self._counter = _counter()
         if counter is not None:
             counter.add(actor_id)
+
+    @classmethod
+    def from_spec(cls, actor_id: str, spec: ActorSpec) -> ActorHandle:
+        """A handle to actor ``actor_id`` made from ``spec``."""
+        return cls(actor_id, spec.class_name, spec.methods, spec.max_task_retries,
+                   spec.streaming)
 
     def __del__(self) -> None:
         # only queues a note (any thread, never blocks): the loop tells the head, batched
@@ -329,12 +351,13 @@ class ActorHandle:
         counter = self._counter or _counter()
         token = counter.lend(self._actor_id) if counter is not None else None
         return (_restore_handle, (self._actor_id, self._class_name, self._methods,
-                                  self._max_task_retries, token))
+                                  self._max_task_retries, token, self._streaming))
 
 
 def _restore_handle(actor_id: str, class_name: str, methods: tuple[str, ...],
-                    max_task_retries: int, token: str | None) -> ActorHandle:
-    handle = ActorHandle(actor_id, class_name, methods, max_task_retries)
+                    max_task_retries: int, token: str | None,
+                    streaming: tuple[str, ...] = ()) -> ActorHandle:
+    handle = ActorHandle(actor_id, class_name, methods, max_task_retries, streaming)
     counter = handle._counter
     if token is not None and counter is not None:
         counter.take(actor_id, token)
@@ -371,10 +394,13 @@ class ActorMethod:
     def _call(self, core: Core, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         handle = self._handle
         args, kwargs, deps = _split_refs(args, kwargs)
+        call_id = core.new_id()
+        streams = self._name in handle._streaming
+        if streams:
+            args = (core.owner_ref, call_id, self._options.generator_backpressure, *args)
         blob, keep = core.pack_args(args, kwargs,
                                     f"an argument of {handle._class_name}.{self._name}")
         n = self._options.num_returns
-        call_id = core.new_id()
         return_ids = (call_id,) if n == 1 else tuple(f"{call_id}.{i}" for i in range(n))
         refs = [core.new_pending(oid) for oid in return_ids]
         retries = handle._max_task_retries
@@ -384,6 +410,9 @@ class ActorMethod:
             call, return_ids, retries if retries >= 0 else UNLIMITED, deps,
             keep=handle if keep is None else (keep, handle),
         ))
+        if streams:
+            return ObjectRefGenerator(core, call_id, refs[0],
+                                      self._options.generator_backpressure)
         return refs[0] if n == 1 else refs
 
 

@@ -262,7 +262,7 @@ async def get_actor(name: str, namespace: str | None = None) -> ActorHandle:
     core = current_core()
     ns = namespace if namespace is not None else core.namespace
     actor_id, spec = await core.head.ask(GetNamedActor(name, ns))
-    return ActorHandle(actor_id, spec.class_name, spec.methods, spec.max_task_retries)
+    return ActorHandle.from_spec(actor_id, spec)
 
 
 async def kill(actor: ActorHandle, *, no_restart: bool = True) -> None:

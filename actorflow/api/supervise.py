@@ -183,8 +183,7 @@ async def supervise(
     for c in children:
         cls = c.actor_class.options(**c.options) if c.options else c.actor_class
         spec, deps = _child_spec(core, cls, c)
-        handles[c.name] = ActorHandle(spec.actor_id, spec.class_name, spec.methods,
-                                      spec.max_task_retries)
+        handles[c.name] = ActorHandle.from_spec(spec.actor_id, spec)
         actor_ids.append(spec.actor_id)
         state: dict[str, Any] = {}
         specs.append(ChildSpec(factory=_UserChild, args=(core, spec, deps, state, c.restart),

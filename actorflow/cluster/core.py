@@ -43,6 +43,7 @@ from actorflow._errors import (
     TaskCancelledError,
     TaskError,
 )
+from actorflow.cluster import streaming
 from actorflow.cluster.protocol import (
     Args,
     Failed,
@@ -56,6 +57,7 @@ from actorflow.cluster.protocol import (
     ReadSegment,
     WorkerBlocked,
 )
+from actorflow.cluster.streaming import StreamItem, StreamWait
 from actorflow.objects import shm
 from actorflow.objects import store as store_mod
 from actorflow.objects.ref import ObjectRef
@@ -258,6 +260,10 @@ class ObjectOwner(Actor):
             payload = await self.core.objects.payload(message.object_id)
             self.core.sending((payload,))
             return payload
+        if type(message) is StreamItem:
+            return streaming.accept(self.core, message)
+        if type(message) is StreamWait:
+            return await streaming.wait(self.core, message)
         raise TypeError(f"ObjectOwner got an unexpected {type(message).__name__}")
 
 

@@ -394,6 +394,7 @@ class ActorSpec:
     owner: str = ""
     strategy: Any = None
     methods: tuple[str, ...] = ()
+    streaming: tuple[str, ...] = ()  # the methods that are generators (see cluster/streaming)
     supervised: bool = False  # restarted by an af.supervise tree, not by its node
     #: the actor whose process created this one ("" if a driver or a task did): a
     #: non-detached actor is stopped when its creator's process ends (docs/guide.md)

@@ -39,6 +39,7 @@ from actorflow.cluster.execution import (
     with_released,
 )
 from actorflow.cluster.protocol import ActorCall, Failed, TaskReply, call_from_quick, quick_reply
+from actorflow.cluster.streaming import is_generator, pump_for
 from actorflow.cluster.threads import Outcome, SyncRunner
 from actorflow.runtime import Actor
 
@@ -92,7 +93,10 @@ class UserActor(Actor):
             method = getattr(self.instance, name)
             if name.startswith("_") and name != "__call__":
                 raise AttributeError(f"{name!r} is private")
-            known = self.methods[name] = (method, inspect.iscoroutinefunction(method))
+            if is_generator(method):  # it streams: the pump sends what it yields
+                known = self.methods[name] = (pump_for(method, f"{self.ctx.name}.{name}"), True)
+            else:
+                known = self.methods[name] = (method, inspect.iscoroutinefunction(method))
         return known
 
     def _where(self, call: ActorCall) -> str:
