@@ -69,6 +69,8 @@ class Runtime:
     options: dict[str, Any] = field(repr=False)
     system: ActorSystem = field(repr=False)
     core: Core = field(repr=False)
+    #: the dashboard's URL when this process serves it (``af.init(dashboard=True)``)
+    dashboard_url: str | None = None
     _closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list, repr=False)
 
     async def shutdown(self) -> None:
@@ -125,9 +127,6 @@ def _address_and_token(opts: dict[str, Any]) -> tuple[str | None, str | None]:
 
 async def _start(opts: dict[str, Any]) -> Runtime:
     address, token = _address_and_token(opts)
-    if opts.get("dashboard"):
-        log.warning("af.init(dashboard=True): this version has no dashboard yet; use "
-                    "`await af.nodes()` or `actorflow status` instead")
     if address:
         if token is None:
             raise AuthenticationError(
@@ -159,6 +158,10 @@ async def _start(opts: dict[str, Any]) -> Runtime:
     runtime = Runtime(proc.address, proc.node_id, core.job_id, core.namespace, proc.session,
                       opts, proc.system, core)
     runtime._closers.append(proc.remoting.aclose)
+    runtime.dashboard_url = proc.info.get("dashboard")
+    if runtime.dashboard_url:
+        log.info("actorflow dashboard at %s (log in with the cluster token)",
+                 runtime.dashboard_url)
     return runtime
 
 

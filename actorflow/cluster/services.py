@@ -22,7 +22,9 @@ from actorflow.runtime import ActorRef, ActorSystem
 __all__ = ["HEAD_SERVICES", "HeadContext", "start_head_services"]
 
 #: The modules whose ``start(ctx)`` runs when a head starts, in this order.
-HEAD_SERVICES: tuple[str, ...] = ()
+HEAD_SERVICES: tuple[str, ...] = (
+    "actorflow.dashboard",
+)
 
 
 @dataclass(frozen=True)

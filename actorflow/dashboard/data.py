@@ -1,0 +1,313 @@
+"""What the dashboard shows, aggregated on the server so that a page gets a small answer.
+
+Every row comes from the cluster's shared state layer, the same one the command line uses:
+``actorflow.state.StateClient`` (nodes, actors, tasks, objects, placement groups), the jobs
+actor's client (``actorflow.jobs``), the log reader (``actorflow.cluster.logs``) and the
+metrics' exposition (``actorflow.metrics``). A source that this build lacks makes its view say
+so (``{"unavailable": why}``); nothing is made up in its place.
+
+Reads are shared: a view asked for again within :data:`TTL_S` gets the answer already made,
+and requests that arrive while one is being made wait for it (one query for any number of
+browsers). Lists are filtered, searched and cut into pages here, never in the page.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any
+
+from actorflow.runtime import ActorRef, restore_ref
+
+__all__ = ["TTL_S", "Views", "page_of"]
+
+#: How long an answer is shared between requests (the page refreshes once a second).
+TTL_S = 0.5
+#: How many rows of a list the state layer is asked for at most.
+LIST_LIMIT = 10_000
+#: How long a view waits for an actor of the head's process.
+ASK_TIMEOUT_S = 10.0
+#: How many recent failures the tasks view shows.
+FAILURES = 50
+#: How many bytes of a job's output its view reads at most (the end of it).
+JOB_LOG_BYTES = 256 * 1024
+#: How many lines of a log a view shows at most (the last ones).
+LOG_LINES = 500
+
+
+def _module(name: str) -> Any:
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        return None
+
+
+def page_of(rows: list[dict[str, Any]], page: int, size: int) -> dict[str, Any]:
+    """Page ``page`` (from 0) of ``size`` rows, with the total."""
+    size = max(1, min(size, 500))
+    pages = max(1, -(-len(rows) // size))
+    page = max(0, min(page, pages - 1))
+    return {"total": len(rows), "page": page, "pages": pages, "size": size,
+            "rows": rows[page * size:(page + 1) * size]}
+
+
+def _matches(row: Mapping[str, Any], query: str, keys: Iterable[str]) -> bool:
+    return any(query in str(row.get(key, "")).lower() for key in keys)
+
+
+class _Shared:
+    """One answer per key for ``ttl`` seconds; concurrent askers share one computation."""
+
+    def __init__(self, ttl: float) -> None:
+        self.ttl = ttl
+        self._done: dict[str, tuple[float, Any]] = {}
+        self._making: dict[str, asyncio.Future[Any]] = {}
+
+    async def get(self, key: str, make: Callable[[], Awaitable[Any]]) -> Any:
+        hit = self._done.get(key)
+        if hit is not None and time.monotonic() - hit[0] < self.ttl:
+            return hit[1]
+        making = self._making.get(key)
+        if making is not None:
+            return await asyncio.shield(making)
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        future.add_done_callback(_retrieve)
+        self._making[key] = future
+        try:
+            value = await make()
+        except BaseException as exc:
+            if isinstance(exc, Exception):
+                future.set_exception(exc)
+            else:
+                future.cancel()
+            raise
+        else:
+            self._done[key] = (time.monotonic(), value)
+            future.set_result(value)
+            return value
+        finally:
+            del self._making[key]
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()  # the askers got it; never "exception was never retrieved"
+
+
+class Views:
+    """The dashboard's views of the cluster whose head is ``head``."""
+
+    def __init__(self, head: ActorRef, *, ttl: float = TTL_S) -> None:
+        self.head = head
+        self._shared = _Shared(ttl)
+        client = getattr(_module("actorflow.state"), "StateClient", None)
+        self.state: Any = client(head) if client is not None else None
+        self._jobs_msgs = _module("actorflow.jobs.messages")
+        if getattr(self._jobs_msgs, "ListJobs", None) is None:
+            self._jobs_msgs = None
+        self._logs_mod = _module("actorflow.cluster.logs")
+        self._metrics_mod = _module("actorflow.metrics")
+        if getattr(self._metrics_mod, "exposition", None) is None:
+            self._metrics_mod = None
+
+    # -- shared lists ----------------------------------------------------------------------------
+
+    async def _nodes(self) -> list[dict[str, Any]]:
+        return list(await self._shared.get("nodes", self.state.list_nodes))
+
+    async def _actors(self) -> list[dict[str, Any]]:
+        return list(await self._shared.get(
+            "actors", lambda: self.state.list_actors(limit=LIST_LIMIT)))
+
+    async def _details(self) -> list[dict[str, Any]]:
+        return list(await self._shared.get("details", self.state.node_details))
+
+    async def _task_summary(self) -> Any:
+        return await self._shared.get("task_summary", self.state.summary_tasks)
+
+    # -- views -----------------------------------------------------------------------------------
+
+    def missing(self, what: str) -> dict[str, Any] | None:
+        if what in ("state", "cluster", "actors", "tasks", "objects", "placement_groups",
+                    "summary") and self.state is None:
+            return {"unavailable": "this build has no state layer (actorflow.state)"}
+        if what == "jobs" and self._jobs_msgs is None:
+            return {"unavailable": "this build has no job manager (actorflow.jobs)"}
+        if what == "logs" and self._logs_mod is None:
+            return {"unavailable": "this build has no log reader (actorflow.cluster.logs)"}
+        if what == "metrics" and self._metrics_mod is None:
+            return {"unavailable": "this build has no metrics (actorflow.metrics)"}
+        return None
+
+    async def summary(self) -> dict[str, Any]:
+        """The header's counts, pushed to every page once a second."""
+        if (gone := self.missing("summary")) is not None:
+            return gone
+        nodes = await self._nodes()
+        actors = await self._actors()
+        tasks = _task_states(await self._task_summary())
+        actor_states: dict[str, int] = {}
+        for actor in actors:
+            state = str(actor.get("state", "?"))
+            actor_states[state] = actor_states.get(state, 0) + 1
+        return {
+            "nodes": {"alive": sum(1 for n in nodes if n.get("alive")),
+                      "dead": sum(1 for n in nodes if not n.get("alive"))},
+            "actors": actor_states,
+            "tasks": tasks,
+        }
+
+    async def cluster(self) -> dict[str, Any]:
+        if (gone := self.missing("cluster")) is not None:
+            return gone
+        nodes, details = await asyncio.gather(self._nodes(), self._details())
+        host = {d.get("node_id"): d.get("host") or {} for d in details}
+        rows = []
+        for node in nodes:
+            total = dict(node.get("resources") or {})
+            available = dict(node.get("available") or {})
+            used = {k: round(v - available.get(k, 0.0), 6) for k, v in total.items()}
+            figures = host.get(node.get("node_id"), {})
+            rows.append({**{k: v for k, v in node.items() if k != "ref"}, "used": used,
+                         "cpu_percent": figures.get("cpu_percent"),
+                         "mem_used": figures.get("mem_used"),
+                         "mem_total": figures.get("mem_total")})
+        return {"nodes": rows}
+
+    async def actors(self, *, state: str = "", query: str = "", page: int = 0,
+                     size: int = 50) -> dict[str, Any]:
+        if (gone := self.missing("actors")) is not None:
+            return gone
+        rows = await self._actors()
+        if state:
+            rows = [r for r in rows if str(r.get("state", "")) == state]
+        if query:
+            q = query.lower()
+            rows = [r for r in rows if _matches(
+                r, q, ("actor_id", "name", "class_name", "node_id", "job_id", "pid", "state"))]
+        return page_of(rows, page, size)
+
+    async def actor(self, actor_id: str) -> dict[str, Any] | None:
+        if (gone := self.missing("actors")) is not None:
+            return gone
+        for row in await self._actors():
+            if str(row.get("actor_id")) == actor_id:
+                return row
+        return None
+
+    async def tasks(self, *, query: str = "", page: int = 0, size: int = 50) -> dict[str, Any]:
+        if (gone := self.missing("tasks")) is not None:
+            return gone
+        summary = await self._task_summary()
+        by_name = _by_name(summary)
+        if query:
+            q = query.lower()
+            by_name = [r for r in by_name if q in str(r["name"]).lower()]
+        failures = await self._shared.get("failures", lambda: self.state.list_tasks(
+            filters=[("state", "=", "FAILED")], limit=FAILURES))
+        return {"states": _task_states(summary), "by_name": page_of(by_name, page, size),
+                "failures": list(failures)}
+
+    async def objects(self, *, page: int = 0, size: int = 50) -> dict[str, Any]:
+        if (gone := self.missing("objects")) is not None:
+            return gone
+        rows: list[dict[str, Any]] = list(await self._shared.get(
+            "objects", lambda: self.state.list_objects(limit=LIST_LIMIT)))
+        per_node: dict[str, dict[str, Any]] = {}
+        for row in rows:
+            node = str(row.get("node_id", "?"))
+            entry = per_node.setdefault(node, {"node_id": node, "objects": 0, "bytes": 0,
+                                               "spilled": 0})
+            entry["objects"] += 1
+            entry["bytes"] += _size(row)
+            entry["spilled"] += _size(row) if row.get("spilled") else 0
+        largest = sorted(rows, key=lambda r: -_size(r))
+        return {"per_node": sorted(per_node.values(), key=lambda e: e["node_id"]),
+                "largest": page_of(largest, page, size)}
+
+    async def placement_groups(self) -> dict[str, Any]:
+        if (gone := self.missing("placement_groups")) is not None:
+            return gone
+        lister = getattr(self.state, "list_placement_groups", None)
+        if lister is None:
+            return {"unavailable": "the state layer lists no placement groups"}
+        return {"rows": list(await self._shared.get("pgs", lister))}
+
+
+    async def jobs(self) -> dict[str, Any]:
+        """Submitted jobs (the head's ``jobs`` actor) and every driver (the state layer)."""
+        if (gone := self.missing("jobs")) is not None:
+            return gone
+        jobs = _beside(self.head, "jobs")
+        rows = await self._shared.get(
+            "jobs", lambda: jobs.ask(self._jobs_msgs.ListJobs(), timeout=ASK_TIMEOUT_S))
+        drivers: list[dict[str, Any]] = []
+        lister = getattr(self.state, "list_jobs", None)
+        if lister is not None:
+            drivers = list(await self._shared.get("drivers", lambda: lister(limit=LIST_LIMIT)))
+        return {"rows": list(reversed(rows)), "drivers": drivers}
+
+    async def job_logs(self, job_id: str) -> dict[str, Any]:
+        """The last :data:`LOG_LINES` lines of a submitted job's output."""
+        if (gone := self.missing("jobs")) is not None:
+            return gone
+        jobs = _beside(self.head, "jobs")
+        read = self._jobs_msgs.ReadLogs
+        chunks: list[bytes] = []
+        offset = 0
+        while True:  # the job's actor answers its output a piece at a time
+            piece = await jobs.ask(read(job_id, offset), timeout=ASK_TIMEOUT_S)
+            if not piece.data:
+                break
+            chunks.append(piece.data)
+            offset = piece.offset
+            while sum(len(c) for c in chunks) > JOB_LOG_BYTES and len(chunks) > 1:
+                chunks.pop(0)
+        text = b"".join(chunks)[-JOB_LOG_BYTES:].decode("utf-8", errors="replace")
+        return {"job_id": job_id, "lines": text.splitlines()[-LOG_LINES:]}
+
+    async def metrics(self) -> bytes | dict[str, Any]:
+        """The Prometheus text of the cluster's metrics."""
+        if (gone := self.missing("metrics")) is not None:
+            return gone
+        body: bytes = await self._metrics_mod.exposition(self.head)
+        return body
+
+
+def _beside(head: ActorRef, slot_id: str) -> ActorRef:
+    """The well-known actor ``slot_id`` in the head's process (where the dashboard runs)."""
+    system = head.slot.system
+    assert system.address is not None
+    return restore_ref(system.uid, system.address, slot_id, slot_id)
+
+
+def _size(row: Mapping[str, Any]) -> int:
+    return int(row.get("bytes") or row.get("size") or 0)
+
+
+def _task_states(summary: Any) -> dict[str, int]:
+    """Counts by state over every name, from the state layer's task summary."""
+    totals = summary.get("totals") if isinstance(summary, Mapping) else None
+    if isinstance(totals, Mapping):
+        return {str(k): int(v) for k, v in totals.items()}
+    out: dict[str, int] = {}
+    for row in _by_name(summary):
+        for state, count in row["states"].items():
+            out[state] = out.get(state, 0) + count
+    return out
+
+
+def _by_name(summary: Any) -> list[dict[str, Any]]:
+    """``[{"name", "kind", "states": {state: count}, "total", "mean_s", "max_s"}]``, the
+    busiest first."""
+    rows: list[dict[str, Any]] = []
+    entries = summary.get("by_name", ()) if isinstance(summary, Mapping) else ()
+    for entry in entries:
+        counts = {str(k): int(v) for k, v in dict(entry.get("state_counts") or {}).items()}
+        rows.append({"name": str(entry.get("name")), "kind": entry.get("kind"),
+                     "states": counts, "total": sum(counts.values()),
+                     "mean_s": entry.get("mean_s"), "max_s": entry.get("max_s")})
+    rows.sort(key=lambda r: (-r["total"], r["name"]))
+    return rows
