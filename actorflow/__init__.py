@@ -36,6 +36,7 @@ from actorflow._errors import (
 )
 
 if _typing.TYPE_CHECKING:
+    from actorflow import state as state
     from actorflow import util as util
     from actorflow.api.objects import as_completed, cancel, get, put, put_async, wait
     from actorflow.api.placement import (
@@ -66,6 +67,7 @@ if _typing.TYPE_CHECKING:
     from actorflow.cluster.streaming import ObjectRefGenerator
     from actorflow.objects.ref import ObjectRef
     from actorflow.placement.strategies import NodeAffinity, PlacementGroupStrategy
+    from actorflow.state import timeline
 
 __version__ = "0.1.0"
 
@@ -126,6 +128,7 @@ __all__ = [
     "run",
     "shutdown",
     "supervise",
+    "timeline",
     "wait",
     "watch",
 ]
@@ -146,13 +149,14 @@ _LAZY: dict[str, str] = {
                     "actorflow.api.runtime"),
     **dict.fromkeys(("Child", "SupervisionTree", "child", "supervise"), "actorflow.api.supervise"),
     "ObjectRef": "actorflow.objects.ref",
+    "timeline": "actorflow.state",
     "ObjectRefGenerator": "actorflow.cluster.streaming",
     **dict.fromkeys(("NodeAffinity", "PlacementGroupStrategy"), "actorflow.placement.strategies"),
 }
 
 
 #: public subpackages, reached as ``af.util`` and imported on first use (not in ``__all__``)
-_SUBPACKAGES = ("util",)
+_SUBPACKAGES = ("state", "util")
 
 
 def __getattr__(name: str) -> object:

@@ -558,6 +558,7 @@ class Head(ServiceActor):
                     "actor_id": aid, "class_name": r.spec.class_name, "name": r.spec.name,
                     "namespace": r.spec.namespace, "state": r.state.value,
                     "node_id": r.node_id, "pid": r.pid, "restarts": r.restarts,
+                    "job_id": r.spec.job_id,
                 }
                 for aid, r in self.actors.items()
             ]

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from actorflow.cluster.calls import CallState, cancel_children, current_call, interrupt
 from actorflow.cluster.core import TaskContext, task_context
+from actorflow.cluster.events import ACTOR_CALL, EventRecorder
 from actorflow.cluster.execution import (
     PlainCall,
     answer_outcome,
@@ -59,9 +60,11 @@ class UserActor(Actor):
     mailbox_size = 1 << 16
     batches = True
 
-    def __init__(self, core: Core, instance: Any, ctx: TaskContext, max_concurrency: int = 1
-                 ) -> None:
+    def __init__(self, core: Core, instance: Any, ctx: TaskContext, max_concurrency: int = 1,
+                 events: EventRecorder | None = None) -> None:
         self.core = core
+        self.events = events  # where its calls are recorded (the process's recorder)
+        self.names: dict[str, str] = {}  # method -> the name its calls are recorded under
         self.concurrency = max_concurrency  # (what it is spawned with)
         self.instance = instance
         self.ctx = ctx
@@ -101,6 +104,16 @@ class UserActor(Actor):
 
     def _where(self, call: ActorCall) -> str:
         return f"{self.ctx.name}.{call.method} (pid={self.pid})"
+
+    def _started(self, call: ActorCall, events: EventRecorder, t: float) -> str:
+        """Record that ``call`` was taken; the id it is recorded under."""
+        name = self.names.get(call.method)
+        if name is None:
+            name = self.names[call.method] = f"{self.ctx.name}.{call.method}"
+        ctx = self.ctx
+        call_id = call.call_id or events.next_id(ctx.actor_id)
+        events.started(call_id, name, ACTOR_CALL, ctx.job_id, ctx.actor_id, t)
+        return call_id
 
     # -- cancel -------------------------------------------------------------------------------
 
@@ -155,14 +168,21 @@ class UserActor(Actor):
         task_context.reset(token)
         calls: list[PlainCall] = []
         ready: list[tuple[ActorCall, Any]] = []
+        events = self.events
+        ids: list[str] = []
+        now = time.perf_counter()
         for call, reply, method in run:
+            call_id = self._started(call, events, now) if events is not None else ""
             try:
                 args, kwargs = resolve_args(self.core, call.args, call.resolved)
             except Exception as exc:
                 failed = Failed(capture_error(exc, self._where(call)))
+                if events is not None:
+                    events.ended(call_id, time.perf_counter(), 0.0, (failed,))
                 if reply is not None and not reply.done():
                     reply.set_result(TaskReply((failed,) * call.num_returns))
                 continue
+            ids.append(call_id)
             state = CallState()
             if call.call_id:
                 self.calls[call.call_id] = state
@@ -176,8 +196,10 @@ class UserActor(Actor):
             call, reply = ready[i]
             where = self._where(call)
             try:
-                await answer_outcome(self.core, reply, outcome, call.num_returns, where, where,
-                                     calls[i][5], where)
+                returns = await answer_outcome(self.core, reply, outcome, call.num_returns,
+                                               where, where, calls[i][5], where)
+                if events is not None:
+                    events.ended(ids[i], time.perf_counter(), outcome[2], returns)
             finally:
                 self.calls.pop(call.call_id, None)
 
@@ -194,7 +216,15 @@ class UserActor(Actor):
             message = call_from_quick(message)
         elif type(message) is not ActorCall:
             raise TypeError(f"actor got an unexpected {type(message).__name__}")
+        events = self.events
+        if events is None:
+            return with_released(self.core, message.args, await self._call_one(message))
+        start = time.perf_counter()
+        call_id = self._started(message, events, start)
         reply = await self._call_one(message)
+        end = time.perf_counter()
+        events.ended(call_id, end, end - start,
+                     reply.returns if type(reply) is TaskReply else None)
         return with_released(self.core, message.args, reply)
 
     async def _call_one(self, call: ActorCall) -> TaskReply | bytes:

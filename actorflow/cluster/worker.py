@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, cast
 from actorflow._errors import TaskCancelledError
 from actorflow.cluster.calls import CallState, cancel_children, current_call, interrupt
 from actorflow.cluster.core import TaskContext, task_context
+from actorflow.cluster.events import ACTOR_CREATION, TASK, EventRecorder
 from actorflow.cluster.execution import (
     PlainCall,
     answer_outcome,
@@ -102,11 +103,16 @@ class Worker(Actor):
         # behind them (bounded; a miss fetches from the owner)
         self.recent: OrderedDict[str, Payload] = OrderedDict()
         self._recent_bytes = 0
+        system = core.system
+        # what this process runs, for the head's task table (see cluster/events.py)
+        self.events = EventRecorder(core.head, core.node_id or "", core.worker_id or "",
+                                    (system.uid, system.address))
 
     async def on_start(self) -> None:
         self.executor = SyncRunner("af-task")
 
     async def on_stop(self) -> None:
+        self.events.close()
         if self.executor is not None:
             self.executor.close()
 
@@ -191,7 +197,10 @@ class Worker(Actor):
         _see_gpus(())  # batched tasks hold no GPU (see _batchable)
         calls: list[PlainCall] = []
         ready: list[tuple[TaskSpec, Any]] = []
+        events = self.events
+        now = time.perf_counter()
         for spec, reply, fn in run:
+            events.started(spec.task_id, spec.name, TASK, spec.job_id, None, now)
             failed_arg = _failed(spec.resolved)
             if failed_arg is not None:  # a Local argument's producer failed: so does this
                 self._answer_failed(spec, reply, failed_arg)
@@ -220,9 +229,11 @@ class Worker(Actor):
             spec, reply = ready[i]
             state = calls[i][5]
             try:
-                self._remember(spec, await answer_outcome(
+                returns = await answer_outcome(
                     self.core, reply, outcome, spec.num_returns, spec.name,
-                    f"task {spec.name} (pid={self.pid})", state, f"task {spec.name!r}"))
+                    f"task {spec.name} (pid={self.pid})", state, f"task {spec.name!r}")
+                events.ended(spec.task_id, time.perf_counter(), outcome[2], returns)
+                self._remember(spec, returns)
             finally:
                 self.calls.pop(spec.task_id, None)
 
@@ -235,15 +246,22 @@ class Worker(Actor):
     def _answer_failed(self, spec: TaskSpec, reply: Any, failed: Failed) -> None:
         returns = (failed,) * spec.num_returns
         self._remember(spec, returns)
+        self.events.ended(spec.task_id, time.perf_counter(), 0.0, returns)
         if reply is not None and not reply.done():
             reply.set_result(TaskReply(returns))
 
     async def _run_task(self, spec: TaskSpec) -> TaskReply | bytes:
+        events = self.events
+        start = time.perf_counter()
+        events.started(spec.task_id, spec.name, TASK, spec.job_id, None, start)
         reply = await self._run_one(spec)
+        end = time.perf_counter()
         if type(reply) is TaskReply:
             self._remember(spec, reply.returns)
+            events.ended(spec.task_id, end, end - start, reply.returns)
         else:
             self._remember(spec, (reply,))  # type: ignore[arg-type]  # the quick form
+            events.ended(spec.task_id, end, end - start, None)
         return with_released(self.core, spec.args, reply)
 
     async def _run_one(self, spec: TaskSpec) -> TaskReply | bytes:
@@ -336,16 +354,25 @@ class Worker(Actor):
         ctx = TaskContext(actor_id=msg.actor_id, name=msg.name, gpu_ids=msg.gpu_ids,
                           job_id=msg.job_id or None)
         token = task_context.set(ctx)
+        events = self.events
+        start = time.perf_counter()
+        events.started(msg.actor_id, f"{msg.name}.__init__", ACTOR_CREATION, msg.job_id,
+                       msg.actor_id, start)
         try:
             cls = loads(msg.cls_blob)
             resolved = await self.core.localize(msg.resolved)
             args, kwargs = resolve_args(self.core, msg.args, resolved)
             instance = await _construct(cls, args, kwargs)
         except Exception as exc:  # answered as an error; this worker carries on
-            return ErrorReply(capture_error(exc, f"{msg.name}.__init__ (pid={self.pid})"))
+            error = capture_error(exc, f"{msg.name}.__init__ (pid={self.pid})")
+            end = time.perf_counter()
+            events.ended(msg.actor_id, end, end - start, (Failed(error),))
+            return ErrorReply(error)
         finally:
             task_context.reset(token)
-        hosted = UserActor(self.core, instance, ctx, msg.max_concurrency)
+        end = time.perf_counter()
+        events.ended(msg.actor_id, end, end - start, None)
+        hosted = UserActor(self.core, instance, ctx, msg.max_concurrency, events)
         ref = await self.system.spawn(
             lambda: hosted, max_concurrency=msg.max_concurrency, name=f"actor-{msg.actor_id}",
         )
