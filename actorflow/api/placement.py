@@ -8,6 +8,7 @@ from typing import Any
 
 from actorflow.api.remote import _on_loop
 from actorflow.cluster.bootstrap import placement_of
+from actorflow.cluster.core import task_context
 from actorflow.cluster.protocol import CreateGroup, RemoveGroup, WaitGroup
 from actorflow.objects.ref import current_core
 from actorflow.placement.groups import parse_bundles
@@ -66,8 +67,9 @@ def placement_group(
     ``name``: unique among the groups of this job's namespace that are not removed; others
     find the group with ``af.get_placement_group(name)``. A name in use makes ``pg.ready()``
     raise ValueError. ``lifetime="detached"`` (or None) is recorded and shown by
-    ``af.placement_group_table()``; as jobs do not remove their groups yet, every group,
-    detached or not, lives until ``af.remove_placement_group``.
+    ``af.placement_group_table()``: a group that is not detached is removed when its job ends
+    (its driver shuts down, exits or dies); a detached one lives until
+    ``af.remove_placement_group``.
     """
     parsed = parse_bundles(bundles)
     group_strategy = parse_group_strategy(strategy)
@@ -81,10 +83,11 @@ def placement_group(
     pg = PlacementGroup(core.new_id(), tuple(b.to_amounts() for b in parsed), group_strategy,
                         name)
     namespace = core.namespace
+    job_id = task_context.get().job_id or core.job_id  # (in a task: the job that sent it)
 
     def send() -> None:
         placement_of(core.head).tell_nowait(
-            CreateGroup(pg.id, tuple(parsed), group_strategy, name, namespace, lifetime)
+            CreateGroup(pg.id, tuple(parsed), group_strategy, name, namespace, lifetime, job_id)
         )
 
     _on_loop(core, send)

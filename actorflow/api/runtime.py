@@ -23,6 +23,7 @@ from actorflow.api.remote import ActorHandle
 from actorflow.cluster import bootstrap, state
 from actorflow.cluster.calls import CallState, current_call
 from actorflow.cluster.core import Core, task_context
+from actorflow.cluster.driver_job import end_job, register_job
 from actorflow.cluster.protocol import (
     GetNamedActor,
     KillActor,
@@ -72,6 +73,8 @@ class Runtime:
     #: the dashboard's URL when this process serves it (``af.init(dashboard=True)``)
     dashboard_url: str | None = None
     _closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list, repr=False)
+    #: joined a cluster at an address (its job ends at shutdown; the cluster lives on)
+    joined: bool = field(default=False, repr=False)
 
     async def shutdown(self) -> None:
         await shutdown()
@@ -148,15 +151,18 @@ async def _start(opts: dict[str, Any]) -> Runtime:
         )
     assert proc.node is not None and proc.node_id is not None
     try:
+        # a job submitted with `actorflow job submit` runs with its id given
+        job_id = os.environ.get("ACTORFLOW_JOB_ID") or secrets.token_hex(4)
         core = Core(proc.system, node=proc.node, head=proc.head, node_id=proc.node_id,
-                    job_id=secrets.token_hex(4), session=proc.session,
+                    job_id=job_id, session=proc.session,
                     namespace=opts.get("namespace") or "")
         await core.start()
+        await register_job(core, log_to_driver=bool(opts.get("log_to_driver", True)))
     except BaseException:
         await proc.aclose()
         raise
     runtime = Runtime(proc.address, proc.node_id, core.job_id, core.namespace, proc.session,
-                      opts, proc.system, core)
+                      opts, proc.system, core, joined=bool(address))
     runtime._closers.append(proc.remoting.aclose)
     runtime.dashboard_url = proc.info.get("dashboard")
     if runtime.dashboard_url:
@@ -238,6 +244,8 @@ async def shutdown() -> None:
     _RUNTIME = None
     gc.unfreeze()
     try:
+        if runtime.joined:  # the cluster lives on: release this job's actors, groups, objects
+            await end_job(runtime.core)
         await runtime.core.close()
         await runtime.system.shutdown()
     finally:

@@ -214,18 +214,20 @@ def placement_of(head: ActorRef) -> ActorRef:
 async def _spawn_node(
     system: ActorSystem, head: ActorRef, *, session: str, token: str, resources: Resources,
     prestart: int | None, log_to_driver: bool, node_id: str | None = None,
-    zygote: Zygote | None = None,
+    zygote: Zygote | None = None, options: Mapping[str, Any] | None = None,
 ) -> tuple[ActorRef, str]:
     from actorflow.cluster.node import Node
+    from actorflow.cluster.node_logs import log_dir_from
 
     node_id = node_id or secrets.token_hex(4)
+    log_dir = log_dir_from(options, node_id)
     cpus = resources["CPU"] // 10_000
     workers = prestart if prestart is not None else max(1, min(cpus, 64))
     placement = placement_of(head)
     node = await system.spawn(
         lambda: Node(node_id=node_id, resources=resources, session=session, head=head,
                      placement=placement, token=token, log_to_driver=log_to_driver,
-                     prestart=workers, zygote=zygote),
+                     prestart=workers, zygote=zygote, log_dir=log_dir),
         name="node", well_known=True,
     )
     await head.ask(RegisterNode(node_id, node, system.address, resources), timeout=30.0)
@@ -274,6 +276,7 @@ async def start_head(
             proc.node, proc.node_id = await _spawn_node(
                 system, head, session=session, token=token, resources=resources,
                 prestart=prestart, log_to_driver=log_to_driver, node_id=node_id, zygote=zygote,
+                options=options,
             )
     except BaseException:
         await system.shutdown()
@@ -316,6 +319,7 @@ async def start_node(
         proc.node, proc.node_id = await _spawn_node(
             system, head, session=info.session, token=token, resources=resources,
             prestart=prestart, log_to_driver=log_to_driver, node_id=node_id, zygote=zygote,
+            options=options,
         )
     except BaseException:
         await system.shutdown()

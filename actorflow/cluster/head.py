@@ -16,6 +16,9 @@ Fate-sharing: an actor created by another actor (``ActorSpec.creator``) is that 
 child unless detached. When the creator's process ends (it died for good, or it is about to
 restart: Ray's rule, the children were owned by the process that is gone) its children, and
 theirs, are stopped as ``af.kill`` stops an actor; detached ones live on.
+
+Jobs (every driver is one) are kept by :class:`~actorflow.cluster.jobs_table.HeadJobs`: when a
+job ends, its non-detached actors are stopped as ``af.kill`` stops them.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from typing import Any
 
 from actorflow._errors import ActorDiedError, ActorflowError, NodeDiedError
 from actorflow.cluster.holds import HandleHolds, HoldLedger, Watches
+from actorflow.cluster.jobs_table import DriverGone, EndJob, HeadJobs, JobsTable
 from actorflow.cluster.protocol import (
     ActorDown,
     ActorLocation,
@@ -122,10 +126,11 @@ class ActorRecord:
     failed_attempt: BaseException | None = None  # a supervised start that ended
     collecting: bool = False  # no handle to it is left: it is being stopped
     orphaned: BaseException | None = None  # its creator's process ended (why): being stopped
+    job_ended: bool = False  # its job ended: being stopped
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 
 
-class Head(ServiceActor):
+class Head(HeadJobs, ServiceActor):
     """See the module docstring."""
 
     max_concurrency = 100_000  # ResolveActor waits for actors to come up
@@ -143,6 +148,7 @@ class Head(ServiceActor):
         self._watched: set[ActorRef] = set()  # holders whose end the head listens for
         self.watches = Watches()  # af.watch waits
         self.children: dict[str, set[str]] = {}  # creator id -> its non-detached children
+        self.jobs = JobsTable()
 
     def on_stop_requested(self) -> None:
         # resolvers waiting for actors to come up would hold the stop up: wake them to fail
@@ -217,6 +223,16 @@ class Head(ServiceActor):
             ])
         if kind is ListState:
             return await self._list(message.what)
+        if kind is EndJob:
+            await self.end_job(message.job_id, "SUCCEEDED", "its driver called af.shutdown()")
+            return None
+        if kind is DriverGone:
+            await self.end_job(message.job_id, "FAILED",
+                               "its driver's process ended without af.shutdown()")
+            return None
+        handled, answer = self._jobs_message(message)
+        if handled:
+            return answer
         raise TypeError(f"head got an unexpected {kind.__name__}")
 
     # -- actors --------------------------------------------------------------------------------
@@ -329,8 +345,9 @@ class Head(ServiceActor):
         record.node_id = msg.node_id
         record.pid = msg.pid
         self._changed(record)
-        if record.collecting or record.orphaned:  # its handles were all dropped (or its
-            self.ref.tell_nowait(_Collect(msg.actor_id))  # creator ended) while it started
+        if record.collecting or record.orphaned or record.job_ended:  # its handles were all
+            self.ref.tell_nowait(_Collect(msg.actor_id))  # dropped (or its creator or job
+            # ended) while it started
 
     def _down(self, msg: ActorDown) -> None:
         record = self.actors.get(msg.actor_id)
@@ -351,6 +368,7 @@ class Head(ServiceActor):
                 reason = ("its node died" if isinstance(error, NodeDiedError)
                           else "its creator's process ended"
                           if error is None and record.orphaned
+                          else "its job ended" if error is None and record.job_ended
                           else "every handle to it was dropped"
                           if error is None and record.collecting
                           else "it was killed" if error is None else "it ended")
@@ -416,6 +434,12 @@ class Head(ServiceActor):
         record.collecting = True
         if record.state is not ActorState.PENDING:  # a pending one is stopped once up
             self.ref.tell_nowait(_Collect(actor_id))
+
+    def _stop_for_job(self, record: ActorRecord) -> None:
+        """Its job ended: stop it (a pending one once it is up), for good."""
+        record.spec = _unsupervised(record.spec)  # (its tree, if any, ended with the job)
+        if record.state is not ActorState.PENDING:
+            self.ref.tell_nowait(_Collect(record.spec.actor_id))
 
     async def _collect(self, actor_id: str) -> None:
         record = self.actors.get(actor_id)
@@ -552,17 +576,19 @@ class Head(ServiceActor):
             return out
         if what == "watches":
             return self.watches.counts()
+        if what == "jobs":
+            return self.jobs.views()
         if what == "actors":
             return [
                 {
                     "actor_id": aid, "class_name": r.spec.class_name, "name": r.spec.name,
                     "namespace": r.spec.namespace, "state": r.state.value,
                     "node_id": r.node_id, "pid": r.pid, "restarts": r.restarts,
-                    "job_id": r.spec.job_id,
+                    "job_id": r.spec.job_id, "lifetime": r.spec.lifetime,
                 }
                 for aid, r in self.actors.items()
             ]
-        raise ValueError(f"unknown view {what!r}; use nodes, actors or watches")
+        raise ValueError(f"unknown view {what!r}; use nodes, actors, jobs or watches")
 
     @staticmethod
     async def _live_info(node: _NodeRecord) -> dict[str, Any] | None:

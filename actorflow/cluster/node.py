@@ -23,6 +23,7 @@ import pickle
 import time
 from collections import deque
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from actorflow._errors import (
@@ -33,6 +34,8 @@ from actorflow._errors import (
     WorkerCrashedError,
 )
 from actorflow._limits import UNLIMITED
+from actorflow.cluster.jobs_table import FreeSegments
+from actorflow.cluster.node_logs import NodeLogs, ReadLogs
 from actorflow.cluster.pool import WorkerHandle, WorkerPool, WorkerState
 from actorflow.cluster.protocol import (
     ActorDown,
@@ -118,6 +121,7 @@ class Node(ServiceActor):
         prestart: int,
         max_workers: int | None = None,
         zygote: Zygote | None = None,
+        log_dir: Path | None = None,
     ) -> None:
         self.node_id = node_id
         self.total = resources
@@ -148,6 +152,8 @@ class Node(ServiceActor):
         self._load_handle: asyncio.Handle | None = None
         self.stopping = False
         self.blocked_leases = 0  # leases whose task waits for others (its CPU lent back)
+        # its workers' output: to their drivers, and to files under log_dir (node_logs.py)
+        self.logs = NodeLogs(node_id, head, log_dir, log_to_driver)
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -162,7 +168,7 @@ class Node(ServiceActor):
         zygote, self._zygote = self._zygote, None
         self.pool = WorkerPool(
             boot=boot, token=self.token, log_to_driver=self.log_to_driver,
-            on_exit=self._worker_exited, zygote=zygote,
+            on_exit=self._worker_exited, zygote=zygote, on_output=self.logs.line,
         )
         for _ in range(self.prestart):
             self._spawn_worker()
@@ -190,6 +196,7 @@ class Node(ServiceActor):
         await self._bg.close()
         if self.pool is not None:
             await self.pool.close()
+        await self.logs.close()
         shm.cleanup_session(f"af-{self.node_id}-")
 
     def _background(self, coro: Any) -> None:
@@ -253,6 +260,12 @@ class Node(ServiceActor):
                 # the kernel frees the segment's pages in unlink: tens of ms for 100 MiB, so
                 # not on this loop (a node serves every lease and actor of its machine)
                 self._background(asyncio.to_thread(shm.unlink_segment, message.name))
+            return None
+        if kind is ReadLogs:
+            return await self.logs.read(message)
+        if kind is FreeSegments:  # a job ended: its driver's segments here go
+            if message.prefix.startswith(f"af-{self.node_id}-"):
+                self._background(asyncio.to_thread(shm.cleanup_session, message.prefix))
             return None
         if kind is Terminated:
             return None

@@ -4,7 +4,7 @@ notice their exit.
 Each worker is what ``python -m actorflow.cluster.worker_main`` runs. It is told where its node
 listens (and the token) through its environment, connects back, and reports
 :class:`~actorflow.cluster.protocol.WorkerReady`. Its stdout and stderr are pipes read by tasks
-owned by the pool; the worker itself prefixes each line with the task or actor name and its pid.
+owned by the pool, each line handed to ``on_output`` (the node's logs: ``node_logs``).
 
 On Linux a worker is forked by the pool's zygote (:mod:`actorflow.cluster.zygote`), a fork
 server started with the pool that has the worker's modules imported already: a start costs a
@@ -92,11 +92,14 @@ class WorkerPool:
         on_exit: Callable[[WorkerHandle], None],
         start_timeout_s: float = 60.0,
         zygote: Zygote | None = None,
+        on_output: Callable[[int, bool, str], None] | None = None,
     ) -> None:
         self.boot = boot
         self.token = token
         self.log_to_driver = log_to_driver
         self.on_exit = on_exit
+        #: ``(pid, stderr, line)`` for each line a worker writes (else: printed here as is)
+        self.on_output = on_output
         self.start_timeout_s = start_timeout_s
         self.workers: dict[str, WorkerHandle] = {}
         #: the same workers by state (each in the bucket of its state), so that finding an idle
@@ -180,8 +183,8 @@ class WorkerPool:
         self._by_state[handle.state][worker_id] = handle
         assert proc.stdout is not None and proc.stderr is not None
         handle.tasks = [
-            loop.create_task(self._forward(proc.stdout, sys.stdout)),
-            loop.create_task(self._forward(proc.stderr, sys.stderr)),
+            loop.create_task(self._forward(proc.stdout, sys.stdout, proc.pid)),
+            loop.create_task(self._forward(proc.stderr, sys.stderr, proc.pid)),
             loop.create_task(self._wait(handle)),
         ]
         assert handle.ready is not None and handle.exited is not None
@@ -208,12 +211,19 @@ class WorkerPool:
         handle.ready.set_result(None)
         return True
 
-    async def _forward(self, stream: asyncio.StreamReader, out: TextIO) -> None:
+    async def _forward(self, stream: asyncio.StreamReader, out: TextIO, pid: int) -> None:
+        on_output = self.on_output
+        stderr = out is sys.stderr
         while True:
-            line = await stream.readline()
+            try:
+                line = await stream.readline()
+            except ValueError:  # a line longer than the stream's limit: take it in pieces
+                line = await stream.read(1 << 16)
             if not line:
                 return
-            if self.log_to_driver:
+            if on_output is not None:
+                on_output(pid, stderr, line.decode(errors="replace"))
+            elif self.log_to_driver:
                 try:
                     out.write(line.decode(errors="replace"))
                     out.flush()

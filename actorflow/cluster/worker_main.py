@@ -34,11 +34,12 @@ from actorflow.runtime.loop import run_main
 
 
 class _PrefixedLines(io.TextIOBase):
-    """Writes each line as ``(name pid=N) line`` (the node forwards it to the driver)."""
+    """Writes each line as ``\x1e JOB \x1f NAME \x1f line``: the job and the name of the
+    task or actor that wrote it. The node sends it to the job's driver, which prints it
+    prefixed ``(name pid=N)`` (see actorflow.cluster.node_logs)."""
 
     def __init__(self, out: TextIO) -> None:
         self._out = out
-        self._pid = os.getpid()
         self._partial = ""
 
     def writable(self) -> bool:
@@ -51,8 +52,10 @@ class _PrefixedLines(io.TextIOBase):
         if lines:
             ctx = task_context.get()
             # outside any task or actor (starting, stopping) it is the worker itself speaking
-            name = ctx.name if ctx.task_id is not None or ctx.actor_id is not None else "worker"
-            prefix = f"({name} pid={self._pid}) "
+            if ctx.task_id is not None or ctx.actor_id is not None:
+                prefix = f"\x1e{ctx.job_id or ''}\x1f{ctx.name}\x1f"
+            else:
+                prefix = "\x1e\x1fworker\x1f"
             self._out.write("".join(prefix + line + "\n" for line in lines))
             self._out.flush()
         return len(text)

@@ -91,6 +91,7 @@ class _Group:
     name: str | None
     namespace: str = ""
     lifetime: str | None = None
+    job_id: str = ""
     state: GroupState = GroupState.PENDING
     plan: GroupPlan | None = None
     error: BaseException | None = None
@@ -227,7 +228,8 @@ class Placement(ServiceActor):
         if msg.group_id in self.records:
             raise ValueError(f"placement group {msg.group_id!r} exists already")
         record = self.records[msg.group_id] = _Group(
-            msg.group_id, msg.bundles, msg.strategy, msg.name, msg.namespace, msg.lifetime)
+            msg.group_id, msg.bundles, msg.strategy, msg.name, msg.namespace, msg.lifetime,
+            msg.job_id)
         if msg.name is not None:
             key = (msg.namespace, msg.name)
             if key in self.names:  # it never will be: pg.ready() raises this
@@ -272,6 +274,7 @@ class Placement(ServiceActor):
             "strategy": record.strategy,
             "state": TABLE_STATES[record.state],
             "lifetime": record.lifetime,
+            "job_id": record.job_id,
             "bundles": [b.to_amounts() for b in record.bundles],
             "bundles_to_node_id": dict(enumerate(plan.nodes)) if plan is not None else {},
         }

@@ -75,7 +75,8 @@ class CreateGroup:
     strategy: str
     name: str | None = None
     namespace: str = ""  # a name is unique within its namespace
-    lifetime: str | None = None  # "detached" or None (recorded; see af.placement_group)
+    lifetime: str | None = None  # "detached" or None: a detached one outlives its job
+    job_id: str = ""  # the job that made it (removed when that job ends, unless detached)
 
 
 @dataclass(frozen=True, slots=True)
