@@ -40,6 +40,7 @@ from actorflow.cluster import zygote as _zygote
 from actorflow.cluster.protocol import ClusterInfo, GetClusterInfo, RegisterNode
 from actorflow.cluster.services import HeadContext, start_head_services
 from actorflow.objects import sweep
+from actorflow.objects.spill import open_store
 from actorflow.placement.resources import Resources
 from actorflow.runtime import Actor, ActorRef, ActorSystem, restore_ref
 
@@ -273,6 +274,7 @@ async def start_head(
         await start_head_services(services)
         proc.info.update(services.info)
         if with_node:
+            await asyncio.to_thread(open_store, node_id, session, options)  # objects/spill.py
             proc.node, proc.node_id = await _spawn_node(
                 system, head, session=session, token=token, resources=resources,
                 prestart=prestart, log_to_driver=log_to_driver, node_id=node_id, zygote=zygote,
@@ -316,6 +318,7 @@ async def start_node(
         head = await discover_head(remoting, address)
         info: ClusterInfo = await head.ask(GetClusterInfo(), timeout=30.0)
         proc = ClusterProcess(system, remoting, head, info.session, token)
+        await asyncio.to_thread(open_store, node_id, info.session, options)  # objects/spill.py
         proc.node, proc.node_id = await _spawn_node(
             system, head, session=info.session, token=token, resources=resources,
             prestart=prestart, log_to_driver=log_to_driver, node_id=node_id, zygote=zygote,

@@ -58,7 +58,7 @@ from actorflow.cluster.protocol import (
     WorkerBlocked,
 )
 from actorflow.cluster.streaming import StreamItem, StreamWait
-from actorflow.objects import shm
+from actorflow.objects import shm, spill
 from actorflow.objects import store as store_mod
 from actorflow.objects.ref import ObjectRef
 from actorflow.objects.serialization import (
@@ -213,6 +213,7 @@ class ObjectTable:
             return
         if payload.node_id == self.core.node_id:
             self.core.store.free(payload.name)
+            self.core.tell_node(spill.Freed(payload.name, payload.generation))
             return
         # a node is known here once a value was fetched from it; any other node frees its
         # segments when it stops
@@ -309,8 +310,10 @@ class Core:
         self._ids = itertools.count(1)
         self._nodes: dict[str, ActorRef] = {}
         self.store = SegmentStore(lambda: f"af-{self.node_id}-{self.new_id()}",
-                                  make_spare=self._make_spare, on_pooled=self._on_pooled)
+                                  make_spare=self._make_spare, on_pooled=self._on_pooled,
+                                  on_pinned=self._on_pinned)
         self._trim_timer: asyncio.TimerHandle | None = None
+        self._relax_timer: asyncio.TimerHandle | None = None
         self._spares = OwnedTasks("the spare-segment maker", log)
         self._spare_thread: concurrent.futures.ThreadPoolExecutor | None = None
         self.receive_buffers = ReceiveBuffers()
@@ -357,12 +360,23 @@ class Core:
                 f"{SYNC_COPY_LIMIT / MIB:.0f} MiB is refused): store it with "
                 "`ref = await af.put_async(value)`, which copies it off the loop, and pass the "
                 "ref instead", size, SYNC_COPY_LIMIT)
+        spill.check_room(self.node_id, size)  # the node's limit (object_store_memory)
         free = shm.free_bytes()
         if size > free:
             raise ObjectStoreFullError(
                 size, free, f"this machine's shared memory ({shm.SHM_DIR})")
         name, nbytes, generation = self.store.write(ser, keep=owned)
+        self._on_loop_thread(self.tell_node, spill.Stored(
+            name, nbytes, generation, os.getpid(), "put" if owned else "task result"))
         return InShm(name, self.node_id, nbytes, generation)
+
+    def tell_node(self, message: Any) -> None:
+        """Tell this process's node (its object store: see objects/spill.py); a node that
+        is gone has no store to tell."""
+        try:
+            self.node.tell_nowait(message)
+        except Exception:
+            pass
 
     def _on_loop_thread(self, fn: Callable[..., None], *args: Any) -> None:
         """Call ``fn(*args)`` on the loop's thread: now when already there, else soon. (The
@@ -411,6 +425,21 @@ class Core:
                 return  # it comes soon enough
             self._trim_timer.cancel()
         self._trim_timer = self.loop.call_later(delay, self._trim_pool)
+
+    def _on_pinned(self) -> None:
+        """The store pinned a mapping (a reader maps it: the node does not spill it); see
+        that it is unpinned soon after nothing here uses it."""
+        self._on_loop_thread(self._arm_relax, store_mod.HOLD_S)
+
+    def _arm_relax(self, delay: float) -> None:
+        if self._relax_timer is None and not self.closed:
+            self._relax_timer = self.loop.call_later(delay, self._relax)
+
+    def _relax(self) -> None:
+        self._relax_timer = None
+        wait = self.store.relax()
+        if wait is not None:
+            self._arm_relax(wait)
 
     def _trim_pool(self) -> None:
         self._trim_timer = None
@@ -465,14 +494,19 @@ class Core:
         raise TypeError(f"not an object payload: {payload!r}")
 
     def is_local(self, payload: Payload) -> bool:
-        return type(payload) is not InShm or payload.node_id == self.node_id
+        """Can it be read here now? (A segment of this node spilled to disk is not: it is
+        restored by :meth:`localize` first.)"""
+        return type(payload) is not InShm or (payload.node_id == self.node_id
+                                              and shm.exists(payload.name))
 
     async def localize(self, payloads: tuple[Payload, ...] | list[Payload]
                        ) -> tuple[Payload, ...]:
         """Fetch the large values that live on other nodes (each once, from its node)."""
         out: list[Payload] = []
         for payload in payloads:
-            if type(payload) is InShm and payload.node_id != self.node_id:
+            if type(payload) is InShm and payload.node_id == self.node_id:
+                out.append(await self._restored(payload))
+            elif type(payload) is InShm:
                 node = await self._node_ref(payload.node_id)
                 try:
                     answer = await node.ask(ReadSegment(payload.name, bulk=self._can_pull))
@@ -488,6 +522,24 @@ class Core:
             else:
                 out.append(payload)
         return tuple(out)
+
+    async def _restored(self, payload: InShm) -> Payload:
+        """A segment of this node, spilled to disk: the node restores it, and it is pinned
+        here (mapped) until read."""
+        for _ in range(4):
+            try:
+                self.store.hold(payload.name)
+                return payload
+            except FileNotFoundError:
+                pass
+            try:
+                await self.node.ask(spill.Restore(payload.name))
+            except Exception as exc:
+                return Failed(exc if isinstance(exc, ObjectLostError | ObjectStoreFullError)
+                              else ObjectLostError(f"object segment {payload.name} could not "
+                                                   f"be restored: {exc}"))
+        return Failed(ObjectLostError(f"object segment {payload.name} could not be restored: "
+                                      "it was spilled again each time"))
 
     @property
     def _can_pull(self) -> bool:
@@ -565,6 +617,7 @@ class Core:
         payload = copy.result()
         if type(payload) is InShm:
             self.store.free(payload.name)
+            self.tell_node(spill.Freed(payload.name, payload.generation))
 
     def new_pending(self, object_id: str) -> ObjectRef:
         assert self.owner_ref is not None
@@ -631,7 +684,7 @@ class Core:
             fut: asyncio.Future[Payload] = self.loop.create_future()
             self.when_ready(ref, functools.partial(_settle, fut))
             payload = fut.result() if fut.done() else await self._lending(fut)
-        if type(payload) is InShm and payload.node_id != self.node_id:
+        if type(payload) is InShm and not self.is_local(payload):
             (payload,) = await self.localize((payload,))
         return self.materialize(payload)
 
@@ -712,6 +765,9 @@ class Core:
         if self._trim_timer is not None:
             self._trim_timer.cancel()
             self._trim_timer = None
+        if self._relax_timer is not None:
+            self._relax_timer.cancel()
+            self._relax_timer = None
         self.store.close()
         self.receive_buffers.close()
 

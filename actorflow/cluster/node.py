@@ -61,7 +61,7 @@ from actorflow.cluster.protocol import (
     WorkerReady,
 )
 from actorflow.cluster.zygote import Zygote
-from actorflow.objects import shm
+from actorflow.objects import shm, spill
 from actorflow.placement.policy import GpuAllocator
 from actorflow.placement.resources import UNIT, Resources
 from actorflow.runtime import Actor, ActorRef, OwnedTasks, ServiceActor, Terminated
@@ -70,6 +70,8 @@ from actorflow.supervision import ChildSpec, Supervisor, add_restart
 __all__ = ["ActorHost", "Node"]
 
 log = logging.getLogger("actorflow.node")
+
+_STORE_MESSAGES = frozenset({spill.Stored, spill.Freed, spill.Restore, spill.MemoryQuery})
 
 #: A segment whose buffers hold this much or more goes to a reader on another node by a bulk
 #: pull (straight into the reader's memory) rather than in the answer's frames.
@@ -124,6 +126,8 @@ class Node(ServiceActor):
         log_dir: Path | None = None,
     ) -> None:
         self.node_id = node_id
+        #: the primary copies of this machine's objects: limit, spilling (objects/spill.py)
+        self.store = spill.store_of(node_id)
         self.total = resources
         self.available = resources
         self.session = session
@@ -196,6 +200,8 @@ class Node(ServiceActor):
         await self._bg.close()
         if self.pool is not None:
             await self.pool.close()
+        if self.store is not None:
+            await self.store.close()
         await self.logs.close()
         shm.cleanup_session(f"af-{self.node_id}-")
 
@@ -253,9 +259,15 @@ class Node(ServiceActor):
             return None
         if kind is NodeInfo:
             return self.info()
+        if kind in _STORE_MESSAGES:
+            return await self.store.handle(message) if self.store is not None else None
         if kind is ReadSegment:
+            if self.store is not None and message.name.startswith(f"af-{self.node_id}-"):
+                await self.store.ensure(message.name)  # restored first when spilled
             return self._read_segment(message.name, message.bulk)
         if kind is FreeSegment:
+            if self.store is not None:
+                self.store.freed(message.name)
             if message.name.startswith(f"af-{self.node_id}-"):
                 # the kernel frees the segment's pages in unlink: tens of ms for 100 MiB, so
                 # not on this loop (a node serves every lease and actor of its machine)
@@ -367,6 +379,7 @@ class Node(ServiceActor):
                 for r in self.leases.values()
             ],
             "object_list": shm.list_segments(f"af-{self.node_id}-"),
+            **(self.store.figures() if self.store is not None else {}),
         }
 
     # -- leases --------------------------------------------------------------------------------

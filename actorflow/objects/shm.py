@@ -24,11 +24,14 @@ Layout (little-endian)::
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
 import mmap
 import os
 import struct
 import sys
+import time
 from typing import Any
 
 from actorflow.objects import sweep
@@ -39,6 +42,7 @@ __all__ = [
     "Mapping",
     "blank_segment",
     "cleanup_session",
+    "exists",
     "list_segments",
     "parse",
     "read_segment",
@@ -86,6 +90,16 @@ def _layout(value: Serialized, generation: int) -> tuple[bytes, list[int], int]:
     return header, offsets, max(end, 1)
 
 
+def exists(name: str) -> bool:
+    """Is segment ``name`` in shared memory now (not freed, not spilled to disk)?"""
+    return os.path.exists(_path(name))
+
+
+def path_of(name: str) -> str:
+    """The file of segment ``name``."""
+    return _path(name)
+
+
 def free_bytes() -> int:
     """Bytes free for new segments in this machine's shared memory (``SHM_DIR``)."""
     fs = os.statvfs(SHM_DIR)
@@ -108,11 +122,16 @@ class Mapping:
     handed out (or anything made from one: a numpy array, its slices) is still alive. That
     rests on CPython's reference counts: every live view keeps one managed buffer, which keeps
     one reference to the mmap object, and nothing else refers to it but this record.
+
+    The mapping keeps its file open, and while it is **pinned** holds a shared ``flock`` on
+    it: the node's spiller (``actorflow/objects/spill.py``) takes the segment only when it
+    gets the lock exclusively, so a segment is never spilled while a pinned reader maps it.
     """
 
-    __slots__ = ("_mm", "name", "size", "writable")
+    __slots__ = ("_fd", "_mm", "name", "pinned", "pinned_at", "size", "writable")
 
-    def __init__(self, name: str, *, writable: bool = False, populate: bool = True) -> None:
+    def __init__(self, name: str, *, writable: bool = False, populate: bool = True,
+                 pin: bool = True) -> None:
         fd = os.open(_path(name), os.O_RDWR if writable else os.O_RDONLY)
         try:
             size = os.fstat(fd).st_size
@@ -120,11 +139,17 @@ class Mapping:
             # the pages already exist (written by their producer): map them all at once
             flags = mmap.MAP_SHARED | (_POPULATE if populate else 0)
             self._mm = mmap.mmap(fd, size, flags=flags, prot=prot)
-        finally:
+        except BaseException:
             os.close(fd)
+            raise
+        self._fd = fd
         self.name = name
         self.size = size
         self.writable = writable
+        self.pinned = False
+        self.pinned_at = 0.0
+        if pin:
+            self.pin()
 
     def view(self) -> memoryview:
         return memoryview(self._mm)
@@ -132,11 +157,57 @@ class Mapping:
     def in_use(self) -> bool:
         return sys.getrefcount(self._mm) > 2  # this record's reference and the argument's
 
+    def pin(self) -> bool:
+        """Hold the shared lock (False: the spiller holds it now, or the file is closed)."""
+        if self._fd < 0:
+            return False
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            self.pinned = False
+            return False
+        self.pinned = True
+        self.pinned_at = time.monotonic()
+        return True
+
+    def unpin(self) -> None:
+        if self.pinned and self._fd >= 0:
+            with contextlib.suppress(OSError):
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+        self.pinned = False
+
+    def exclusive(self) -> bool:
+        """Take the lock exclusively (no reader pins it, no spiller has it), for a rewrite;
+        False when that cannot be had now. :meth:`pin` turns it back into a shared one."""
+        if self._fd < 0:
+            return False
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self.pinned = False  # (a failed conversion may have let the shared lock go)
+            return False
+        self.pinned = True
+        self.pinned_at = time.monotonic()
+        return True
+
+    def gone(self) -> bool:
+        """Was the file unlinked (freed, or spilled to disk) since it was mapped?"""
+        if self._fd < 0:
+            return True
+        try:
+            return os.fstat(self._fd).st_nlink == 0
+        except OSError:
+            return True
+
     def close(self) -> None:
         try:
             self._mm.close()
         except BufferError:  # a view is still alive: the mapping goes with the last of them
             pass
+        if self._fd >= 0:
+            fd, self._fd = self._fd, -1
+            self.pinned = False
+            os.close(fd)  # (the lock goes with it)
 
 
 _POPULATE = getattr(mmap, "MAP_POPULATE", 0)

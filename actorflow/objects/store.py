@@ -56,6 +56,8 @@ MAPPED_SEGMENTS = 8
 #: A pooled segment (freed, or a spare) unused for this long is unlinked: a process that has
 #: gone quiet does not keep memory for values that may never come again.
 POOL_IDLE_S = 30.0
+#: A mapping pinned (see shm.Mapping) is left pinned at least this long, or while in use.
+HOLD_S = 0.5
 #: Values at least this large get a spare segment made for the next one of their size.
 SPARE_MIN = 8 << 20
 _MiB = 1 << 20
@@ -85,14 +87,18 @@ class SegmentStore:
     spare segment (:func:`shm.blank_segment`) off the caller's thread and reports the outcome
     with :meth:`add_spare` or :meth:`spare_failed`; without it no spares are made.
     ``on_pooled()`` is called when the pool stops being empty: the owner should call
-    :meth:`trim_idle` in ``POOL_IDLE_S`` (and again when it says)."""
+    :meth:`trim_idle` in ``POOL_IDLE_S`` (and again when it says). ``on_pinned()`` is called
+    when a mapping gets pinned with none pinned before: the owner should call :meth:`relax`
+    in ``HOLD_S`` (and again when it says)."""
 
     def __init__(self, new_name: Callable[[], str],
                  make_spare: Callable[[str, int], None] | None = None,
-                 on_pooled: Callable[[], None] | None = None) -> None:
+                 on_pooled: Callable[[], None] | None = None,
+                 on_pinned: Callable[[], None] | None = None) -> None:
         self._new_name = new_name
         self._make_spare = make_spare
         self._on_pooled = on_pooled
+        self._on_pinned = on_pinned
         self._written: dict[str, _Written] = {}
         self._pool: list[_Written] = []
         self._mapped: OrderedDict[str, shm.Mapping] = OrderedDict()
@@ -103,6 +109,8 @@ class SegmentStore:
         # callback at once, as a closed Core refuses a spare.)
         self._lock = threading.RLock()
         self._closed = False
+        #: mappings of live objects pinned here (see shm.Mapping): unpinned once idle
+        self._pinned: dict[str, shm.Mapping] = {}
         self.spares_made = 0
         self.spares_failed = 0
 
@@ -122,6 +130,10 @@ class SegmentStore:
             name = reuse.name
             if not keep:
                 reuse.mapping.close()
+            else:
+                reuse.mapping.pin()  # (exclusive since _take: shared again, as a reader's)
+                with self._lock:
+                    self._pin(name, reuse.mapping)
         else:
             name = self._new_name()
             used = shm.write_segment(name, value, generation)
@@ -134,13 +146,20 @@ class SegmentStore:
 
     def _take(self, need: int) -> _Written | None:
         """The smallest pooled segment that fits ``need`` without wasting most of itself."""
-        best = None
-        for seg in self._pool:
-            if _fits(need, seg.capacity) and (best is None or seg.capacity < best.capacity):
-                best = seg
-        if best is not None:
+        while True:
+            best = None
+            for seg in self._pool:
+                if _fits(need, seg.capacity) and (best is None or seg.capacity < best.capacity):
+                    best = seg
+            if best is None:
+                return None
             self._pool.remove(best)
-        return best
+            # nobody may map it while it is rewritten: not the node's spiller (which may have
+            # taken it, freed, before its free reached the node), not a late reader
+            assert best.mapping is not None
+            if best.mapping.exclusive() and not best.mapping.gone():
+                return best
+            self._drop(best)
 
     # -- spares -----------------------------------------------------------------------------------
 
@@ -210,11 +229,13 @@ class SegmentStore:
             self._free(name)
 
     def _free(self, name: str) -> None:
+        self._pinned.pop(name, None)
         seg = self._written.pop(name, None)
         if seg is None:  # written by another process of this node
             shm.unlink_segment(name)
             return
-        if seg.shared or seg.readers or (seg.mapping is not None and seg.mapping.in_use()):
+        if seg.shared or seg.readers or (seg.mapping is not None and (
+                seg.mapping.in_use() or seg.mapping.gone())):  # (gone: spilled to disk)
             self._drop(seg)
             if seg.capacity >= SPARE_MIN:
                 self._plan_spare(seg.capacity)
@@ -228,6 +249,8 @@ class SegmentStore:
         self._pool_add(seg)
 
     def _pool_add(self, seg: _Written) -> None:
+        assert seg.mapping is not None
+        seg.mapping.pin()  # pooled: the spiller leaves it alone
         seg.pooled_at = time.monotonic()
         self._pool.append(seg)
         while len(self._pool) > POOL_SEGMENTS or sum(
@@ -262,7 +285,9 @@ class SegmentStore:
     def read(self, name: str, generation: int) -> tuple[memoryview, list[memoryview]]:
         """``(meta, buffers)`` of the value in segment ``name``, as views of its mapping."""
         try:
-            mapping = self._mapping(name)
+            with self._lock:
+                self._relax()
+                mapping = self._mapping_locked(name)
         except FileNotFoundError:
             raise ObjectLostError(
                 f"object segment {name} is gone (its owner freed it or exited)") from None
@@ -273,31 +298,85 @@ class SegmentStore:
                 f"the object in segment {name} was freed (its segment now holds another one)")
         return meta, buffers
 
-    def _mapping(self, name: str) -> shm.Mapping:
+    def hold(self, name: str) -> None:
+        """Map segment ``name`` now and pin it (a reader is about to read it: the node's
+        spiller leaves it alone meanwhile). FileNotFoundError: it is not in shared memory."""
         with self._lock:
-            return self._mapping_locked(name)
+            self._mapping_locked(name)
 
     def _mapping_locked(self, name: str) -> shm.Mapping:
+        """The segment's mapping, pinned: a kept one when its file is still the one mapped
+        (not spilled nor freed since), else a new one."""
         seg = self._written.get(name)
         if seg is not None:
-            if seg.mapping is None:
-                seg.mapping = shm.Mapping(name, writable=True)
-            return seg.mapping
+            mapping = seg.mapping
+            if mapping is not None and not self._repin(mapping):
+                seg.mapping = mapping = None
+            if mapping is None:
+                mapping = seg.mapping = shm.Mapping(name, writable=True)
+            self._pin(name, mapping)
+            return mapping
         mapping = self._mapped.get(name)
         if mapping is not None:
-            self._mapped.move_to_end(name)
-            return mapping
+            if self._repin(mapping):
+                self._mapped.move_to_end(name)
+                self._pin(name, mapping)
+                return mapping
+            del self._mapped[name]
         mapping = self._mapped[name] = shm.Mapping(name)
+        self._pin(name, mapping)
         if len(self._mapped) > MAPPED_SEGMENTS:
-            _, old = self._mapped.popitem(last=False)
+            old_name, old = self._mapped.popitem(last=False)
+            self._pinned.pop(old_name, None)
             old.close()  # arrays still using it keep it mapped
         return mapping
+
+    def _pin(self, name: str, mapping: shm.Mapping) -> None:
+        if not self._pinned and self._on_pinned is not None:
+            self._on_pinned()
+        self._pinned[name] = mapping
+
+    def relax(self, now: float | None = None) -> float | None:
+        """Unpin what nothing here uses any more (see :meth:`_relax`). Returns the seconds
+        until the next look, or None when nothing is pinned."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            self._relax(now=now)
+            if not self._pinned:
+                return None
+            oldest = min(m.pinned_at for m in self._pinned.values())
+            return max(0.05, oldest + HOLD_S - now)
+
+    def _repin(self, mapping: shm.Mapping) -> bool:
+        """Pin a kept mapping again; False (and closed) when its file was unlinked (spilled,
+        or freed): the name may hold a restored copy, to be mapped anew."""
+        if not mapping.pinned:
+            mapping.pin()  # (if the spiller holds it now, the bytes mapped are still right)
+        if mapping.gone():
+            mapping.close()
+            return False
+        return True
+
+    def _relax(self, names: Iterable[str] | None = None, now: float | None = None) -> None:
+        """Unpin the mappings that nothing here uses any more (all of them, pinned at least
+        ``HOLD_S`` ago, or ``names``): the node may spill them now."""
+        now = time.monotonic() if now is None else now
+        for name in list(self._pinned) if names is None else names:
+            mapping = self._pinned.get(name)
+            if mapping is None or mapping.in_use():
+                continue
+            if names is None and now - mapping.pinned_at < HOLD_S:
+                continue
+            del self._pinned[name]
+            mapping.unpin()
 
     def released(self, names: Iterable[str]) -> tuple[str, ...]:
         """Which of these segments (read here) nothing in this process uses any more."""
         with self._lock:
-            return tuple(name for name in names
-                         if (m := self._mapped.get(name)) is not None and not m.in_use())
+            out = tuple(name for name in names
+                        if (m := self._mapped.get(name)) is not None and not m.in_use())
+            self._relax(out)
+            return out
 
     # -- lifetime ---------------------------------------------------------------------------------
 
@@ -309,6 +388,7 @@ class SegmentStore:
             for seg in self._pool:
                 self._drop(seg)
             self._pool.clear()
+            self._pinned.clear()
             for seg in self._written.values():
                 if seg.mapping is not None:
                     seg.mapping.close()
@@ -319,7 +399,8 @@ class SegmentStore:
     def statistics(self) -> dict[str, int]:
         return {"written": len(self._written), "pooled": len(self._pool),
                 "pooled_bytes": sum(s.capacity for s in self._pool),
-                "mapped": len(self._mapped), "spares_made": self.spares_made,
+                "mapped": len(self._mapped), "pinned": len(self._pinned),
+                "spares_made": self.spares_made,
                 "spares_failed": self.spares_failed}
 
 

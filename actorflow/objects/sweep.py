@@ -164,6 +164,7 @@ def release_node(node_id: str) -> int:
         names = [n for n in _listdir(SHM_DIR) if owner_of(n) == node_id]
         gone = sum(1 for name in names if _unlink_own(os.path.join(SHM_DIR, name)) >= 0)
         if directory is not None:
+            _sweep_store(directory, node_id)
             unlink_locked(fd, os.path.join(directory, _NODE_LOCK.format(node_id)))
         else:
             os.close(fd)
@@ -193,9 +194,11 @@ class SweepReport:
     owners: int = 0  # nodes whose segments went (their lock files with them)
     sockets: int = 0
     locks: int = 0  # lock files left with nothing to guard
+    spill_files: int = 0  # files of dead nodes' spill directories
 
     def __bool__(self) -> bool:
-        return bool(self.segments or self.sockets or self.locks or self.owners)
+        return bool(self.segments or self.sockets or self.locks or self.owners
+                    or self.spill_files)
 
 
 def _listdir(path: str) -> list[str]:
@@ -215,6 +218,33 @@ def _unlink_own(path: str, kind: int = stat.S_IFREG) -> int:
     except OSError:
         return -1
     return info.st_size
+
+
+def _sweep_store(directory: str, node_id: str) -> int:
+    """(Holding node ``node_id``'s lock exclusively: it is dead, or this was its last
+    process.) Remove its object store's page and spill directory (``spill.py``), whose path
+    it left in ``node-<id>.spill``; returns the spill files removed."""
+    _unlink_own(os.path.join(directory, f"node-{node_id}.store"))
+    pointer = os.path.join(directory, f"node-{node_id}.spill")
+    try:
+        with open(pointer) as f:
+            spill_dir = f.read().strip()
+    except OSError:
+        return 0
+    count = 0
+    # only a folder of this user's, named after that node, as the store names its own
+    if spill_dir and os.path.basename(spill_dir).endswith(f"-{node_id}"):
+        try:
+            info = os.lstat(spill_dir)
+            if stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid():
+                for entry in _listdir(spill_dir):
+                    if _unlink_own(os.path.join(spill_dir, entry)) >= 0:
+                        count += 1
+                os.rmdir(spill_dir)
+        except OSError:
+            pass
+    _unlink_own(pointer)
+    return count
 
 
 def sweep_segments(report: SweepReport | None = None) -> SweepReport:
@@ -245,6 +275,7 @@ def sweep_segments(report: SweepReport | None = None) -> SweepReport:
                 if size >= 0:
                     report.segments += 1
                     report.segment_bytes += size
+            report.spill_files += _sweep_store(directory, owner)
         finally:
             unlink_locked(fd, path)
         if names:
@@ -268,6 +299,7 @@ def sweep_machine() -> SweepReport:
         log.exception("sweeping what dead processes left failed")
     if report:
         log.info("swept what dead processes left: %d segment(s) (%d bytes) of %d node(s), "
-                 "%d socket file(s), %d lock file(s)", report.segments, report.segment_bytes,
-                 report.owners, report.sockets, report.locks)
+                 "%d spill file(s), %d socket file(s), %d lock file(s)", report.segments,
+                 report.segment_bytes, report.owners, report.spill_files, report.sockets,
+                 report.locks)
     return report

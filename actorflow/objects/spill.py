@@ -1,0 +1,496 @@
+"""A node's object store: what its primary copies take, a limit, spilling to disk and back.
+
+Every process of a node writes its large values into shared memory itself (``store.py``) and
+tells its node (:class:`Stored`); the owner tells it when the object is freed (:class:`Freed`).
+So the node's :class:`NodeStore` knows every primary copy on its machine: its size, what made
+it, and whether it lies in shared memory or on disk. Their sum in shared memory is the node's
+``used``; ``object_store_memory`` is its limit.
+
+Past the limit the store **spills**: on a thread of its own, least recently stored or restored
+first, it moves segments to files in its spill directory. A segment is spilled only when the
+store gets its ``flock`` exclusively: a reader that maps it holds a shared one (a *pin*,
+:class:`actorflow.objects.shm.Mapping`), and so does a writer rewriting a segment it reuses.
+Under the exclusive lock the header's generation must still be the registered one; then the
+bytes are copied (``copy_file_range``: in the kernel) and the segment unlinked.
+
+A reader that finds a segment gone asks its node to **restore** it (:class:`Restore`; a reader
+on another node asks the node that serves it, which restores before it answers): on another
+thread, the file is copied into a new segment under a temporary name and renamed into place,
+then the reader maps (and pins) it. The spill file is kept until the object is freed, so a
+restored object that is spilled again costs an unlink, not a copy. A freed object's spill file
+is deleted at once (on a thread).
+
+A value that can never fit (bigger than the limit), or that would go past it while the spill
+directory is full (the last spill failed for want of room), fails at once with
+``ObjectStoreFullError``: every process of the node reads the limit, the bytes used and that
+flag from a small page the node keeps beside its liveness lock (:class:`StorePage`), so the
+check costs no message. Spilling runs behind the writers: a burst of puts may pass the limit
+for as long as the spill thread takes to catch up (shared memory itself is the hard bound).
+
+The spill directory is ``<spill root>/<session>-<node id>``; its path is recorded beside the
+node's liveness lock, so when a node dies hard the sweeper (``sweep.py``) removes it with the
+node's segments.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import errno
+import logging
+import os
+import shutil
+import time
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from actorflow._errors import ObjectLostError, ObjectStoreFullError
+from actorflow.objects import shm, sweep
+from actorflow.objects.spillfiles import (
+    StorePage,
+    check_room,
+    default_limit,
+    restore_file,
+    spill_file,
+    spill_root,
+)
+from actorflow.runtime import OwnedTasks
+
+__all__ = [
+    "Freed",
+    "MemoryQuery",
+    "NodeStore",
+    "Restore",
+    "StorePage",
+    "Stored",
+    "check_room",
+    "default_limit",
+    "open_store",
+    "restore_file",
+    "spill_file",
+    "store_of",
+]
+
+log = logging.getLogger("actorflow.spill")
+
+#: A restored segment is not spilled again for this long (its reader maps it meanwhile).
+RESTORED_GRACE_S = 1.0
+#: While over the limit with every candidate pinned, look again this often.
+RETRY_S = 0.25
+#: How often a store checks that the segments it counts still exist (a process killed hard,
+#: or a job's end, may unlink them without a word).
+AUDIT_S = 2.0
+
+
+# -- messages (a process of the node -> its node) -------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """Tell: a primary copy was written to segment ``name`` (``nbytes``, ``generation``) by
+    process ``pid`` (``what`` made it: "put", "task result", "arguments")."""
+
+    name: str
+    nbytes: int
+    generation: int
+    pid: int
+    what: str
+
+
+@dataclass(frozen=True, slots=True)
+class Freed:
+    """Tell: the object in segment ``name`` (``generation``; None: whatever it holds) is
+    freed."""
+
+    name: str
+    generation: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Restore:
+    """Ask: make segment ``name`` present in shared memory again (answers None, or raises
+    ObjectLostError)."""
+
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryQuery:
+    """Ask: the store's figures and its ``limit`` largest objects (a dict)."""
+
+    limit: int = 20
+
+
+# -- the node's store ------------------------------------------------------------------------------
+
+_RESIDENT, _SPILLING, _SPILLED, _RESTORING = "shm", "spilling", "disk", "restoring"
+
+
+@dataclass(slots=True)
+class _Object:
+    nbytes: int
+    generation: int
+    pid: int
+    what: str
+    state: str = _RESIDENT
+    on_disk: bool = False  # a spill file holds it (kept after a restore)
+    freed: bool = False  # freed while a thread moved it
+    restored_at: float = 0.0
+    busy: asyncio.Future[None] | None = None
+    stored_at: float = field(default_factory=time.time)
+
+
+class NodeStore:
+    """The primary copies of one node (see the module docstring). Owned by the Node actor:
+    every method runs on its loop; file work runs on the store's threads."""
+
+    def __init__(self, node_id: str, session: str, *, limit: int | None = None,
+                 spill_root: str) -> None:
+        self.node_id = node_id
+        self.limit = int(limit) if limit else default_limit()
+        self.dir = os.path.join(spill_root, f"{session}-{node_id}")
+        self.objects: OrderedDict[str, _Object] = OrderedDict()
+        self.used = 0
+        self.disk_full = False
+        self.spilled_bytes = self.spilled_objects = 0
+        self.restored_bytes = self.restored_objects = 0
+        self.on_disk_bytes = 0
+        self._tombs: OrderedDict[tuple[str, int | None], None] = OrderedDict()
+        self._tasks = OwnedTasks(f"the object store of node {node_id}", log)
+        self._spill_pool = concurrent.futures.ThreadPoolExecutor(1, "actorflow-spill")
+        self._restore_pool = concurrent.futures.ThreadPoolExecutor(2, "actorflow-restore")
+        self._spilling = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._audit: asyncio.TimerHandle | None = None
+        self._page: StorePage | None = None
+        self._closed = False
+
+    def start(self) -> None:
+        """Make the spill directory and the page (blocking but small: at the node's start)."""
+        os.makedirs(self.dir, mode=0o700, exist_ok=True)
+        directory = sweep.node_lock_dir(create=True)
+        if directory is not None:
+            with open(os.path.join(directory, f"node-{self.node_id}.spill"), "w") as f:
+                f.write(self.dir)
+        try:
+            self._page = StorePage.create(self.node_id, self.limit)
+        except OSError as exc:
+            log.warning("node %s: no store page (%s): puts are not checked against the limit",
+                        self.node_id, exc)
+
+    def _publish(self) -> None:
+        if self._page is not None:
+            self._page.write(self.limit, self.used, self.disk_full)
+
+    # -- messages ------------------------------------------------------------------------------
+
+    async def handle(self, message: Any) -> Any:
+        kind = type(message)
+        if kind is Stored:
+            self.stored(message)
+        elif kind is Freed:
+            self.freed(message.name, message.generation)
+        elif kind is Restore:
+            await self.ensure(message.name)
+        elif kind is MemoryQuery:
+            return self.summary(message.limit)
+        return None
+
+    def stored(self, msg: Stored) -> None:
+        if self._closed or (msg.name, msg.generation) in self._tombs or (
+                msg.name, None) in self._tombs:
+            return
+        old = self.objects.pop(msg.name, None)
+        if old is not None:  # (its Freed was lost): the new value replaces it
+            self._forget(msg.name, old)
+        self.objects[msg.name] = _Object(msg.nbytes, msg.generation, msg.pid, msg.what)
+        self.used += msg.nbytes
+        self._changed()
+        self._arm_audit()
+
+    def freed(self, name: str, generation: int | None = None) -> None:
+        obj = self.objects.get(name)
+        if obj is None or (generation is not None and obj.generation != generation):
+            self._tombs[(name, generation)] = None
+            while len(self._tombs) > 4096:
+                self._tombs.popitem(last=False)
+            return
+        del self.objects[name]
+        self._forget(name, obj)
+        self._changed()
+
+    def freed_prefix(self, prefix: str) -> None:
+        """Every segment whose name starts with ``prefix`` went (a job's end)."""
+        for name in [n for n in self.objects if n.startswith(prefix)]:
+            self.freed(name)
+
+    def _forget(self, name: str, obj: _Object) -> None:
+        obj.freed = True
+        if obj.state == _RESIDENT:
+            self.used -= obj.nbytes
+        if obj.state in (_SPILLING, _RESTORING):
+            return  # the thread's end cleans up (see _spilled, _restored)
+        if obj.on_disk:
+            self._drop_file(name, obj)
+
+    def _drop_file(self, name: str, obj: _Object) -> None:
+        obj.on_disk = False
+        self.on_disk_bytes -= obj.nbytes
+        self.disk_full = False  # room again: try spilling again
+        self._tasks.spawn(asyncio.to_thread(_unlink, self._file(name)), f"unlink spill {name}")
+
+    def _file(self, name: str) -> str:
+        return os.path.join(self.dir, name)
+
+    # -- spilling ------------------------------------------------------------------------------
+
+    def _changed(self) -> None:
+        self._publish()
+        if self.used > self.limit and not self._spilling and not self._closed:
+            self._spilling = True
+            self._tasks.spawn(self._spill_round(), "spill round")
+
+    async def _spill_round(self) -> None:
+        loop = asyncio.get_running_loop()
+        stuck = False
+        tried: set[str] = set()  # a pinned one is tried once a round
+        try:
+            while self.used > self.limit and not self._closed and not self.disk_full:
+                name, obj = self._candidate(tried)
+                if obj is None:
+                    stuck = True
+                    break
+                tried.add(name)
+                obj.state = _SPILLING
+                obj.busy = loop.create_future()
+                self.used -= obj.nbytes
+                try:
+                    outcome = await loop.run_in_executor(
+                        self._spill_pool, _spill_one, name, self._file(name), obj.generation,
+                        not obj.on_disk)
+                except OSError as exc:
+                    outcome = "full" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "error"
+                    log.warning("node %s: spilling %s failed: %s", self.node_id, name, exc)
+                self._spilled(name, obj, outcome)
+        finally:
+            self._spilling = False
+            self._publish()
+        if (stuck or self.disk_full) and self.used > self.limit and not self._closed:
+            self._arm_retry()
+
+    def _candidate(self, tried: set[str]) -> tuple[str, _Object | None]:
+        now = time.monotonic()
+        for name, obj in self.objects.items():  # least recently stored or restored first
+            if (obj.state == _RESIDENT and name not in tried
+                    and now - obj.restored_at >= RESTORED_GRACE_S):
+                return name, obj
+        return "", None
+
+    def _spilled(self, name: str, obj: _Object, outcome: str) -> None:
+        busy, obj.busy = obj.busy, None
+        if outcome == "spilled":
+            if not obj.on_disk:
+                obj.on_disk = True
+                self.on_disk_bytes += obj.nbytes
+            obj.state = _SPILLED
+            self.spilled_bytes += obj.nbytes
+            self.spilled_objects += 1
+            if obj.freed:
+                self._drop_file(name, obj)
+        elif outcome == "gone":  # freed meanwhile (or unlinked without a word)
+            obj.state = _RESIDENT
+            if not obj.freed:
+                del self.objects[name]
+                obj.freed = True
+            if obj.on_disk:
+                self._drop_file(name, obj)
+        else:  # busy (pinned), no room on disk, or an error: it stays in memory
+            obj.state = _RESIDENT
+            if not obj.freed:
+                self.used += obj.nbytes
+                self.objects.move_to_end(name)  # try the others first
+            if outcome == "full":
+                self.disk_full = True
+        if busy is not None and not busy.done():
+            busy.set_result(None)
+        self._publish()
+
+    def _arm_retry(self) -> None:
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(RETRY_S, self._retry)
+
+    def _retry(self) -> None:
+        self._timer = None
+        self._changed()
+
+    # -- restoring -----------------------------------------------------------------------------
+
+    async def ensure(self, name: str) -> None:
+        """Segment ``name`` is in shared memory when this returns (restored if it was
+        spilled); ObjectLostError when it is freed or unknown and gone."""
+        for _ in range(8):
+            obj = self.objects.get(name)
+            if obj is None:
+                if await asyncio.to_thread(shm.exists, name):
+                    return
+                raise ObjectLostError(f"object segment {name} is gone from node "
+                                      f"{self.node_id} (its owner freed it or exited)")
+            if obj.busy is not None:  # a thread moves it now: wait for that, then look
+                await asyncio.shield(obj.busy)
+                continue
+            if obj.state == _RESIDENT:
+                obj.restored_at = time.monotonic()  # (a reader maps it now: let it)
+                self.objects.move_to_end(name)
+                return
+            await self._restore(name, obj)
+        raise ObjectLostError(f"object segment {name} of node {self.node_id} could not be "
+                              "restored: it was spilled again each time")
+
+    async def _restore(self, name: str, obj: _Object) -> None:
+        loop = asyncio.get_running_loop()
+        obj.state = _RESTORING
+        obj.busy = loop.create_future()
+        error: OSError | None = None
+        try:
+            await loop.run_in_executor(self._restore_pool, restore_file, name,
+                                       self._file(name))
+        except OSError as exc:
+            error = exc
+        busy, obj.busy = obj.busy, None
+        obj.state = _SPILLED if error is not None else _RESIDENT
+        if error is None:
+            self.restored_bytes += obj.nbytes
+            self.restored_objects += 1
+            obj.restored_at = time.monotonic()
+            if obj.freed:
+                self._tasks.spawn(asyncio.to_thread(shm.unlink_segment, name), "unlink")
+                if obj.on_disk:
+                    self._drop_file(name, obj)
+            else:
+                self.used += obj.nbytes
+                self.objects.move_to_end(name)
+        elif obj.freed and obj.on_disk:
+            self._drop_file(name, obj)
+        if busy is not None and not busy.done():
+            busy.set_result(None)
+        self._changed()
+        if error is not None:
+            if isinstance(error, FileNotFoundError) or obj.freed:
+                raise ObjectLostError(f"object segment {name} is gone from node "
+                                      f"{self.node_id} (freed while it was spilled)")
+            if error.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise ObjectStoreFullError(obj.nbytes, shm.free_bytes(),
+                                           f"the shared memory of node {self.node_id} "
+                                           f"({shm.SHM_DIR}), to restore a spilled object")
+            raise ObjectLostError(f"object segment {name} of node {self.node_id} could not "
+                                  f"be restored from {self.dir}: {error}") from error
+
+    # -- auditing ------------------------------------------------------------------------------
+
+    def _arm_audit(self) -> None:
+        if self._audit is None and not self._closed:
+            self._audit = asyncio.get_running_loop().call_later(AUDIT_S, self._start_audit)
+
+    def _start_audit(self) -> None:
+        self._audit = None
+        names = [n for n, o in self.objects.items() if o.state == _RESIDENT]
+        self._tasks.spawn(self._audit_round(names), "audit")
+
+    async def _audit_round(self, names: list[str]) -> None:
+        missing = await asyncio.to_thread(lambda: [n for n in names if not shm.exists(n)])
+        for name in missing:
+            obj = self.objects.get(name)
+            if obj is not None and obj.state == _RESIDENT and obj.busy is None:
+                del self.objects[name]
+                self._forget(name, obj)
+        if missing:
+            self._changed()
+        if self.objects:
+            self._arm_audit()
+
+    # -- views ---------------------------------------------------------------------------------
+
+    def figures(self) -> dict[str, Any]:
+        """The figures NodeInfo carries (and the state API, the dashboard, metrics read)."""
+        return {
+            "object_store_used": self.used,
+            "object_store_limit": self.limit,
+            "spilled_bytes": self.spilled_bytes,
+            "spilled_objects": self.spilled_objects,
+            "restored_bytes": self.restored_bytes,
+            "restored_objects": self.restored_objects,
+            "spilled_now_bytes": self.on_disk_bytes,
+            "objects_in_store": len(self.objects),
+            "spill_dir": self.dir,
+            "spill_dir_full": self.disk_full,
+        }
+
+    def summary(self, limit: int = 20) -> dict[str, Any]:
+        largest = sorted(self.objects.items(), key=lambda kv: kv[1].nbytes, reverse=True)
+        return dict(self.figures(), node_id=self.node_id, objects=[
+            {"object": name, "size": obj.nbytes, "node_id": self.node_id,
+             "where": ("shared memory" if obj.state in (_RESIDENT, _SPILLING)
+                       else "spill file"), "pid": obj.pid, "what": obj.what,
+             "stored_at": obj.stored_at}
+            for name, obj in largest[:limit]])
+
+    # -- lifetime ------------------------------------------------------------------------------
+
+    async def close(self) -> None:
+        """Stop; delete the spill directory and the page (the segments go with the node)."""
+        self._closed = True
+        for timer in (self._timer, self._audit):
+            if timer is not None:
+                timer.cancel()
+        await self._tasks.close(cancel=False)
+        self._spill_pool.shutdown(wait=False)
+        self._restore_pool.shutdown(wait=False)
+        if self._page is not None:
+            self._page.close(unlink=True)
+        await asyncio.to_thread(_remove_dir, self.dir, self.node_id)
+        self.objects.clear()
+
+
+# -- the stores of this process's nodes -------------------------------------------------------
+
+_stores: dict[str, NodeStore] = {}
+
+
+def open_store(node_id: str, session: str, options: Mapping[str, Any] | None) -> NodeStore:
+    """Make node ``node_id``'s store from its start options (``object_store_memory``,
+    ``spill_dir``) before the node starts, which takes it (:func:`store_of`). Blocking (it
+    makes the spill directory): run it off the loop."""
+    options = options or {}
+    limit = options.get("object_store_memory")
+    if limit is not None and int(limit) <= 0:
+        raise ValueError(f"object_store_memory must be a positive number of bytes, "
+                         f"got {limit!r}")
+    store = NodeStore(node_id, session, limit=int(limit) if limit else None,
+                      spill_root=spill_root(options))
+    store.start()
+    _stores[node_id] = store
+    return store
+
+
+def store_of(node_id: str) -> NodeStore | None:
+    """The store :func:`open_store` made for node ``node_id`` (once: the node takes it)."""
+    return _stores.pop(node_id, None)
+
+
+def _spill_one(name: str, path: str, generation: int, copy: bool) -> str:
+    return spill_file(name, path, generation, copy=copy)
+
+
+def _unlink(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+def _remove_dir(path: str, node_id: str) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+    directory = sweep.node_lock_dir(create=False)
+    if directory is not None:
+        _unlink(os.path.join(directory, f"node-{node_id}.spill"))
