@@ -1,4 +1,4 @@
-"""``actorflow start | stop | status | list``: clusters of one or many machines.
+"""``actorflow start | stop | status``: clusters of one or many machines.
 
 ``start --head`` starts a head (with a node of its own) and ``start --address`` a node that
 joins one. Without ``--block`` the command starts the process in the background (a new
@@ -6,6 +6,7 @@ session, its output in the state folder's log), waits until it is up, prints whe
 and returns; with ``--block`` it runs in the foreground until SIGTERM or SIGINT, which stop it
 and every worker it started. ``stop`` signals every process that ``start`` started on this
 machine (and sweeps what those it had to kill left: see ``docs/reliability.md``).
+``list`` is in :mod:`actorflow.cli.state_cmds` (through the state API).
 """
 
 from __future__ import annotations
@@ -26,11 +27,13 @@ from actorflow.objects import sweep
 from actorflow.placement.resources import Resources
 from actorflow.runtime.loop import run_main
 
-__all__ = ["cmd_list", "cmd_start", "cmd_status", "cmd_stop", "register"]
+__all__ = [
+    "cluster_address", "cluster_token", "cmd_start", "cmd_status", "cmd_stop", "register",
+]
 
 
 def register(sub: Any) -> None:
-    """Add ``start``, ``stop``, ``status`` and ``list`` to the ``actorflow`` parser."""
+    """Add ``start``, ``stop`` and ``status`` to the ``actorflow`` parser."""
     start = sub.add_parser("start", help="start a head, or a node that joins one")
     start.add_argument("--head", action="store_true", help="start a head (and its own node)")
     start.add_argument("--address", default=None, help="join the head at ws://HOST:PORT")
@@ -54,13 +57,6 @@ def register(sub: Any) -> None:
     status.add_argument("--address", default=None)
     status.add_argument("--token", default=None)
     status.set_defaults(handler=cmd_status)
-
-    lst = sub.add_parser("list", help="list nodes, actors, tasks or objects")
-    lst.add_argument("what", choices=["nodes", "actors", "tasks", "objects"])
-    lst.add_argument("--address", default=None)
-    lst.add_argument("--token", default=None)
-    lst.add_argument("--json", action="store_true")
-    lst.set_defaults(handler=cmd_list)
 
 
 def _resources(args: Any) -> Resources:
@@ -103,6 +99,16 @@ def _address(args: Any) -> str:
                              "or pass --address ws://HOST:PORT")
         return str(info["address"])
     return str(address)
+
+
+def cluster_address(args: Any) -> str:
+    """The cluster's address: ``--address``, $ACTORFLOW_ADDRESS, or the one started here."""
+    return _address(args)
+
+
+def cluster_token(args: Any) -> str:
+    """The cluster's token: ``--token``, $ACTORFLOW_TOKEN, or the head's token file here."""
+    return _token(args, new=False)
 
 
 # -- start --------------------------------------------------------------------------------------
@@ -260,7 +266,7 @@ def _alive(pid: int) -> bool:
         return True
 
 
-# -- status and list -------------------------------------------------------------------------------
+# -- status ---------------------------------------------------------------------------------------
 
 
 async def _views(args: Any, what: list[str]) -> dict[str, Any]:
@@ -314,28 +320,4 @@ def cmd_status(args: Any) -> int:
     for detail in views["node_details"]:
         for demand in detail.get("pending_demands", []):
             print(f"  waiting on node {detail['node_id']}: {_fmt(demand)}")
-    return 0
-
-
-def cmd_list(args: Any) -> int:
-    what = args.what
-    views = asyncio.run(_views(args, [what]))
-    if what in ("nodes", "actors"):
-        rows = [{k: v for k, v in row.items() if k != "ref"} for row in views[what]]
-    elif what == "tasks":
-        rows = [dict(lease, node_id=d["node_id"]) for d in views["node_details"]
-                for lease in d.get("lease_list", [])]
-    else:
-        rows = [dict(obj, node_id=d["node_id"]) for d in views["node_details"]
-                for obj in d.get("object_list", [])]
-    if args.json:
-        print(json.dumps(rows, indent=2, default=str))
-        return 0
-    if not rows:
-        print(f"no {what}")
-        return 0
-    keys = list(rows[0].keys())
-    print("  ".join(keys))
-    for row in rows:
-        print("  ".join(str(row.get(k, "")) for k in keys))
     return 0

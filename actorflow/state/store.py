@@ -303,7 +303,7 @@ class EventStore(ServiceActor):
 
 def _flag(options: Mapping[str, Any], key: str, env: str) -> bool:
     value = options.get(key)
-    if value is None:
+    if not value:  # not given (or off): the environment may turn it on
         value = os.environ.get(env, "")
     if isinstance(value, str):
         return value.strip().lower() in ("1", "true", "yes", "on")
