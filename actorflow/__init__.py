@@ -28,6 +28,7 @@ from actorflow._errors import (
     OwnerDiedError,
     PeerUnreachableError,
     ProtocolError,
+    RuntimeEnvTooLargeError,
     SerializationError,
     SupervisionError,
     TaskCancelledError,
@@ -65,6 +66,7 @@ if _typing.TYPE_CHECKING:
     )
     from actorflow.api.supervise import Child, SupervisionTree, child, supervise
     from actorflow.cluster.streaming import ObjectRefGenerator
+    from actorflow.jobs import JobClient
     from actorflow.objects.ref import ObjectRef
     from actorflow.placement.strategies import NodeAffinity, PlacementGroupStrategy
     from actorflow.state import timeline
@@ -82,6 +84,7 @@ __all__ = [
     "Child",
     "GetTimeoutError",
     "InfeasibleError",
+    "JobClient",
     "MailboxFullError",
     "NodeAffinity",
     "NodeDiedError",
@@ -98,6 +101,7 @@ __all__ = [
     "RemoteFunction",
     "Runtime",
     "RuntimeContext",
+    "RuntimeEnvTooLargeError",
     "SerializationError",
     "SupervisionError",
     "SupervisionTree",
@@ -148,6 +152,7 @@ _LAZY: dict[str, str] = {
                      "is_initialized", "kill", "nodes", "run", "shutdown", "watch"),
                     "actorflow.api.runtime"),
     **dict.fromkeys(("Child", "SupervisionTree", "child", "supervise"), "actorflow.api.supervise"),
+    "JobClient": "actorflow.jobs",
     "ObjectRef": "actorflow.objects.ref",
     "timeline": "actorflow.state",
     "ObjectRefGenerator": "actorflow.cluster.streaming",

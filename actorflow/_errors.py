@@ -13,6 +13,7 @@ the error subclasses it too, so ``except TimeoutError`` keeps working::
     │   └── OwnerDiedError
     ├── ObjectStoreFullError
     ├── OutOfMemoryError
+    ├── RuntimeEnvTooLargeError   (+ ValueError)
     ├── GetTimeoutError           (+ TimeoutError)
     ├── TaskCancelledError        (+ asyncio.CancelledError is *not* a base: it would stop tasks)
     ├── InfeasibleError
@@ -47,6 +48,7 @@ __all__ = [
     "OwnerDiedError",
     "PeerUnreachableError",
     "ProtocolError",
+    "RuntimeEnvTooLargeError",
     "SerializationError",
     "SupervisionError",
     "TaskCancelledError",
@@ -146,6 +148,27 @@ class ObjectStoreFullError(ActorflowError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.size, self.limit, self.where))
+
+
+class RuntimeEnvTooLargeError(ActorflowError, ValueError):
+    """A runtime environment's directory (``working_dir`` or a ``py_modules`` entry) holds
+    more than the cluster takes; nothing was uploaded or run.
+
+    ``path`` names the directory, ``size`` is the bytes of its files counted so far (the count
+    stops once over), ``limit`` the cluster's limit in bytes (``runtime_env_max_bytes``).
+    """
+
+    def __init__(self, path: str, size: int, limit: int) -> None:
+        self.path = path
+        self.size = size
+        self.limit = limit
+        super().__init__(
+            f"runtime_env directory {path!r} holds more than {_mib(size)} of files, over the "
+            f"cluster's limit of {_mib(limit)}: leave large data out of it (read it from "
+            "shared storage), or start the head with a larger --runtime-env-max-bytes")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.path, self.size, self.limit))
 
 
 class OutOfMemoryError(ActorflowError):

@@ -77,6 +77,8 @@ def _example(cls: type[BaseException]) -> BaseException:
         return af.ObjectStoreFullError(3 << 30, 1 << 30, "node n1's object store")
     if cls is af.OutOfMemoryError:
         return af.OutOfMemoryError("f", "n1", 95 << 30, 100 << 30, 0.95)
+    if cls is af.RuntimeEnvTooLargeError:
+        return af.RuntimeEnvTooLargeError("/app", 200 << 20, 100 << 20)
     return cls(f"{cls.__name__} happened")
 
 

@@ -23,6 +23,7 @@ __all__ = ["HEAD_SERVICES", "HeadContext", "start_head_services"]
 
 #: The modules whose ``start(ctx)`` runs when a head starts, in this order.
 HEAD_SERVICES: tuple[str, ...] = (
+    "actorflow.jobs.manager",
     "actorflow.state.store",
     "actorflow.dashboard",
 )

@@ -1,0 +1,101 @@
+"""Helpers of the job tests (see conftest.py): a CLI-started head and its jobs' processes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+from mn_support import ROOT, WAIT, CliCluster, cli
+
+#: The bound on a job's run in these tests.
+JOB_WAIT = 60.0
+
+
+@dataclass
+class JobHead:
+    cli: CliCluster
+    address: str
+    token: str
+
+    @property
+    def env(self) -> dict[str, str]:
+        return self.cli.env
+
+    @property
+    def state_dir(self) -> Path:
+        return self.cli.state_dir
+
+    def stop(self) -> list[str]:
+        """Stop the head (it stops its jobs), and kill what this cluster left: returns the
+        processes that were still there."""
+        survivors = self.cli.stop()
+        for proc in job_processes(self.cli.tag):
+            survivors.append(f"{proc.pid} (a job's process)")
+            proc.kill()
+        return survivors
+
+
+async def start_job_head(tmp: Path, extra: list[str]) -> JobHead:
+    cluster = CliCluster(tmp, peer_timeout=2.0)
+    head = cluster._spawn("head", ["--head", "--port", "0", "--host", "127.0.0.1",
+                                   "--num-cpus", "1", *extra])
+    try:
+        await cluster.wait_head(head)
+    except BaseException:
+        print(cluster.logs())
+        cluster.stop()
+        raise
+    assert cluster.address is not None and cluster.token is not None
+    return JobHead(cluster, cluster.address, cluster.token)
+
+
+def job_processes(tag: str) -> list[psutil.Process]:
+    """Live processes carrying this cluster's tag whatever their command line (a job's
+    driver inherits the head's environment)."""
+    out = []
+    for proc in psutil.process_iter(["pid"]):
+        try:
+            if proc.pid == os.getpid() or proc.status() == psutil.STATUS_ZOMBIE:
+                continue
+            if proc.environ().get("AF_MN_TAG") == tag:
+                out.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return out
+
+
+def pid_gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+async def wait_for(check: Any, timeout: float = WAIT, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+async def run_cli(args: list[str], env: dict[str, str], timeout: float = JOB_WAIT) -> Any:
+    return await asyncio.to_thread(cli, args, env, timeout)
+
+
+def write_app(folder: Path, files: dict[str, str]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        path = folder / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return folder
+
+
+__all__ = ["JOB_WAIT", "ROOT", "JobHead", "job_processes", "pid_gone", "run_cli",
+           "start_job_head", "wait_for", "write_app"]
