@@ -8,7 +8,7 @@ from typing import Any
 
 from actorflow.api.remote import _on_loop
 from actorflow.cluster.bootstrap import placement_of
-from actorflow.cluster.core import task_context
+from actorflow.cluster.driver_job import job_of, namespace_of
 from actorflow.cluster.protocol import CreateGroup, RemoveGroup, WaitGroup
 from actorflow.objects.ref import current_core
 from actorflow.placement.groups import parse_bundles
@@ -82,8 +82,8 @@ def placement_group(
     core = current_core()
     pg = PlacementGroup(core.new_id(), tuple(b.to_amounts() for b in parsed), group_strategy,
                         name)
-    namespace = core.namespace
-    job_id = task_context.get().job_id or core.job_id  # (in a task: the job that sent it)
+    namespace = namespace_of(core)
+    job_id = job_of(core)  # (in a task: the job that sent it)
 
     def send() -> None:
         placement_of(core.head).tell_nowait(
@@ -109,7 +109,7 @@ async def get_placement_group(name: str, namespace: str | None = None) -> Placem
     if not isinstance(name, str):
         raise TypeError(f"get_placement_group() takes a name string, got {name!r}")
     core = current_core()
-    ns = namespace if namespace is not None else core.namespace
+    ns = namespace if namespace is not None else namespace_of(core)
     group_id, bundles, strategy = await placement_of(core.head).ask(GetGroup(name, ns))
     return PlacementGroup(group_id, tuple(b.to_amounts() for b in bundles), strategy, name)
 

@@ -24,6 +24,7 @@ from actorflow._limits import UNLIMITED
 from actorflow.api.options import ActorOptions, MethodOptions, TaskOptions, validate
 from actorflow.cluster.actor_client import ActorClient, PendingCall
 from actorflow.cluster.core import Core, task_context
+from actorflow.cluster.driver_job import job_of, namespace_of
 from actorflow.cluster.execution import capture_strategy
 from actorflow.cluster.holds import HandleCounter, counter_for
 from actorflow.cluster.protocol import ActorCall, ActorSpec, ResolvedArg, TaskSpec, quick_call
@@ -159,7 +160,7 @@ class RemoteFunction(Generic[T]):
         refs = [core.new_pending(oid) for oid in return_ids]
         assert core.owner_ref is not None
         strategy = opts.scheduling_strategy
-        spec = TaskSpec(task_id, self._name, export.fid, None, blob, (), n, core.job_id,
+        spec = TaskSpec(task_id, self._name, export.fid, None, blob, (), n, job_of(core),
                         capture=strategy.for_children()
                         if type(strategy) is PlacementGroupStrategy else None)
         retries = opts.max_retries if opts.max_retries >= 0 else UNLIMITED
@@ -252,13 +253,13 @@ class ActorClass(Generic[T]):
                                      default_cpus=1)
         hold = demand_from_options(opts.num_cpus, opts.num_gpus, opts.memory, opts.resources,
                                    default_cpus=0)
-        namespace = opts.namespace if opts.namespace is not None else core.namespace
+        namespace = opts.namespace if opts.namespace is not None else namespace_of(core)
         return ActorSpec(
             actor_id=core.new_id(), class_name=self._cls.__name__, cls_blob=export.blob, args=blob,
             resolved=(), demand=demand, hold=hold,
             max_restarts=opts.max_restarts, max_task_retries=opts.max_task_retries,
             max_concurrency=max_concurrency, name=opts.name, namespace=namespace,
-            lifetime=opts.lifetime, job_id=core.job_id, owner=core.worker_id or "driver",
+            lifetime=opts.lifetime, job_id=job_of(core), owner=core.worker_id or "driver",
             strategy=opts.scheduling_strategy, methods=tuple(self._methods), creator=creator,
             streaming=self._streaming,
         )

@@ -23,7 +23,7 @@ from actorflow.api.remote import ActorHandle
 from actorflow.cluster import bootstrap, state
 from actorflow.cluster.calls import CallState, current_call
 from actorflow.cluster.core import Core, task_context
-from actorflow.cluster.driver_job import end_job, register_job
+from actorflow.cluster.driver_job import end_job, namespace_of, register_job
 from actorflow.cluster.protocol import (
     GetNamedActor,
     KillActor,
@@ -271,7 +271,7 @@ def run(main: Callable[..., Awaitable[T]], *args: Any, **init_kwargs: Any) -> T:
 async def get_actor(name: str, namespace: str | None = None) -> ActorHandle:
     """The handle of the named actor (in ``namespace``, default: this job's)."""
     core = current_core()
-    ns = namespace if namespace is not None else core.namespace
+    ns = namespace if namespace is not None else namespace_of(core)
     actor_id, spec = await core.head.ask(GetNamedActor(name, ns))
     return ActorHandle.from_spec(actor_id, spec)
 
@@ -373,7 +373,7 @@ def get_runtime_context() -> RuntimeContext:
     core = current_core()
     ctx = task_context.get()
     return RuntimeContext(core.node_id, ctx.job_id or core.job_id, ctx.task_id, ctx.actor_id,
-                          os.getpid(), core.namespace, ctx.name, current_call.get())
+                          os.getpid(), namespace_of(core), ctx.name, current_call.get())
 
 
 def get_gpu_ids() -> list[int]:

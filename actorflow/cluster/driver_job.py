@@ -4,6 +4,11 @@
 With ``log_to_driver`` (the default) the driver also runs a
 :class:`~actorflow.cluster.log_sink.LogSink`, where the nodes send the output of the job's
 workers; the head tells them where it is.
+
+In a worker, what runs belongs to the job that sent it (``task_context``): :func:`job_of` and
+:func:`namespace_of` say which job and namespace the calling code is in (a task's actors and
+names are its job's). A worker learns a job's namespace from the head the first time it runs
+something of that job (:func:`learn_jobs`, before it runs).
 """
 
 from __future__ import annotations
@@ -11,13 +16,17 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Iterable
 
 from actorflow._errors import ActorflowError
-from actorflow.cluster.core import Core
-from actorflow.cluster.jobs_table import EndJob, RegisterJob
+from actorflow.cluster.core import Core, task_context
+from actorflow.cluster.jobs_table import EndJob, JobInfo, RegisterJob
 from actorflow.cluster.log_sink import LogSink
 
-__all__ = ["end_job", "register_job", "segment_prefix"]
+__all__ = [
+    "end_job", "job_of", "known_job", "learn_jobs", "namespace_of", "register_job",
+    "segment_prefix",
+]
 
 log = logging.getLogger("actorflow")
 
@@ -48,3 +57,42 @@ async def end_job(core: Core) -> None:
         await core.head.ask(EndJob(core.job_id), timeout=END_JOB_TIMEOUT_S)
     except (ActorflowError, TimeoutError) as exc:
         log.warning("the head did not confirm the end of job %s: %s", core.job_id, exc)
+
+
+#: job id -> its namespace, in this process (a worker learns those of the jobs it serves)
+_NAMESPACES: dict[str, str] = {}
+
+
+def job_of(core: Core) -> str:
+    """The job of the calling code: the task's or actor's in a worker, else this driver's."""
+    return task_context.get().job_id or core.job_id
+
+
+def namespace_of(core: Core) -> str:
+    """The namespace of the calling code's job (``af.init(namespace=...)`` of its driver)."""
+    job = task_context.get().job_id
+    if job and job != core.job_id:
+        return _NAMESPACES.get(job, core.namespace)
+    return core.namespace
+
+
+def known_job(job_id: str) -> bool:
+    """Does this process know the job's namespace (or need it not: no job)?"""
+    return not job_id or job_id in _NAMESPACES
+
+
+async def learn_jobs(core: Core, job_ids: Iterable[str]) -> None:
+    """Ask the head for the namespaces of the jobs not known here yet (bounded: a head that
+    does not answer leaves them in this process's namespace)."""
+    for job in set(job_ids):
+        if known_job(job):
+            continue
+        try:
+            _known, _logs, namespace = await core.head.ask(JobInfo(job), timeout=10.0)
+        except (ActorflowError, TimeoutError) as exc:
+            log.warning("no namespace of job %s from the head (%s): its tasks here use %r",
+                        job, exc, core.namespace)
+            namespace = core.namespace
+        if len(_NAMESPACES) > 10_000:
+            _NAMESPACES.clear()
+        _NAMESPACES[job] = namespace

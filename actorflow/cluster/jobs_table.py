@@ -30,6 +30,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from actorflow.placement.messages import GroupTable, RemoveGroup
 from actorflow.runtime import ActorRef
 
 __all__ = [
@@ -207,13 +208,10 @@ class HeadJobs:
         row = self.jobs.end(job_id, status, message)
         if row is None:
             return
-        from actorflow.cluster.head import ActorState  # (head imports this module)
-        from actorflow.placement.messages import GroupTable, RemoveGroup
-
         for record in list(self.actors.values()):
             spec = record.spec
             if (spec.job_id != job_id or spec.lifetime == "detached"
-                    or record.state is ActorState.DEAD or record.job_ended):
+                    or record.state.value == "DEAD" or record.job_ended):
                 continue
             record.job_ended = True
             self._stop_for_job(record)

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, cast
 from actorflow._errors import TaskCancelledError
 from actorflow.cluster.calls import CallState, cancel_children, current_call, interrupt
 from actorflow.cluster.core import TaskContext, task_context
+from actorflow.cluster.driver_job import known_job, learn_jobs
 from actorflow.cluster.events import ACTOR_CREATION, TASK, EventRecorder
 from actorflow.cluster.execution import (
     PlainCall,
@@ -118,10 +119,14 @@ class Worker(Actor):
 
     async def receive(self, message: Any) -> Any:
         if type(message) is bytes:
-            return await self._run_task(task_from_quick(message))
+            message = task_from_quick(message)
         if type(message) is TaskSpec:
+            if not known_job(message.job_id):  # (its namespace: once per job, see driver_job)
+                await learn_jobs(self.core, (message.job_id,))
             return await self._run_task(message)
         if type(message) is HostActor:
+            if not known_job(message.job_id):
+                await learn_jobs(self.core, (message.job_id,))
             return await self._host_actor(message)
         raise TypeError(f"worker got an unexpected {type(message).__name__}")
 
@@ -191,6 +196,9 @@ class Worker(Actor):
 
     async def receive_batch(self, items: list[tuple[Any, Any]]) -> None:
         items = [(task_from_quick(m), r) if type(m) is bytes else (m, r) for m, r in items]
+        unknown = [m.job_id for m, _ in items if type(m) is TaskSpec and not known_job(m.job_id)]
+        if unknown:
+            await learn_jobs(self.core, unknown)
         await in_runs(items, self._batchable, self._run_batch, self.receive)
 
     async def _run_batch(self, run: list[tuple[TaskSpec, Any, Callable[..., Any]]]) -> None:
