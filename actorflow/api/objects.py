@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from actorflow._errors import GetTimeoutError
+from actorflow.api.progress import Progress, get_bar
 from actorflow.cluster.core import Core
 from actorflow.cluster.protocol import Payload
 from actorflow.objects.ref import ObjectRef, current_core
@@ -45,27 +46,35 @@ async def _values(core: Core, refs: Sequence[ObjectRef]) -> list[Any]:
     return [core.materialize(p) for p in payloads]
 
 
-async def get(refs: ObjectRef | Sequence[ObjectRef], *, timeout: float | None = None) -> Any:
+async def get(refs: ObjectRef | Sequence[ObjectRef], *, timeout: float | None = None,
+              progress: Progress = False) -> Any:
     """The value of a ref, or the values of a list of refs (same order).
 
     Raises the task's error (a TaskError that is also the original exception's type),
-    GetTimeoutError after ``timeout`` seconds.
+    GetTimeoutError after ``timeout`` seconds. ``progress``: show a tqdm bar that advances as
+    each value arrives (``True``; a string, its description; a mapping, tqdm's keyword
+    arguments such as ``file``).
     """
     core = current_core()
     single = isinstance(refs, ObjectRef)
     seq: Sequence[ObjectRef] = [refs] if isinstance(refs, ObjectRef) else list(refs)
     _check(seq, "get()")
-    if timeout is None:
-        values = await _values(core, seq)
-    else:
-        try:
-            async with asyncio.timeout(timeout):
-                values = await _values(core, seq)
-        except TimeoutError:
-            raise GetTimeoutError(
-                f"get() of {len(seq)} object(s) timed out after {timeout} s; the tasks may still "
-                "be running: raise the timeout, or use af.wait() to take what is ready"
-            ) from None
+    bar = get_bar(core, seq, progress) if progress else None
+    try:
+        if timeout is None:
+            values = await _values(core, seq)
+        else:
+            try:
+                async with asyncio.timeout(timeout):
+                    values = await _values(core, seq)
+            except TimeoutError:
+                raise GetTimeoutError(
+                    f"get() of {len(seq)} object(s) timed out after {timeout} s; the tasks may "
+                    "still be running: raise the timeout, or use af.wait() to take what is ready"
+                ) from None
+    finally:
+        if bar is not None:
+            bar.close()
     return values[0] if single else values
 
 

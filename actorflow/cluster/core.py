@@ -25,7 +25,7 @@ import os
 import secrets
 import threading
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pickle import dumps as pickle_dumps
@@ -322,6 +322,9 @@ class Core:
         #: segments then came through the link).
         self.pulled_bytes = 0
         self.pull_fallbacks = 0
+        #: Awaited first when this Core closes, in order (a last flush of what a process
+        #: recorded, such as its metrics); one that raises is logged and the rest still run.
+        self.on_close: list[Callable[[], Awaitable[None]]] = []
 
     async def start(self) -> None:
         self.owner_ref = await self.system.spawn(ObjectOwner, self, name="object-owner")
@@ -754,6 +757,11 @@ class Core:
         if self.closed:
             return
         self.closed = True
+        for hook in self.on_close:
+            try:
+                await hook()
+            except Exception:
+                log.exception("a close hook of this process's runtime failed")
         await self.submitter.close()
         for client in list(self.actors.values()):
             client.close()

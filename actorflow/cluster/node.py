@@ -34,6 +34,7 @@ from actorflow._errors import (
     WorkerCrashedError,
 )
 from actorflow._limits import UNLIMITED
+from actorflow.cluster import hoststats
 from actorflow.cluster.jobs_table import FreeSegments
 from actorflow.cluster.node_logs import NodeLogs, ReadLogs
 from actorflow.cluster.pool import WorkerHandle, WorkerPool, WorkerState
@@ -379,6 +380,7 @@ class Node(ServiceActor):
                 for r in self.leases.values()
             ],
             "object_list": shm.list_segments(f"af-{self.node_id}-"),
+            "host": hoststats.sample(self.node_id),  # the machine's CPU and memory use
             **(self.store.figures() if self.store is not None else {}),
         }
 

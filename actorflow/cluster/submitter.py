@@ -123,10 +123,15 @@ class TaskSubmitter:
         self._followers: dict[str, list[PendingTask]] = {}
         self._following: deque[PendingTask] | None = None  # _pushed's work list
         self._owner: Any = None  # how a worker reaches this owner (Local): set on first use
+        #: Tasks submitted here, and those settled (a value or a final error): what
+        #: `actorflow run --progress` shows.
+        self.submitted = 0
+        self.settled = 0
 
     # -- submission ----------------------------------------------------------------------------
 
     def submit(self, pending: PendingTask) -> None:
+        self.submitted += 1
         note_child(self.core, pending.return_ids[0])  # (for a recursive cancel of its parent)
         for oid in pending.return_ids:
             self.by_return[oid] = pending
@@ -369,6 +374,7 @@ class TaskSubmitter:
         return isinstance(error.cause, allowed)
 
     def _finish(self, pending: PendingTask, returns: tuple[Payload, ...]) -> None:
+        self.settled += 1
         pending.waiting = 0
         pending.deps = []
         self._followers.pop(pending.spec.task_id, None)  # they wait for their deps anyway
