@@ -37,6 +37,7 @@ from actorflow._errors import (
 )
 
 if _typing.TYPE_CHECKING:
+    from actorflow import metrics as metrics
     from actorflow import state as state
     from actorflow import util as util
     from actorflow.api.objects import as_completed, cancel, get, put, put_async, wait
@@ -161,7 +162,7 @@ _LAZY: dict[str, str] = {
 
 
 #: public subpackages, reached as ``af.util`` and imported on first use (not in ``__all__``)
-_SUBPACKAGES = ("state", "util")
+_SUBPACKAGES = ("metrics", "state", "util")
 
 
 def __getattr__(name: str) -> object:

@@ -38,6 +38,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "actorflow.cli.state_cmds",
     "actorflow.cli.logs_cmds",
     "actorflow.cli.dashboard_cmds",
+    "actorflow.cli.metrics_cmds",
 )
 
 
@@ -88,6 +89,10 @@ def _run(ns: argparse.Namespace) -> int:
         return 2
     params = inspect.signature(entry).parameters
     call_args: tuple[Any, ...] = (argv,) if params else ()
+    if getattr(ns, "progress", False):
+        from actorflow.api.progress import with_run_bar
+
+        entry = with_run_bar(entry)
     init_kwargs: dict[str, Any] = {}
     if ns.address:
         init_kwargs["address"] = ns.address

@@ -25,6 +25,7 @@ __all__ = ["HEAD_SERVICES", "HeadContext", "start_head_services"]
 HEAD_SERVICES: tuple[str, ...] = (
     "actorflow.jobs.manager",
     "actorflow.state.store",
+    "actorflow.metrics.service",
     "actorflow.dashboard",
 )
 
