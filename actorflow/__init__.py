@@ -40,6 +40,7 @@ if _typing.TYPE_CHECKING:
     from actorflow import metrics as metrics
     from actorflow import state as state
     from actorflow import util as util
+    from actorflow.api.memory import memory_summary
     from actorflow.api.objects import as_completed, cancel, get, put, put_async, wait
     from actorflow.api.placement import (
         PlacementGroup,
@@ -123,6 +124,7 @@ __all__ = [
     "init",
     "is_initialized",
     "kill",
+    "memory_summary",
     "nodes",
     "placement_group",
     "placement_group_table",
@@ -155,6 +157,7 @@ _LAZY: dict[str, str] = {
     **dict.fromkeys(("Child", "SupervisionTree", "child", "supervise"), "actorflow.api.supervise"),
     "JobClient": "actorflow.jobs",
     "ObjectRef": "actorflow.objects.ref",
+    "memory_summary": "actorflow.api.memory",
     "timeline": "actorflow.state",
     "ObjectRefGenerator": "actorflow.cluster.streaming",
     **dict.fromkeys(("NodeAffinity", "PlacementGroupStrategy"), "actorflow.placement.strategies"),

@@ -40,7 +40,7 @@ def test_all_holds_the_names_api_md_promises() -> None:
         "SupervisionError", "OwnerDiedError", "ObjectStoreFullError", "OutOfMemoryError",
         "placement_group", "remove_placement_group", "get_placement_group",
         "placement_group_table", "PlacementGroup", "PlacementGroupStrategy",
-        "watch", "timeline",
+        "watch", "timeline", "memory_summary",
     }
     assert promised <= set(af.__all__), promised - set(af.__all__)
 

@@ -34,6 +34,7 @@ __all__ = ["COMMAND_MODULES", "load_app", "main"]
 #: status) with ``set_defaults``. Imported only when the command line is parsed.
 COMMAND_MODULES: tuple[str, ...] = (
     "actorflow.cli.cluster_cmds",
+    "actorflow.cli.memory_cmds",
     "actorflow.cli.job_cmds",
     "actorflow.cli.state_cmds",
     "actorflow.cli.logs_cmds",

@@ -277,6 +277,8 @@ class Node(ServiceActor):
         if kind is ReadLogs:
             return await self.logs.read(message)
         if kind is FreeSegments:  # a job ended: its driver's segments here go
+            if self.store is not None:
+                self.store.freed_prefix(message.prefix)
             if message.prefix.startswith(f"af-{self.node_id}-"):
                 self._background(asyncio.to_thread(shm.cleanup_session, message.prefix))
             return None
