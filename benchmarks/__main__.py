@@ -48,6 +48,7 @@ GROUPS: dict[str, str] = {
     "transport": "benchmarks.transport",
     "cluster": "benchmarks.cluster",
     "placement": "benchmarks.placement",
+    "dashboard": "benchmarks.dashboard",
     "chaos": "benchmarks.chaos",
 }
 #: Soaks: run only when named (never by default, nor by a bare ``--compare ray``).

@@ -113,6 +113,22 @@ async def _job_logs(request: web.Request) -> web.Response:
         return _json({"error": "no such job"}, status=404)
 
 
+async def _workers(request: web.Request) -> web.Response:
+    return _json(await request.app[_VIEWS].workers())
+
+
+async def _logs(request: web.Request) -> web.Response:
+    q = request.query
+    pid = _int(request, "pid", -1)
+    try:
+        data = await request.app[_VIEWS].logs(
+            actor_id=q.get("actor_id") or None, node_id=q.get("node_id") or None,
+            pid=pid if pid >= 0 else None, job_id=q.get("job_id") or None)
+    except ValueError as exc:
+        return _json({"error": str(exc)}, status=404)
+    return _json(data)
+
+
 async def _metrics(request: web.Request) -> web.Response:
     body = await request.app[_VIEWS].metrics()
     if isinstance(body, dict):
@@ -163,6 +179,8 @@ def make_app(auth: Auth, views: Views) -> web.Application:
     app.router.add_get("/api/placement_groups", _placement_groups)
     app.router.add_get("/api/jobs", _jobs)
     app.router.add_get("/api/jobs/{job_id}/logs", _job_logs)
+    app.router.add_get("/api/workers", _workers)
+    app.router.add_get("/api/logs", _logs)
     app.router.add_get("/api/events", _events)
     app.router.add_get("/metrics", _metrics)
     return app
@@ -216,7 +234,10 @@ class DashboardServer:
 
     async def close(self) -> None:
         self.app[_CLOSING].set()
-        await self._runner.cleanup()
+        try:
+            await self._runner.cleanup()
+        finally:
+            await self.app[_VIEWS].close()
 
 
 class DashboardActor(Actor):

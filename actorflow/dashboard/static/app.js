@@ -29,6 +29,11 @@ async function api(path) {
   return data;
 }
 
+// a view's part that may fail alone (a log that is gone): its error, not the whole view's
+async function softApi(path) {
+  try { return await api(path); } catch (e) { return { unavailable: String(e.message || e) }; }
+}
+
 const fmt = {
   num: (v) => (v === undefined || v === null || v === "") ? "-" : Number(v).toLocaleString(),
   bytes: (v) => {
@@ -38,6 +43,7 @@ const fmt = {
     while (n >= 1024 && i < units.length - 1) { n /= 1024; i++; }
     return (i ? n.toFixed(1) : n) + " " + units[i];
   },
+  secs: (v) => (v === undefined || v === null) ? "-" : (v < 1 ? (v * 1000).toFixed(1) + " ms" : Number(v).toFixed(2) + " s"),
   pct: (v) => (v === undefined || v === null) ? "-" : Number(v).toFixed(1) + " %",
   time: (v) => v ? new Date(Number(v) * 1000).toLocaleTimeString() : "-",
   res: (m) => Object.entries(m || {}).map(([k, v]) => k + " " + (+v).toFixed(2).replace(/\.?0+$/, "")).join(", ") || "-",
@@ -45,8 +51,8 @@ const fmt = {
 
 function stateCell(state) { return el("td", { class: "state-" + state }, state); }
 
-function table(id, heads, rows) {
-  return el("table", { id },
+function table(id, heads, rows, cls) {
+  return el("table", { id, class: cls },
     el("thead", {}, el("tr", {}, heads.map((h) => el("th", {}, h)))),
     el("tbody", {}, rows));
 }
@@ -87,22 +93,46 @@ const VIEWS = {
         el("td", { class: "num" }, fmt.pct(n.cpu_percent)),
         el("td", { class: "num" }, fmt.bytes(n.mem_used) + " / " + fmt.bytes(n.mem_total)));
     });
-    return el("div", {}, el("h2", {}, "Nodes"),
+    const sum = (key) => {
+      const out = {};
+      for (const n of data.nodes.filter((n) => n.alive)) for (const [k, v] of Object.entries(n[key] || {})) out[k] = (out[k] || 0) + v;
+      return out;
+    };
+    const totals = sum("resources"), usedAll = sum("used");
+    const totalRows = Object.keys(totals).sort().map((k) => el("tr", {}, el("td", {}, k),
+      el("td", { class: "num" }, fmt.num(+(usedAll[k] || 0).toFixed(3))), el("td", { class: "num" }, fmt.num(+totals[k].toFixed(3))),
+      el("td", {}, el("div", { class: "bar" }, el("span", { style: `width:${Math.round(100 * (usedAll[k] || 0) / (totals[k] || 1))}%` })))));
+    return el("div", {}, el("h2", {}, "Resources of the live nodes"),
+      table("resources-table", ["resource", "used", "total", ""], totalRows),
+      el("h2", {}, "Nodes"),
       table("nodes-table", ["node", "address", "state", "resources used / total", "CPU use", "memory used / total"], rows));
   },
 
   async jobs() {
     const data = await api("/api/jobs");
     if (unavailable(data)) return unavailable(data);
+    const pick = (kind, id) => () => { S.job = { kind, id }; redraw(); };
     const rows = data.rows.map((j) => el("tr", { class: "click job", "data-job-id": j.job_id,
-                                                 onclick: () => { S.job = j.job_id; redraw(); } },
+                                                 onclick: pick("submitted", j.job_id) },
       el("td", {}, j.job_id), stateCell(j.status), el("td", {}, j.entrypoint || "-"),
+      el("td", {}, fmt.time(j.start_time)), el("td", {}, fmt.time(j.end_time)),
+      el("td", {}, j.message || "")));
+    const drivers = data.drivers.map((j) => el("tr", { class: "click driver", "data-job-id": j.job_id,
+                                                       onclick: pick("driver", j.job_id) },
+      el("td", {}, j.job_id), stateCell(j.status), el("td", {}, j.entrypoint || "-"),
+      el("td", {}, j.namespace || "-"), el("td", { class: "num" }, j.driver_pid ?? "-"),
       el("td", {}, fmt.time(j.start_time)), el("td", {}, fmt.time(j.end_time))));
-    const parts = [el("h2", {}, "Jobs"), table("jobs-table", ["job", "status", "entrypoint", "started", "ended"], rows)];
+    const parts = [];
     if (S.job) {
-      parts.push(el("h2", {}, "Logs of job " + S.job),
-                 logBox("job-log", await api("/api/jobs/" + encodeURIComponent(S.job) + "/logs")));
+      const path = S.job.kind === "submitted"
+        ? "/api/jobs/" + encodeURIComponent(S.job.id) + "/logs"
+        : "/api/logs?" + new URLSearchParams({ job_id: S.job.id });
+      parts.push(el("h2", {}, "Logs of job " + S.job.id), logBox("job-log", await softApi(path)));
     }
+    parts.push(el("h2", {}, "Submitted jobs"),
+      table("jobs-table", ["job", "status", "entrypoint", "started", "ended", "message"], rows),
+      el("h2", {}, "Drivers (every driver is a job)"),
+      table("drivers-table", ["job", "status", "entrypoint", "namespace", "pid", "started", "ended"], drivers));
     return el("div", {}, parts);
   },
 
@@ -127,19 +157,22 @@ const VIEWS = {
     const data = await api("/api/tasks?" + q);
     if (unavailable(data)) return unavailable(data);
     const states = Object.entries(data.states).sort();
-    const counts = el("table", { id: "task-states" }, el("tr", {}, states.map(([s]) => el("th", {}, s))),
+    const counts = el("table", { id: "task-states", class: "compact" }, el("tr", {}, states.map(([s]) => el("th", {}, s))),
       el("tr", {}, states.map(([s, n]) => el("td", { class: "num", "data-state": s }, fmt.num(n)))));
     const names = [...new Set(data.by_name.rows.flatMap((r) => Object.keys(r.states)))].sort();
     const rows = data.by_name.rows.map((r) => el("tr", { class: "task-name", "data-name": r.name },
-      el("td", {}, r.name), names.map((s) => el("td", { class: "num" }, fmt.num(r.states[s] || 0))),
-      el("td", { class: "num" }, fmt.num(r.total))));
+      el("td", {}, r.name), el("td", {}, r.kind || "-"),
+      names.map((s) => el("td", { class: "num" }, fmt.num(r.states[s] || 0))),
+      el("td", { class: "num" }, fmt.num(r.total)), el("td", { class: "num" }, fmt.secs(r.mean_s)),
+      el("td", { class: "num" }, fmt.secs(r.max_s))));
     const failures = data.failures.map((t) => el("tr", { class: "failure" },
-      el("td", {}, t.task_id || "-"), el("td", {}, t.name || t.func_name || "-"),
-      el("td", {}, t.node_id || "-"), el("td", { class: "error" }, t.error || t.error_message || "-")));
+      el("td", {}, t.task_id || "-"), el("td", {}, t.name || "-"), el("td", {}, fmt.time(t.end_time)),
+      el("td", {}, t.node_id || "-"), el("td", { class: "num" }, t.pid ?? "-"),
+      el("td", { class: "error" }, [t.error_type, t.error_message].filter(Boolean).join(": ") || "-")));
     return el("div", {}, el("h2", {}, "Tasks by state"), counts,
-      el("h2", {}, "By name"), table("tasks-by-name", ["name", ...names, "total"], rows),
+      el("h2", {}, "By name"), table("tasks-by-name", ["name", "kind", ...names, "total", "mean run time", "max run time"], rows),
       pager(data.by_name, (p) => { S.page = p; redraw(); }),
-      el("h2", {}, "Recent failures"), table("task-failures", ["task", "name", "node", "error"], failures));
+      el("h2", {}, "Recent failures"), table("task-failures", ["task", "name", "ended", "node", "pid", "error"], failures));
   },
 
   async objects() {
@@ -148,12 +181,12 @@ const VIEWS = {
     const nodes = data.per_node.map((n) => el("tr", {}, el("td", {}, n.node_id),
       el("td", { class: "num" }, fmt.num(n.objects)), el("td", { class: "num" }, fmt.bytes(n.bytes)),
       el("td", { class: "num" }, fmt.bytes(n.spilled))));
-    const rows = data.largest.rows.map((o) => el("tr", {}, el("td", {}, o.object_id || "-"),
-      el("td", { class: "num" }, fmt.bytes(o.size)), el("td", {}, o.node_id || "-"),
-      el("td", {}, o.owner || o.owner_address || "-"), el("td", {}, o.spilled ? "spilled" : "")));
+    const rows = data.largest.rows.map((o) => el("tr", { class: "object" }, el("td", {}, o.object ?? o.object_id ?? "-"),
+      el("td", { class: "num" }, fmt.bytes(o.bytes ?? o.size)), el("td", {}, o.node_id || "-"),
+      el("td", {}, o.spilled ? "spilled" : "in memory")));
     return el("div", {}, el("h2", {}, "Memory per node"),
-      table("objects-per-node", ["node", "objects", "bytes", "spilled"], nodes),
-      el("h2", {}, "Largest objects"), table("objects-largest", ["object", "size", "node", "owner", ""], rows),
+      table("objects-per-node", ["node", "objects", "bytes", "spilled"], nodes, "compact"),
+      el("h2", {}, "Largest objects"), table("objects-largest", ["object (shared-memory segment)", "size", "node", "where"], rows),
       pager(data.largest, (p) => { S.page = p; redraw(); }));
   },
 
@@ -170,14 +203,16 @@ const VIEWS = {
   async logs() {
     const data = await api("/api/workers");
     if (unavailable(data)) return unavailable(data);
-    const rows = data.rows.map((w) => el("tr", { class: "click worker", "data-worker": w.worker,
+    const rows = data.rows.map((w) => el("tr", { class: "click worker", "data-pid": w.pid, "data-node-id": w.node_id,
                                                  onclick: () => { S.worker = w; redraw(); } },
-      el("td", {}, w.node_id), el("td", {}, w.worker), el("td", { class: "num" }, w.pid ?? "-"),
-      el("td", {}, w.actor_id || w.kind || "-")));
-    const parts = [el("h2", {}, "Workers"), table("workers-table", ["node", "worker", "pid", "runs"], rows)];
+      el("td", {}, w.node_id), el("td", { class: "num" }, w.pid), el("td", {}, w.file),
+      el("td", {}, w.actor ? w.actor + " (" + w.actor_id + ")" : "-")));
+    const parts = [el("h2", {}, "Workers"), table("workers-table", ["node", "pid", "file", "actor"], rows)];
+    if (!rows.length) parts.push(el("p", { class: "note" }, "No log files: nodes started by `actorflow start` write them (an embedded cluster prints to its driver)."));
     if (S.worker) {
-      const q = new URLSearchParams({ node_id: S.worker.node_id, worker: S.worker.worker });
-      parts.unshift(el("h2", {}, "Log of worker " + S.worker.worker), logBox("worker-log", await api("/api/logs?" + q)));
+      const q = new URLSearchParams({ node_id: S.worker.node_id, pid: S.worker.pid });
+      parts.unshift(el("h2", {}, `Log of worker ${S.worker.pid} on node ${S.worker.node_id}`),
+                    logBox("worker-log", await softApi("/api/logs?" + q)));
     }
     return el("div", {}, parts);
   },
@@ -186,11 +221,11 @@ const VIEWS = {
 async function actorDetail(id) {
   const a = await api("/api/actors/" + encodeURIComponent(id));
   const fields = Object.entries(a).filter(([, v]) => typeof v !== "object" || v === null);
-  const log = await api("/api/logs?" + new URLSearchParams({ actor_id: id }));
+  const log = await softApi("/api/logs?" + new URLSearchParams({ actor_id: id }));
   return el("div", { class: "detail", id: "actor-detail" },
     el("button", { onclick: () => { S.actor = null; redraw(); } }, "close"),
     el("h2", {}, "Actor " + id),
-    el("dl", {}, fields.map(([k, v]) => [el("dt", {}, k), el("dd", {}, String(v))])),
+    el("dl", {}, fields.flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, v === null ? "-" : String(v))])),
     el("h2", {}, "Log"), logBox("actor-log", log));
 }
 
