@@ -1,6 +1,6 @@
 """Group ``cluster``: the embedded cluster (tasks, actor calls, objects, startup, idle memory)
-as the peer workloads define them (``WORKLOADS.md`` in the steering repo's ``bench/``), plus two
-workloads of our own (``cross_node``, ``many_actors``).
+as the peer workloads define them (``WORKLOADS.md`` in the steering repo's ``bench/``), plus
+workloads of our own (``cross_node``, ``many_actors``, ``generator``).
 
 Names, n (quick n), units and JSON keys are the peer benchmarks' (``benchmarks/spec.py`` holds
 them, and the targets); ``framework`` is
@@ -20,6 +20,9 @@ Our own workloads (their Ray side is ``benchmarks/ray_extra.py``):
 - ``cross_node`` (tasks/s; n = 10,000, quick 1,000): n no-op tasks pinned to the far one of two
   nodes started as real processes through the CLI, plus a 100 MiB transfer; it runs last, in a
   fresh child process (``--child cross_node``). Defined in ``benchmarks/cross_node.py``.
+- ``generator`` (values/s; n = 10,000, quick 1,000): one task yields ``range(n)``; the driver
+  reads each value (``async for ref in gen: await ref``) as the task runs; n / the time from
+  the submission to the last value.
 
 Comparison with Ray and the floor (same machine, same sitting): ``python -m benchmarks.cluster
 --compare ray`` (this group; also ``AF_BENCH_COMPARE=ray``) or ``python -m benchmarks --compare
@@ -401,6 +404,28 @@ async def task_chain(n: int) -> tuple[Rep, Teardown]:
     return rep, None
 
 
+@af.remote
+def produce(n: int):  # type: ignore[no-untyped-def]
+    for i in range(n):  # noqa: UP028  (as Ray's side: benchmarks/ray_extra.py)
+        yield i
+
+
+async def generator(n: int) -> tuple[Rep, Teardown]:
+    assert [await r async for r in produce.remote(10)] == list(range(10))
+
+    async def rep() -> dict[str, Any]:
+        t0 = time.perf_counter()
+        total = count = 0
+        async for ref in produce.remote(n):
+            total += await ref
+            count += 1
+        dt = time.perf_counter() - t0
+        assert (count, total) == (n, n * (n - 1) // 2), (count, total)
+        return {"value": n / dt, "total_s": dt}
+
+    return rep, None
+
+
 async def tree_reduce(n: int) -> tuple[Rep, Teardown]:
     assert n & (n - 1) == 0, "the leaf count must be a power of two"
     assert await add.remote(leaf.remote(1), leaf.remote(2)) == 3
@@ -432,6 +457,7 @@ _IN_PROCESS: dict[str, Callable[[int], Awaitable[tuple[Rep, Teardown]]]] = {
     "large_arg_actor": large_arg_actor,
     "task_chain": task_chain,
     "tree_reduce": tree_reduce,
+    "generator": generator,
 }
 
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""actorflow's own cluster workloads (``many_actors``, ``cross_node``) on Ray Core.
+"""actorflow's own cluster workloads (``many_actors``, ``cross_node``, ``generator``) on Ray Core.
 
 Usage (with Ray's interpreter, never the project's: Ray is not a dependency of actorflow)::
 
@@ -35,6 +35,10 @@ is in ``benchmarks/many_actors.py`` and ``benchmarks/cross_node.py``; the defini
   (``transfer_GBps`` = 104,857,600 B / that); ``produce_s``, the same task returning only the
   array's last element (everything but the move); ``move_s`` = transfer - produce and
   ``move_GBps``. ``cpu_*`` cover the task part only; ``transfer_cpu_s`` the transfer.
+- ``generator`` (values/s; n = 10,000, quick 1,000): one task that yields ``range(n)`` (a
+  streaming generator: Ray's default for a generator function), read by the driver ref by
+  ref as the task runs (``ray.get`` of each; ours ``async for`` and ``await``); value: n /
+  (time from the submission to the last value read), the sum checked.
 """
 
 from __future__ import annotations
@@ -311,6 +315,31 @@ def _cross_node_reps(ray: Any, np: Any, n: int, reps: int, meter: Any) -> list[d
     return runs
 
 
+def run_generator(ray: Any, n: int, reps: int, meter: Any) -> list[dict[str, Any]]:
+    @ray.remote
+    def produce(n):  # type: ignore[no-untyped-def]
+        for i in range(n):  # noqa: UP028  (Ray's generators need send(): no yield from)
+            yield i
+
+    assert [ray.get(r) for r in produce.remote(10)] == list(range(10))  # warm-up
+    runs = []
+    for r in range(reps):
+        before = meter.snap()
+        t0 = time.perf_counter()
+        total = count = 0
+        for ref in produce.remote(n):
+            total += ray.get(ref)
+            count += 1
+        dt = time.perf_counter() - t0
+        after = meter.snap()
+        assert (count, total) == (n, n * (n - 1) // 2), (count, total)
+        rec: dict[str, Any] = {"value": n / dt, "total_s": dt}
+        meter.add(rec, before, after, n)
+        runs.append(rec)
+        _log(f"[generator] rep {r + 1}/{reps}: {rec['value']:.4g} values/s")
+    return runs
+
+
 # -- driver ------------------------------------------------------------------------------------
 
 
@@ -363,6 +392,13 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 runs, n, _ = run_many_actors(ray, many_actors_sizes(args.quick), reps,
                                              CpuMeter(session_name(), ray_label))
+            finally:
+                ray.shutdown()
+            emit(summarize(name, FRAMEWORK, unit, n, runs, meta))
+        elif name == "generator":
+            init_ray(args.num_cpus)
+            try:
+                runs = run_generator(ray, n, reps, CpuMeter(session_name(), ray_label))
             finally:
                 ray.shutdown()
             emit(summarize(name, FRAMEWORK, unit, n, runs, meta))

@@ -31,7 +31,7 @@ def rec(workload: str, value: float, unit: str, **extra: Any) -> dict[str, Any]:
 
 def test_every_workload_has_a_spec_and_ray_side() -> None:
     assert cluster.WORKLOADS == spec.WORKLOADS
-    assert spec.WORKLOADS[-3:] == ("tree_reduce", "cross_node", "many_actors")
+    assert spec.WORKLOADS[-4:] == ("tree_reduce", "cross_node", "many_actors", "generator")
     for table in (spec.TARGETS, spec.EXTRA_TARGETS, spec.FLOOR_TARGETS, spec.INFO_EXTRAS,
                   spec.RAY_EXTRA_WORKLOADS):
         assert set(table) <= set(spec.WORKLOADS)

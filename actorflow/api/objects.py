@@ -12,6 +12,7 @@ from actorflow._errors import GetTimeoutError
 from actorflow.api.progress import Progress, get_bar
 from actorflow.cluster.core import Core
 from actorflow.cluster.protocol import Payload
+from actorflow.cluster.streaming import ObjectRefGenerator
 from actorflow.objects.ref import ObjectRef, current_core
 
 __all__ = ["as_completed", "cancel", "get", "put", "put_async", "wait"]
@@ -142,7 +143,8 @@ async def as_completed(refs: Sequence[ObjectRef]) -> AsyncIterator[ObjectRef]:
         yield ready.popleft()
 
 
-async def cancel(ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> None:
+async def cancel(ref: ObjectRef | ObjectRefGenerator, *, force: bool = False,
+                 recursive: bool = True) -> None:
     """Cancel the task or actor call that produces ``ref``; ``get`` then raises
     TaskCancelledError (unless it had finished: its value stays).
 
@@ -154,8 +156,11 @@ async def cancel(ref: ObjectRef, *, force: bool = False, recursive: bool = True)
     submitted are cancelled too. ``force`` is for tasks only (end an actor with ``af.kill``).
     Only the process that made the call can cancel it."""
     core = current_core()
+    if isinstance(ref, ObjectRefGenerator):  # its task: the values it made stay readable
+        ref = ref.task_ref
     if not isinstance(ref, ObjectRef):
-        raise TypeError(f"cancel() takes an ObjectRef, got {type(ref).__name__}")
+        raise TypeError(f"cancel() takes an ObjectRef or an ObjectRefGenerator, got "
+                        f"{type(ref).__name__}")
     if core.submitter.cancel(ref.id, force, recursive):
         return
     for client in list(core.actors.values()):

@@ -164,12 +164,15 @@ class RemoteFunction(Generic[T]):
                         capture=strategy.for_children()
                         if type(strategy) is PlacementGroupStrategy else None)
         retries = opts.max_retries if opts.max_retries >= 0 else UNLIMITED
+        gen = (ObjectRefGenerator(core, task_id, refs[0], opts.generator_backpressure)
+               if self._streaming else None)
         core.submitter.submit(PendingTask(spec, return_ids, self._shape, retries,
                                           self._retry_exceptions, export.blob,
                                           strategy=opts.scheduling_strategy, deps=deps,
-                                          keep=keep))
-        if self._streaming:
-            return ObjectRefGenerator(core, task_id, refs[0], opts.generator_backpressure)
+                                          keep=keep,
+                                          may_rerun=gen.rerun_check() if gen else None))
+        if gen is not None:
+            return gen
         return refs[0] if n == 1 else refs
 
 
@@ -182,8 +185,8 @@ def _public_methods(cls: type) -> dict[str, bool]:
     for name, member in inspect.getmembers(cls):
         if name.startswith("_") and name != "__call__":
             continue
-        if callable(member):
-            out[name] = inspect.iscoroutinefunction(member)
+        if callable(member):  # (an async generator runs on the actor's loop too)
+            out[name] = inspect.iscoroutinefunction(member) or inspect.isasyncgenfunction(member)
     return out
 
 

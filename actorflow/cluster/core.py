@@ -762,6 +762,7 @@ class Core:
                 await hook()
             except Exception:
                 log.exception("a close hook of this process's runtime failed")
+        streaming.close(self)
         await self.submitter.close()
         for client in list(self.actors.values()):
             client.close()

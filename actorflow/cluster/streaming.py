@@ -14,18 +14,25 @@ the next value the caller takes plus B; without, unbounded). The worker keeps up
 takes more. The task's own result is the number of values sent; it is answered only once every
 value was taken in, so when the count arrives the stream is complete.
 
-Faults: a retried task (its worker died) sends its values again from the first; the owner
-keeps the first copy of each index and drops repeats. An error raised by the generator reaches
-the caller as one more ref, after the values sent before it, which raises that error when
-read. A caller that drops its generator before the end releases the worker: the owner answers
-``-1`` to its next ask and the worker closes the user's generator and returns.
+Faults: a task whose worker died runs again (within ``max_retries``) only while none of its
+values was read: the values the dead attempt sent are dropped and the new attempt makes them
+again; once one was read, the caller gets ``af.WorkerCrashedError`` after the values it had.
+(A late repeat of a value already taken in is dropped: the first copy is kept.) An error
+raised by the generator reaches the caller as one more ref, after the values sent before it,
+which raises that error when read. A caller that drops its generator before the end (or
+cancels it: ``af.cancel(gen)``) releases the worker: the owner answers ``-1`` to its next ask
+and the worker closes the user's generator and returns. A streaming actor call retried after
+a restart (``max_task_retries``) sends its values again; those already taken in are dropped.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import functools
 import inspect
+import threading
 import weakref
 from collections import deque
 from collections.abc import Callable
@@ -39,11 +46,13 @@ if TYPE_CHECKING:
     from actorflow.cluster.core import Core
     from actorflow.runtime import ActorRef
 
-__all__ = ["ObjectRefGenerator", "StreamItem", "StreamWait", "accept", "is_generator",
+__all__ = ["ObjectRefGenerator", "StreamItem", "StreamWait", "accept", "close", "is_generator",
            "pump_for", "wait"]
 
-#: Values a worker keeps in flight to the owner before it waits for the first one's answer.
-WINDOW = 64
+#: The most values a worker sends in one message (more wait for the owner's answer).
+BATCH = 256
+#: The most values a plain generator's thread makes ahead of the worker's loop.
+WINDOW = 256
 #: The credit of a stream without backpressure.
 _UNBOUNDED = 1 << 62
 #: The answer that tells a worker its caller is gone: it stops.
@@ -52,11 +61,12 @@ _STOP = -1
 
 @dataclass(frozen=True, slots=True)
 class StreamItem:
-    """Worker -> owner: value ``index`` of stream ``stream_id``; answered with the credit."""
+    """Worker -> owner: values ``index``, ``index + 1``, ... of stream ``stream_id`` (one
+    payload each); answered with the credit."""
 
     stream_id: str
     index: int
-    payload: Payload
+    payloads: tuple[Payload, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,18 +136,21 @@ def _table(core: Core) -> dict[str, _Stream]:
 
 
 def accept(core: Core, item: StreamItem) -> int:
-    """(Owner, on the loop.) Take value ``item.index`` in (once); answer the credit."""
+    """(Owner, on the loop.) Take the values in (each index once); answer the credit."""
     stream = _table(core).get(item.stream_id)
-    object_id = f"{item.stream_id}.y{item.index}"
-    if stream is None or stream.stopped:
-        core.objects.resolve(object_id, item.payload)  # nobody wants it: freed here
+    prefix = item.stream_id + ".y"
+    gone = stream is None or stream.stopped
+    for index, payload in enumerate(item.payloads, item.index):
+        object_id = prefix + str(index)
+        if gone or index < stream.next or index in stream.refs:  # type: ignore[union-attr]
+            # nobody wants it, or a retried task's repeat (the first copy is kept)
+            core.objects.resolve(object_id, payload)  # (no entry: its segment is freed)
+            continue
+        ref = core.new_pending(object_id)
+        core.objects.resolve(object_id, payload)
+        stream.refs[index] = ref  # type: ignore[union-attr]
+    if stream is None or gone:
         return _STOP
-    if item.index < stream.next or item.index in stream.refs:  # a retried task's repeat
-        core.objects.resolve(object_id, item.payload)  # (its first copy is kept)
-        return stream.credit()
-    ref = core.new_pending(object_id)
-    core.objects.resolve(object_id, item.payload)
-    stream.refs[item.index] = ref
     stream.wake()
     return stream.credit()
 
@@ -172,6 +185,12 @@ class ObjectRefGenerator:
         stream = self._stream = _Stream(backpressure)
         _table(core)[stream_id] = stream
         core.when_ready(task_ref, functools.partial(_ended, core, stream_id, stream))
+
+    def rerun_check(self) -> Callable[[], bool]:
+        """What the submitter asks before it runs the task again after its worker died: only
+        when no value was read yet (the values of the attempt that died are dropped; the new
+        one makes them again). It holds the stream, not this generator, which may be dropped."""
+        return functools.partial(_may_rerun, self._stream)
 
     @property
     def task_ref(self) -> ObjectRef:
@@ -234,6 +253,13 @@ def _ended(core: Core, stream_id: str, stream: _Stream, payload: Payload) -> Non
         _table(core).pop(stream_id, None)
 
 
+def _may_rerun(stream: _Stream) -> bool:
+    if stream.next > 0 or stream.stopped:
+        return False
+    stream.refs.clear()
+    return True
+
+
 def _stop(core: Core, stream_id: str, stream: _Stream) -> None:
     """(Owner, on the loop.) The caller dropped its generator: free what it did not take, let
     the worker go."""
@@ -244,96 +270,250 @@ def _stop(core: Core, stream_id: str, stream: _Stream) -> None:
         _table(core).pop(stream_id, None)
 
 
+def close(core: Core) -> None:
+    """(Owner, on the loop.) This process's runtime closes: every stream it reads stops, and
+    the workers waiting to send to it are released."""
+    for stream_id, stream in list(_table(core).items()):
+        _stop(core, stream_id, stream)
+    _streams.pop(core, None)
+
+
 # -- the worker's side -------------------------------------------------------------------------
 
 _DONE = object()
 
 
 class _Sender:
-    """Sends one stream's values to its owner, within the owner's credit."""
+    """Sends one stream's values to its owner, within the owner's credit, in batches: a value
+    goes at once when no batch is on its way, else with the next batch, which leaves when the
+    owner answers the one on its way (or once BATCH values wait)."""
 
     def __init__(self, core: Core, owner: ActorRef, stream_id: str,
-                 backpressure: int | None) -> None:
+                 backpressure: int | None, what: str) -> None:
         self.core = core
         self.owner = owner
         self.stream_id = stream_id
-        self.index = 0
+        self.what = what
+        self.index = 0  # values taken from the generator
         self.credit = _UNBOUNDED if backpressure is None else backpressure
         self.stopped = False
-        self.pending: deque[asyncio.Future[int]] = deque()
+        self.error: BaseException | None = None
+        self.batch: list[Payload] = []
+        self.first = 0  # the index of batch[0]
+        self.inflight = 0
+        self.changed: asyncio.Future[None] | None = None
+        #: called when the credit grew (a plain generator's thread may go on)
+        self.on_credit: Callable[[], None] | None = None
 
-    def _took(self, credit: int) -> None:
-        if credit == _STOP:
-            self.stopped = True
-        elif credit > self.credit:
-            self.credit = credit
+    def _wake(self) -> None:
+        changed = self.changed
+        if changed is not None and not changed.done():
+            changed.set_result(None)
 
-    async def send(self, value: Any, what: str) -> bool:
+    def _answered(self, fut: asyncio.Future[int]) -> None:
+        self.inflight -= 1
+        if fut.cancelled():
+            self.error = self.error or asyncio.CancelledError()
+        elif (exc := fut.exception()) is not None:
+            self.error = self.error or exc
+        else:
+            credit = fut.result()
+            if credit == _STOP:
+                self.stopped = True
+            elif credit > self.credit:
+                self.credit = credit
+                if self.on_credit is not None:
+                    self.on_credit()
+        if self.batch and not self.stopped and self.error is None:
+            self._ship()
+        self._wake()
+
+    def _ship(self) -> None:
+        batch, self.batch = tuple(self.batch), []
+        first, self.first = self.first, self.first + len(batch)
+        self.inflight += 1
+        self.owner.ask_nowait(StreamItem(self.stream_id, first, batch)).add_done_callback(
+            self._answered)
+
+    async def _change(self) -> None:
+        """Wait until an answer comes (or, with nothing on its way, for more credit)."""
+        if self.inflight:
+            self.changed = self.core.loop.create_future()
+            await self.changed
+        else:
+            credit = await self.owner.ask(StreamWait(self.stream_id, self.index))
+            if credit == _STOP:
+                self.stopped = True
+            elif credit > self.credit:
+                self.credit = credit
+                if self.on_credit is not None:
+                    self.on_credit()
+        if self.error is not None:
+            raise self.error
+
+    async def room(self) -> bool:
+        """Wait until the next value may be sent; False: the caller is gone."""
+        while self.index >= self.credit and not self.stopped:
+            await self._change()
+        return not self.stopped
+
+    async def send(self, value: Any) -> bool:
         """Send the next value (waiting for credit first); False: the caller is gone."""
-        index = self.index
-        while index >= self.credit and not self.stopped:
-            if self.pending:
-                self._took(await self.pending.popleft())
-            else:
-                self._took(await self.owner.ask(StreamWait(self.stream_id, index)))
-        if self.stopped:
+        if not await self.room():
             return False
-        payload = self.core.encode(value, f"value {index} of {what}", owned=False)
-        answer: asyncio.Future[int] = self.core.loop.create_future()
-        await self.owner.deliver(StreamItem(self.stream_id, index, payload), answer)
-        self.pending.append(answer)
+        self.batch.append(self.core.encode(value, f"value {self.index} of {self.what}",
+                                           owned=False))
         self.index += 1
-        if len(self.pending) >= WINDOW:
-            self._took(await self.pending.popleft())
+        if not self.inflight:
+            self._ship()
+        elif len(self.batch) >= BATCH:
+            await self._change()
         return not self.stopped
 
     async def flush(self) -> None:
         """Wait until the owner has taken every value sent."""
-        while self.pending:
-            self._took(await self.pending.popleft())
+        while (self.batch or self.inflight) and not self.stopped:
+            if self.batch and not self.inflight:
+                self._ship()
+            await self._change()
+        if self.error is not None:
+            raise self.error
 
-    def abandon(self) -> None:
-        for fut in self.pending:
-            fut.cancel()
-        self.pending.clear()
+
+class _ThreadFeed:
+    """A plain generator run on a thread of its own, its values handed to the loop in
+    batches: the thread makes value ``i`` only while ``i`` is under the sender's credit and
+    fewer than WINDOW values wait, so it runs no further ahead than an async generator would,
+    and costs no thread hop per value."""
+
+    def __init__(self, gen: Any, sender: _Sender) -> None:
+        self.gen = gen
+        self.sender = sender
+        self.loop = asyncio.get_running_loop()
+        self.cond = threading.Condition()
+        self.ready: deque[Any] = deque()
+        self.made = 0  # values the thread made
+        self.done = False  # the generator ended, raised, or was stopped
+        self.error: BaseException | None = None
+        self.stopped = False
+        self.waiter: asyncio.Future[None] | None = None
+        sender.on_credit = self.more
+
+    def blocked(self) -> bool:
+        """(Loop.) Does the thread wait for credit?"""
+        return self.made >= self.sender.credit
+
+    def run(self) -> None:
+        """(On the thread.)"""
+        try:
+            while True:
+                with self.cond:
+                    while not self.stopped and (len(self.ready) >= WINDOW
+                                                or self.made >= self.sender.credit):
+                        self.cond.wait()
+                    if self.stopped:
+                        return
+                value = next(self.gen, _DONE)
+                if value is _DONE:
+                    return
+                with self.cond:
+                    self.ready.append(value)
+                    self.made += 1
+                    wake = len(self.ready) == 1
+                if wake:
+                    self.loop.call_soon_threadsafe(self._wake)
+        except BaseException as exc:
+            self.error = exc
+        finally:
+            self.gen.close()
+            with self.cond:
+                self.done = True
+            with contextlib.suppress(RuntimeError):  # (a closed loop: nobody waits)
+                self.loop.call_soon_threadsafe(self._wake)
+
+    def _wake(self) -> None:
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def take(self) -> list[Any]:
+        """(Loop.) The values made since the last take."""
+        with self.cond:
+            batch = list(self.ready)
+            self.ready.clear()
+            self.cond.notify()
+        return batch
+
+    async def wait(self) -> None:
+        """(Loop.) Until the thread made a value or ended."""
+        with self.cond:
+            if self.ready or self.done:
+                return
+            self.waiter = self.loop.create_future()
+        await self.waiter
+
+    def more(self) -> None:
+        """The credit grew: the thread may go on."""
+        with self.cond:
+            self.cond.notify()
+
+    def stop(self) -> None:
+        with self.cond:
+            self.stopped = True
+            self.cond.notify()
 
 
 def pump_for(fn: Callable[..., Any], what: str) -> Callable[..., Any]:
     """The ``async def`` a worker runs in place of generator function ``fn`` (``what`` names
     it in errors): called as ``(owner, stream_id, backpressure, *args, **kwargs)``, it sends
-    each value ``fn(*args, **kwargs)`` yields to ``owner`` and returns how many it sent."""
+    each value ``fn(*args, **kwargs)`` yields to ``owner`` and returns how many it sent. A
+    plain generator runs on a thread of its own (:class:`_ThreadFeed`)."""
 
     async def pump(owner: ActorRef, stream_id: str, backpressure: int | None,
                    *args: Any, **kwargs: Any) -> int:
-        sender = _Sender(current_core(), owner, stream_id, backpressure)
+        sender = _Sender(current_core(), owner, stream_id, backpressure, what)
         gen = fn(*args, **kwargs)
         try:
             if inspect.isasyncgen(gen):
                 try:
                     async for value in gen:
-                        if not await sender.send(value, what):
+                        if not await sender.send(value):
                             break
                 finally:
                     await gen.aclose()
             else:
-                try:
-                    while True:  # each step on a thread: the user's code may block
-                        value = await asyncio.to_thread(next, gen, _DONE)
-                        if value is _DONE or not await sender.send(value, what):
-                            break
-                finally:
-                    gen.close()
-            await sender.flush()
+                await _pump_plain(gen, sender)
         except asyncio.CancelledError:
-            sender.abandon()
             raise
         except BaseException:
-            try:  # what came before the error is delivered before it
-                await sender.flush()
-            except BaseException:
-                sender.abandon()
+            await sender.flush()  # what came before the error is delivered before it
             raise
+        await sender.flush()
         return sender.index
 
     pump.__qualname__ = pump.__name__ = getattr(fn, "__name__", "generator")
     return pump
+
+
+async def _pump_plain(gen: Any, sender: _Sender) -> None:
+    feed = _ThreadFeed(gen, sender)
+    thread = asyncio.get_running_loop().run_in_executor(
+        None, contextvars.copy_context().run, feed.run)
+    try:
+        while True:
+            for value in feed.take():
+                if not await sender.send(value):
+                    return
+            if feed.done and not feed.ready:
+                break
+            if feed.blocked():
+                if not await sender.room():
+                    return
+                feed.more()
+            else:
+                await feed.wait()
+        if feed.error is not None:
+            raise feed.error
+    finally:
+        feed.stop()
+        await asyncio.shield(thread)  # (it ends at its next step: let it, then go on)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -74,6 +75,9 @@ class PendingTask:
     keep: Any = None  # the ObjectRef of its arguments in shared memory, held until it is done
     waiting: int = 0  # >0 while it waits for its deps here: the generation of that wait
     follows: bool = False  # pushed behind its producers, with Local arguments
+    #: asked before the task runs again after its worker died: False keeps it from running
+    #: again (a generator whose values were read: see cluster/streaming.py)
+    may_rerun: Callable[[], bool] | None = None
 
 
 class _Lease:
@@ -338,14 +342,16 @@ class TaskSubmitter:
                 cancelled = TaskCancelledError(
                     f"task {pending.spec.name!r} was cancelled (force)")
                 self._finish(pending, self._failed(pending, cancelled))
-            elif pending.retries_left > 0:
+            elif pending.retries_left > 0 and (pending.may_rerun is None
+                                               or pending.may_rerun()):
                 pending.retries_left -= 1
                 self._requeue(pending, front=True)
             else:
+                why = ("its retries are used up; raise max_retries to retry on another worker"
+                       if pending.retries_left <= 0 else "some of the values it had made were "
+                       "read already, so it is not run again")
                 error = WorkerCrashedError(
-                    f"the worker running task {pending.spec.name!r} died ({exc}) and its "
-                    "retries are used up; raise max_retries to retry on another worker"
-                )
+                    f"the worker running task {pending.spec.name!r} died ({exc}) and {why}")
                 self._finish(pending, self._failed(pending, error))
         else:
             returns, run_s = reply_returns(reply)
@@ -367,11 +373,9 @@ class TaskSubmitter:
         if pending.retries_left <= 0 or pending.cancelled or not isinstance(error, TaskError):
             return False
         allowed = pending.retry_exceptions
-        if allowed is True:
-            return True
-        if allowed is False:
+        if allowed is False or (allowed is not True and not isinstance(error.cause, allowed)):
             return False
-        return isinstance(error.cause, allowed)
+        return pending.may_rerun is None or pending.may_rerun()  # (last: it may act)
 
     def _finish(self, pending: PendingTask, returns: tuple[Payload, ...]) -> None:
         self.settled += 1

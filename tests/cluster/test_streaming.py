@@ -14,7 +14,7 @@ import time
 import cloudpickle
 import numpy as np
 import pytest
-from cl_support import within
+from cl_support import until, within
 
 import actorflow as af
 
@@ -78,6 +78,9 @@ async def test_async_and_plain_generators_stream_every_value_in_order(shared_clu
     assert await within(_all(gen)) == list(range(100))
     assert await within(_all(produce_plain.remote(50))) == [i * 10 for i in range(50)]
     assert await within(_all(produce.remote(0))) == []
+    # a plain generator's thread waits for credit with nothing on its way, then goes on
+    gen = produce_plain.options(generator_backpressure=3).remote(300)
+    assert await within(_all(gen)) == [i * 10 for i in range(300)]
     # the task itself answers how many values it made
     gen = produce.remote(7)
     await within(_all(gen))
@@ -175,18 +178,55 @@ async def test_a_dropped_generator_releases_its_worker(shared_cluster):
     assert await within(after.remote(), 20) == "ran"
 
 
-async def test_a_killed_workers_generator_is_retried_and_delivers_each_value_once(
-        shared_cluster, tmp_path):
-    @af.remote(max_retries=2)
-    def dies_once(marker: str, n: int):
-        for i in range(n):
-            if i == 5 and not os.path.exists(marker):
-                open(marker, "w").close()
-                os.kill(os.getpid(), signal.SIGKILL)
-            yield i
+@af.remote(max_retries=2)
+def dies_once(marker: str, n: int):
+    for i in range(n):
+        if i == 5 and not os.path.exists(marker):
+            open(marker, "w").close()
+            os.kill(os.getpid(), signal.SIGKILL)
+        yield i
 
-    marker = str(tmp_path / "died")  # (the worker makes it before it kills itself)
-    assert await within(_all(dies_once.remote(marker, 10)), 30) == list(range(10))
+
+async def test_a_killed_generator_runs_again_while_nothing_was_read(shared_cluster, tmp_path):
+    marker = tmp_path / "died"  # (the worker makes it before it kills itself)
+    gen = dies_once.remote(str(marker), 10)
+    await until(marker.exists, what="the first attempt died")
+    await asyncio.sleep(0.5)  # the values of the dead attempt came; none is read
+    assert await within(_all(gen), 30) == list(range(10))
+    assert await within(gen.task_ref) == 10
+
+
+async def test_a_killed_generator_that_was_read_from_fails_with_a_typed_error(
+        shared_cluster, tmp_path):
+    marker = tmp_path / "died"
+    refs = []
+    # with backpressure 2 it makes value 5 (where it dies) only once 4 values were read
+    async for ref in dies_once.options(generator_backpressure=2).remote(str(marker), 10):
+        refs.append(ref)
+    assert [await within(r) for r in refs[:-1]] == list(range(len(refs) - 1))
+    assert 4 <= len(refs) - 1 <= 5
+    with pytest.raises(af.WorkerCrashedError):
+        await within(refs[-1])
+
+
+async def test_cancel_stops_the_producer(shared_cluster):
+    @af.remote
+    async def ticks():
+        i = 0
+        while True:
+            yield i
+            i += 1
+            await asyncio.sleep(0.01)
+
+    gen = ticks.remote()
+    got = [await within(await within(gen.__anext__())) for _ in range(3)]
+    assert got == [0, 1, 2]
+    await af.cancel(gen)
+    rest = [ref async for ref in gen]  # it ends: the values made before the cancel, then it
+    assert rest, "the cancel comes as the last ref"
+    with pytest.raises(af.TaskCancelledError):
+        await within(rest[-1])
+    assert [await within(r) for r in rest[:-1]] == list(range(3, 3 + len(rest) - 1))
 
 
 async def test_a_generator_cannot_have_num_returns():
