@@ -30,6 +30,8 @@ EXPECTED: dict[str, list[str]] = {
     "pi.py": ["pi ~= 3.1"],
     "quickstart.py": ["squares: [0, 1, 4, 9, 16, 25, 36, 49, 64, 81]", "3^2 + 4^2 = 25",
                       "counter: [11, 12, 13]", "object: [0, 1, 2, 3, 4]", "remote TypeError:"],
+    "streaming.py": ["countdown: [3, 2, 1]", "chunks: ['stre', 'amin', 'g!']",
+                     "readings: [0, 1, 4, 9, 16] made: 5"],
     "supervision.py": ["parser restarted: True", "writer restarted with the parser: True",
                        "file: ['HELLO', 'WORLD']"],
 }
