@@ -48,6 +48,7 @@ GROUPS: dict[str, str] = {
     "transport": "benchmarks.transport",
     "cluster": "benchmarks.cluster",
     "placement": "benchmarks.placement",
+    "spill": "benchmarks.spill",
     "dashboard": "benchmarks.dashboard",
     "chaos": "benchmarks.chaos",
 }

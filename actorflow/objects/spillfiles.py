@@ -15,6 +15,7 @@ import errno
 import mmap
 import os
 import struct
+import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -165,18 +166,57 @@ def default_limit() -> int:
 # -- moving bytes (blocking: on a thread) ----------------------------------------------------------
 
 
+_buffers = threading.local()
+
+
 def _copy(src: int, dst: int, size: int) -> None:
+    """Copy ``size`` bytes from the start of ``src`` to the start of ``dst`` in the kernel:
+    ``copy_file_range`` within one filesystem, ``sendfile`` across two (shared memory and a
+    disk are two; a fallback through a buffer of this thread where neither works)."""
     done = 0
     while done < size:
         n = min(_COPY_CHUNK, size - done)
         try:
             got = os.copy_file_range(src, dst, n, done, done)
         except OSError as exc:
-            if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+            if exc.errno not in _NOT_HERE:
                 raise
-            got = os.pwrite(dst, os.pread(src, n, done), done)
+            _send(src, dst, done, size)
+            return
         if got <= 0:
             raise OSError(errno.EIO, f"short copy at {done} of {size} bytes")
+        done += got
+
+
+_NOT_HERE = (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP)
+
+
+def _send(src: int, dst: int, done: int, size: int) -> None:
+    os.lseek(dst, done, os.SEEK_SET)
+    while done < size:
+        try:
+            got = os.sendfile(dst, src, done, min(_COPY_CHUNK, size - done))
+        except OSError as exc:
+            if exc.errno not in _NOT_HERE:
+                raise
+            _buffered(src, dst, done, size)
+            return
+        if got <= 0:
+            raise OSError(errno.EIO, f"short copy at {done} of {size} bytes")
+        done += got
+
+
+def _buffered(src: int, dst: int, done: int, size: int) -> None:
+    buf = getattr(_buffers, "buf", None)
+    if buf is None:
+        buf = _buffers.buf = memoryview(bytearray(8 << 20))
+    while done < size:
+        got = os.preadv(src, [buf[: min(len(buf), size - done)]], done)
+        if got <= 0:
+            raise OSError(errno.EIO, f"short read at {done} of {size} bytes")
+        written = 0
+        while written < got:
+            written += os.pwrite(dst, buf[written:got], done + written)
         done += got
 
 
