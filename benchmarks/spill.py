@@ -5,18 +5,18 @@ against a plain file write and read of the same bytes, on the same disk, in the 
   (untimed), then each is spilled as the node's spill thread does it (``spill_file``: the
   exclusive lock, the generation check, an in-kernel copy to ``<spill dir>/<name>``, the
   unlink of the segment). Baseline, in the same repetition: the same bytes written from memory
-  to ``k`` new files of that directory with ``os.write`` (``plain_write_mb_s``). No ``fsync``
+  to ``k`` new files of that directory with ``os.write`` (``plain_mb_s``). No ``fsync``
   on either side: a spill file is a cache of memory, not a durable copy. Target: value >= 70%
   of the plain write (``vs_plain``).
 - ``spill_restore`` (MB/s): each spill file copied back into a new segment (``restore_file``:
   a temporary segment filled by an in-kernel copy, then renamed into place). Baseline: the same
-  files read into memory with ``readinto`` (``plain_read_mb_s``). Target: ``vs_plain`` >= 70%.
+  files read into memory with ``readinto`` (``plain_mb_s``). Target: ``vs_plain`` >= 70%.
 - ``spill_get`` (MB/s): end to end in an embedded cluster with ``object_store_memory`` a
   quarter of the data: ``k`` values put (their spilling untimed: waited for), then every
   spilled one read with ``await ref`` (the driver asks its node, which restores it on its
   thread; the driver maps it; numpy arrays come back zero-copy). The store is full, so each
   restore also makes the store spill another value meanwhile: this is reading past the limit,
-  not a restore alone. Baseline: ``plain_read_mb_s`` of the same size; reported, no target.
+  not a restore alone. Baseline: a plain read of the same size; reported, no target.
 
 The spill directory is a fresh folder under the default spill root (``<state dir>/spill``:
 the disk a node spills to unless told otherwise), removed at the end.
