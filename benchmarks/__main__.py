@@ -50,6 +50,7 @@ GROUPS: dict[str, str] = {
     "placement": "benchmarks.placement",
     "spill": "benchmarks.spill",
     "dashboard": "benchmarks.dashboard",
+    "timeline": "benchmarks.timeline",
     "chaos": "benchmarks.chaos",
 }
 #: Soaks: run only when named (never by default, nor by a bare ``--compare ray``).

@@ -1,19 +1,32 @@
 """Task events: what each worker records about the tasks and actor calls it runs.
 
-A worker appends one tuple when a task, an actor call or an actor's creation is taken
-(:meth:`EventRecorder.started`) and one when it is answered (:meth:`EventRecorder.ended`):
-no lock, no message, no timer per event. Every :data:`FLUSH_S` seconds (or once
-:data:`FLUSH_EVENTS` are waiting) a loop callback pickles what was recorded into one ``bytes``
-message (the C pickler: plain tuples of strings and floats) and tells it to the head's
-``events`` actor (:mod:`actorflow.state.store`), which keeps the cluster's task table.
+A worker notes each task, actor call and actor creation when it is taken
+(:meth:`EventRecorder.started`: one dict entry) and when it is answered
+(:meth:`EventRecorder.ended`: counters by (name, kind, job, actor) and one tuple in a bounded
+deque): no lock, no message, no timer per call. :data:`FLUSH_S` seconds after the first call
+that started or ended since the last flush, a loop callback tells the head's ``events`` actor
+(:mod:`actorflow.state.store`) one ``bytes`` message (the C pickler: tuples of strings and
+floats) holding
 
-Events are an observation, not part of the work: a batch that cannot be sent (the head is
-unreachable) is dropped and counted (``dropped`` rides in the next batch), never retried.
+- the counts, failures and total and longest run time by (name, kind, job, actor);
+- every call that failed, with its error type, message and traceback (cut);
+- the last :data:`RECENT_PER_FLUSH` calls that finished, with their ids and times;
+- what is running now (id, name, start);
+- when the head keeps a timeline: every call's span, as columns (ids, key indexes, start and
+  end times as ``array('d')``), which cost little to pickle.
 
-Times are ``time.perf_counter()`` values, the same clock the worker times its calls with; each
-batch carries this process's offset from it to the wall clock (taken once), so the store turns
-them into wall times that are monotonic within a worker and comparable across the workers of a
-machine.
+So the head's counts are exact, its list of finished calls is a recent sample under heavy load
+(every call when there is less than :data:`RECENT_PER_FLUSH` per worker per flush), and its
+failures are all there. The worker learns from the head's answer to its first message whether
+the timeline is on (until then it sends spans).
+
+Events are an observation, not part of the work: a message that cannot be sent (the head is
+unreachable) is dropped and counted (``dropped`` rides in the next one), never retried.
+
+Times are ``time.perf_counter()`` values, the clock the worker times its calls with; each
+message carries this process's offset from it to the wall clock (taken once), so the store
+turns them into wall times that are monotonic within a worker and comparable across the
+workers of a machine.
 """
 
 from __future__ import annotations
@@ -22,6 +35,8 @@ import asyncio
 import os
 import pickle
 import time
+from array import array
+from collections import deque
 from typing import Any
 
 from actorflow._errors import RemoteException
@@ -31,22 +46,25 @@ from actorflow.runtime import ActorRef
 __all__ = [
     "ACTOR_CALL",
     "ACTOR_CREATION",
-    "ENDED",
     "EVENTS_ID",
-    "FLUSH_EVENTS",
     "FLUSH_S",
-    "STARTED",
+    "RECENT_PER_FLUSH",
     "TASK",
     "EventRecorder",
+    "Key",
     "error_of",
 ]
 
 #: The well-known id of the head's event store.
 EVENTS_ID = "events"
-#: Seconds between a first event and the flush that sends it.
+#: Seconds between a call's end and the flush that reports it.
 FLUSH_S = 0.25
-#: Events that make a flush happen at once.
-FLUSH_EVENTS = 2000
+#: The most finished calls a flush reports one by one (the counts cover them all).
+RECENT_PER_FLUSH = 256
+#: The most failures a flush reports one by one (the counts cover them all).
+FAILURES_PER_FLUSH = 1000
+#: The most spans a worker keeps for the next flush (past it, they are counted as dropped).
+SPANS_PER_FLUSH = 200_000
 #: What a failure's message and traceback are cut to.
 MESSAGE_CHARS = 1000
 TRACEBACK_CHARS = 4000
@@ -56,17 +74,12 @@ TASK = "task"
 ACTOR_CALL = "actor_call"
 ACTOR_CREATION = "actor_creation"
 
-# event tuples: (STARTED, id, name, kind, job_id, actor_id, t) and
-# (ENDED, id, t_end, run_s, error_type, error_message, traceback); error_type None: it finished
-STARTED = 0
-ENDED = 1
+#: (name, kind, job_id, actor_id): what calls are counted by.
+Key = tuple[str, str, str | None, str | None]
 
 
-def error_of(returns: Any) -> tuple[str | None, str | None, str | None]:
-    """``(error type, message, traceback)`` of a call whose returns are ``returns`` (a reply's
-    payloads, or a reply in the quick form); ``(None, None, None)`` when it did not fail."""
-    if type(returns) is not tuple or not returns or type(returns[0]) is not Failed:
-        return None, None, None
+def error_of(returns: Any) -> tuple[str, str, str | None]:
+    """``(error type, message, traceback)`` of a call that failed with ``returns``."""
     error = returns[0].error
     cause = getattr(error, "cause", None)
     shown = cause if isinstance(cause, BaseException) else error
@@ -81,12 +94,25 @@ def error_of(returns: Any) -> tuple[str | None, str | None, str | None]:
 class EventRecorder:
     """One per worker process (see the module docstring)."""
 
-    __slots__ = ("_handle", "_loop", "_meta", "_target", "buf", "dropped", "head", "seq")
+    __slots__ = ("_handle", "_loop", "_meta", "_target", "counts", "dropped", "failures",
+                 "head", "recent", "running", "seq", "span_ends", "span_ids", "span_keys",
+                 "span_starts", "spans", "timeline_known")
 
-    def __init__(self, head: ActorRef, node_id: str, worker_id: str,
+    def __init__(self, head: ActorRef | None, node_id: str, worker_id: str,
                  origin: tuple[str, str | None]) -> None:
+        """``head``: the Head actor (its store is beside it); None: reports are only made
+        (:meth:`report`), never sent."""
         self.head = head
-        self.buf: list[tuple[Any, ...]] = []
+        self.running: dict[str, tuple[Key, float]] = {}
+        self.counts: dict[Key, list[float]] = {}  # [finished, failed, run s, longest run s]
+        self.recent: deque[tuple[str, Key, float, float]] = deque(maxlen=RECENT_PER_FLUSH)
+        self.failures: list[tuple[Any, ...]] = []
+        self.spans = True  # until the head says whether it keeps a timeline
+        self.timeline_known = False
+        self.span_ids: list[str] = []
+        self.span_keys: list[Key] = []
+        self.span_starts = array("d")
+        self.span_ends = array("d")
         self.dropped = 0
         self.seq = 0  # for actor calls that carry no id
         self._target: ActorRef | None = None
@@ -95,24 +121,38 @@ class EventRecorder:
         offset = time.time() - time.perf_counter()
         self._meta = (origin, node_id, worker_id, os.getpid(), offset)
 
-    def started(self, task_id: str, name: str, kind: str, job_id: str | None,
-                actor_id: str | None, t: float) -> None:
-        buf = self.buf
-        if not buf:
+    def started(self, task_id: str, key: Key, t: float) -> None:
+        self.running[task_id] = (key, t)
+        if self._handle is None:  # (the head hears of it at the next flush, if still running)
             self._arm()
-        buf.append((STARTED, task_id, name, kind, job_id, actor_id, t))
 
     def ended(self, task_id: str, t: float, run_s: float, returns: Any) -> None:
-        """``returns``: the call's payloads (or its quick reply), read for a failure."""
-        buf = self.buf
-        if not buf:
-            self._arm()
+        """``returns``: the call's payloads (or None for a quick reply), read for a failure."""
+        entry = self.running.pop(task_id, None)
+        if entry is None:
+            return
+        key, t0 = entry
+        figures = self.counts.get(key)
+        if figures is None:
+            figures = self.counts[key] = [0, 0, 0.0, 0.0]
+        start = t - run_s if run_s else t0
         if type(returns) is tuple and returns and type(returns[0]) is Failed:
-            buf.append((ENDED, task_id, t, run_s, *error_of(returns)))
+            figures[1] += 1
+            if len(self.failures) < FAILURES_PER_FLUSH:
+                self.failures.append((task_id, key, start, t, *error_of(returns)))
         else:
-            buf.append((ENDED, task_id, t, run_s, None, None, None))
-        if len(buf) >= FLUSH_EVENTS:
-            self.flush()
+            figures[0] += 1
+            self.recent.append((task_id, key, start, t))
+        figures[2] += run_s
+        if run_s > figures[3]:
+            figures[3] = run_s
+        if self.spans and len(self.span_ids) < SPANS_PER_FLUSH:
+            self.span_ids.append(task_id)
+            self.span_keys.append(key)
+            self.span_starts.append(start)
+            self.span_ends.append(t)
+        if self._handle is None:
+            self._arm()
 
     def next_id(self, actor_id: str | None) -> str:
         """An id for an actor call that came without one."""
@@ -120,32 +160,73 @@ class EventRecorder:
         return f"{actor_id}#{self.seq}"
 
     def _arm(self) -> None:
-        if self._handle is None:
-            loop = self._loop
-            if loop is None:
-                loop = self._loop = asyncio.get_running_loop()
-            self._handle = loop.call_later(FLUSH_S, self.flush)
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        self._handle = loop.call_later(FLUSH_S, self.flush)
 
-    def flush(self) -> None:
-        """Send what was recorded (now, on the loop's thread)."""
+    def report(self) -> bytes:
+        """What was recorded since the last report, as the message the head's store takes;
+        starts anew (the running calls are in every report)."""
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
-        buf = self.buf
-        if not buf:
+        keys: dict[Key, int] = {}
+
+        def index(key: Key) -> int:
+            i = keys.get(key)
+            if i is None:
+                i = keys[key] = len(keys)
+            return i
+
+        counts = [(index(k), *v) for k, v in self.counts.items()]
+        running = [(tid, index(k), t) for tid, (k, t) in self.running.items()]
+        recent = [(tid, index(k), s, e) for tid, k, s, e in self.recent]
+        failures = [(f[0], index(f[1]), *f[2:]) for f in self.failures]
+        spans = None
+        if self.span_ids:
+            spans = (self.span_ids, array("H", [index(k) for k in self.span_keys]).tobytes(),
+                     self.span_starts.tobytes(), self.span_ends.tobytes())
+        data = pickle.dumps((self._meta, self.dropped, list(keys), counts, running, recent,
+                             failures, spans), 5)
+        self.counts = {}
+        self.recent.clear()
+        self.failures = []
+        self.span_ids, self.span_keys = [], []
+        self.span_starts, self.span_ends = array("d"), array("d")
+        return data
+
+    def flush(self) -> None:
+        """Send a report to the head's store (now, on the loop's thread)."""
+        if not self.counts and not self.running:
+            if self._handle is not None:
+                self._handle.cancel()
+                self._handle = None
             return
-        self.buf = []
+        n = sum(int(v[0] + v[1]) for v in self.counts.values())
+        data = self.report()
         try:
             target = self._target
             if target is None:
+                if self.head is None:
+                    return
                 target = self._target = _beside(self.head, EVENTS_ID)
-            target.tell_nowait(pickle.dumps((self._meta, self.dropped, buf), 5))
+            if self.timeline_known:
+                target.tell_nowait(data)
+            else:  # the answer says whether the head keeps a timeline
+                target.ask_nowait(data).add_done_callback(self._told)
             self.dropped = 0
         except Exception:  # the head is gone or its link is full: these are lost, counted
-            self.dropped += len(buf)
+            self.dropped += n
+
+    def _told(self, answer: asyncio.Future[Any]) -> None:
+        if answer.cancelled() or answer.exception() is not None:
+            return  # asked again at the next flush
+        self.timeline_known = True
+        self.spans = bool(answer.result())
 
     def close(self) -> None:
-        """Send what is left and stop the timer."""
+        """Report what is left and stop the timer."""
         self.flush()
 
 

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from actorflow.cluster.calls import CallState, cancel_children, current_call, interrupt
 from actorflow.cluster.core import TaskContext, task_context
-from actorflow.cluster.events import ACTOR_CALL, EventRecorder
+from actorflow.cluster.events import ACTOR_CALL, EventRecorder, Key
 from actorflow.cluster.execution import (
     PlainCall,
     answer_outcome,
@@ -64,7 +64,7 @@ class UserActor(Actor):
                  events: EventRecorder | None = None) -> None:
         self.core = core
         self.events = events  # where its calls are recorded (the process's recorder)
-        self.names: dict[str, str] = {}  # method -> the name its calls are recorded under
+        self.keys: dict[str, Key] = {}  # method -> what its calls are counted under
         self.concurrency = max_concurrency  # (what it is spawned with)
         self.instance = instance
         self.ctx = ctx
@@ -107,12 +107,13 @@ class UserActor(Actor):
 
     def _started(self, call: ActorCall, events: EventRecorder, t: float) -> str:
         """Record that ``call`` was taken; the id it is recorded under."""
-        name = self.names.get(call.method)
-        if name is None:
-            name = self.names[call.method] = f"{self.ctx.name}.{call.method}"
-        ctx = self.ctx
-        call_id = call.call_id or events.next_id(ctx.actor_id)
-        events.started(call_id, name, ACTOR_CALL, ctx.job_id, ctx.actor_id, t)
+        key = self.keys.get(call.method)
+        if key is None:
+            ctx = self.ctx
+            key = self.keys[call.method] = (f"{ctx.name}.{call.method}", ACTOR_CALL,
+                                            ctx.job_id or None, ctx.actor_id)
+        call_id = call.call_id or events.next_id(self.ctx.actor_id)
+        events.started(call_id, key, t)
         return call_id
 
     # -- cancel -------------------------------------------------------------------------------

@@ -208,7 +208,7 @@ class Worker(Actor):
         events = self.events
         now = time.perf_counter()
         for spec, reply, fn in run:
-            events.started(spec.task_id, spec.name, TASK, spec.job_id, None, now)
+            events.started(spec.task_id, (spec.name, TASK, spec.job_id or None, None), now)
             failed_arg = _failed(spec.resolved)
             if failed_arg is not None:  # a Local argument's producer failed: so does this
                 self._answer_failed(spec, reply, failed_arg)
@@ -261,7 +261,7 @@ class Worker(Actor):
     async def _run_task(self, spec: TaskSpec) -> TaskReply | bytes:
         events = self.events
         start = time.perf_counter()
-        events.started(spec.task_id, spec.name, TASK, spec.job_id, None, start)
+        events.started(spec.task_id, (spec.name, TASK, spec.job_id or None, None), start)
         reply = await self._run_one(spec)
         end = time.perf_counter()
         if type(reply) is TaskReply:
@@ -364,8 +364,8 @@ class Worker(Actor):
         token = task_context.set(ctx)
         events = self.events
         start = time.perf_counter()
-        events.started(msg.actor_id, f"{msg.name}.__init__", ACTOR_CREATION, msg.job_id,
-                       msg.actor_id, start)
+        events.started(msg.actor_id, (f"{msg.name}.__init__", ACTOR_CREATION,
+                                      msg.job_id or None, msg.actor_id), start)
         try:
             cls = loads(msg.cls_blob)
             resolved = await self.core.localize(msg.resolved)

@@ -14,7 +14,8 @@ import pytest
 from st_support import until
 
 import actorflow as af
-from actorflow.cluster.events import ENDED, STARTED
+from actorflow.cluster.events import EventRecorder
+from actorflow.cluster.protocol import Failed
 from actorflow.objects.ref import current_core
 from actorflow.state import StateClient
 from actorflow.state.store import EventStore, ListTasks, SummarizeTasks
@@ -173,25 +174,27 @@ async def test_the_head_keeps_the_last_n_and_counts_all(
         assert len(await client.list_tasks(limit=7)) == 7
 
 
-def _batch(worker: int, first: int, n: int, fail_every: int = 0) -> bytes:
-    events: list[tuple[Any, ...]] = []
-    t = 1000.0 + first
+def _report(worker: int, first: int, n: int, fail_every: int = 0) -> bytes:
+    """What a worker reports after running n calls (one in ``fail_every`` failed), built by
+    the recorder workers use."""
+    recorder = EventRecorder(None, "n1", f"w{worker}", ("uid", f"w{worker}"))
     for i in range(first, first + n):
-        events.append((STARTED, f"t{i}", f"f{i % 10}", "task", "j1", None, t))
+        task_id = f"t{i}"
+        recorder.started(task_id, (f"f{i % 10}", "task", "j1", None), 1000.0 + i)
         failed = fail_every and i % fail_every == 0
-        events.append((ENDED, f"t{i}", t + 0.001, 0.001, "ValueError" if failed else None,
-                       "boom" if failed else None, "Traceback..." if failed else None))
-        t += 0.002
-    return pickle.dumps(((("uid", None), "n1", f"w{worker}", 100 + worker, 0.0), 0, events), 5)
+        returns = (Failed(af.TaskError(ValueError("boom"), "Traceback...")),) if failed else None
+        recorder.ended(task_id, 1000.0 + i + 0.001, 0.001, returns)
+    return recorder.report()
 
 
-def test_the_store_stays_bounded_and_fast_with_100k_finished() -> None:
+async def test_the_store_stays_bounded_and_fast_with_100k_finished() -> None:
     """The store itself (the events actor's class), fed what workers send: 100,000 calls, of
-    which 1 in 100 failed."""
+    which 1 in 100 failed, in reports of 200 calls."""
     store = EventStore(max_finished=10_000, max_failures=1_000)
+    reports = [_report(b % 8, b * 200, 200, fail_every=100) for b in range(500)]
     t0 = time.perf_counter()
-    for b in range(200):
-        store.ingest(_batch(b % 8, b * 500, 500, fail_every=100))
+    for report in reports:
+        store.ingest(report)
     ingest_s = time.perf_counter() - t0
     assert len(store.finished) == 10_000 and len(store.failures) == 1_000
     assert len(store.tracebacks) == 1_000 and not store.running
