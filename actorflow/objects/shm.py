@@ -24,7 +24,6 @@ Layout (little-endian)::
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import fcntl
 import mmap
@@ -123,18 +122,22 @@ class Mapping:
     rests on CPython's reference counts: every live view keeps one managed buffer, which keeps
     one reference to the mmap object, and nothing else refers to it but this record.
 
-    The mapping keeps its file open, and while it is **pinned** holds a shared ``flock`` on
-    it: the node's spiller (``actorflow/objects/spill.py``) takes the segment only when it
-    gets the lock exclusively, so a segment is never spilled while a pinned reader maps it.
+    While it is **pinned** the mapping holds its file open with a shared ``flock``: the node's
+    spiller (``actorflow/objects/spill.py``) takes a segment only when it gets the lock
+    exclusively, so a segment is never spilled while a pinned reader maps it. Unpinned, it
+    holds no descriptor (a process may keep thousands of mappings). A pin that cannot be had
+    (no descriptor left, the file replaced) is simply not taken: the mapped bytes stay right,
+    only the spiller may then move the segment (its pages stay until the mapping goes).
     """
 
-    __slots__ = ("_fd", "_mm", "name", "pinned", "pinned_at", "size", "writable")
+    __slots__ = ("_fd", "_ino", "_mm", "name", "pinned_at", "size", "writable")
 
     def __init__(self, name: str, *, writable: bool = False, populate: bool = True,
                  pin: bool = True) -> None:
         fd = os.open(_path(name), os.O_RDWR if writable else os.O_RDONLY)
         try:
-            size = os.fstat(fd).st_size
+            info = os.fstat(fd)
+            size = info.st_size
             prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
             # the pages already exist (written by their producer): map them all at once
             flags = mmap.MAP_SHARED | (_POPULATE if populate else 0)
@@ -143,13 +146,17 @@ class Mapping:
             os.close(fd)
             raise
         self._fd = fd
+        self._ino = info.st_ino
         self.name = name
         self.size = size
         self.writable = writable
-        self.pinned = False
         self.pinned_at = 0.0
-        if pin:
-            self.pin()
+        if not (pin and self._lock(fcntl.LOCK_SH)):
+            self.unpin()
+
+    @property
+    def pinned(self) -> bool:
+        return self._fd >= 0
 
     def view(self) -> memoryview:
         return memoryview(self._mm)
@@ -157,45 +164,60 @@ class Mapping:
     def in_use(self) -> bool:
         return sys.getrefcount(self._mm) > 2  # this record's reference and the argument's
 
-    def pin(self) -> bool:
-        """Hold the shared lock (False: the spiller holds it now, or the file is closed)."""
-        if self._fd < 0:
+    def _open(self) -> bool:
+        """Open the file again (when it is still the one mapped)."""
+        if self._fd >= 0:
+            return True
+        try:
+            fd = os.open(_path(self.name), os.O_RDONLY)
+        except OSError:  # gone (spilled, freed), or no descriptor left
             return False
         try:
-            fcntl.flock(self._fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            if os.fstat(fd).st_ino != self._ino:
+                os.close(fd)
+                return False
         except OSError:
-            self.pinned = False
+            os.close(fd)
             return False
-        self.pinned = True
+        self._fd = fd
+        return True
+
+    def _lock(self, kind: int) -> bool:
+        if not self._open():
+            return False
+        try:
+            fcntl.flock(self._fd, kind | fcntl.LOCK_NB)
+        except OSError:
+            return False
         self.pinned_at = time.monotonic()
         return True
 
+    def pin(self) -> bool:
+        """Hold the shared lock (False: the spiller holds it now, or the file is gone)."""
+        if self._lock(fcntl.LOCK_SH):
+            return True
+        self.unpin()
+        return False
+
     def unpin(self) -> None:
-        if self.pinned and self._fd >= 0:
-            with contextlib.suppress(OSError):
-                fcntl.flock(self._fd, fcntl.LOCK_UN)
-        self.pinned = False
+        if self._fd >= 0:
+            fd, self._fd = self._fd, -1
+            os.close(fd)  # (the lock goes with it)
 
     def exclusive(self) -> bool:
         """Take the lock exclusively (no reader pins it, no spiller has it), for a rewrite;
         False when that cannot be had now. :meth:`pin` turns it back into a shared one."""
-        if self._fd < 0:
-            return False
-        try:
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            self.pinned = False  # (a failed conversion may have let the shared lock go)
-            return False
-        self.pinned = True
-        self.pinned_at = time.monotonic()
-        return True
+        if self._lock(fcntl.LOCK_EX):
+            return True
+        self.unpin()
+        return False
 
     def gone(self) -> bool:
         """Was the file unlinked (freed, or spilled to disk) since it was mapped?"""
-        if self._fd < 0:
-            return True
         try:
-            return os.fstat(self._fd).st_nlink == 0
+            if self._fd >= 0:
+                return os.fstat(self._fd).st_nlink == 0
+            return os.stat(_path(self.name)).st_ino != self._ino
         except OSError:
             return True
 
@@ -204,10 +226,7 @@ class Mapping:
             self._mm.close()
         except BufferError:  # a view is still alive: the mapping goes with the last of them
             pass
-        if self._fd >= 0:
-            fd, self._fd = self._fd, -1
-            self.pinned = False
-            os.close(fd)  # (the lock goes with it)
+        self.unpin()
 
 
 _POPULATE = getattr(mmap, "MAP_POPULATE", 0)
