@@ -31,6 +31,7 @@ from prometheus_client.core import (
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.utils import floatToGoString
 
+from actorflow._errors import ActorflowError
 from actorflow.metrics.protocol import (
     COUNTER,
     GAUGE,
@@ -197,7 +198,10 @@ class MetricsActor(ServiceActor):
                 return web.Response(status=401, text="the cluster token is required "
                                     "(Authorization: Bearer <token>)\n",
                                     headers={"WWW-Authenticate": "Bearer"})
-        body: bytes = await self.ref.ask(Exposition(), timeout=EXPOSITION_TIMEOUT_S)
+        try:
+            body: bytes = await self.ref.ask(Exposition(), timeout=EXPOSITION_TIMEOUT_S)
+        except (ActorflowError, TimeoutError) as exc:  # the head did not answer in time
+            return web.Response(status=503, text=f"metrics unavailable: {exc}\n")
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
     async def handle(self, message: Any) -> Any:

@@ -23,7 +23,6 @@ name                                   labels                                   
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections import Counter as Tally
 from collections import defaultdict
 from collections.abc import Iterator
@@ -37,8 +36,6 @@ from actorflow.runtime import ActorRef
 from actorflow.state.client import StateClient
 
 __all__ = ["SystemSnapshot", "gather", "system_families"]
-
-log = logging.getLogger("actorflow.metrics")
 
 #: How long a scrape waits for the head's views and for each node's figures.
 ASK_TIMEOUT_S = 5.0

@@ -62,7 +62,10 @@ def metrics_ref(head: ActorRef) -> ActorRef:
 
 
 class Metric:
-    """What the three kinds share: a name, a description, tag keys and default tags."""
+    """What the three kinds share: a name, a description, tag keys and default tags.
+
+    A metric registers its definition in this process when made (and when unpickled in
+    another); making a second one of the same name that differs raises ``ValueError``."""
 
     kind: ClassVar[str] = ""
 
@@ -74,7 +77,15 @@ class Metric:
         self._description = str(description)
         self._tag_keys = keys
         self._default_tags: dict[str, str] = {}
-        self._default_key: tuple[str, ...] | None = () if not keys else None
+        # the series of a record without tags= ((name, tag values)), when the defaults
+        # cover every key
+        self._series: SeriesKey | None = (name, ()) if not keys else None
+        if not isinstance(self, Histogram):  # (a histogram registers once it has buckets)
+            _register(self.definition())
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Unpickled (in a task, an actor), it registers its definition there too."""
+        return (_rebuild, (type(self), self.definition(), dict(self._default_tags)))
 
     @property
     def info(self) -> dict[str, Any]:
@@ -83,6 +94,7 @@ class Metric:
                 "tag_keys": self._tag_keys, "default_tags": dict(self._default_tags)}
 
     def definition(self) -> MetricDef:
+        """What the head is told of this metric."""
         return MetricDef(self._name, self.kind, self._description, self._tag_keys)
 
     def set_default_tags(self, default_tags: Mapping[str, str]) -> Metric:
@@ -93,16 +105,21 @@ class Metric:
                              f"its tag keys are {list(self._tag_keys)}")
         self._default_tags = {k: str(v) for k, v in default_tags.items()}
         if all(k in self._default_tags for k in self._tag_keys):
-            self._default_key = tuple(self._default_tags[k] for k in self._tag_keys)
+            self._series = (self._name, tuple(self._default_tags[k] for k in self._tag_keys))
         else:
-            self._default_key = None
+            self._series = None
         return self
 
-    def _key(self, tags: Mapping[str, str] | None) -> tuple[str, ...]:
+    def _series_of(self, tags: Mapping[str, str] | None) -> SeriesKey:
         if not tags:
-            if self._default_key is not None:
-                return self._default_key
+            if self._series is not None:
+                return self._series
             tags = {}
+        elif len(tags) == len(self._tag_keys):  # the usual case: every key given
+            try:
+                return (self._name, tuple([str(tags[k]) for k in self._tag_keys]))
+            except KeyError:
+                pass  # (an unknown key: said below)
         merged = {**self._default_tags, **{k: str(v) for k, v in tags.items()}}
         if len(merged) != len(self._tag_keys) or any(k not in merged for k in self._tag_keys):
             unknown = sorted(set(merged) - set(self._tag_keys))
@@ -110,7 +127,7 @@ class Metric:
             raise ValueError(f"metric {self._name!r} takes tag keys {list(self._tag_keys)}: "
                              f"unknown {unknown}, missing {missing} (give them in tags= or "
                              "set_default_tags)")
-        return tuple(merged[k] for k in self._tag_keys)
+        return (self._name, tuple(merged[k] for k in self._tag_keys))
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self._name} tags={list(self._tag_keys)}>"
@@ -126,7 +143,9 @@ class Counter(Metric):
         """Add ``value`` (>= 0) to the series of these tags."""
         if not value >= 0:  # (NaN too)
             raise ValueError(f"counter {self._name!r}: inc() takes a value >= 0, got {value}")
-        _RECORDER.add(COUNTER, self, (self._name, self._key(tags)), float(value))
+        series = self._series if tags is None and self._series is not None else \
+            self._series_of(tags)
+        _RECORDER.count(series, value)
 
 
 class Gauge(Metric):
@@ -138,7 +157,9 @@ class Gauge(Metric):
 
     def set(self, value: float, tags: Mapping[str, str] | None = None) -> None:
         """Set the series of these tags to ``value``."""
-        _RECORDER.add(GAUGE, self, (self._name, self._key(tags)), float(value))
+        series = self._series if tags is None and self._series is not None else \
+            self._series_of(tags)
+        _RECORDER.gauge(series, float(value))
 
 
 class Histogram(Metric):
@@ -159,6 +180,7 @@ class Histogram(Metric):
             raise ValueError(f"histogram {name!r}: boundaries must be finite and strictly "
                              f"ascending, got {list(bounds)}")
         self._boundaries = bounds
+        _register(self.definition())
 
     @property
     def boundaries(self) -> tuple[float, ...]:
@@ -166,16 +188,42 @@ class Histogram(Metric):
         return self._boundaries
 
     def definition(self) -> MetricDef:
+        """What the head is told of this metric."""
         return MetricDef(self._name, self.kind, self._description, self._tag_keys,
                          self._boundaries)
 
     def observe(self, value: float, tags: Mapping[str, str] | None = None) -> None:
         """Count one observation of ``value`` in the series of these tags."""
-        value = float(value)
-        if math.isnan(value):
+        if value != value:  # NaN
             raise ValueError(f"histogram {self._name!r}: observe() of NaN")
-        bucket = bisect.bisect_left(self._boundaries, value)
-        _RECORDER.observe(self, (self._name, self._key(tags)), bucket, value)
+        series = self._series if tags is None and self._series is not None else \
+            self._series_of(tags)
+        _RECORDER.observe(series, bisect.bisect_left(self._boundaries, value), value,
+                          len(self._boundaries))
+
+
+#: The definitions of the metrics made in this process, by name (the first of each name).
+_DEFS: dict[str, MetricDef] = {}
+
+
+def _register(definition: MetricDef) -> None:
+    known = _DEFS.setdefault(definition.name, definition)
+    if known != definition:
+        raise ValueError(f"metric {definition.name!r} is already defined in this process as "
+                         f"{known}, not {definition}")
+
+
+def _rebuild(cls: type[Metric], definition: MetricDef, default_tags: dict[str, str]
+             ) -> Metric:
+    metric: Metric
+    if cls is Histogram or issubclass(cls, Histogram):
+        metric = cls(definition.name, definition.description, definition.boundaries,
+                     definition.tag_keys)
+    else:
+        metric = cls(definition.name, definition.description, definition.tag_keys)
+    if default_tags:
+        metric.set_default_tags(default_tags)
+    return metric
 
 
 class _Recorder:
@@ -183,7 +231,6 @@ class _Recorder:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._defs: dict[str, MetricDef] = {}
         self._counters: dict[SeriesKey, float] = {}
         self._gauges: dict[SeriesKey, tuple[float, float]] = {}
         self._hists: dict[SeriesKey, list[float]] = {}
@@ -193,34 +240,43 @@ class _Recorder:
         self._ref: ActorRef | None = None
         self._timer: Any = None  # asyncio.TimerHandle
 
-    def add(self, kind: str, metric: Metric, key: SeriesKey, value: float) -> None:
-        core = current_core()  # raises when this process runs no actorflow runtime
+    def count(self, series: SeriesKey, value: float) -> None:
         with self._lock:
-            if metric._name not in self._defs:
-                self._defs[metric._name] = metric.definition()
-            if kind == COUNTER:
-                self._counters[key] = self._counters.get(key, 0.0) + value
-            else:
-                self._gauges[key] = (value, time.time())
-            armed, self._armed = self._armed, True
-        if not armed:
-            self._arm_soon(core)
+            counters = self._counters
+            counters[series] = counters.get(series, 0.0) + value
+            if self._armed:
+                return
+            self._armed = True
+        self._arm_soon()
 
-    def observe(self, metric: Histogram, key: SeriesKey, bucket: int, value: float) -> None:
-        core = current_core()
+    def gauge(self, series: SeriesKey, value: float) -> None:
         with self._lock:
-            if metric._name not in self._defs:
-                self._defs[metric._name] = metric.definition()
-            counts = self._hists.get(key)
+            self._gauges[series] = (value, time.time())
+            if self._armed:
+                return
+            self._armed = True
+        self._arm_soon()
+
+    def observe(self, series: SeriesKey, bucket: int, value: float, bounds: int) -> None:
+        with self._lock:
+            counts = self._hists.get(series)
             if counts is None:
-                counts = self._hists[key] = [0.0] * (len(metric.boundaries) + 2)
+                counts = self._hists[series] = [0.0] * (bounds + 2)
             counts[bucket] += 1
             counts[-1] += value
-            armed, self._armed = self._armed, True
-        if not armed:
-            self._arm_soon(core)
+            if self._armed:
+                return
+            self._armed = True
+        self._arm_soon()
 
-    def _arm_soon(self, core: Core) -> None:
+    def _arm_soon(self) -> None:
+        """The first record since the last flush: see that a flush comes."""
+        try:
+            core = current_core()  # raises when this process runs no actorflow runtime
+        except RuntimeError:
+            with self._lock:
+                self._armed = False  # (what was recorded goes with a later flush)
+            raise
         if threading.get_ident() == core.loop_thread:
             self._arm(core)
         else:
@@ -251,11 +307,10 @@ class _Recorder:
             self._armed = False
             if not (self._counters or self._gauges or self._hists):
                 return None
-            used = {key[0] for key in (*self._counters, *self._gauges, *self._hists)}
-            batch = MetricUpdates(tuple(self._defs[n] for n in used), self._counters,
-                                  self._gauges, self._hists)
+            counters, gauges, hists = self._counters, self._gauges, self._hists
             self._counters, self._gauges, self._hists = {}, {}, {}
-        return batch
+        used = {key[0] for key in (*counters, *gauges, *hists)}
+        return MetricUpdates(tuple(_DEFS[n] for n in sorted(used)), counters, gauges, hists)
 
     def _flush_now(self) -> None:
         self._timer = None

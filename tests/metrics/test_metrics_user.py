@@ -119,5 +119,10 @@ def test_definitions_and_records_are_checked() -> None:
         REQUESTS.inc(1, tags={"route": "/a", "replica": "x", "zone": "z"})
     with pytest.raises(ValueError):
         REQUESTS.set_default_tags({"zone": "z"})
+    with pytest.raises(ValueError):  # the name is taken, in this process, by another kind
+        af.metrics.Gauge("mt_requests", tag_keys=("route", "replica"))
+    same = af.metrics.Counter("mt_requests", description="requests served",
+                              tag_keys=("route", "replica"))  # the same again: fine
+    assert same.info["name"] == "mt_requests"
     assert LATENCY.boundaries == (0.1, 1.0)
     assert REQUESTS.info["tag_keys"] == ("route", "replica")
