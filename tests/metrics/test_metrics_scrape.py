@@ -15,11 +15,16 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
+import cloudpickle
+import numpy as np
 import pytest
 from mt_support import WAIT, kinds, samples, until, value
 
+import actorflow as af
 from actorflow.cluster import bootstrap
 from actorflow.placement.resources import Resources
+
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -189,3 +194,39 @@ async def test_export_port_auth_can_be_turned_off() -> None:
             await proc.aclose()
         with pytest.raises(aiohttp.ClientConnectionError):  # closed with its head
             await _get(url, None)
+
+
+@af.remote(num_cpus=1)
+class Holder:
+    def ready(self) -> bool:
+        return True
+
+
+@af.remote
+def fails() -> None:
+    raise ValueError("on purpose")
+
+
+async def test_system_metrics_follow_the_cluster(af_cluster: af.Runtime) -> None:
+    """Resources held by an actor, bytes in shared memory, failed tasks: each is seen."""
+    holder = Holder.remote()
+    assert await af.get(holder.ready.remote(), timeout=WAIT)
+    big = af.put(np.zeros(2 << 20, dtype=np.uint8))  # 2 MiB: a shared-memory segment
+    with pytest.raises(ValueError):
+        await af.get(fails.remote(), timeout=WAIT)
+
+    async def seen():
+        found = samples(await af.metrics.exposition())
+        shm = value(found, "actorflow_object_store_memory", {"Location": "MMAP_SHM"})
+        failed = [s for s in found.get("actorflow_tasks", ())
+                  if s.labels["Name"] == "fails" and s.labels["State"] == "FAILED"]
+        if shm is not None and shm >= 2 << 20 and failed:
+            return found
+        return None
+
+    found = await until(seen, "the segment's bytes and the failed task")
+    assert value(found, "actorflow_resources", {"Name": "CPU", "State": "USED"}) == 1.0
+    assert value(found, "actorflow_resources", {"Name": "CPU", "State": "AVAILABLE"}) == 1.0
+    assert value(found, "actorflow_actors", {"Name": "Holder", "State": "ALIVE"}) == 1.0
+    assert value(found, "actorflow_cluster_active_nodes") == 1.0
+    del big
