@@ -34,6 +34,7 @@ class _Options:
     resources: dict[str, float] | None = None
     name: str | None = None
     scheduling_strategy: Any = None
+    runtime_env: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,9 +148,17 @@ def _lifetime(value: Any) -> str | None:
     return value  # type: ignore[no-any-return]
 
 
+def _runtime_env(value: Any) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    from actorflow.cluster.runtime_env import normalize
+
+    return normalize(value)  # a TypeError names what is wrong
+
+
 _COMMON: dict[str, Callable[[Any], Any]] = {
     "num_cpus": _amount, "num_gpus": _gpus, "memory": _amount, "resources": _resources,
-    "name": _str, "scheduling_strategy": _strategy,
+    "name": _str, "scheduling_strategy": _strategy, "runtime_env": _runtime_env,
 }
 _CHECKS: dict[type, dict[str, Callable[[Any], Any]]] = {
     TaskOptions: {**_COMMON, "num_returns": _int(1), "max_retries": _int(-1),
@@ -178,6 +187,12 @@ def _models() -> dict[type, type[BaseModel]]:
         resources: dict[str, float] | None = None
         name: str | None = None
         scheduling_strategy: Any = None
+        runtime_env: dict[str, Any] | None = None
+
+        @field_validator("runtime_env")
+        @classmethod
+        def _check_runtime_env(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+            return _runtime_env(value)
 
         @field_validator("resources")
         @classmethod

@@ -28,6 +28,7 @@ from actorflow.cluster.driver_job import job_of, namespace_of
 from actorflow.cluster.execution import capture_strategy
 from actorflow.cluster.holds import HandleCounter, counter_for
 from actorflow.cluster.protocol import ActorCall, ActorSpec, ResolvedArg, TaskSpec, quick_call
+from actorflow.cluster.runtime_env import for_options
 from actorflow.cluster.streaming import ObjectRefGenerator, is_generator, pump_for
 from actorflow.cluster.submitter import PendingTask
 from actorflow.objects.ref import ObjectRef, current_core
@@ -169,6 +170,7 @@ class RemoteFunction(Generic[T]):
         core.submitter.submit(PendingTask(spec, return_ids, self._shape, retries,
                                           self._retry_exceptions, export.blob,
                                           strategy=opts.scheduling_strategy, deps=deps,
+                                          env=for_options(opts.runtime_env),
                                           keep=keep,
                                           may_rerun=gen.rerun_check() if gen else None))
         if gen is not None:
@@ -264,7 +266,7 @@ class ActorClass(Generic[T]):
             max_concurrency=max_concurrency, name=opts.name, namespace=namespace,
             lifetime=opts.lifetime, job_id=job_of(core), owner=core.worker_id or "driver",
             strategy=opts.scheduling_strategy, methods=tuple(self._methods), creator=creator,
-            streaming=self._streaming,
+            streaming=self._streaming, runtime_env=for_options(opts.runtime_env),
         )
 
 

@@ -31,11 +31,14 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TextIO
 
 from actorflow.cluster import zygote as _zygote
+from actorflow.cluster.runtime_env import ENV_VAR, ResolvedEnv
+from actorflow.cluster.runtime_env import apply as apply_env
 from actorflow.cluster.zygote import ForkedProcess, Zygote, ZygoteError
 from actorflow.runtime import ActorRef
 from actorflow.supervision import add_restart
@@ -68,6 +71,7 @@ class WorkerHandle:
     lease_id: int | None = None
     exit_code: int | None = None
     exited: asyncio.Future[int] | None = None
+    env_key: str = ""  # its runtime environment's ("": none)
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
 
     @property
@@ -128,9 +132,17 @@ class WorkerPool:
         z = self._zygote.result() if self._zygote.done() else None
         return z if z is not None and not z.lost else None
 
-    def idle(self) -> WorkerHandle | None:
+    def idle(self, env_key: str = "") -> WorkerHandle | None:
+        """An idle worker of runtime environment ``env_key`` ("": none)."""
         for handle in self._by_state[WorkerState.IDLE].values():
-            if not _doomed(handle):
+            if handle.env_key == env_key and not _doomed(handle):
+                return handle
+        return None
+
+    def idle_other(self, env_key: str) -> WorkerHandle | None:
+        """An idle worker of another runtime environment than ``env_key`` (to make room)."""
+        for handle in self._by_state[WorkerState.IDLE].values():
+            if handle.env_key != env_key:
                 return handle
         return None
 
@@ -154,14 +166,21 @@ class WorkerPool:
         """Every worker the pool has or is starting."""
         return len(self.workers) + self._launching
 
-    async def start(self) -> WorkerHandle:
-        """Start one worker process and return once it has reported ready."""
+    async def start(self, runtime: ResolvedEnv | None = None,
+                    folders: Mapping[str, Path] | None = None) -> WorkerHandle:
+        """Start one worker process and return once it has reported ready; one of runtime
+        environment ``runtime`` (its packages unpacked in ``folders``) when given."""
         if self._closing:
             raise RuntimeError("the worker pool is shutting down")
         self._counter += 1
         worker_id = f"{self.boot['node_id']}-w{self._counter}"
         env = dict(os.environ)
-        env["ACTORFLOW_WORKER_BOOT"] = json.dumps({**self.boot, "worker_id": worker_id})
+        env.pop(ENV_VAR, None)
+        boot = {**self.boot, "worker_id": worker_id}
+        if runtime is not None:  # its variables; its folder and import path (set at its boot)
+            env, cwd, paths = apply_env(runtime, folders or {}, env)
+            boot["runtime_env"] = {"cwd": cwd, "paths": paths}
+        env["ACTORFLOW_WORKER_BOOT"] = json.dumps(boot)
         env["ACTORFLOW_TOKEN"] = self.token
         env.setdefault("PYTHONUNBUFFERED", "1")
         self._launching += 1
@@ -171,7 +190,8 @@ class WorkerPool:
             self._launching -= 1
         loop = asyncio.get_running_loop()
         handle = WorkerHandle(worker_id, proc, ready=loop.create_future(),
-                              exited=loop.create_future())
+                              exited=loop.create_future(),
+                              env_key=runtime.key if runtime is not None else "")
         if self.closing:  # close() ran while the process was being created: end it here,
             # without awaiting (a cancel must not leave it half-ended): closing the transport
             # kills the process if it still runs, and asyncio reaps it (a forked one is killed

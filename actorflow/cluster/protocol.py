@@ -287,6 +287,7 @@ class RequestLease:
     no_spill: bool = False  # the head chose this node already: queue here
     owner_ref: ActorRef | None = None  # watched: its leases come back when it is gone
     bundle: tuple[str, int] | None = None  # lease from this placement group bundle's pool
+    env: Any = None  # the runtime environment (a ResolvedEnv) the worker must have
 
 
 @_fast_pickle
@@ -399,6 +400,8 @@ class ActorSpec:
     #: the actor whose process created this one ("" if a driver or a task did): a
     #: non-detached actor is stopped when its creator's process ends (docs/guide.md)
     creator: str = ""
+    #: its runtime environment (a ResolvedEnv): its worker is one of that environment
+    runtime_env: Any = None
 
 
 @dataclass(frozen=True, slots=True)

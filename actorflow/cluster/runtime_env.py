@@ -30,10 +30,7 @@ import asyncio
 import hashlib
 import json
 import os
-import shutil
 import stat
-import tempfile
-import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,10 +52,13 @@ __all__ = [
     "UploadPackage",
     "apply",
     "ensure_local",
+    "for_options",
     "head_service",
     "normalize",
     "pack_dir",
+    "process_default",
     "resolve",
+    "set_process_default",
 ]
 
 #: The default largest working_dir / py_module, in bytes of files (``runtime_env_max_bytes``).
@@ -232,9 +232,11 @@ def pack_dir(path: str | os.PathLike[str], limit: int = DEFAULT_MAX_BYTES, *,
     if not root.is_dir():
         raise FileNotFoundError(f"runtime_env directory {os.fspath(path)!r} does not exist "
                                 "or is not a directory")
+    import io
+    import zipfile
+
     files, total = _files(root, limit)
     prefix = root.name + "/" if as_package else ""
-    import io
 
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
@@ -275,6 +277,8 @@ def _check_digest(digest: str) -> None:
 
 def save_package(digest: str, data: bytes | bytearray | memoryview) -> Path:
     """Keep package ``digest`` on this machine after checking its bytes (blocking)."""
+    import tempfile
+
     got = hashlib.sha256(data).hexdigest()
     if got != digest:
         raise ValueError(f"package {digest[:12]} arrived with digest {got[:12]}: corrupted")
@@ -289,6 +293,10 @@ def save_package(digest: str, data: bytes | bytearray | memoryview) -> Path:
 
 def _unpack(digest: str) -> Path:
     """The folder of package ``digest`` on this machine, unpacked now if needed (blocking)."""
+    import shutil
+    import tempfile
+    import zipfile
+
     target = _envs_dir() / digest
     if target.is_dir():
         return target
@@ -328,8 +336,25 @@ def head_service(head: ActorRef, system: ActorSystem, slot_id: str) -> ActorRef:
         current_system.reset(token)
 
 
+#: What this process uploaded: (absolute directory, as a package) -> its package name. Task
+#: and actor options name directories through it (they cannot upload: ``.remote()`` never
+#: waits).
+_UPLOADED: dict[tuple[str, bool], str] = {}
+
+
+def _absolute(directory: str) -> str:
+    return os.path.abspath(directory)
+
+
 async def _upload(directory: str, jobs: ActorRef, system: ActorSystem, limit: int, *,
                   as_package: bool) -> str:
+    name = await _upload_once(directory, jobs, system, limit, as_package=as_package)
+    _UPLOADED[(_absolute(directory), as_package)] = name
+    return name
+
+
+async def _upload_once(directory: str, jobs: ActorRef, system: ActorSystem, limit: int, *,
+                       as_package: bool) -> str:
     digest, data, files = await asyncio.to_thread(pack_dir, directory, limit,
                                                   as_package=as_package)
     if await jobs.ask(HasPackage(digest), timeout=30.0):
@@ -368,6 +393,64 @@ async def resolve(runtime_env: Mapping[str, Any] | None, jobs: ActorRef, system:
     resolved_dir = await one(working_dir, False) if working_dir else None
     modules = tuple([await one(m, True) for m in env.get("py_modules", ())])
     return ResolvedEnv(resolved_dir, modules, tuple(sorted(env.get("env_vars", {}).items())))
+
+
+_DEFAULT: list[ResolvedEnv | None] = []  # set: af.init's (or none); unset: the variable's
+_FROM_VAR: list[Any] = []  # [text, env]: the variable's, read once
+
+
+def set_process_default(env: ResolvedEnv | None, *, unset: bool = False) -> None:
+    """The runtime environment of this process's job (``af.init(runtime_env=...)``), which
+    its tasks and actors run with unless their options say otherwise; ``unset`` forgets it."""
+    _DEFAULT.clear()
+    if not unset:
+        _DEFAULT.append(env)
+
+
+def process_default() -> ResolvedEnv | None:
+    """The job's runtime environment here: what ``af.init`` set, else the one this process
+    was started with (``ACTORFLOW_RUNTIME_ENV``: a job's driver, a worker of an
+    environment), else None."""
+    if _DEFAULT:
+        return _DEFAULT[0]
+    text = os.environ.get(ENV_VAR)
+    if not text:
+        return None
+    if _FROM_VAR and _FROM_VAR[0] == text:
+        cached: ResolvedEnv = _FROM_VAR[1]
+        return cached
+    env = ResolvedEnv.from_json(text)
+    _FROM_VAR[:] = [text, env]
+    return env
+
+
+def for_options(runtime_env: Mapping[str, Any] | None) -> ResolvedEnv | None:
+    """The environment a task or actor runs with: its options' ``runtime_env`` over its
+    job's. Options name directories that this process uploaded already (given to
+    ``af.init(runtime_env=...)`` or a job), or packages (``pkg:<sha256>``); another
+    directory is a ValueError (``.remote()`` cannot wait for an upload)."""
+    base = process_default()
+    env = normalize(runtime_env)
+    if env is None:
+        return base
+
+    def known(directory: str, as_package: bool) -> str:
+        if directory.startswith(PREFIX):
+            _check_digest(directory[len(PREFIX):])
+            return directory
+        name = _UPLOADED.get((_absolute(directory), as_package))
+        if name is None:
+            raise ValueError(
+                f"runtime_env directory {directory!r} of a task or actor must be uploaded "
+                "first: give it to af.init(runtime_env=...) (or the job's runtime_env), then "
+                "name it here")
+        return name
+
+    working_dir = env.get("working_dir")
+    own = ResolvedEnv(known(working_dir, False) if working_dir else None,
+                      tuple(known(m, True) for m in env.get("py_modules", ())),
+                      tuple(sorted(env.get("env_vars", {}).items())))
+    return base.merged(own) if base is not None else own
 
 
 async def _fetch(digest: str, jobs: ActorRef, system: ActorSystem) -> None:

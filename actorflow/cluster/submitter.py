@@ -75,9 +75,15 @@ class PendingTask:
     keep: Any = None  # the ObjectRef of its arguments in shared memory, held until it is done
     waiting: int = 0  # >0 while it waits for its deps here: the generation of that wait
     follows: bool = False  # pushed behind its producers, with Local arguments
+    env: Any = None  # its runtime environment (a ResolvedEnv): leases are per env too
     #: asked before the task runs again after its worker died: False keeps it from running
     #: again (a generator whose values were read: see cluster/streaming.py)
     may_rerun: Callable[[], bool] | None = None
+
+
+def _key(pending: PendingTask) -> tuple[Resources, Any, str]:
+    """The queue a task waits in: tasks of one shape, strategy and runtime environment."""
+    return (pending.shape, pending.strategy, pending.env.key if pending.env is not None else "")
 
 
 class _Lease:
@@ -92,14 +98,16 @@ class _Lease:
 
 
 class _Shape:
-    """The tasks of one resource shape and scheduling strategy, and their leases."""
+    """The tasks of one resource shape, scheduling strategy and runtime environment, and
+    their leases."""
 
-    __slots__ = ("avg_run_s", "backoff", "failures", "leases", "max_requests", "queue",
+    __slots__ = ("avg_run_s", "backoff", "env", "failures", "leases", "max_requests", "queue",
                  "requesting", "shape", "strategy")
 
-    def __init__(self, shape: Resources, strategy: Any) -> None:
+    def __init__(self, shape: Resources, strategy: Any, env: Any = None) -> None:
         self.shape = shape
         self.strategy = strategy
+        self.env = env
         self.queue: deque[PendingTask] = deque()
         self.leases: list[_Lease] = []
         self.requesting = 0
@@ -118,7 +126,7 @@ class _Shape:
 class TaskSubmitter:
     def __init__(self, core: Core) -> None:
         self.core = core
-        self.shapes: dict[tuple[Resources, Any], _Shape] = {}
+        self.shapes: dict[tuple[Resources, Any, str], _Shape] = {}
         self.by_return: dict[str, PendingTask] = {}
         self.sent_fns: dict[ActorRef, set[str]] = {}
         self._closed = False
@@ -177,7 +185,7 @@ class TaskSubmitter:
         runs at the worker's pace instead of one owner round trip per link."""
         if pending.strategy == "SPREAD" or self._closed:
             return
-        state = self.shapes.get((pending.shape, pending.strategy))
+        state = self.shapes.get(_key(pending))
         if state is None:
             return
         lease: _Lease | None = None
@@ -240,7 +248,7 @@ class TaskSubmitter:
             pending.spec.resolved = ()
             self._wait_deps(pending)
             return
-        state = self.shapes[(pending.shape, pending.strategy)]
+        state = self.shapes[_key(pending)]
         if front:
             state.queue.appendleft(pending)
         else:
@@ -250,10 +258,10 @@ class TaskSubmitter:
         if self._closed:
             self._finish(pending, self._failed(pending, TaskCancelledError("actorflow shut down")))
             return
-        key = (pending.shape, pending.strategy)
+        key = _key(pending)
         state = self.shapes.get(key)
         if state is None:
-            state = self.shapes[key] = _Shape(pending.shape, pending.strategy)
+            state = self.shapes[key] = _Shape(pending.shape, pending.strategy, pending.env)
         state.queue.append(pending)
         self._pump(state)
 
@@ -401,7 +409,7 @@ class TaskSubmitter:
         try:
             fut = node.ask_nowait(RequestLease(
                 state.shape, owner=self.core.worker_id or "driver", strategy=state.strategy,
-                no_spill=no_spill, owner_ref=self.core.owner_ref, bundle=bundle,
+                no_spill=no_spill, owner_ref=self.core.owner_ref, bundle=bundle, env=state.env,
             ))
         except Exception as exc:
             state.requesting -= 1
@@ -520,7 +528,7 @@ class TaskSubmitter:
         if pending is None:
             return False
         pending.cancelled = True
-        state = self.shapes.get((pending.shape, pending.strategy))
+        state = self.shapes.get(_key(pending))
         if state is not None and pending in state.queue:
             state.queue.remove(pending)
             self._cancelled(pending)

@@ -123,6 +123,11 @@ async def _main(boot: dict[str, Any], token: str) -> None:
 def main() -> None:
     _die_with_parent()
     boot = json.loads(os.environ["ACTORFLOW_WORKER_BOOT"])
+    runtime_env = boot.get("runtime_env")
+    if runtime_env:  # a worker of a runtime environment: its working_dir and import path
+        if runtime_env.get("cwd"):
+            os.chdir(runtime_env["cwd"])
+        sys.path[:0] = runtime_env.get("paths") or []
     token = os.environ.pop("ACTORFLOW_TOKEN", "")
     sys.stdout = _PrefixedLines(sys.__stdout__)  # type: ignore[arg-type]
     sys.stderr = _PrefixedLines(sys.__stderr__)  # type: ignore[arg-type]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +56,36 @@ async def start_job_head(tmp: Path, extra: list[str]) -> JobHead:
     return JobHead(cluster, cluster.address, cluster.token)
 
 
+@dataclass
+class ExtraNode:
+    """A node started beside a JobHead with a state folder of its own (as on another
+    machine)."""
+
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+    log: Any
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+        self.log.close()
+
+
+def start_extra_node(head: JobHead, state_dir: Path, resources: str, log_path: Path
+                     ) -> ExtraNode:
+    env = dict(head.env, ACTORFLOW_STATE_DIR=str(state_dir), ACTORFLOW_TOKEN=head.token)
+    log = open(log_path, "wb")  # noqa: SIM115 - closed by stop()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "actorflow", "start", "--address", head.address,
+         "--num-cpus", "1", "--resources", resources, "--peer-timeout", "2", "--block"],
+        stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(ROOT))
+    return ExtraNode(proc, log_path, log)
+
+
 def job_processes(tag: str) -> list[psutil.Process]:
     """Live processes carrying this cluster's tag whatever their command line (a job's
     driver inherits the head's environment)."""
@@ -97,5 +129,16 @@ def write_app(folder: Path, files: dict[str, str]) -> Path:
     return folder
 
 
-__all__ = ["JOB_WAIT", "ROOT", "JobHead", "job_processes", "pid_gone", "run_cli",
-           "start_job_head", "wait_for", "write_app"]
+__all__ = [
+    "JOB_WAIT",
+    "ROOT",
+    "ExtraNode",
+    "JobHead",
+    "job_processes",
+    "pid_gone",
+    "run_cli",
+    "start_extra_node",
+    "start_job_head",
+    "wait_for",
+    "write_app",
+]
