@@ -150,6 +150,8 @@ def _start_background(args: Any) -> int:
         print(f"head started: {info['address']}  (pid {proc.pid})")
         print(f"token file: {info['token_file']} (mode 0600); `af.init(address=\"auto\")` and "
               "`actorflow ... --address auto` find both")
+        for key, value in (info.get("services") or {}).items():
+            print(f"{key}: {value}")
     else:
         print(f"node started (pid {proc.pid}), joined {args.address}")
     print(f"log: {log_path}")
@@ -176,7 +178,10 @@ async def _run_blocking(args: Any) -> int:
         )
         token_file = state.write_token(token)
         state.write_cluster({"address": proc.address, "token_file": str(token_file),
-                             "pid": os.getpid(), "session": proc.session})
+                             "pid": os.getpid(), "session": proc.session,
+                             # what the head's services say (the dashboard's URL...)
+                             "services": {k: v for k, v in proc.info.items()
+                                          if isinstance(v, str)}})
         kind = "head"
     else:
         token = _token(args, new=False)

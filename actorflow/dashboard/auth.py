@@ -11,6 +11,7 @@ Every route answers 401 without one of the two, except the login page and its fo
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import secrets
@@ -38,11 +39,25 @@ _SECURITY_HEADERS = {
     ),
 }
 
+# The login page's own style, inline (the stylesheet is behind the login); the page's CSP
+# allows exactly this block by its hash.
+_LOGIN_STYLE = (
+    "body{font:15px/1.45 system-ui,sans-serif;color:#1d2330;background:#f7f8fa;"
+    "display:flex;justify-content:center;padding-top:12vh}"
+    "main{background:#fff;border:1px solid #e3e6ec;padding:1.5em 2em;max-width:26em}"
+    "input{width:100%;margin:.4em 0 .8em;font:inherit;padding:.3em .5em}"
+    "button{font:inherit;padding:.3em 1em}.error{color:#c0362c}"
+)
+_LOGIN_CSP = _SECURITY_HEADERS["Content-Security-Policy"].replace(
+    "style-src 'self'",
+    "style-src 'sha256-"
+    + base64.b64encode(hashlib.sha256(_LOGIN_STYLE.encode()).digest()).decode() + "'")
+
 _LOGIN_PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>actorflow dashboard: log in</title>
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<link rel="stylesheet" href="/static/style.css"></head>
-<body class="login"><main class="login-box">
+<link rel="icon" href="data:,"><style>""" + _LOGIN_STYLE + """</style></head>
+<body><main>
 <h1>actorflow</h1>
 <p>The dashboard needs the cluster token (the head's token file, or
 <code>$ACTORFLOW_TOKEN</code>).</p>
@@ -56,7 +71,8 @@ _LOGIN_PAGE = """<!doctype html>
 """
 
 _UNAUTHORIZED_PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>401</title></head>
+<html lang="en"><head><meta charset="utf-8"><title>401</title><link rel="icon" href="data:,">
+</head>
 <body><p>The dashboard needs the cluster token: <a href="/login">log in</a>.</p></body></html>
 """
 
@@ -94,20 +110,21 @@ class Auth:
         else:
             response = await handler(request)
         if not response.prepared:  # a stream (events) set its own headers before it began
-            response.headers.update(_SECURITY_HEADERS)
+            for name, value in _SECURITY_HEADERS.items():
+                response.headers.setdefault(name, value)
         return response
 
     # -- the login page ------------------------------------------------------------------------
 
     async def login_page(self, request: web.Request) -> web.Response:
-        return _html(_LOGIN_PAGE.format(error=""))
+        return _html(_LOGIN_PAGE.replace("{error}", ""))
 
     async def login(self, request: web.Request) -> web.Response:
         form = await request.post()
         given = form.get("token")
         if not isinstance(given, str) or not self.token_ok(given.strip()):
-            return _html(_LOGIN_PAGE.format(
-                error='<p class="error" id="login-error">Wrong token.</p>'), status=401)
+            return _html(_LOGIN_PAGE.replace(
+                "{error}", '<p class="error" id="login-error">Wrong token.</p>'), status=401)
         response = web.Response(status=303, headers={"Location": "/"})
         response.set_cookie(COOKIE, self._cookie, httponly=True, samesite="Strict", path="/")
         return response
@@ -129,4 +146,5 @@ def _unauthorized(request: web.Request) -> web.Response:
 
 
 def _html(text: str, status: int = 200) -> web.Response:
-    return web.Response(text=text, status=status, content_type="text/html")
+    return web.Response(text=text, status=status, content_type="text/html",
+                        headers={"Content-Security-Policy": _LOGIN_CSP})

@@ -1,10 +1,9 @@
 """What the dashboard shows, aggregated on the server so that a page gets a small answer.
 
 Every row comes from the cluster's shared state layer, the same one the command line uses:
-``actorflow.state.StateClient`` (nodes, actors, tasks, objects, placement groups), the jobs
-actor's client (``actorflow.jobs``), the log reader (``actorflow.cluster.logs``) and the
-metrics' exposition (``actorflow.metrics``). A source that this build lacks makes its view say
-so (``{"unavailable": why}``); nothing is made up in its place.
+``actorflow.state.StateClient`` (nodes, actors, tasks, objects, placement groups, drivers),
+the head's ``jobs`` actor (``actorflow.jobs``: submitted jobs and their output), the log
+reader (``actorflow.cluster.logs``) and the metrics' exposition (``actorflow.metrics``).
 
 Reads are shared: a view asked for again within :data:`TTL_S` gets the answer already made,
 and requests that arrive while one is being made wait for it (one query for any number of
@@ -17,14 +16,18 @@ old. Lists are filtered, searched and cut into pages here, never in the page.
 from __future__ import annotations
 
 import asyncio
-import importlib
 import logging
 import re
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
+from actorflow.cluster.logs import list_logs, read_logs
+from actorflow.jobs.messages import JobLogs, ListJobs
+from actorflow.jobs.messages import ReadLogs as ReadJobLogs
+from actorflow.metrics import exposition
 from actorflow.runtime import ActorRef, OwnedTasks, restore_ref
+from actorflow.state import StateClient
 
 __all__ = ["MAX_STALE_S", "TTL_S", "Views", "page_of"]
 
@@ -44,13 +47,6 @@ FAILURES = 50
 JOB_LOG_BYTES = 256 * 1024
 #: How many lines of a log a view shows at most (the last ones).
 LOG_LINES = 500
-
-
-def _module(name: str) -> Any:
-    try:
-        return importlib.import_module(name)
-    except ImportError:
-        return None
 
 
 def page_of(rows: list[dict[str, Any]], page: int, size: int) -> dict[str, Any]:
@@ -134,17 +130,7 @@ class Views:
                  max_stale: float = MAX_STALE_S) -> None:
         self.head = head
         self._shared = _Shared(ttl, max_stale, log)
-        client = getattr(_module("actorflow.state"), "StateClient", None)
-        self.state: Any = client(head) if client is not None else None
-        self._jobs_msgs = _module("actorflow.jobs.messages")
-        if getattr(self._jobs_msgs, "ListJobs", None) is None:
-            self._jobs_msgs = None
-        self._logs_mod = _module("actorflow.cluster.logs")
-        if getattr(self._logs_mod, "read_logs", None) is None:
-            self._logs_mod = None
-        self._metrics_mod = _module("actorflow.metrics")
-        if getattr(self._metrics_mod, "exposition", None) is None:
-            self._metrics_mod = None
+        self.state = StateClient(head)
 
     @property
     def query_ms(self) -> dict[str, float]:
@@ -172,22 +158,8 @@ class Views:
 
     # -- views -----------------------------------------------------------------------------------
 
-    def missing(self, what: str) -> dict[str, Any] | None:
-        if what in ("state", "cluster", "actors", "tasks", "objects", "placement_groups",
-                    "summary") and self.state is None:
-            return {"unavailable": "this build has no state layer (actorflow.state)"}
-        if what == "jobs" and self._jobs_msgs is None:
-            return {"unavailable": "this build has no job manager (actorflow.jobs)"}
-        if what == "logs" and self._logs_mod is None:
-            return {"unavailable": "this build has no log reader (actorflow.cluster.logs)"}
-        if what == "metrics" and self._metrics_mod is None:
-            return {"unavailable": "this build has no metrics (actorflow.metrics)"}
-        return None
-
     async def summary(self) -> dict[str, Any]:
         """The header's counts, pushed to every page once a second."""
-        if (gone := self.missing("summary")) is not None:
-            return gone
         nodes = await self._nodes()
         actors = await self._actors()
         tasks = _task_states(await self._task_summary())
@@ -203,8 +175,6 @@ class Views:
         }
 
     async def cluster(self) -> dict[str, Any]:
-        if (gone := self.missing("cluster")) is not None:
-            return gone
         nodes, details = await asyncio.gather(self._nodes(), self._details())
         host = {d.get("node_id"): d.get("host") or {} for d in details}
         rows = []
@@ -221,8 +191,6 @@ class Views:
 
     async def actors(self, *, state: str = "", query: str = "", page: int = 0,
                      size: int = 50) -> dict[str, Any]:
-        if (gone := self.missing("actors")) is not None:
-            return gone
         rows = await self._actors()
         if state:
             rows = [r for r in rows if str(r.get("state", "")) == state]
@@ -233,16 +201,12 @@ class Views:
         return page_of(rows, page, size)
 
     async def actor(self, actor_id: str) -> dict[str, Any] | None:
-        if (gone := self.missing("actors")) is not None:
-            return gone
         for row in await self._actors():
             if str(row.get("actor_id")) == actor_id:
                 return row
         return None
 
     async def tasks(self, *, query: str = "", page: int = 0, size: int = 50) -> dict[str, Any]:
-        if (gone := self.missing("tasks")) is not None:
-            return gone
         summary = await self._task_summary()
         by_name = _by_name(summary)
         if query:
@@ -254,8 +218,6 @@ class Views:
                 "failures": list(failures)}
 
     async def objects(self, *, page: int = 0, size: int = 50) -> dict[str, Any]:
-        if (gone := self.missing("objects")) is not None:
-            return gone
         rows: list[dict[str, Any]] = list(await self._shared.get(
             "objects", lambda: self.state.list_objects(limit=LIST_LIMIT)))
         per_node: dict[str, dict[str, Any]] = {}
@@ -271,37 +233,27 @@ class Views:
                 "largest": page_of(largest, page, size)}
 
     async def placement_groups(self) -> dict[str, Any]:
-        if (gone := self.missing("placement_groups")) is not None:
-            return gone
-        lister = getattr(self.state, "list_placement_groups", None)
-        if lister is None:
-            return {"unavailable": "the state layer lists no placement groups"}
-        return {"rows": list(await self._shared.get("pgs", lister))}
+        rows = await self._shared.get(
+            "pgs", lambda: self.state.list_placement_groups(limit=LIST_LIMIT))
+        return {"rows": list(rows)}
 
 
     async def jobs(self) -> dict[str, Any]:
         """Submitted jobs (the head's ``jobs`` actor) and every driver (the state layer)."""
-        if (gone := self.missing("jobs")) is not None:
-            return gone
         jobs = _beside(self.head, "jobs")
         rows = await self._shared.get(
-            "jobs", lambda: jobs.ask(self._jobs_msgs.ListJobs(), timeout=ASK_TIMEOUT_S))
-        drivers: list[dict[str, Any]] = []
-        lister = getattr(self.state, "list_jobs", None)
-        if lister is not None:
-            drivers = list(await self._shared.get("drivers", lambda: lister(limit=LIST_LIMIT)))
-        return {"rows": list(reversed(rows)), "drivers": drivers}
+            "jobs", lambda: jobs.ask(ListJobs(), timeout=ASK_TIMEOUT_S))
+        drivers = await self._shared.get(
+            "drivers", lambda: self.state.list_jobs(limit=LIST_LIMIT))
+        return {"rows": list(reversed(rows)), "drivers": list(drivers)}
 
     async def job_logs(self, job_id: str) -> dict[str, Any]:
         """The last :data:`LOG_LINES` lines of a submitted job's output."""
-        if (gone := self.missing("jobs")) is not None:
-            return gone
         jobs = _beside(self.head, "jobs")
-        read = self._jobs_msgs.ReadLogs
         chunks: list[bytes] = []
         offset = 0
         while True:  # the job's actor answers its output a piece at a time
-            piece = await jobs.ask(read(job_id, offset), timeout=ASK_TIMEOUT_S)
+            piece: JobLogs = await jobs.ask(ReadJobLogs(job_id, offset), timeout=ASK_TIMEOUT_S)
             if not piece.data:
                 break
             chunks.append(piece.data)
@@ -313,14 +265,11 @@ class Views:
 
     async def workers(self) -> dict[str, Any]:
         """Every worker process with a log file, per live node, with the actor it hosts."""
-        if (gone := self.missing("logs")) is not None:
-            return gone
-        files = await self._shared.get("log_files", lambda: self._logs_mod.list_logs(self.head))
+        files = await self._shared.get("log_files", lambda: list_logs(self.head))
         hosts: dict[tuple[str, int], dict[str, Any]] = {}
-        if self.state is not None:
-            for actor in await self._actors():
-                if actor.get("pid") is not None and actor.get("state") != "DEAD":
-                    hosts[(str(actor.get("node_id")), int(actor["pid"]))] = actor
+        for actor in await self._actors():
+            if actor.get("pid") is not None and actor.get("state") != "DEAD":
+                hosts[(str(actor.get("node_id")), int(actor["pid"]))] = actor
         rows = []
         for node_id, names in sorted(files.items()):
             for name in names:
@@ -338,18 +287,13 @@ class Views:
                    pid: int | None = None, job_id: str | None = None) -> dict[str, Any]:
         """The last :data:`LOG_LINES` lines of an actor's, a worker's or a job's log files.
         Raises ValueError (from the log reader) when it does not know what was asked for."""
-        if (gone := self.missing("logs")) is not None:
-            return gone
-        lines = await self._logs_mod.read_logs(self.head, actor_id=actor_id, node_id=node_id,
+        lines = await read_logs(self.head, actor_id=actor_id, node_id=node_id,
                                                pid=pid, job_id=job_id, tail=LOG_LINES)
         return {"lines": list(lines)[-LOG_LINES:]}
 
-    async def metrics(self) -> bytes | dict[str, Any]:
+    async def metrics(self) -> bytes:
         """The Prometheus text of the cluster's metrics."""
-        if (gone := self.missing("metrics")) is not None:
-            return gone
-        body: bytes = await self._metrics_mod.exposition(self.head)
-        return body
+        return await exposition(self.head)
 
 
 _WORKER_FILE = re.compile(r"worker-(\d+)\.log")

@@ -131,8 +131,6 @@ async def _logs(request: web.Request) -> web.Response:
 
 async def _metrics(request: web.Request) -> web.Response:
     body = await request.app[_VIEWS].metrics()
-    if isinstance(body, dict):
-        return _json(body, status=503)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 

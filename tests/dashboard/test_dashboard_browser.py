@@ -42,7 +42,7 @@ NODES: list[dict[str, Any]] = [
 WAIT_MS = 30_000
 
 try:
-    from playwright.async_api import Page, async_playwright
+    from playwright.async_api import Page, async_playwright, expect
 except ImportError:  # pragma: no cover - the skip below says why
     async_playwright = None  # type: ignore[assignment]
 
@@ -122,20 +122,22 @@ async def test_log_in_see_nodes_actor_log_and_live_task_count(
         async with async_playwright() as pw:
             browser = await pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
             try:
-                # the page's CSP forbids eval, which the test's own waits use
-                context = await browser.new_context(viewport={"width": 1280, "height": 760},
-                                                    bypass_csp=True)
-                page = await context.new_page()
+                # under the page's own CSP: the waits below use locators, never eval
+                page = await browser.new_page(viewport={"width": 1280, "height": 760})
+                problems: list[str] = []
+                page.on("console", lambda m: problems.append(m.text) if m.type == "error"
+                        else None)
+                page.on("pageerror", lambda e: problems.append(str(e)))
                 page.set_default_timeout(WAIT_MS)
                 # nothing without the token, the page included
                 first = await page.goto(url + "/")
                 assert first is not None and first.status == 401
                 await page.goto(url + "/login")
+                await page.screenshot(path=str(shots / "dashboard-login.png"))
                 await page.fill("#token", cli.token)
                 await page.click("#login")
                 await page.wait_for_url(url + "/")
-                await page.wait_for_function(
-                    "document.querySelectorAll('#nodes-table tr.node').length === 2")
+                await expect(page.locator("#nodes-table tr.node")).to_have_count(2, timeout=WAIT_MS)
                 nodes = await page.locator("#nodes-table tr.node").all_inner_texts()
                 assert all("ALIVE" in row for row in nodes), nodes
                 await page.evaluate("window.__stillHere = 'yes'")  # gone on a reload
@@ -144,14 +146,12 @@ async def test_log_in_see_nodes_actor_log_and_live_task_count(
                 # an actor: found by its name, opened, its worker's line read
                 await page.click("#tabs a[data-view=actors]")
                 await page.fill("#search", name)
-                await page.wait_for_function(
-                    "document.querySelectorAll('#actors-table tr.actor').length === 1")
+                actors = page.locator("#actors-table tr.actor")
+                await expect(actors).to_have_count(1, timeout=WAIT_MS)
                 row = await text_of(page, "#actors-table tr.actor")
                 assert name in row and "ALIVE" in row and str(pid) in row, row
                 await page.click("#actors-table tr.actor")
-                await page.wait_for_function(
-                    f"(document.querySelector('#actor-log') || {{}}).textContent"
-                    f"?.includes('{marker}')")
+                await expect(page.locator("#actor-log")).to_contain_text(marker, timeout=WAIT_MS)
                 await page.screenshot(path=str(shots / "dashboard-actor.png"), full_page=True)
 
                 # the task count changes while the page stays loaded
@@ -160,9 +160,14 @@ async def test_log_in_see_nodes_actor_log_and_live_task_count(
                 await page.wait_for_selector(cell)
                 before = int((await text_of(page, cell)).replace(",", ""))
                 await asyncio.wait_for(af.get([nop.remote(i) for i in range(25)]), 30)
-                await page.wait_for_function(
-                    f"+document.querySelector('{cell}').textContent.replace(/,/g, '') "
-                    f">= {before + 25}")
+
+                async def finished() -> int:
+                    return int((await text_of(page, cell)).replace(",", ""))
+
+                deadline = asyncio.get_running_loop().time() + WAIT_MS / 1000
+                while await finished() < before + 25:  # pushed by the server, no reload
+                    assert asyncio.get_running_loop().time() < deadline, await finished()
+                    await asyncio.sleep(0.2)
                 assert await page.evaluate("window.__stillHere") == "yes"
                 failure = await text_of(page, "#task-failures tr.failure")
                 assert "boom" in failure and "ValueError" in failure and marker in failure
@@ -171,9 +176,7 @@ async def test_log_in_see_nodes_actor_log_and_live_task_count(
                 # the worker's own log, from the logs view
                 await page.click("#tabs a[data-view=logs]")
                 await page.click(f"#workers-table tr.worker[data-pid='{pid}']")
-                await page.wait_for_function(
-                    f"(document.querySelector('#worker-log') || {{}}).textContent"
-                    f"?.includes('{marker}')")
+                await expect(page.locator("#worker-log")).to_contain_text(marker, timeout=WAIT_MS)
                 await page.screenshot(path=str(shots / "dashboard-logs.png"))
 
                 for view in ("jobs", "objects"):
@@ -181,6 +184,8 @@ async def test_log_in_see_nodes_actor_log_and_live_task_count(
                     await page.wait_for_selector("#body table")
                     await page.screenshot(path=str(shots / f"dashboard-{view}.png"))
                 assert await page.evaluate("window.__stillHere") == "yes"
+                # the 401 of the first visit is the only error the console saw
+                assert [p for p in problems if "401" not in p] == [], problems
             finally:
                 await browser.close()
         await af.kill(greeter)
