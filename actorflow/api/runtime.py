@@ -25,6 +25,7 @@ from actorflow.cluster import runtime_env as renv
 from actorflow.cluster.calls import CallState, current_call
 from actorflow.cluster.core import Core, task_context
 from actorflow.cluster.driver_job import end_job, namespace_of, register_job
+from actorflow.cluster.memory_guard import with_memory
 from actorflow.cluster.protocol import (
     GetNamedActor,
     KillActor,
@@ -111,7 +112,7 @@ def _resources(opts: dict[str, Any]) -> Resources:
     if num_gpus:
         amounts["GPU"] = float(num_gpus)
     amounts.update(opts.get("resources") or {})
-    return Resources.of(amounts)
+    return Resources.of(with_memory(amounts))
 
 
 def _address_and_token(opts: dict[str, Any]) -> tuple[str | None, str | None]:

@@ -22,6 +22,7 @@ import time
 from typing import Any
 
 from actorflow.cluster import bootstrap, state
+from actorflow.cluster.memory_guard import with_memory
 from actorflow.cluster.protocol import ListState, NodeInfo
 from actorflow.objects import sweep
 from actorflow.placement.resources import Resources
@@ -74,7 +75,7 @@ def _resources(args: Any) -> Resources:
         if not isinstance(extra, dict):
             raise SystemExit("--resources must be a JSON object, e.g. '{\"ssd\": 1}'")
         amounts.update({str(k): float(v) for k, v in extra.items()})
-    return Resources.of(amounts)
+    return Resources.of(with_memory(amounts))
 
 
 def _token(args: Any, *, new: bool) -> str:
@@ -297,7 +298,8 @@ async def _views(args: Any, what: list[str]) -> dict[str, Any]:
 
 
 def _fmt(amounts: dict[str, float]) -> str:
-    return ", ".join(f"{k} {v:g}" for k, v in sorted(amounts.items())) or "-"
+    return ", ".join(f"{k} {v / 2**30:.1f} GiB" if k == "memory" else f"{k} {v:g}"
+                     for k, v in sorted(amounts.items())) or "-"
 
 
 def cmd_status(args: Any) -> int:

@@ -44,6 +44,7 @@ from actorflow._errors import (
     TaskError,
 )
 from actorflow.cluster import streaming
+from actorflow.cluster.memory_guard import MemoryKilled
 from actorflow.cluster.protocol import (
     Args,
     Failed,
@@ -265,6 +266,9 @@ class ObjectOwner(Actor):
             return streaming.accept(self.core, message)
         if type(message) is StreamWait:
             return await streaming.wait(self.core, message)
+        if type(message) is MemoryKilled:
+            self.core.submitter.memory_killed(message)
+            return None
         raise TypeError(f"ObjectOwner got an unexpected {type(message).__name__}")
 
 

@@ -34,7 +34,7 @@ from actorflow._errors import (
     WorkerCrashedError,
 )
 from actorflow._limits import UNLIMITED
-from actorflow.cluster import hoststats, runtime_env
+from actorflow.cluster import hoststats, memory_guard, runtime_env
 from actorflow.cluster.jobs_table import FreeSegments
 from actorflow.cluster.node_logs import NodeLogs, ReadLogs
 from actorflow.cluster.pool import WorkerHandle, WorkerPool, WorkerState
@@ -180,6 +180,9 @@ class Node(ServiceActor):
         )
         for _ in range(self.prestart):
             self._spawn_worker()
+        threshold, interval = memory_guard.settings()
+        if interval:
+            self._background(memory_guard.guard(self, threshold, interval))
 
     def on_stop_requested(self) -> None:
         self.stopping = True

@@ -22,12 +22,14 @@ from typing import TYPE_CHECKING, Any
 from actorflow._errors import (
     ActorflowError,
     InfeasibleError,
+    OutOfMemoryError,
     PeerUnreachableError,
     TaskCancelledError,
     TaskError,
     WorkerCrashedError,
 )
 from actorflow.cluster.calls import note_child
+from actorflow.cluster.memory_guard import MemoryKilled
 from actorflow.cluster.protocol import (
     CancelTask,
     Failed,
@@ -59,6 +61,9 @@ SHORT_TASK_S = 0.002  # tasks shorter than this on average get pipelined
 FOLLOW_LIMIT = 1024  # most tasks in flight on one lease, counting those that follow others
 MAX_BACKOFF_S = 1.0  # longest wait before asking for a lease again after failed requests
 
+
+#: How long a memory guard's notice is kept for a crash that follows it.
+MEMORY_KILL_MEMO_S = 60.0
 
 @dataclass(slots=True)
 class PendingTask:
@@ -135,6 +140,8 @@ class TaskSubmitter:
         self._followers: dict[str, list[PendingTask]] = {}
         self._following: deque[PendingTask] | None = None  # _pushed's work list
         self._owner: Any = None  # how a worker reaches this owner (Local): set on first use
+        #: (node_id, lease_id) -> what a node's memory guard said before it killed that worker
+        self.memory_kills: dict[tuple[str, int], MemoryKilled] = {}
         #: Tasks submitted here, and those settled (a value or a final error): what
         #: `actorflow run --progress` shows.
         self.submitted = 0
@@ -355,11 +362,17 @@ class TaskSubmitter:
                 pending.retries_left -= 1
                 self._requeue(pending, front=True)
             else:
-                why = ("its retries are used up; raise max_retries to retry on another worker"
-                       if pending.retries_left <= 0 else "some of the values it had made were "
-                       "read already, so it is not run again")
-                error = WorkerCrashedError(
-                    f"the worker running task {pending.spec.name!r} died ({exc}) and {why}")
+                oom = self.memory_kills.get((lease.lease.node_id, lease.lease.lease_id))
+                error: BaseException
+                if oom is not None:
+                    error = OutOfMemoryError(pending.spec.name, oom.node_id, oom.used,
+                                             oom.total, oom.threshold)
+                else:
+                    why = ("its retries are used up; raise max_retries to retry on another "
+                           "worker" if pending.retries_left <= 0 else "some of the values it "
+                           "had made were read already, so it is not run again")
+                    error = WorkerCrashedError(
+                        f"the worker running task {pending.spec.name!r} died ({exc}) and {why}")
                 self._finish(pending, self._failed(pending, error))
         else:
             returns, run_s = reply_returns(reply)
@@ -508,6 +521,14 @@ class TaskSubmitter:
 
     def _node_of(self, lease: _Lease) -> ActorRef:
         return lease.lease.node if lease.lease.node is not None else self.core.node
+
+    def memory_killed(self, notice: MemoryKilled) -> None:
+        """A node's memory guard is about to kill the worker of one of our leases: its tasks
+        fail with OutOfMemoryError, not WorkerCrashedError, when their retries are used up."""
+        key = (notice.node_id, notice.lease_id)
+        self.memory_kills[key] = notice
+        # forgotten once the crash was handled (a lease that had no task in flight: later)
+        self.core.loop.call_later(MEMORY_KILL_MEMO_S, self.memory_kills.pop, key, None)
 
     def _lease_lost(self, lease: _Lease, exc: BaseException) -> None:
         if lease.lost:

@@ -11,6 +11,7 @@ import pytest
 from cl_support import run_python, within
 
 import actorflow as af
+from actorflow.cluster.memory_guard import memory_usage
 from actorflow.transport import TransportConfig, WebSocketTransport
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -64,9 +65,12 @@ async def test_async_with_init_and_the_cluster_views() -> None:
         assert node["alive"] is True
         assert isinstance(node["address"], str) and node["address"]
         assert node["resources"].get("GPU", 0.0) == 0.0
-        assert {k: v for k, v in node["resources"].items() if v} == {"CPU": 4.0, "ssd": 1.0}
+        # a node declares its memory (bytes) as the `memory` resource (API.md §12)
+        memory = float(memory_usage()[1])
+        assert {k: v for k, v in node["resources"].items() if v} == {
+            "CPU": 4.0, "ssd": 1.0, "memory": memory}
         total = await within(af.cluster_resources())
-        assert {k: v for k, v in total.items() if v} == {"CPU": 4.0, "ssd": 1.0}
+        assert {k: v for k, v in total.items() if v} == {"CPU": 4.0, "ssd": 1.0, "memory": memory}
         free = await within(af.available_resources())
         assert free.get("CPU") == 4.0 and free.get("ssd") == 1.0  # nothing runs yet
         assert await within(square.options(resources={"ssd": 1}).remote(5)) == 25

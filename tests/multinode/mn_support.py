@@ -312,4 +312,10 @@ def live_nodes(views: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def nonzero(amounts: dict[str, float]) -> dict[str, float]:
-    return {k: round(v, 6) for k, v in amounts.items() if abs(v) > 1e-9}
+    """The amounts that are not zero, the nodes' ``memory`` (bytes, which every node declares)
+    left out: see :func:`memory_of` for it."""
+    return {k: round(v, 6) for k, v in amounts.items() if abs(v) > 1e-9 and k != "memory"}
+
+
+def memory_of(amounts: dict[str, float]) -> float:
+    return amounts.get("memory", 0.0)

@@ -21,7 +21,7 @@ from typing import Any
 import cloudpickle
 import numpy as np
 import pytest
-from mn_support import Cluster, cli, live_nodes, nonzero, until_async, within
+from mn_support import Cluster, cli, live_nodes, memory_of, nonzero, until_async, within
 
 import actorflow as af
 from actorflow.objects.ref import current_core
@@ -146,8 +146,11 @@ async def test_three_nodes_with_their_resources(cli_cluster: Cluster) -> None:
         ids["node2"]: {"CPU": 1.0, "r_b": 1.0},
         ids["node3"]: {"CPU": 1.0, "r_c": 1.0, "GPU": 2.0},
     }
-    assert nonzero(await within(af.cluster_resources())) == {
-        "CPU": 3.0, "GPU": 2.0, "r_a": 1.0, "r_b": 1.0, "r_c": 1.0}
+    total = await within(af.cluster_resources())
+    assert nonzero(total) == {"CPU": 3.0, "GPU": 2.0, "r_a": 1.0, "r_b": 1.0, "r_c": 1.0}
+    # each node declares this machine's memory (API.md §12): three nodes here
+    assert memory_of(total) == sum(memory_of(v["resources"]) for v in views)
+    assert all(memory_of(v["resources"]) > 2**28 for v in views)
     # the CLI sees the same cluster (its state folder says where)
     out = await asyncio.to_thread(cli, ["list", "nodes", "--json"], cli_cluster.cli.env)
     assert out.returncode == 0, out.stderr
