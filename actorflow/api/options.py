@@ -263,3 +263,4 @@ def validate(model: type[Record], base: Record | None, what: str, **updates: Any
         return model(**{key: checks[key](value) for key, value in data.items()})
     except (_Slow, KeyError):
         return _slow(model, data, what)
+

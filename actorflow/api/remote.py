@@ -447,3 +447,4 @@ def _make(obj: Any, options: dict[str, Any]) -> Any:
         return RemoteFunction(obj, validate(TaskOptions, None, f"remote function {name!r}",
                                             **options))
     raise TypeError(f"@af.remote takes a function or a class, not {type(obj).__name__}")
+
