@@ -8,8 +8,9 @@
   Extras: ``off_tasks_s``, ``on_tasks_s`` (medians), ``off_cpu_us_per_task``,
   ``on_cpu_us_per_task`` (CPU of the driver, which hosts the head, and its workers, per task:
   steadier than wall time when the machine is shared). Target: value <= 5.
-  Task events themselves are always on; their cost against a build without them is measured
-  with ``python -m benchmarks tasks_async`` on both (docs/performance.md).
+- ``task_events_overhead`` (% slower): the same, with the workers' task events off
+  (``ACTORFLOW_TASK_EVENTS=0``) and on (the default), the timeline off in both. Target:
+  value <= 5.
 - ``task_events_store`` (calls/s): the head's event store fed 100,000 calls (1 in 100
   failed) as 8 workers report them (reports of 500 calls, made by the workers' recorder), in
   this process: value = calls ingested per second. Extras: the time of the queries the CLI
@@ -37,11 +38,12 @@ from actorflow.state.store import EventStore, ListTasks
 from benchmarks._common import CpuMeter, check_sum, log, meta, run_on, sig, summarize
 from benchmarks.spec import num_cpus
 
-WORKLOADS = ("timeline_overhead", "task_events_store")
+WORKLOADS = ("timeline_overhead", "task_events_overhead", "task_events_store")
 
 # name: (unit, n, quick n)
 _SPEC: dict[str, tuple[str, int, int]] = {
     "timeline_overhead": ("%", 10_000, 1_000),
+    "task_events_overhead": ("%", 10_000, 1_000),
     "task_events_store": ("calls/s", 100_000, 20_000),
 }
 OVERHEAD_TARGET = 5.0
@@ -53,10 +55,10 @@ def noop(i):  # type: ignore[no-untyped-def]
     return i
 
 
-async def _tasks_async(n: int, timeline: bool, meter: CpuMeter) -> tuple[float, float]:
-    """(tasks/s, CPU us per task) of one cluster with the timeline ``timeline``."""
-    saved = os.environ.get("ACTORFLOW_TIMELINE")
-    os.environ["ACTORFLOW_TIMELINE"] = "1" if timeline else "0"
+async def _tasks_async(n: int, env: dict[str, str], meter: CpuMeter) -> tuple[float, float]:
+    """(tasks/s, CPU us per task) of one cluster started with ``env`` set."""
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
     try:
         async with af.init(num_cpus=num_cpus(), log_to_driver=False):
             check_sum(await af.get([noop.remote(i) for i in range(200)]), 200)
@@ -70,23 +72,33 @@ async def _tasks_async(n: int, timeline: bool, meter: CpuMeter) -> tuple[float, 
             cpu = meter.add({}, before, after, n).get("cpu_us_per_op", 0.0)
             await asyncio.sleep(0.5)  # the last events reach the head before it stops
     finally:
-        if saved is None:
-            os.environ.pop("ACTORFLOW_TIMELINE", None)
-        else:
-            os.environ["ACTORFLOW_TIMELINE"] = saved
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
     return n / elapsed, cpu
 
 
-def _overhead(n: int, reps: int) -> list[dict[str, Any]]:
+#: workload -> (the setting off, on)
+_SWITCHES = {
+    "timeline_overhead": ({"ACTORFLOW_TIMELINE": "0"}, {"ACTORFLOW_TIMELINE": "1"}),
+    "task_events_overhead": ({"ACTORFLOW_TASK_EVENTS": "0", "ACTORFLOW_TIMELINE": "0"},
+                             {"ACTORFLOW_TASK_EVENTS": "1", "ACTORFLOW_TIMELINE": "0"}),
+}
+
+
+def _overhead(name: str, n: int, reps: int) -> list[dict[str, Any]]:
     meter = CpuMeter()
     runs = []
     for r in range(reps):
         got: dict[bool, tuple[float, float]] = {}
-        for timeline in ((False, True) if r % 2 == 0 else (True, False)):
-            got[timeline] = run_on("uvloop", functools.partial(_tasks_async, n, timeline, meter))
+        for switch in ((False, True) if r % 2 == 0 else (True, False)):
+            env = _SWITCHES[name][switch]
+            got[switch] = run_on("uvloop", functools.partial(_tasks_async, n, env, meter))
         (off, off_cpu), (on, on_cpu) = got[False], got[True]
         value = (off / on - 1.0) * 100.0
-        log(f"[timeline_overhead] rep {r + 1}/{reps}: off {off:,.0f} tasks/s, on {on:,.0f} "
+        log(f"[{name}] rep {r + 1}/{reps}: off {off:,.0f} tasks/s, on {on:,.0f} "
             f"tasks/s: {value:+.1f}%")
         runs.append({"value": value, "off_tasks_s": off, "on_tasks_s": on,
                      "off_cpu_us_per_task": off_cpu, "on_cpu_us_per_task": on_cpu})
@@ -147,8 +159,8 @@ def run(quick: bool, reps: int, only: set[str] | None = None) -> list[dict[str, 
             continue
         unit, n_full, n_quick = _SPEC[name]
         n = n_quick if quick else n_full
-        if name == "timeline_overhead":
-            rec = summarize(name, unit, n, _overhead(n, reps), provenance)
+        if name in _SWITCHES:
+            rec = summarize(name, unit, n, _overhead(name, n, reps), provenance)
             rec["target"] = f"value <= {OVERHEAD_TARGET:g}"
             rec["target_met"] = rec["value"] <= OVERHEAD_TARGET
         else:

@@ -20,6 +20,9 @@ So the head's counts are exact, its list of finished calls is a recent sample un
 failures are all there. The worker learns from the head's answer to its first message whether
 the timeline is on (until then it sends spans).
 
+``ACTORFLOW_TASK_EVENTS=0`` in a worker's environment (a node passes its own on) turns its
+recording off: the head then knows nothing of that worker's calls.
+
 Events are an observation, not part of the work: a message that cannot be sent (the head is
 unreachable) is dropped and counted (``dropped`` rides in the next one), never retried.
 
@@ -53,6 +56,7 @@ __all__ = [
     "EventRecorder",
     "Key",
     "error_of",
+    "recorder",
 ]
 
 #: The well-known id of the head's event store.
@@ -228,6 +232,26 @@ class EventRecorder:
     def close(self) -> None:
         """Report what is left and stop the timer."""
         self.flush()
+
+
+class _Off(EventRecorder):
+    """A recorder that records nothing (``ACTORFLOW_TASK_EVENTS=0``)."""
+
+    __slots__ = ()
+
+    def started(self, task_id: str, key: Key, t: float) -> None:
+        return
+
+    def ended(self, task_id: str, t: float, run_s: float, returns: Any) -> None:
+        return
+
+
+def recorder(head: ActorRef | None, node_id: str, worker_id: str,
+             origin: tuple[str, str | None]) -> EventRecorder:
+    """This worker process's recorder: one that records nothing when
+    ``ACTORFLOW_TASK_EVENTS=0``."""
+    off = os.environ.get("ACTORFLOW_TASK_EVENTS", "").strip() in ("0", "false", "no", "off")
+    return (_Off if off else EventRecorder)(head, node_id, worker_id, origin)
 
 
 def _beside(head: ActorRef, slot_id: str) -> ActorRef:

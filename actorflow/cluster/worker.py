@@ -27,7 +27,7 @@ from actorflow._errors import TaskCancelledError
 from actorflow.cluster.calls import CallState, cancel_children, current_call, interrupt
 from actorflow.cluster.core import TaskContext, task_context
 from actorflow.cluster.driver_job import known_job, learn_jobs
-from actorflow.cluster.events import ACTOR_CREATION, TASK, EventRecorder
+from actorflow.cluster.events import ACTOR_CREATION, TASK, recorder
 from actorflow.cluster.execution import (
     PlainCall,
     answer_outcome,
@@ -106,8 +106,8 @@ class Worker(Actor):
         self._recent_bytes = 0
         system = core.system
         # what this process runs, for the head's task table (see cluster/events.py)
-        self.events = EventRecorder(core.head, core.node_id or "", core.worker_id or "",
-                                    (system.uid, system.address))
+        self.events = recorder(core.head, core.node_id or "", core.worker_id or "",
+                               (system.uid, system.address))
 
     async def on_start(self) -> None:
         self.executor = SyncRunner("af-task")

@@ -7,8 +7,9 @@ bounded memory whatever the cluster has run:
 - every task, actor call and actor creation that is running (taken by a worker, not answered;
   as of each worker's last report);
 - the last ``task_events_max`` (default 10,000; ``ACTORFLOW_TASK_EVENTS_MAX``) that ended, in
-  a ring: every one while each worker ends fewer than 256 per report (0.25 s), else the last
-  256 of each report, a recent sample;
+  a ring, in the order the reports came (each worker's in the order they ended): every one
+  while each worker ends fewer than 256 per report (0.25 s), else the last 256 of each
+  report, a recent sample;
 - counts by (name, state) and run-time totals by name, exact, never dropped;
 - the last 1,000 failures with their errors and tracebacks, every one, past the ring;
 - with the timeline on (``ACTORFLOW_TIMELINE=1``, ``actorflow start --timeline``,

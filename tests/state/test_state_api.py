@@ -3,6 +3,7 @@ failures with their errors, running calls, a worker's death, and the store's bou
 
 from __future__ import annotations
 
+import asyncio
 import os
 import pickle
 import sys
@@ -153,25 +154,51 @@ async def test_the_head_keeps_the_last_n_and_counts_all(
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ACTORFLOW_TASK_EVENTS_MAX", "50")
     async with af.init(num_cpus=2, log_to_driver=False):
-        refs = [ok.remote(i) for i in range(300)]
-        assert sum(await af.get(refs)) == sum(range(300))
 
-        async def counted() -> dict[str, Any] | None:
+        async def finished(n: int) -> dict[str, Any] | None:
             summary = await af.state.summary_tasks()
-            done = summary["totals"].get("FINISHED", 0)
-            return summary if done == 300 else None
+            return summary if summary["totals"].get("FINISHED", 0) == n else None
 
-        summary = await until(counted, "300 finished tasks to be counted")
+        first = [ok.remote(i) for i in range(300)]
+        assert sum(await af.get(first)) == sum(range(300))
+        await until(lambda: finished(300), "300 finished tasks to be counted")
+        last = [ok.remote(i) for i in range(20)]
+        assert await af.get(last) == list(range(20))
+        summary = await until(lambda: finished(320), "320 finished tasks to be counted")
         assert summary["finished_kept"] == 50 and summary["finished_max"] == 50
         rows = await _tasks(limit=1000)
         assert len(rows) == 50
-        # the newest first, and they are the last ones that ended
-        ends = [r["end_time"] for r in rows]
-        assert ends == sorted(ends, reverse=True)
-        kept = {r["task_id"] for r in rows}
-        assert refs[-1].id in kept and refs[0].id not in kept
+        # the newest first: every one of the last 20, then 30 of the first 300
+        kept = [r["task_id"] for r in rows]
+        assert set(kept[:20]) == {ref.id for ref in last}
+        assert set(kept[20:]) <= {ref.id for ref in first}
+        for worker in {r["worker_id"] for r in rows}:  # each worker's, newest first
+            ends = [r["end_time"] for r in rows if r["worker_id"] == worker]
+            assert ends == sorted(ends, reverse=True)
         client = StateClient(current_core().head)
         assert len(await client.list_tasks(limit=7)) == 7
+
+
+async def test_workers_record_nothing_with_task_events_off(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """ACTORFLOW_TASK_EVENTS=0 reaches the workers (through their node) and turns their
+    recording off; the work itself is unchanged."""
+    monkeypatch.setenv("ACTORFLOW_TASK_EVENTS", "0")
+    async with af.init(num_cpus=2, log_to_driver=False):
+        assert await af.get([ok.remote(i) for i in range(50)]) == list(range(50))
+        keeper = Keeper.remote()
+        assert await keeper.add.remote(2) == 2
+        await asyncio.sleep(1.0)  # four flush periods: a report would have come
+        assert (await af.state.summary_tasks())["totals"] == {}
+        assert await _tasks() == []
+    monkeypatch.delenv("ACTORFLOW_TASK_EVENTS")
+    async with af.init(num_cpus=2, log_to_driver=False):  # and on again (the default)
+        assert await ok.remote(1) == 1
+
+        async def counted() -> bool | None:
+            return True if (await af.state.summary_tasks())["totals"] else None
+
+        await until(counted, "the task to be counted")
 
 
 def _report(worker: int, first: int, n: int, fail_every: int = 0) -> bytes:
