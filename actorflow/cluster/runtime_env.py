@@ -400,11 +400,13 @@ _FROM_VAR: list[Any] = []  # [text, env]: the variable's, read once
 
 
 def set_process_default(env: ResolvedEnv | None, *, unset: bool = False) -> None:
-    """The runtime environment of this process's job (``af.init(runtime_env=...)``), which
-    its tasks and actors run with unless their options say otherwise; ``unset`` forgets it."""
+    """The runtime environment of this process's job (``af.init(runtime_env=...)``, over the
+    one this process was started with, if any: a job's driver), which its tasks and actors
+    run with unless their options say otherwise; ``unset`` forgets it."""
     _DEFAULT.clear()
     if not unset:
-        _DEFAULT.append(env)
+        base = process_default()
+        _DEFAULT.append(base.merged(env) if base is not None else env)
 
 
 def process_default() -> ResolvedEnv | None:

@@ -110,9 +110,6 @@ class JobManager(ServiceActor):
         self._dir = state.state_dir() / "jobs"
         self._closing = False
 
-    async def on_start(self) -> None:
-        await asyncio.to_thread(self._dir.mkdir, mode=0o700, exist_ok=True)
-
     def on_stop_requested(self) -> None:
         self._closing = True  # waiting log reads answer now: the stop waits for them
 
@@ -164,6 +161,7 @@ class JobManager(ServiceActor):
             if job.stopping:
                 self._end(job, "STOPPED", None, "stopped before it started")
                 return
+            self._dir.mkdir(mode=0o700, exist_ok=True)
             with open(job.log_path, "ab") as out:  # noqa: ASYNC230 - opening is quick
                 job.proc = await asyncio.create_subprocess_exec(
                     "/bin/sh", "-c", job.entrypoint, stdin=asyncio.subprocess.DEVNULL,
