@@ -85,14 +85,23 @@ async def wait(
     num_returns: int = 1,
     timeout: float | None = None,
     fetch_local: bool = True,
+    progress: Progress = False,
 ) -> tuple[list[ObjectRef], list[ObjectRef]]:
     """Wait until ``num_returns`` of ``refs`` are ready (or ``timeout`` passes); returns
-    ``(ready, not_ready)``, each in the order of ``refs``. A failed task counts as ready."""
+    ``(ready, not_ready)``, each in the order of ``refs``. A failed task counts as ready.
+    ``progress``: a bar of the refs ready, out of ``num_returns`` (as for :func:`get`)."""
     core = current_core()
     refs = list(refs)
     _check(refs, "wait()")
     if num_returns < 0 or num_returns > len(refs):
         raise ValueError(f"num_returns must be between 0 and {len(refs)}, got {num_returns}")
+    if progress:
+        bar = get_bar(core, refs, progress, total=num_returns)
+        try:
+            return await wait(refs, num_returns=num_returns, timeout=timeout,
+                              fetch_local=fetch_local)
+        finally:
+            bar.close()
     pairs = [(ref, core.payload_future(ref)) for ref in refs]
     loop = asyncio.get_running_loop()
     deadline = None if timeout is None else loop.time() + timeout

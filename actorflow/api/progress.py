@@ -1,4 +1,5 @@
-"""Progress bars (tqdm): ``af.get(refs, progress=True)`` and ``actorflow run --progress``.
+"""Progress bars (tqdm): ``af.get(refs, progress=True)`` (``af.wait`` too) and ``actorflow
+run --progress``.
 
 Off unless asked: ``af.get`` without ``progress`` never imports tqdm, and a task's submission
 costs two integer increments (the submitter's ``submitted`` and ``settled`` counts, which
@@ -46,13 +47,15 @@ def make_bar(progress: Progress, total: int, unit: str) -> Any:
     return tqdm(**kwargs)
 
 
-def get_bar(core: Core, refs: Sequence[ObjectRef], progress: Progress) -> Any:
+def get_bar(core: Core, refs: Sequence[ObjectRef], progress: Progress,
+            total: int | None = None) -> Any:
     """A bar that advances as each of ``refs`` becomes ready (a failure counts: it is
-    settled). Close it when the get is over."""
-    bar = make_bar(progress, len(refs), "obj")
+    settled), up to ``total`` (default: all of them). Close it when the wait is over."""
+    bar = make_bar(progress, len(refs) if total is None else total, "obj")
 
     def arrived(_payload: Any) -> None:
-        bar.update(1)
+        if bar.n < bar.total:
+            bar.update(1)
 
     for ref in refs:
         core.when_ready(ref, arrived)

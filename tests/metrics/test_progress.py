@@ -67,6 +67,16 @@ async def test_get_bar_advances_as_values_arrive(af_cluster: af.Runtime) -> None
     assert any(re.search(r"[123]/4", s) and "4/4" not in s for s in seen)
 
 
+async def test_wait_bar_counts_to_num_returns(af_cluster: af.Runtime) -> None:
+    out = io.StringIO()
+    refs = [after.remote(d) for d in (0.0, 0.3, 3.0)]
+    ready, not_ready = await af.wait(refs, num_returns=2, timeout=30,
+                                     progress={"file": out, "mininterval": 0})
+    assert ready == refs[:2] and not_ready == refs[2:]
+    counts = [int(n) for n in re.findall(r"(\d)/2", out.getvalue())]
+    assert counts[-1] == 2 and 1 in counts, out.getvalue()
+
+
 def test_no_bar_no_tqdm(tmp_path: Path) -> None:
     """Off (the default), af.get and a run import no tqdm at all."""
     code = textwrap.dedent("""
