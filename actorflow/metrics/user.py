@@ -2,10 +2,13 @@
 
 A metric is a name, a description and tag keys; it records in whichever process uses it (the
 driver, a task, an actor: any thread). Recording never sends anything: it adds to this
-process's pending updates under a lock (about a microsecond). The first update after a flush
-arms one loop timer; :data:`FLUSH_S` later the pending updates go to the head's ``metrics``
-actor in one tell (:class:`~actorflow.metrics.protocol.MetricUpdates`), and a process's last
-updates go when its runtime closes (a worker's exit, ``af.shutdown()``).
+process's pending updates under a lock (a couple of microseconds: about one locked dict
+update). The first update after a flush arms one loop timer; :data:`FLUSH_S` later the pending
+updates go to the head's ``metrics`` actor in one tell
+(:class:`~actorflow.metrics.protocol.MetricUpdates`), and a process's last updates go when its
+runtime closes (a worker's exit, ``af.shutdown()``: ``Core.on_close``). A process killed
+outright (SIGKILL: ``af.kill``, a crash, an actor stopped by its node) loses what it recorded
+since its last flush: metrics are an observation, never retried.
 
 At the head counters add up across processes, a gauge keeps the newest value set for each set
 of tag values (whichever process set it), and histograms add their bucket counts.
