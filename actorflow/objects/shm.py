@@ -142,17 +142,18 @@ class Mapping:
             # the pages already exist (written by their producer): map them all at once
             flags = mmap.MAP_SHARED | (_POPULATE if populate else 0)
             self._mm = mmap.mmap(fd, size, flags=flags, prot=prot)
-        except BaseException:
+        finally:
+            # (Python's mmap keeps a duplicate of the descriptor: the same open file, so a
+            # lock taken on it would last as long as the mapping. Pins open the file anew.)
             os.close(fd)
-            raise
-        self._fd = fd
+        self._fd = -1
         self._ino = info.st_ino
         self.name = name
         self.size = size
         self.writable = writable
         self.pinned_at = 0.0
-        if not (pin and self._lock(fcntl.LOCK_SH)):
-            self.unpin()
+        if pin:
+            self.pin()
 
     @property
     def pinned(self) -> bool:

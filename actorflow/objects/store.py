@@ -58,6 +58,8 @@ MAPPED_SEGMENTS = 8
 POOL_IDLE_S = 30.0
 #: A mapping pinned (see shm.Mapping) is left pinned at least this long, or while in use.
 HOLD_S = 0.5
+#: How often the unpinned mappings kept are checked for a file that went (spilled, freed).
+IDLE_CHECK_S = 1.0
 #: Values at least this large get a spare segment made for the next one of their size.
 SPARE_MIN = 8 << 20
 _MiB = 1 << 20
@@ -111,6 +113,9 @@ class SegmentStore:
         self._closed = False
         #: mappings of live objects pinned here (see shm.Mapping): unpinned once idle
         self._pinned: dict[str, shm.Mapping] = {}
+        #: mappings of live objects kept here unpinned: closed once their file goes (spilled
+        #: by the node, or freed), so their pages go back to the machine
+        self._idle: dict[str, shm.Mapping] = {}
         self.spares_made = 0
         self.spares_failed = 0
 
@@ -230,6 +235,7 @@ class SegmentStore:
 
     def _free(self, name: str) -> None:
         self._pinned.pop(name, None)
+        self._idle.pop(name, None)
         seg = self._written.pop(name, None)
         if seg is None:  # written by another process of this node
             shm.unlink_segment(name)
@@ -328,24 +334,35 @@ class SegmentStore:
         if len(self._mapped) > MAPPED_SEGMENTS:
             old_name, old = self._mapped.popitem(last=False)
             self._pinned.pop(old_name, None)
+            self._idle.pop(old_name, None)
             old.close()  # arrays still using it keep it mapped
         return mapping
 
     def _pin(self, name: str, mapping: shm.Mapping) -> None:
-        if not self._pinned and self._on_pinned is not None:
+        if not self._pinned and not self._idle and self._on_pinned is not None:
             self._on_pinned()
+        self._idle.pop(name, None)
         self._pinned[name] = mapping
 
     def relax(self, now: float | None = None) -> float | None:
         """Unpin what nothing here uses any more (see :meth:`_relax`). Returns the seconds
-        until the next look, or None when nothing is pinned."""
+        until the next look, or None when nothing is pinned or kept."""
         now = time.monotonic() if now is None else now
         with self._lock:
             self._relax(now=now)
+            for name, mapping in list(self._idle.items()):
+                if mapping.gone():  # spilled (or freed): let its pages go
+                    del self._idle[name]
+                    mapping.close()
+                    seg = self._written.get(name)
+                    if seg is not None and seg.mapping is mapping:
+                        seg.mapping = None
+                    if self._mapped.get(name) is mapping:
+                        del self._mapped[name]
             if not self._pinned:
-                return None
+                return IDLE_CHECK_S if self._idle else None
             oldest = min(m.pinned_at for m in self._pinned.values())
-            return max(0.05, oldest + HOLD_S - now)
+            return max(0.05, min(oldest + HOLD_S - now, IDLE_CHECK_S))
 
     def _repin(self, mapping: shm.Mapping) -> bool:
         """Pin a kept mapping again; False (and closed) when its file was unlinked (spilled,
@@ -369,6 +386,7 @@ class SegmentStore:
                 continue
             del self._pinned[name]
             mapping.unpin()
+            self._idle[name] = mapping
 
     def released(self, names: Iterable[str]) -> tuple[str, ...]:
         """Which of these segments (read here) nothing in this process uses any more."""
@@ -389,6 +407,7 @@ class SegmentStore:
                 self._drop(seg)
             self._pool.clear()
             self._pinned.clear()
+            self._idle.clear()
             for seg in self._written.values():
                 if seg.mapping is not None:
                     seg.mapping.close()

@@ -213,3 +213,33 @@ def test_a_dead_nodes_spill_directory_is_swept(tmp_path: Path) -> None:
             child.wait(10)
         if child.stdout is not None:
             child.stdout.close()
+
+
+def _deleted_segment_maps(node_id: str) -> list[str]:
+    """This process's mappings of segments of ``node_id`` whose file is gone: their pages
+    stay in memory while mapped."""
+    with open("/proc/self/maps") as f:
+        return [line.split()[-2] for line in f
+                if f"/af-{node_id}-" in line and line.rstrip().endswith("(deleted)")]
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_a_reader_lets_go_of_spilled_segments(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Values read and let go are spilled, and the reader's kept mappings of them are closed
+    soon after, so their memory goes back (not only their files)."""
+    monkeypatch.setenv("ACTORFLOW_STATE_DIR", str(tmp_path / "state"))
+    async with cluster(num_cpus=1, object_store_memory=16 * MIB):
+        core = current_core()
+        refs = [af.put(np.full(VALUE, i, dtype=np.uint8)) for i in range(8)]
+        for i, ref in enumerate(refs):  # each read maps it here (the owner's own mapping)
+            value = await ref
+            assert int(value[-1]) == i
+        del value
+        await until(lambda: _spilled(core), what="a spill")
+        await until(lambda: not _deleted_segment_maps(core.node_id), timeout=10.0,
+                    what="the mappings of spilled segments to be closed")
+        fig = await store_figures(core.node)
+        assert fig["spilled_objects"] >= 4 and fig["object_store_used"] <= 16 * MIB
+        for i, ref in enumerate(refs):  # and they are all still right
+            assert int((await ref)[0]) == i
