@@ -110,6 +110,9 @@ async def test_log_in_see_nodes_actor_log_and_live_task_count(
     marker = f"dashboard-line-{uuid.uuid4().hex[:10]}"
     name = f"greeter-{uuid.uuid4().hex[:6]}"
     assert cli.address is not None and cli.token is not None
+    async with af.JobClient(cli.address, token=cli.token) as jobs:
+        job_id = await jobs.submit(f"echo job-said-{marker}")
+        assert await jobs.wait(job_id, timeout=60) == "SUCCEEDED"
     async with af.init(address=cli.address, token=cli.token, log_to_driver=False):
         greeter = Greeter.options(name=name).remote()
         pid = await asyncio.wait_for(greeter.say.remote(marker), 30)
@@ -179,10 +182,18 @@ async def test_log_in_see_nodes_actor_log_and_live_task_count(
                 await expect(page.locator("#worker-log")).to_contain_text(marker, timeout=WAIT_MS)
                 await page.screenshot(path=str(shots / "dashboard-logs.png"))
 
-                for view in ("jobs", "objects"):
-                    await page.click(f"#tabs a[data-view={view}]")
-                    await page.wait_for_selector("#body table")
-                    await page.screenshot(path=str(shots / f"dashboard-{view}.png"))
+                # a submitted job and its output
+                await page.click("#tabs a[data-view=jobs]")
+                await page.click(f"#jobs-table tr.job[data-job-id='{job_id}']")
+                await expect(page.locator("#job-log")).to_contain_text(
+                    f"job-said-{marker}", timeout=WAIT_MS)
+                assert "SUCCEEDED" in await text_of(page, "#jobs-table tr.job")
+                await page.screenshot(path=str(shots / "dashboard-jobs.png"))
+
+                await page.click("#tabs a[data-view=objects]")
+                await expect(page.locator("#objects-largest tr.object")).not_to_have_count(
+                    0, timeout=WAIT_MS)
+                await page.screenshot(path=str(shots / "dashboard-objects.png"))
                 assert await page.evaluate("window.__stillHere") == "yes"
                 # the 401 of the first visit is the only error the console saw
                 assert [p for p in problems if "401" not in p] == [], problems
