@@ -39,15 +39,16 @@ def segment_prefix(core: Core) -> str:
     return f"af-{core.node_id}-{core._prefix}"
 
 
-async def register_job(core: Core, *, log_to_driver: bool) -> None:
-    """Tell the head that ``core``'s process is the driver of job ``core.job_id``."""
+async def register_job(core: Core, *, log_to_driver: bool, joined: bool = True) -> None:
+    """Tell the head that ``core``'s process is the driver of job ``core.job_id``
+    (``joined``: of a cluster that lives on without it, which then watches it)."""
     sink = None
     if log_to_driver:
         sink = await core.system.spawn(lambda: LogSink(core.node_id), name="log-sink")
     assert core.owner_ref is not None
     await core.head.ask(RegisterJob(
         core.job_id, core.owner_ref, core.namespace, os.getpid(), " ".join(sys.argv), sink,
-        segment_prefix(core), core.node_id), timeout=30.0)
+        segment_prefix(core), core.node_id, joined), timeout=30.0)
 
 
 async def end_job(core: Core) -> None:

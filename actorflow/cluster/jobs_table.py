@@ -68,6 +68,9 @@ class RegisterJob:
     logs: ActorRef | None = None
     segment_prefix: str = ""
     node_id: str = ""
+    #: watch the driver's process (not for an embedded cluster's own driver: its process's
+    #: end is the cluster's)
+    watch: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,6 +197,8 @@ class HeadJobs:
     def _register_job(self, msg: RegisterJob) -> None:
         self.jobs.register(msg)
         job_id = msg.job_id
+        if not msg.watch:
+            return
 
         def gone(_notice: Any) -> None:
             try:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -57,6 +58,28 @@ async def _run_cli(args: list[str], env: dict[str, str]) -> str:
     return out.stdout
 
 
+async def _follow_sees(env: dict[str, str], args: list[str], text: str) -> None:
+    """``actorflow logs ... --follow`` prints a line holding ``text`` (bounded), and is
+    stopped."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "actorflow", *args, env=env, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL, stdin=asyncio.subprocess.DEVNULL)
+    seen: list[str] = []
+    try:
+        assert proc.stdout is not None
+        async with asyncio.timeout(60):
+            while True:
+                line = (await proc.stdout.readline()).decode()
+                assert line, f"--follow ended before {text!r}: {seen}"
+                seen.append(line)
+                if text in line:
+                    break
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+        await asyncio.wait_for(proc.wait(), 10)
+
+
 async def test_a_joined_driver_sees_its_workers_output_and_actorflow_logs_reads_it(
         tmp_path: Path) -> None:
     async with head_cluster(tmp_path, num_cpus=1, nodes=1) as cluster:
@@ -81,6 +104,8 @@ async def test_a_joined_driver_sees_its_workers_output_and_actorflow_logs_reads_
             assert "warns from-node" in worker_lines
             listing = await _run_cli(["logs"], env)
             assert f"job-{job}.log" in listing and f"worker-{there}.log" in listing
+            await _follow_sees(env, ["logs", "--job", job, "--follow", "--tail", "100"],
+                               "folded line")
 
             (tmp_path / "go").touch()
             await loud.expect("DONE")
@@ -116,3 +141,60 @@ async def test_log_to_driver_false_keeps_the_output_in_the_files(tmp_path: Path)
                 assert text not in out and text not in err
         finally:
             quiet.close()
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_lines_repeated_across_processes_are_folded_as_ray_folds_them() -> None:
+    from actorflow.cluster.log_sink import LineFolder
+
+    clock = _Clock()
+    folder = LineFolder(5.0, clock)
+    a, b, c = ("n1", 1), ("n1", 2), ("n2", 3)
+    first = folder.add(False, "(f pid=1)", "loss 0.5 at step 10", a)
+    assert first == "(f pid=1) loss 0.5 at step 10"
+    # the same process repeating itself is never folded (its digits differ, its words not)
+    assert folder.add(False, "(f pid=1)", "loss 0.4 at step 11", a) is not None
+    assert folder.add(False, "(f pid=2)", "loss 0.3 at step 12", b) is None
+    assert folder.add(False, "(f pid=3 node=n2)", "loss 0.2 at step 13", c) is None
+    assert folder.add(True, "(f pid=2)", "loss 0.3 at step 12", b) is not None  # stderr
+    assert folder.add(False, "(f pid=2)", "another line", b) is not None
+    assert folder.flush() == []  # the window has not passed
+    clock.now += 5.0
+    assert folder.flush() == [
+        (False, "(f pid=3 node=n2) loss 0.2 at step 13 [repeated 2x across cluster]")]
+    assert len(folder) == 0
+    # after its window a line is printed again the first time
+    assert folder.add(False, "(f pid=2)", "loss 0.1 at step 14", b) is not None
+    off = LineFolder(5.0, clock, enabled=False)
+    assert off.add(False, "(f pid=1)", "x", a) and off.add(False, "(f pid=2)", "x", b)
+
+
+async def test_log_files_are_read_back_by_tail_and_offset_and_rotate(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from actorflow.cluster import node_logs
+    from actorflow.cluster.node_logs import NodeLogs, ReadLogs
+
+    head = None  # (lines of no job: the head is never asked)
+    logs = NodeLogs("n1", head, tmp_path, forward=False)  # type: ignore[arg-type]
+    try:
+        for i in range(50):
+            logs.line(7, False, f"\x1e\x1ft\x1fline {i}\n")
+        lines, offset = await logs.read(ReadLogs("worker", "7", tail=3))
+        assert lines == [f"(t pid=7 node=n1) line {i}" for i in (47, 48, 49)]
+        logs.line(7, True, "\x1e\x1ft\x1fline 50\n")
+        more, _ = await logs.read(ReadLogs("worker", "7", offset=offset))
+        assert more == ["(t pid=7 node=n1) line 50"]
+        monkeypatch.setattr(node_logs, "MAX_FILE_BYTES", 100)
+        logs.line(7, False, "\x1e\x1ft\x1fafter\n")
+        assert (tmp_path / "worker-7.log.1").exists()
+        names, _ = await logs.read(ReadLogs("list"))
+        assert names == ["worker-7.log", "worker-7.log.1"]
+    finally:
+        await logs.close()

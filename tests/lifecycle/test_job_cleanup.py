@@ -123,10 +123,17 @@ async def _check_job_ends(tmp_path: Path, mode: str) -> None:
                 await victim.expect("SHUT")
                 started = time.monotonic()
 
-            def released() -> bool:
-                return not any(alive(p) for p in (named_pid, anon_pid, task_pid))
+            pids = {"named actor": named_pid, "anonymous actor": anon_pid,
+                    "running task": task_pid}
 
-            await until(released, RELEASE_S, "the job's actor and task processes to end")
+            def released() -> bool:
+                return not any(alive(p) for p in pids.values())
+
+            try:
+                await until(released, RELEASE_S, "the job's actor and task processes to end")
+            except AssertionError as exc:
+                left = [what for what, pid in pids.items() if alive(pid)]
+                raise AssertionError(f"{exc}: {left} still run") from None
             cpus = await until_async(
                 lambda: _cpus_back(), RELEASE_S + 1, "the job's CPUs to come back")
             assert cpus == 4
@@ -143,6 +150,7 @@ async def _check_job_ends(tmp_path: Path, mode: str) -> None:
             # the queued task never ran, though its CPU is free now
             await asyncio.sleep(1.0)
             assert not (tmp_path / "queued.pid").exists()
+            assert (await within(af.available_resources())).get("CPU", 0) == 4
             # the detached actor and this driver's own work carry on
             keeper = await within(af.get_actor("keeper", namespace="lc"))
             assert await within(keeper.bump.remote()) == 2

@@ -153,7 +153,7 @@ async def test_placement_group_table_shows_each_group_through_its_states(
             "placement_group_id": holder.id, "name": "holder",
             "namespace": af.get_runtime_context().namespace, "strategy": "PACK",
             "state": "CREATED", "lifetime": "detached", "bundles": [{"r_b": 1.0}],
-            "bundles_to_node_id": {0: node2},
+            "bundles_to_node_id": {0: node2}, "job_id": af.get_runtime_context().job_id,
         }
         # the second group needs r_b, which the first holds: it waits, placed nowhere
         entry = await within(af.placement_group_table(waiting))
