@@ -21,9 +21,11 @@ from typing import Any, TypeVar
 from actorflow._errors import ActorDiedError, ActorflowError, AuthenticationError
 from actorflow.api.remote import ActorHandle
 from actorflow.cluster import bootstrap, state
+from actorflow.cluster import runtime_env as renv
 from actorflow.cluster.calls import CallState, current_call
 from actorflow.cluster.core import Core, task_context
 from actorflow.cluster.driver_job import end_job, namespace_of, register_job
+from actorflow.cluster.memory_guard import with_memory
 from actorflow.cluster.protocol import (
     GetNamedActor,
     KillActor,
@@ -110,7 +112,7 @@ def _resources(opts: dict[str, Any]) -> Resources:
     if num_gpus:
         amounts["GPU"] = float(num_gpus)
     amounts.update(opts.get("resources") or {})
-    return Resources.of(amounts)
+    return Resources.of(with_memory(amounts))
 
 
 def _address_and_token(opts: dict[str, Any]) -> tuple[str | None, str | None]:
@@ -157,6 +159,9 @@ async def _start(opts: dict[str, Any]) -> Runtime:
                     job_id=job_id, session=proc.session,
                     namespace=opts.get("namespace") or "")
         await core.start()
+        if opts.get("runtime_env"):  # packed and uploaded once: its tasks and actors run in it
+            jobs = renv.head_service(proc.head, proc.system, "jobs")
+            renv.set_process_default(await renv.resolve(opts["runtime_env"], jobs, proc.system))
         await register_job(core, log_to_driver=bool(opts.get("log_to_driver", True)),
                            joined=bool(address))
     except BaseException:
@@ -225,6 +230,7 @@ def init(
     namespace: str | None = None,
     log_to_driver: bool = True,
     dashboard: bool = False,
+    runtime_env: Mapping[str, Any] | None = None,
 ) -> _InitCall:
     """Start (or join) a cluster; see API.md §1. Await it, or use it with ``async with``."""
     opts = {
@@ -232,6 +238,7 @@ def init(
         "resources": dict(resources) if resources else None,
         "object_store_memory": object_store_memory, "token": token, "namespace": namespace,
         "log_to_driver": log_to_driver, "dashboard": dashboard,
+        "runtime_env": renv.normalize(runtime_env),
     }
     return _InitCall(opts)
 
@@ -253,6 +260,7 @@ async def shutdown() -> None:
         for close in runtime._closers:
             await close()
         set_current_core(None)
+        renv.set_process_default(None, unset=True)
 
 
 def run(main: Callable[..., Awaitable[T]], *args: Any, **init_kwargs: Any) -> T:

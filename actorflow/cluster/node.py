@@ -34,7 +34,7 @@ from actorflow._errors import (
     WorkerCrashedError,
 )
 from actorflow._limits import UNLIMITED
-from actorflow.cluster import hoststats
+from actorflow.cluster import hoststats, memory_guard, runtime_env
 from actorflow.cluster.jobs_table import FreeSegments
 from actorflow.cluster.node_logs import NodeLogs, ReadLogs
 from actorflow.cluster.pool import WorkerHandle, WorkerPool, WorkerState
@@ -91,6 +91,7 @@ class _Waiting:
     fut: asyncio.Future[_LeaseRecord]
     dedicated: bool
     pool: tuple[str, int] | None = None
+    env: Any = None  # a ResolvedEnv: the worker must be one of it
 
 
 @dataclass(slots=True)
@@ -172,12 +173,17 @@ class Node(ServiceActor):
             "head": _ref_args(self.head),
         }
         zygote, self._zygote = self._zygote, None
+        self.env_folders: dict[str, dict[str, Any]] = {}  # runtime env key -> its folders
+        self.env_starting: dict[str, int] = {}  # runtime env key -> a worker is starting
         self.pool = WorkerPool(
             boot=boot, token=self.token, log_to_driver=self.log_to_driver,
             on_exit=self._worker_exited, zygote=zygote, on_output=self.logs.line,
         )
         for _ in range(self.prestart):
             self._spawn_worker()
+        threshold, interval = memory_guard.settings()
+        if interval:
+            self._background(memory_guard.guard(self, threshold, interval))
 
     def on_stop_requested(self) -> None:
         self.stopping = True
@@ -226,7 +232,8 @@ class Node(ServiceActor):
             if message.owner_ref is not None:  # (its end, while it waits, is seen at once)
                 self._watch_owner(message.owner_ref)
             while True:
-                record = await self.acquire(message.demand, what="a task", pool=bundle)
+                record = await self.acquire(message.demand, what="a task", pool=bundle,
+                                            env=message.env)
                 if record.lease_id in self.leases and record.worker.ref is not None:
                     break
                 # its worker died between the grant and now (the lease went with it): the
@@ -406,9 +413,13 @@ class Node(ServiceActor):
     # -- leases --------------------------------------------------------------------------------
 
     async def acquire(self, demand: Resources, *, what: str, dedicated: bool = False,
-                      pool: tuple[str, int] | None = None) -> _LeaseRecord:
+                      pool: tuple[str, int] | None = None, env: Any = None) -> _LeaseRecord:
         """Wait until ``demand`` fits (in placement group bundle ``pool`` when given) and a
-        worker is idle; grant both."""
+        worker is idle (one of runtime environment ``env``: its packages are made ready on
+        this machine first); grant both."""
+        if env is not None and env.key not in self.env_folders:
+            jobs = runtime_env.head_service(self.head, self.system, "jobs")
+            self.env_folders[env.key] = await runtime_env.ensure_local(env, jobs, self.system)
         if pool is not None and pool not in self.pools:
             raise InfeasibleError(
                 f"{what} asks for bundle {pool[1]} of placement group {pool[0]!r}, which is "
@@ -420,7 +431,7 @@ class Node(ServiceActor):
                 f"{self.total.to_amounts()}. Lower the demand or add a node that has it."
             )
         fut: asyncio.Future[_LeaseRecord] = asyncio.get_running_loop().create_future()
-        self.waiting.append(_Waiting(demand, fut, dedicated, pool))
+        self.waiting.append(_Waiting(demand, fut, dedicated, pool, env))
         self._dispatch()
         return await fut
 
@@ -448,6 +459,7 @@ class Node(ServiceActor):
             rfut.set_result(None)
         skipped: deque[_Waiting] = deque()
         need_worker = False
+        need_envs: dict[str, Any] = {}
         while self.waiting:
             waiting = self.waiting.popleft()
             demand, fut, dedicated = waiting.demand, waiting.fut, waiting.dedicated
@@ -462,10 +474,13 @@ class Node(ServiceActor):
             if not demand.fits_in(free) or not self.gpus.can_allocate(units):
                 skipped.append(waiting)
                 continue
-            worker = pool.idle()
+            worker = pool.idle(waiting.env.key if waiting.env is not None else "")
             if worker is None:
                 skipped.append(waiting)
-                need_worker = True
+                if waiting.env is None:
+                    need_worker = True
+                else:
+                    need_envs[waiting.env.key] = waiting.env
                 continue
             if waiting.pool is not None:
                 self.pools[waiting.pool] = free - demand
@@ -486,6 +501,25 @@ class Node(ServiceActor):
         if (need_worker and pool.count(WorkerState.STARTING) == 0
                 and pool.size < self._worker_cap()):
             self._spawn_worker()
+        for key, env in need_envs.items():
+            self._env_worker(key, env)
+
+    def _env_worker(self, key: str, env: Any) -> None:
+        """Start a worker of runtime environment ``env`` (one at a time per environment);
+        when the node has all the workers it may, an idle one of another environment makes
+        room (workers of different environments never share a process)."""
+        pool = self.pool
+        assert pool is not None
+        if self.env_starting.get(key):
+            return
+        if pool.size >= self._worker_cap():
+            other = pool.idle_other(key)
+            if other is None:
+                return  # every worker is busy: one of them will be idle or gone
+            pool.set_state(other, WorkerState.DEAD)  # its exit is handled when it is reaped
+            pool.kill(other)
+        self.env_starting[key] = 1
+        self._background(self._start_worker(env))
 
     def release(self, lease_id: int, *, keep_worker: bool = False, worker_ok: bool = True
                 ) -> None:
@@ -578,10 +612,20 @@ class Node(ServiceActor):
         assert self.pool is not None
         self._background(self._start_worker())
 
-    async def _start_worker(self) -> None:
+    async def _start_worker(self, env: Any = None) -> None:
         assert self.pool is not None
         try:
-            await self.pool.start()
+            if env is None:
+                await self.pool.start()
+            else:
+                try:
+                    await self.pool.start(env, self.env_folders[env.key])
+                except Exception as exc:
+                    if not self.pool.closing:  # what waits for this environment fails
+                        self._fail_env(env.key, exc)
+                    raise
+                finally:
+                    self.env_starting.pop(env.key, None)
         except Exception as exc:
             if self.pool.closing:
                 return  # shutting down: a worker still starting was stopped on purpose
@@ -589,6 +633,12 @@ class Node(ServiceActor):
             self._fail_waiting(exc)
             return
         self._dispatch()
+
+    def _fail_env(self, key: str, exc: BaseException) -> None:
+        for waiting in self.waiting:
+            if waiting.env is not None and waiting.env.key == key and not waiting.fut.done():
+                waiting.fut.set_exception(WorkerCrashedError(
+                    f"no worker process of runtime environment {key} could start: {exc}"))
 
     def _fail_waiting(self, exc: BaseException) -> None:
         pool = self.pool
@@ -718,7 +768,7 @@ class ActorHost(Actor):
     async def on_start(self) -> None:
         node, spec = self.node, self.spec
         record = await node.acquire(spec.demand, what=f"actor {spec.class_name}", dedicated=True,
-                                    pool=self.bundle)
+                                    pool=self.bundle, env=spec.runtime_env)
         self.lease_id = record.lease_id
         self.worker = record.worker
         assert record.worker.ref is not None

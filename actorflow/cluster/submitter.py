@@ -22,12 +22,14 @@ from typing import TYPE_CHECKING, Any
 from actorflow._errors import (
     ActorflowError,
     InfeasibleError,
+    OutOfMemoryError,
     PeerUnreachableError,
     TaskCancelledError,
     TaskError,
     WorkerCrashedError,
 )
 from actorflow.cluster.calls import note_child
+from actorflow.cluster.memory_guard import MemoryKilled
 from actorflow.cluster.protocol import (
     CancelTask,
     Failed,
@@ -60,6 +62,9 @@ FOLLOW_LIMIT = 1024  # most tasks in flight on one lease, counting those that fo
 MAX_BACKOFF_S = 1.0  # longest wait before asking for a lease again after failed requests
 
 
+#: How long a memory guard's notice is kept for a crash that follows it.
+MEMORY_KILL_MEMO_S = 60.0
+
 @dataclass(slots=True)
 class PendingTask:
     spec: TaskSpec
@@ -75,9 +80,15 @@ class PendingTask:
     keep: Any = None  # the ObjectRef of its arguments in shared memory, held until it is done
     waiting: int = 0  # >0 while it waits for its deps here: the generation of that wait
     follows: bool = False  # pushed behind its producers, with Local arguments
+    env: Any = None  # its runtime environment (a ResolvedEnv): leases are per env too
     #: asked before the task runs again after its worker died: False keeps it from running
     #: again (a generator whose values were read: see cluster/streaming.py)
     may_rerun: Callable[[], bool] | None = None
+
+
+def _key(pending: PendingTask) -> tuple[Resources, Any, str]:
+    """The queue a task waits in: tasks of one shape, strategy and runtime environment."""
+    return (pending.shape, pending.strategy, pending.env.key if pending.env is not None else "")
 
 
 class _Lease:
@@ -92,14 +103,16 @@ class _Lease:
 
 
 class _Shape:
-    """The tasks of one resource shape and scheduling strategy, and their leases."""
+    """The tasks of one resource shape, scheduling strategy and runtime environment, and
+    their leases."""
 
-    __slots__ = ("avg_run_s", "backoff", "failures", "leases", "max_requests", "queue",
+    __slots__ = ("avg_run_s", "backoff", "env", "failures", "leases", "max_requests", "queue",
                  "requesting", "shape", "strategy")
 
-    def __init__(self, shape: Resources, strategy: Any) -> None:
+    def __init__(self, shape: Resources, strategy: Any, env: Any = None) -> None:
         self.shape = shape
         self.strategy = strategy
+        self.env = env
         self.queue: deque[PendingTask] = deque()
         self.leases: list[_Lease] = []
         self.requesting = 0
@@ -118,7 +131,7 @@ class _Shape:
 class TaskSubmitter:
     def __init__(self, core: Core) -> None:
         self.core = core
-        self.shapes: dict[tuple[Resources, Any], _Shape] = {}
+        self.shapes: dict[tuple[Resources, Any, str], _Shape] = {}
         self.by_return: dict[str, PendingTask] = {}
         self.sent_fns: dict[ActorRef, set[str]] = {}
         self._closed = False
@@ -127,6 +140,8 @@ class TaskSubmitter:
         self._followers: dict[str, list[PendingTask]] = {}
         self._following: deque[PendingTask] | None = None  # _pushed's work list
         self._owner: Any = None  # how a worker reaches this owner (Local): set on first use
+        #: (node_id, lease_id) -> what a node's memory guard said before it killed that worker
+        self.memory_kills: dict[tuple[str, int], MemoryKilled] = {}
         #: Tasks submitted here, and those settled (a value or a final error): what
         #: `actorflow run --progress` shows.
         self.submitted = 0
@@ -177,7 +192,7 @@ class TaskSubmitter:
         runs at the worker's pace instead of one owner round trip per link."""
         if pending.strategy == "SPREAD" or self._closed:
             return
-        state = self.shapes.get((pending.shape, pending.strategy))
+        state = self.shapes.get(_key(pending))
         if state is None:
             return
         lease: _Lease | None = None
@@ -240,7 +255,7 @@ class TaskSubmitter:
             pending.spec.resolved = ()
             self._wait_deps(pending)
             return
-        state = self.shapes[(pending.shape, pending.strategy)]
+        state = self.shapes[_key(pending)]
         if front:
             state.queue.appendleft(pending)
         else:
@@ -250,10 +265,10 @@ class TaskSubmitter:
         if self._closed:
             self._finish(pending, self._failed(pending, TaskCancelledError("actorflow shut down")))
             return
-        key = (pending.shape, pending.strategy)
+        key = _key(pending)
         state = self.shapes.get(key)
         if state is None:
-            state = self.shapes[key] = _Shape(pending.shape, pending.strategy)
+            state = self.shapes[key] = _Shape(pending.shape, pending.strategy, pending.env)
         state.queue.append(pending)
         self._pump(state)
 
@@ -347,11 +362,17 @@ class TaskSubmitter:
                 pending.retries_left -= 1
                 self._requeue(pending, front=True)
             else:
-                why = ("its retries are used up; raise max_retries to retry on another worker"
-                       if pending.retries_left <= 0 else "some of the values it had made were "
-                       "read already, so it is not run again")
-                error = WorkerCrashedError(
-                    f"the worker running task {pending.spec.name!r} died ({exc}) and {why}")
+                oom = self.memory_kills.get((lease.lease.node_id, lease.lease.lease_id))
+                error: BaseException
+                if oom is not None:
+                    error = OutOfMemoryError(pending.spec.name, oom.node_id, oom.used,
+                                             oom.total, oom.threshold)
+                else:
+                    why = ("its retries are used up; raise max_retries to retry on another "
+                           "worker" if pending.retries_left <= 0 else "some of the values it "
+                           "had made were read already, so it is not run again")
+                    error = WorkerCrashedError(
+                        f"the worker running task {pending.spec.name!r} died ({exc}) and {why}")
                 self._finish(pending, self._failed(pending, error))
         else:
             returns, run_s = reply_returns(reply)
@@ -401,7 +422,7 @@ class TaskSubmitter:
         try:
             fut = node.ask_nowait(RequestLease(
                 state.shape, owner=self.core.worker_id or "driver", strategy=state.strategy,
-                no_spill=no_spill, owner_ref=self.core.owner_ref, bundle=bundle,
+                no_spill=no_spill, owner_ref=self.core.owner_ref, bundle=bundle, env=state.env,
             ))
         except Exception as exc:
             state.requesting -= 1
@@ -501,6 +522,14 @@ class TaskSubmitter:
     def _node_of(self, lease: _Lease) -> ActorRef:
         return lease.lease.node if lease.lease.node is not None else self.core.node
 
+    def memory_killed(self, notice: MemoryKilled) -> None:
+        """A node's memory guard is about to kill the worker of one of our leases: its tasks
+        fail with OutOfMemoryError, not WorkerCrashedError, when their retries are used up."""
+        key = (notice.node_id, notice.lease_id)
+        self.memory_kills[key] = notice
+        # forgotten once the crash was handled (a lease that had no task in flight: later)
+        self.core.loop.call_later(MEMORY_KILL_MEMO_S, self.memory_kills.pop, key, None)
+
     def _lease_lost(self, lease: _Lease, exc: BaseException) -> None:
         if lease.lost:
             return
@@ -520,7 +549,7 @@ class TaskSubmitter:
         if pending is None:
             return False
         pending.cancelled = True
-        state = self.shapes.get((pending.shape, pending.strategy))
+        state = self.shapes.get(_key(pending))
         if state is not None and pending in state.queue:
             state.queue.remove(pending)
             self._cancelled(pending)
