@@ -11,6 +11,14 @@
 - ``task_events_overhead`` (% slower): the same, with the workers' task events off
   (``ACTORFLOW_TASK_EVENTS=0``) and on (the default), the timeline off in both. Target:
   value <= 5.
+- ``task_events_recorder`` (us/call): what recording costs a worker, in this process: n calls
+  through a worker's recorder (``started`` and ``ended``, a report every 1,000 calls, as a
+  busy worker makes one per 0.25 s), then the head's store files the reports: value = the
+  recorder's microseconds per call, the timeline off. Extras: ``timeline_us`` (the same with
+  the spans a timeline needs), ``store_us`` (the store's time per call), ``bytes_per_call``
+  (of the reports). Set them against ``cpu_us_per_op`` of ``tasks_async`` (the CPU a no-op
+  task costs driver and workers together, 40-80 us here): the wall-clock A/B above cannot
+  resolve a few per cent on a shared machine; this can.
 - ``task_events_store`` (calls/s): the head's event store fed 100,000 calls (1 in 100
   failed) as 8 workers report them (reports of 500 calls, made by the workers' recorder), in
   this process: value = calls ingested per second. Extras: the time of the queries the CLI
@@ -38,12 +46,14 @@ from actorflow.state.store import EventStore, ListTasks
 from benchmarks._common import CpuMeter, check_sum, log, meta, run_on, sig, summarize
 from benchmarks.spec import num_cpus
 
-WORKLOADS = ("timeline_overhead", "task_events_overhead", "task_events_store")
+WORKLOADS = ("timeline_overhead", "task_events_overhead", "task_events_recorder",
+             "task_events_store")
 
 # name: (unit, n, quick n)
 _SPEC: dict[str, tuple[str, int, int]] = {
     "timeline_overhead": ("%", 10_000, 1_000),
     "task_events_overhead": ("%", 10_000, 1_000),
+    "task_events_recorder": ("us/call", 200_000, 20_000),
     "task_events_store": ("calls/s", 100_000, 20_000),
 }
 OVERHEAD_TARGET = 5.0
@@ -120,6 +130,42 @@ def _reports(n: int) -> list[bytes]:
     return out
 
 
+async def _recorder_costs(n: int, spans: bool) -> tuple[float, float, float]:
+    """(recorder us/call, store us/call, report bytes/call) for n no-op calls."""
+    recorder = EventRecorder(None, "node1", "node1-w1", ("uid", "ws://127.0.0.1:1"))
+    recorder.spans = spans
+    recorder.timeline_known = True
+    ids = [f"{i:013x}" for i in range(n)]
+    reports = []
+    key = ("noop", "task", "0a1b2c3d", None)
+    perf = time.perf_counter
+    t0 = perf()
+    for i, task_id in enumerate(ids):
+        recorder.started(task_id, key, perf())
+        recorder.ended(task_id, perf(), 1e-5, None)
+        if i % 1000 == 999:
+            reports.append(recorder.report())
+    recorded = perf() - t0
+    store = EventStore(timeline=spans)
+    t1 = perf()
+    for data in reports:
+        store.ingest(data)
+    filed = perf() - t1
+    return recorded / n * 1e6, filed / n * 1e6, sum(map(len, reports)) / n
+
+
+def _recorder(n: int, reps: int) -> list[dict[str, Any]]:
+    runs = []
+    for r in range(reps):
+        off, store_us, size = run_on("asyncio", functools.partial(_recorder_costs, n, False))
+        on, _, _ = run_on("asyncio", functools.partial(_recorder_costs, n, True))
+        log(f"[task_events_recorder] rep {r + 1}/{reps}: {off:.2f} us/call ({on:.2f} with "
+            f"spans), store {store_us:.2f} us/call, {size:.0f} bytes/call")
+        runs.append({"value": off, "timeline_us": on, "store_us": store_us,
+                     "bytes_per_call": size})
+    return runs
+
+
 async def _async(fn: Any, *args: Any) -> Any:
     return fn(*args)  # (a recorder arms its flush timer on the running loop)
 
@@ -159,7 +205,9 @@ def run(quick: bool, reps: int, only: set[str] | None = None) -> list[dict[str, 
             continue
         unit, n_full, n_quick = _SPEC[name]
         n = n_quick if quick else n_full
-        if name in _SWITCHES:
+        if name == "task_events_recorder":
+            rec = summarize(name, unit, n, _recorder(n, reps), provenance)
+        elif name in _SWITCHES:
             rec = summarize(name, unit, n, _overhead(name, n, reps), provenance)
             rec["target"] = f"value <= {OVERHEAD_TARGET:g}"
             rec["target_met"] = rec["value"] <= OVERHEAD_TARGET
