@@ -42,7 +42,7 @@ from actorflow.cluster.services import HeadContext, start_head_services
 from actorflow.objects import sweep
 from actorflow.objects.spill import open_store
 from actorflow.placement.resources import Resources
-from actorflow.runtime import Actor, ActorRef, ActorSystem, restore_ref
+from actorflow.runtime import Actor, ActorRef, ActorSystem, current_system, restore_ref
 
 if TYPE_CHECKING:
     from actorflow.cluster.zygote import Zygote
@@ -203,7 +203,13 @@ async def discover_head(remoting: Remoting, address: str) -> ActorRef:
         await link.aclose()
     if not isinstance(uid, str):
         raise ConnectionError(f"{address} did not say who it is; is it an actorflow head?")
-    return restore_ref(uid, address, "head", "head")
+    # (resolved through this remoting's system: the process may run others, a driver's and
+    # a JobClient's, say)
+    token = current_system.set(remoting.system)
+    try:
+        return restore_ref(uid, address, "head", "head")
+    finally:
+        current_system.reset(token)
 
 
 def placement_of(head: ActorRef) -> ActorRef:

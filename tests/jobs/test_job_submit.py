@@ -149,3 +149,13 @@ async def test_cli_submit_status_logs_list(job_head: JobHead, tmp_path: Path) ->
     missing = await run_cli(["job", "status", "nope"], env)
     assert missing.returncode == 1 and "nope" in missing.stderr
     assert os.environ.get("ACTORFLOW_TOKEN") != job_head.token
+
+
+async def test_a_driver_may_hold_a_job_client_too(job_head: JobHead) -> None:
+    """A process that is a driver (af.init) runs a second system for its JobClient: both
+    resolve the head through their own."""
+    async with (af.init(address=job_head.address, token=job_head.token, log_to_driver=False),
+                af.JobClient(job_head.address, token=job_head.token) as client):
+        job_id = await client.submit("echo from-a-driver")
+        assert await client.wait(job_id, JOB_WAIT) == "SUCCEEDED"
+        assert await client.logs(job_id) == "from-a-driver\n"
