@@ -80,6 +80,10 @@ async def test_summary_list_and_timeline_commands(tmp_path: Path,
         started = await cli(["start", "--head", "--port", "0", "--num-cpus", "2",
                              "--timeline"], env)
         assert "head started" in started.stdout, started.stdout
+        address = started.stdout.split("head started: ", 1)[1].split()[0]
+        joined = await cli(["start", "--address", address, "--num-cpus", "1",
+                            "--resources", '{"far": 1}'], env)
+        assert "node started" in joined.stdout, joined.stdout
         monkeypatch.setenv("ACTORFLOW_STATE_DIR", str(state_dir))
         for var in ("ACTORFLOW_ADDRESS", "ACTORFLOW_TOKEN"):
             monkeypatch.delenv(var, raising=False)
@@ -90,20 +94,24 @@ async def test_summary_list_and_timeline_commands(tmp_path: Path,
                 await refuse.remote(7)
             tally = Tally.remote()
             assert await tally.add.remote(3) == 3
+            far_ref = square.options(resources={"far": 1}).remote(0)
+            assert await far_ref == 0
+            far_node = next(n["node_id"] for n in await af.state.list_nodes()
+                            if "far" in n["resources"])
 
             async def recorded() -> dict[str, Any] | None:
                 summary = await af.state.summary_tasks()
-                return summary if summary["totals"].get("FINISHED", 0) >= 14 else None
+                return summary if summary["totals"].get("FINISHED", 0) >= 15 else None
 
             await until(recorded, "the calls to reach the head")
 
             summary = json.loads((await cli(["summary", "tasks", "--json"], env)).stdout)
             by_name = {e["name"]: e["state_counts"] for e in summary["by_name"]}
-            assert by_name["square"] == {"FINISHED": 12}
+            assert by_name["square"] == {"FINISHED": 13}
             assert by_name["refuse"] == {"FAILED": 1}
             assert by_name["Tally.add"] == {"FINISHED": 1}
             table = (await cli(["summary", "tasks"], env)).stdout
-            assert table.splitlines()[0] == "tasks: 1 FAILED, 14 FINISHED"
+            assert table.splitlines()[0] == "tasks: 1 FAILED, 15 FINISHED"
             assert any(line.split()[:2] == ["square", "task"] for line in table.splitlines())
 
             failed = json.loads((await cli(["list", "tasks", "--filter", "state=FAILED",
@@ -124,17 +132,27 @@ async def test_summary_list_and_timeline_commands(tmp_path: Path,
             actor_summary = json.loads((await cli(["summary", "actors", "--json"], env)).stdout)
             assert actor_summary["totals"] == {"ALIVE": 1}
             objects = json.loads((await cli(["summary", "objects", "--json"], env)).stdout)
-            assert [n["node_id"] for n in objects["by_node"]] == [rt.node_id]
-            nodes = json.loads((await cli(["list", "nodes", "--json"], env)).stdout)
-            assert [(n["node_id"], n["alive"]) for n in nodes] == [(rt.node_id, True)]
+            assert sorted(n["node_id"] for n in objects["by_node"]) == sorted(
+                [rt.node_id, far_node])
+            nodes = json.loads((await cli(["list", "nodes", "--filter", "alive=true",
+                                           "--json"], env)).stdout)
+            assert sorted(n["node_id"] for n in nodes) == sorted([rt.node_id, far_node])
 
             trace_path = tmp_path / "trace.json"
             wrote = (await cli(["timeline", "-o", str(trace_path)], env)).stdout
-            assert wrote.startswith("wrote 15 slice(s)"), wrote
+            assert wrote.startswith("wrote 16 slice(s)"), wrote
             trace = json.loads(trace_path.read_text())
             assert trace["otherData"]["complete"] is True
             names = [e["name"] for e in trace["traceEvents"] if e["ph"] == "X"]
             assert sorted(set(names)) == ["Tally.__init__", "Tally.add", "refuse", "square"]
+            # one process per node; the far node's worker reported across the network
+            processes = {e["args"]["name"]: e["pid"] for e in trace["traceEvents"]
+                         if e["name"] == "process_name"}
+            assert set(processes) == {f"node {rt.node_id}", f"node {far_node}"}
+            (pinned,) = [e for e in trace["traceEvents"]
+                         if e["ph"] == "X" and e["args"]["task_id"] == far_ref.id]
+            assert pinned["pid"] == processes[f"node {far_node}"]
+            assert pinned["name"] == "square" and pinned["args"]["state"] == "FINISHED"
         await cli(["stop"], env)
     finally:
         for proc in _tagged(tag):
