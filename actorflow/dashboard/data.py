@@ -218,25 +218,26 @@ class Views:
                 "failures": list(failures)}
 
     async def objects(self, *, page: int = 0, size: int = 50) -> dict[str, Any]:
-        rows: list[dict[str, Any]] = list(await self._shared.get(
-            "objects", lambda: self.state.list_objects(limit=LIST_LIMIT)))
-        per_node: dict[str, dict[str, Any]] = {}
-        for row in rows:
-            node = str(row.get("node_id", "?"))
-            entry = per_node.setdefault(node, {"node_id": node, "objects": 0, "bytes": 0,
-                                               "spilled": 0})
-            entry["objects"] += 1
-            entry["bytes"] += _size(row)
-            entry["spilled"] += _size(row) if row.get("spilled") else 0
+        """Per live node: its shared-memory objects and the figures of its object store (used,
+        limit, spilled now and in all, restored); the largest objects of all, paged."""
+        details = await self._details()
+        rows = [dict(obj, node_id=d.get("node_id")) for d in details
+                for obj in d.get("object_list", [])]
+        per_node = []
+        for detail in sorted(details, key=lambda d: str(d.get("node_id"))):
+            objects = detail.get("object_list", [])
+            per_node.append({
+                "node_id": detail.get("node_id"), "objects": len(objects),
+                "bytes": sum(_size(o) for o in objects),
+                **{key: detail.get(key) for key in _STORE_FIGURES},
+            })
         largest = sorted(rows, key=lambda r: -_size(r))
-        return {"per_node": sorted(per_node.values(), key=lambda e: e["node_id"]),
-                "largest": page_of(largest, page, size)}
+        return {"per_node": per_node, "largest": page_of(largest, page, size)}
 
     async def placement_groups(self) -> dict[str, Any]:
         rows = await self._shared.get(
             "pgs", lambda: self.state.list_placement_groups(limit=LIST_LIMIT))
         return {"rows": list(rows)}
-
 
     async def jobs(self) -> dict[str, Any]:
         """Submitted jobs (the head's ``jobs`` actor) and every driver (the state layer)."""
@@ -296,6 +297,9 @@ class Views:
         return await exposition(self.head)
 
 
+#: What the objects view shows of each node's object store (None where a node has no store).
+_STORE_FIGURES = ("object_store_used", "object_store_limit", "spilled_now_bytes",
+                  "spilled_bytes", "restored_bytes")
 _WORKER_FILE = re.compile(r"worker-(\d+)\.log")
 
 

@@ -85,6 +85,42 @@ async def test_actors_are_paged_filtered_and_searched_on_the_server(
     assert last["page"] == 2 and len(last["rows"]) == 1  # clamped to the last page
 
 
+async def test_placement_groups_view(dash: tuple[str, aiohttp.ClientSession]) -> None:
+    url, http = dash
+    pg = af.placement_group([{"CPU": 0.5}, {"CPU": 0.25}], strategy="PACK", name="pg-view")
+    await asyncio.wait_for(pg.ready(), WAIT)
+    deadline = time.monotonic() + WAIT
+    while True:
+        rows = (await get(http, url + "/api/placement_groups"))["rows"]
+        if rows:
+            break
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.2)
+    (row,) = rows
+    assert row["name"] == "pg-view" and row["strategy"] == "PACK"
+    assert row["state"] == "CREATED" and row["bundles"] == [{"CPU": 0.5}, {"CPU": 0.25}]
+    await af.remove_placement_group(pg)
+
+
+async def test_objects_view_shows_each_store_and_the_largest(
+        dash: tuple[str, aiohttp.ClientSession]) -> None:
+    url, http = dash
+    big = await af.put(b"y" * (6 << 20))
+    deadline = time.monotonic() + WAIT
+    while True:
+        data = await get(http, url + "/api/objects?size=1")
+        rows = data["largest"]["rows"]
+        if rows and rows[0]["bytes"] >= 6 << 20:
+            break
+        assert time.monotonic() < deadline, data
+        await asyncio.sleep(0.2)
+    (node,) = data["per_node"]
+    assert node["objects"] >= 1 and node["bytes"] >= 6 << 20
+    assert isinstance(node["object_store_used"], int) and node["object_store_limit"] > 0
+    assert data["largest"]["size"] == 1 and data["largest"]["total"] == node["objects"]
+    del big
+
+
 async def test_a_stale_answer_is_served_while_a_fresh_one_is_made(
         dash: tuple[str, aiohttp.ClientSession]) -> None:
     url, http = dash

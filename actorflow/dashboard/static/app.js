@@ -178,14 +178,16 @@ const VIEWS = {
   async objects() {
     const data = await api("/api/objects?" + new URLSearchParams({ page: S.page, size: 50 }));
     if (unavailable(data)) return unavailable(data);
-    const nodes = data.per_node.map((n) => el("tr", {}, el("td", {}, n.node_id),
+    const nodes = data.per_node.map((n) => el("tr", { class: "store" }, el("td", {}, n.node_id),
       el("td", { class: "num" }, fmt.num(n.objects)), el("td", { class: "num" }, fmt.bytes(n.bytes)),
-      el("td", { class: "num" }, fmt.bytes(n.spilled))));
+      el("td", { class: "num" }, fmt.bytes(n.object_store_used) + " / " + fmt.bytes(n.object_store_limit)),
+      el("td", { class: "num" }, fmt.bytes(n.spilled_now_bytes)), el("td", { class: "num" }, fmt.bytes(n.spilled_bytes)),
+      el("td", { class: "num" }, fmt.bytes(n.restored_bytes))));
     const rows = data.largest.rows.map((o) => el("tr", { class: "object" }, el("td", {}, o.object ?? o.object_id ?? "-"),
       el("td", { class: "num" }, fmt.bytes(o.bytes ?? o.size)), el("td", {}, o.node_id || "-"),
-      el("td", {}, o.spilled ? "spilled" : "in memory")));
+      el("td", {}, o.where || "shared memory")));
     return el("div", {}, el("h2", {}, "Memory per node"),
-      table("objects-per-node", ["node", "objects", "bytes", "spilled"], nodes, "compact"),
+      table("objects-per-node", ["node", "objects", "bytes", "store used / limit", "on disk now", "spilled in all", "restored"], nodes),
       el("h2", {}, "Largest objects"), table("objects-largest", ["object (shared-memory segment)", "size", "node", "where"], rows),
       pager(data.largest, (p) => { S.page = p; redraw(); }));
   },
@@ -193,11 +195,13 @@ const VIEWS = {
   async placement_groups() {
     const data = await api("/api/placement_groups");
     if (unavailable(data)) return unavailable(data);
-    const rows = data.rows.map((g) => el("tr", {}, el("td", {}, g.placement_group_id || g.id || "-"),
-      el("td", {}, g.name || "-"), stateCell(g.state), el("td", {}, g.strategy || "-"),
-      el("td", {}, (g.bundles || []).map(fmt.res).join(" | "))));
+    const rows = data.rows.map((g) => el("tr", { class: "pg", "data-pg-id": g.placement_group_id },
+      el("td", {}, g.placement_group_id || "-"), el("td", {}, g.name || "-"), stateCell(g.state),
+      el("td", {}, g.strategy || "-"), el("td", {}, g.job_id || "-"),
+      el("td", {}, (g.bundles || []).map((b, i) => fmt.res(b) + " on " +
+        ((g.bundles_to_node_id || {})[i] || "-")).join(" | "))));
     return el("div", {}, el("h2", {}, "Placement groups"),
-      table("pg-table", ["group", "name", "state", "strategy", "bundles"], rows));
+      table("pg-table", ["group", "name", "state", "strategy", "job", "bundles (on node)"], rows));
   },
 
   async logs() {
