@@ -503,8 +503,8 @@ class Core:
     def is_local(self, payload: Payload) -> bool:
         """Can it be read here now? (A segment of this node spilled to disk is not: it is
         restored by :meth:`localize` first.)"""
-        return type(payload) is not InShm or (payload.node_id == self.node_id
-                                              and shm.exists(payload.name))
+        return type(payload) is not InShm or (payload.node_id == self.node_id and (
+            self.store.holds(payload.name) or shm.exists(payload.name)))
 
     async def localize(self, payloads: tuple[Payload, ...] | list[Payload]
                        ) -> tuple[Payload, ...]:

@@ -366,13 +366,20 @@ class SegmentStore:
 
     def _repin(self, mapping: shm.Mapping) -> bool:
         """Pin a kept mapping again; False (and closed) when its file was unlinked (spilled,
-        or freed): the name may hold a restored copy, to be mapped anew."""
-        if not mapping.pinned:
-            mapping.pin()  # (if the spiller holds it now, the bytes mapped are still right)
+        or freed): the name may hold a restored copy, to be mapped anew. (A pinned one is
+        right as it is: the spiller cannot have taken it, nor a writer rewritten it.)"""
+        if mapping.pinned:
+            return True
+        mapping.pin()  # (if the spiller holds it now, the bytes mapped are still right)
         if mapping.gone():
             mapping.close()
             return False
         return True
+
+    def holds(self, name: str) -> bool:
+        """Is segment ``name`` pinned here (so surely in shared memory)? No system call."""
+        mapping = self._pinned.get(name)
+        return mapping is not None and mapping.pinned
 
     def _relax(self, names: Iterable[str] | None = None, now: float | None = None) -> None:
         """Unpin the mappings that nothing here uses any more (all of them, pinned at least
