@@ -144,9 +144,12 @@ class ResolvedEnv:
         text = json.dumps([self.working_dir, list(self.py_modules), list(self.env_vars)])
         object.__setattr__(self, "key", hashlib.sha256(text.encode()).hexdigest()[:16])
 
+    def to_dict(self) -> dict[str, Any]:
+        return {"working_dir": self.working_dir, "py_modules": list(self.py_modules),
+                "env_vars": dict(self.env_vars)}
+
     def to_json(self) -> str:
-        return json.dumps({"working_dir": self.working_dir, "py_modules": list(self.py_modules),
-                           "env_vars": dict(self.env_vars)})
+        return json.dumps(self.to_dict())
 
     @classmethod
     def from_json(cls, text: str) -> ResolvedEnv:

@@ -89,7 +89,7 @@ class _Job:
             "start_time": self.start_time, "end_time": self.end_time,
             "exit_code": self.exit_code, "message": self.message, "pid": self.pid,
             "metadata": dict(self.metadata), "log_path": str(self.log_path),
-            "runtime_env": None if self.env is None else self.env.to_json(),
+            "runtime_env": None if self.env is None else self.env.to_dict(),
         }
 
 

@@ -55,6 +55,8 @@ async def test_working_dir_module_env_var_and_followed_logs(job_head: JobHead,
         row = await client.info(job_id)
         assert row["status"] == "SUCCEEDED", (row, lines)
         assert row["exit_code"] == 0 and row["metadata"] == {"owner": "test"}
+        assert row["runtime_env"]["env_vars"] == {"JOB_COLOR": "teal"}
+        assert row["runtime_env"]["working_dir"].startswith("pkg:")
         assert row["start_time"] <= row["end_time"]
         assert "hello from helper_mod teal" in lines
         assert f"job_id {job_id}" in lines  # the driver's job id is the job's
