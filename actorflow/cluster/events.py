@@ -39,6 +39,7 @@ import os
 import pickle
 import time
 from array import array
+from bisect import bisect_left
 from collections import deque
 from typing import Any
 
@@ -49,6 +50,7 @@ from actorflow.runtime import ActorRef
 __all__ = [
     "ACTOR_CALL",
     "ACTOR_CREATION",
+    "DURATION_BOUNDS",
     "EVENTS_ID",
     "FLUSH_S",
     "RECENT_PER_FLUSH",
@@ -69,6 +71,10 @@ RECENT_PER_FLUSH = 256
 FAILURES_PER_FLUSH = 1000
 #: The most spans a worker keeps for the next flush (past it, they are counted as dropped).
 SPANS_PER_FLUSH = 200_000
+#: Upper bounds (s) of the run-time buckets counted per key (the last bucket: longer), for the
+#: ``actorflow_task_duration_seconds`` histogram (actorflow/metrics/tasks.py).
+DURATION_BOUNDS = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 60.0,
+                   300.0)
 #: What a failure's message and traceback are cut to.
 MESSAGE_CHARS = 1000
 TRACEBACK_CHARS = 4000
@@ -95,6 +101,9 @@ def error_of(returns: Any) -> tuple[str, str, str | None]:
     return kind, text[:MESSAGE_CHARS], tb[-TRACEBACK_CHARS:] if isinstance(tb, str) else None
 
 
+_NO_BUCKETS = (0,) * (len(DURATION_BOUNDS) + 1)
+
+
 class EventRecorder:
     """One per worker process (see the module docstring)."""
 
@@ -108,7 +117,8 @@ class EventRecorder:
         (:meth:`report`), never sent."""
         self.head = head
         self.running: dict[str, tuple[Key, float]] = {}
-        self.counts: dict[Key, list[float]] = {}  # [finished, failed, run s, longest run s]
+        # [finished, failed, run s, longest run s, calls per DURATION_BOUNDS bucket...]
+        self.counts: dict[Key, list[float]] = {}
         self.recent: deque[tuple[str, Key, float, float]] = deque(maxlen=RECENT_PER_FLUSH)
         self.failures: list[tuple[Any, ...]] = []
         self.spans = True  # until the head says whether it keeps a timeline
@@ -138,7 +148,7 @@ class EventRecorder:
         key, t0 = entry
         figures = self.counts.get(key)
         if figures is None:
-            figures = self.counts[key] = [0, 0, 0.0, 0.0]
+            figures = self.counts[key] = [0, 0, 0.0, 0.0, *_NO_BUCKETS]
         start = t - run_s if run_s else t0
         if type(returns) is tuple and returns and type(returns[0]) is Failed:
             figures[1] += 1
@@ -148,6 +158,7 @@ class EventRecorder:
             figures[0] += 1
             self.recent.append((task_id, key, start, t))
         figures[2] += run_s
+        figures[4 + bisect_left(DURATION_BOUNDS, run_s)] += 1
         if run_s > figures[3]:
             figures[3] = run_s
         if self.spans and len(self.span_ids) < SPANS_PER_FLUSH:

@@ -135,7 +135,7 @@ class EventStore(ServiceActor):
         self.tracebacks: dict[str, str] = {}  # of the failures kept
         self.counts: dict[tuple[str, str], int] = {}
         self.kinds: dict[str, str] = {}  # name -> kind
-        self.run_s: dict[str, list[float]] = {}  # name -> [total, max]
+        self.run_s: dict[str, list[float]] = {}  # name -> [total, max, per-bucket calls...]
         self.timeline = timeline
         self.max_timeline = max_timeline
         # the timeline: each report's spans as it came (rows are made when asked for)
@@ -186,7 +186,7 @@ class EventStore(ServiceActor):
                               worker_id, pid, t + offset]
             origin.running.add(task_id)
         totals = self.counts
-        for k, finished, failed, run_s, longest in counts:
+        for k, finished, failed, run_s, longest, *buckets in counts:
             name, kind = keys[k][0], keys[k][1]
             if finished:
                 totals[(name, "FINISHED")] = totals.get((name, "FINISHED"), 0) + int(finished)
@@ -196,11 +196,13 @@ class EventStore(ServiceActor):
                 self.kinds[name] = kind
             figures = self.run_s.get(name)
             if figures is None:
-                self.run_s[name] = [run_s, longest]
+                self.run_s[name] = [run_s, longest, *buckets]
             else:
                 figures[0] += run_s
                 if longest > figures[1]:
                     figures[1] = longest
+                for i, n in enumerate(buckets, 2):  # calls per DURATION_BOUNDS bucket
+                    figures[i] += n
         rows = []
         for task_id, k, start, end in recent:
             name, kind, job_id, actor_id = keys[k]
@@ -314,6 +316,7 @@ class EventStore(ServiceActor):
             ended = sum(n for s, n in entry["state_counts"].items() if s != "RUNNING")
             entry["mean_s"] = figures[0] / ended if figures and ended else None
             entry["max_s"] = figures[1] if figures else None
+            entry["duration_buckets"] = figures[2:] if figures else []  # DURATION_BOUNDS'
         totals: dict[str, int] = {}
         for entry in by_name.values():
             for state, n in entry["state_counts"].items():

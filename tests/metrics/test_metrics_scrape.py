@@ -11,6 +11,7 @@ import secrets
 import signal
 import sys
 import textwrap
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -171,10 +172,12 @@ async def test_scrape_a_two_node_cli_cluster(tmp_path: Path) -> None:
         tasks = {s.labels["State"]: s.value for s in found["actorflow_tasks"]
                  if s.labels["Name"].endswith("work")}
         assert tasks.get("FINISHED") == 6.0
-        assert types["actorflow_task_duration_seconds"] == "summary"
+        assert types["actorflow_task_duration_seconds"] == "histogram"
         (work_count,) = [s.value for s in found["actorflow_task_duration_seconds_count"]
                          if s.labels["Name"].endswith("work")]
         assert work_count == 6.0
+        assert value(found, "actorflow_task_duration_seconds_bucket",
+                     {"Name": "work", "le": "+Inf"}) == 6.0
 
 
 async def test_export_port_auth_can_be_turned_off() -> None:
@@ -207,6 +210,12 @@ def fails() -> None:
     raise ValueError("on purpose")
 
 
+@af.remote
+def nap(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
 async def test_system_metrics_follow_the_cluster(af_cluster: af.Runtime) -> None:
     """Resources held by an actor, bytes in shared memory, failed tasks: each is seen."""
     holder = Holder.remote()
@@ -214,19 +223,26 @@ async def test_system_metrics_follow_the_cluster(af_cluster: af.Runtime) -> None
     big = af.put(np.zeros(2 << 20, dtype=np.uint8))  # 2 MiB: a shared-memory segment
     with pytest.raises(ValueError):
         await af.get(fails.remote(), timeout=WAIT)
+    assert await af.get(nap.remote(0.2), timeout=WAIT) == 0.2
 
     async def seen():
         found = samples(await af.metrics.exposition())
         shm = value(found, "actorflow_object_store_memory", {"Location": "MMAP_SHM"})
         failed = [s for s in found.get("actorflow_tasks", ())
                   if s.labels["Name"] == "fails" and s.labels["State"] == "FAILED"]
-        if shm is not None and shm >= 2 << 20 and failed:
+        napped = value(found, "actorflow_task_duration_seconds_count", {"Name": "nap"})
+        # (the tasks' idle lease gives its CPU back within 0.1 s: then only the actor's)
+        used = value(found, "actorflow_resources", {"Name": "CPU", "State": "USED"})
+        if shm is not None and shm >= 2 << 20 and failed and napped == 1.0 and used == 1.0:
             return found
         return None
 
-    found = await until(seen, "the segment's bytes and the failed task")
-    assert value(found, "actorflow_resources", {"Name": "CPU", "State": "USED"}) == 1.0
+    found = await until(seen, "the segment's bytes, the tasks, the actor's CPU")
     assert value(found, "actorflow_resources", {"Name": "CPU", "State": "AVAILABLE"}) == 1.0
     assert value(found, "actorflow_actors", {"Name": "Holder", "State": "ALIVE"}) == 1.0
     assert value(found, "actorflow_cluster_active_nodes") == 1.0
+    buckets = {s.labels["le"]: s.value for s in found["actorflow_task_duration_seconds_bucket"]
+               if s.labels["Name"] == "nap"}
+    assert buckets["0.1"] == 0.0 and buckets["0.5"] == 1.0 and buckets["+Inf"] == 1.0
+    assert 0.2 <= value(found, "actorflow_task_duration_seconds_sum", {"Name": "nap"}) < 0.5
     del big
