@@ -370,10 +370,37 @@ async def _upload(directory: str, jobs: ActorRef, system: ActorSystem, limit: in
     return name
 
 
+#: What this process packed: (absolute directory, as a package) -> (the tree's fingerprint:
+#: every file's path, size, modification time and mode; the package's name). An unchanged
+#: tree is not packed again.
+_PACKED: dict[tuple[str, bool], tuple[str, str]] = {}
+
+
+def _fingerprint(directory: str, limit: int) -> str:
+    """Of the tree at ``directory`` (blocking); RuntimeEnvTooLargeError past ``limit``."""
+    root = Path(directory).resolve()
+    if not root.is_dir():
+        raise FileNotFoundError(f"runtime_env directory {directory!r} does not exist or is "
+                                "not a directory")
+    files, _ = _files(root, limit)
+    digest = hashlib.sha256()
+    for name, path in files:
+        st = path.stat()
+        digest.update(f"{name}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_mode}\n".encode())
+    return digest.hexdigest()
+
+
 async def _upload_once(directory: str, jobs: ActorRef, system: ActorSystem, limit: int, *,
                        as_package: bool) -> str:
+    key = (_absolute(directory), as_package)
+    fingerprint = await asyncio.to_thread(_fingerprint, directory, limit)
+    known = _PACKED.get(key)
+    if known is not None and known[0] == fingerprint and await jobs.ask(
+            HasPackage(known[1][len(PREFIX):]), timeout=30.0):
+        return known[1]
     digest, data, files = await asyncio.to_thread(pack_dir, directory, limit,
                                                   as_package=as_package)
+    _PACKED[key] = (fingerprint, PREFIX + digest)
     if await jobs.ask(HasPackage(digest), timeout=30.0):
         return PREFIX + digest
     remoting = system.remoting
