@@ -21,7 +21,7 @@ import sys
 import time
 from typing import Any
 
-from actorflow.cluster import bootstrap, state
+from actorflow.cluster import bootstrap, head_link, head_store, state
 from actorflow.cluster.memory_guard import with_memory
 from actorflow.cluster.protocol import ListState, NodeInfo
 from actorflow.objects import sweep
@@ -118,6 +118,9 @@ def cluster_token(args: Any) -> str:
 def cmd_start(args: Any) -> int:
     if bool(args.head) == bool(args.address):
         raise SystemExit("actorflow start needs exactly one of --head or --address ws://HOST:PORT")
+    if args.head and not (args.token or os.environ.get("ACTORFLOW_TOKEN")):
+        # a head started again on this port keeps its token (and so its nodes: head_store.py)
+        args.token = head_store.saved_token(_store(args), state.read_token())
     if not args.block:
         return _start_background(args)
     return run_main(_run_blocking(args))
@@ -171,11 +174,12 @@ async def _run_blocking(args: Any) -> int:
         loop.add_signal_handler(sig, request_stop)
     resources = _resources(args)
     peer_timeout = args.peer_timeout
+    link: head_link.HeadLink | None = None
     if args.head:
         token = _token(args, new=True)
         proc = await bootstrap.start_head(
             token=token, resources=resources, host=args.host, port=args.port,
-            peer_timeout_s=peer_timeout, options=vars(args),
+            peer_timeout_s=peer_timeout, options=vars(args), store=_store(args),
         )
         token_file = state.write_token(token)
         state.write_cluster({"address": proc.address, "token_file": str(token_file),
@@ -191,8 +195,9 @@ async def _run_blocking(args: Any) -> int:
             peer_timeout_s=peer_timeout, options=vars(args),
         )
         kind = "node"
-        # a node whose head is gone has nothing left to do
-        proc.system.on_terminated(proc.head, lambda notice: request_stop())
+        # a node whose head is gone waits for it to come back (a restart), for a while
+        link = head_link.HeadLink(proc, request_stop)
+        link.start()
     address = proc.address
     state.record_process(kind, address)
     _mark_ready()
@@ -206,12 +211,20 @@ async def _run_blocking(args: Any) -> int:
         await stop
     finally:
         try:
+            if link is not None:
+                await link.aclose()
             await proc.aclose()
         finally:
             if kind == "head":
                 state.clear_cluster(address)
+                _forget_store(address)  # stopped on purpose: its nodes stop too
             state.forget_process()
     return 0
+
+
+def _store(args: Any) -> Any:
+    """Where the head on ``args.port`` keeps its directory."""
+    return head_store.store_path(state.state_dir(), args.port)
 
 
 def _mark_ready() -> None:
@@ -256,8 +269,18 @@ def cmd_stop(args: Any) -> int:
         state.forget_process(int(entry["pid"]))
         if entry.get("kind") == "head" and entry.get("address"):
             state.clear_cluster(str(entry["address"]))  # also when the head was killed hard
+            _forget_store(str(entry["address"]))
     print(f"stopped {len(procs)} process(es)" + (f"; killed {len(live)}" if live else ""))
     return 0
+
+
+def _forget_store(address: str) -> None:
+    """The cluster of the head at ``address`` is stopped: its directory goes too."""
+    port = address.rpartition(":")[2]
+    if port.isdigit():
+        base = head_store.store_path(state.state_dir(), int(port))
+        for path in (base, base.with_name(base.name + "-wal"), base.with_name(base.name + "-shm")):
+            path.unlink(missing_ok=True)
 
 
 def _alive(pid: int) -> bool:

@@ -27,6 +27,7 @@ from actorflow._errors import (
     TaskCancelledError,
 )
 from actorflow.cluster.calls import note_child
+from actorflow.cluster.head_link import head_answered, retry_while_head_away
 from actorflow.cluster.protocol import (
     CONTROL_ID,
     ActorCall,
@@ -233,6 +234,7 @@ class ActorClient:
         if self._closed:
             return
         self.resolving = True
+        self._after = after
         try:
             fut = self.core.head.ask_nowait(ResolveActor(self.actor_id, after))
         except Exception as exc:
@@ -246,11 +248,17 @@ class ActorClient:
         if fut.cancelled():
             return
         exc = fut.exception()
-        if exc is not None:
+        if exc is not None:  # the head is away (restarting): ask again, within a grace period
+            exc = retry_while_head_away(self, self.core.head, exc,
+                                        lambda: self._resolve(self._after))
+            if exc is None:
+                self.resolving = True
+                return
             error = exc if isinstance(exc, ActorDiedError) else ActorDiedError(
                 self.class_name, "its state could not be resolved", exc)
             self.die(error)
             return
+        head_answered(self)
         self.location = fut.result()
         self._follow(self.location)
         unsent, self._unsent = sorted(self._unsent, key=lambda kp: kp[0]), []
@@ -277,8 +285,13 @@ class ActorClient:
             return
 
         def ended(f: asyncio.Future[Any]) -> None:
-            if not f.cancelled():
-                f.exception()
+            exc = None if f.cancelled() else f.exception()
+            if isinstance(exc, PeerUnreachableError) and self.location is loc:
+                # the head is away, not the actor: follow it again once the head is back
+                retry_while_head_away(self, self.core.head, exc,
+                                      lambda: self._follow(loc) if self.location is loc
+                                      else None)
+                return
             if self.location is loc:
                 self.invalidate()
 

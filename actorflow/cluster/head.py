@@ -31,8 +31,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from actorflow._errors import ActorDiedError, ActorflowError, NodeDiedError
+from actorflow.cluster import head_restore
+from actorflow.cluster.head_store import HeadSaver, SavedHead
 from actorflow.cluster.holds import HandleHolds, HoldLedger, Watches
-from actorflow.cluster.jobs_table import DriverGone, EndJob, HeadJobs, JobsTable
+from actorflow.cluster.jobs_table import DriverGone, EndJob, HeadJobs, JobsTable, RegisterJob
 from actorflow.cluster.protocol import (
     ActorDown,
     ActorLocation,
@@ -136,8 +138,11 @@ class Head(HeadJobs, ServiceActor):
     max_concurrency = 100_000  # ResolveActor waits for actors to come up
     mailbox_size = 1 << 16
 
-    def __init__(self, session: str, placement: ActorRef) -> None:
+    def __init__(self, session: str, placement: ActorRef, saver: HeadSaver | None = None,
+                 saved: SavedHead | None = None) -> None:
         self.session = session
+        self.saver = saver  # the directory on disk (head_store.py), for a head that restarts
+        self._saved = saved
         self.placement = placement
         self.nodes: dict[str, _NodeRecord] = {}
         self.actors: dict[str, ActorRecord] = {}
@@ -149,6 +154,16 @@ class Head(HeadJobs, ServiceActor):
         self.watches = Watches()  # af.watch waits
         self.children: dict[str, set[str]] = {}  # creator id -> its non-detached children
         self.jobs = JobsTable()
+
+    async def on_start(self) -> None:
+        saved, self._saved = self._saved, None
+        if saved is not None and not saved.empty:  # a restart: take the cluster back
+            head_restore.restore(self, saved, head_restore.Kinds(
+                ActorRecord, ActorState, _NodeRecord, _NodeLost))
+
+    async def on_stop(self) -> None:
+        if self.saver is not None:
+            await self.saver.aclose()  # what is left is written
 
     def on_stop_requested(self) -> None:
         # resolvers waiting for actors to come up would hold the stop up: wake them to fail
@@ -225,13 +240,17 @@ class Head(HeadJobs, ServiceActor):
             return await self._list(message.what)
         if kind is EndJob:
             await self.end_job(message.job_id, "SUCCEEDED", "its driver called af.shutdown()")
+            head_restore.save_job(self, message.job_id)
             return None
         if kind is DriverGone:
             await self.end_job(message.job_id, "FAILED",
                                "its driver's process ended without af.shutdown()")
+            head_restore.save_job(self, message.job_id)
             return None
         handled, answer = self._jobs_message(message)
         if handled:
+            if kind is RegisterJob:
+                head_restore.save_job(self, message.job_id)
             return answer
         raise TypeError(f"head got an unexpected {kind.__name__}")
 
@@ -278,9 +297,18 @@ class Head(HeadJobs, ServiceActor):
     # -- membership ----------------------------------------------------------------------------
 
     def _register(self, msg: RegisterNode) -> None:
-        self.nodes[msg.node_id] = _NodeRecord(msg.node_id, msg.node, msg.address, msg.resources)
+        record = _NodeRecord(msg.node_id, msg.node, msg.address, msg.resources)
+        known = self.nodes.get(msg.node_id)
+        self.nodes[msg.node_id] = record
+        head_restore.save_node(self, record)
         self.placement.tell_nowait(AddNode(msg.node_id, msg.node, msg.resources))
-        node_id = msg.node_id
+        if msg.rejoin:  # again, after a restart of the head: its actors run on
+            head_restore.rejoin(self, msg)
+        if known is None or not known.alive or known.ref != msg.node:
+            self.watch_node(msg.node_id, msg.node)
+
+    def watch_node(self, node_id: str, node: ActorRef) -> None:
+        """Declare the node lost when its process ends or its link goes silent."""
 
         def lost(notice: Terminated) -> None:
             try:
@@ -289,7 +317,7 @@ class Head(HeadJobs, ServiceActor):
             except ActorflowError:
                 pass  # the cluster is stopping: the placement or the head itself is gone
 
-        self.system.on_terminated(msg.node, lost)
+        self.system.on_terminated(node, lost)
 
     async def _node_lost(self, node_id: str, notice: Terminated) -> None:
         """A node stopped or went silent: its resources leave the cluster; its actors restart
@@ -298,6 +326,7 @@ class Head(HeadJobs, ServiceActor):
         if record is None or not record.alive:
             return
         record.alive = False
+        head_restore.save_node(self, record)
         if notice.reason.abnormal and not self.closing:
             log.warning("node %s is gone (%s)", node_id, notice.reason.value)
         # a snapshot: actors are created (and placed) while this awaits their new places
@@ -520,10 +549,10 @@ class Head(HeadJobs, ServiceActor):
         record.spec = _unsupervised(record.spec)
         self._down(ActorDown(actor_id, -1, True, error))
 
-    @staticmethod
-    def _changed(record: ActorRecord) -> None:
+    def _changed(self, record: ActorRecord) -> None:
         record.changed.set()
         record.changed = asyncio.Event()
+        head_restore.save_actor(self, record)
 
     async def _resolve(self, actor_id: str, after: int, fail_if_down: bool = False
                        ) -> ActorLocation:

@@ -53,9 +53,12 @@ class ActorSystem:
         *,
         restart_wait_s: float = 10.0,
         stop_timeout_s: float = 5.0,
+        uid: str | None = None,
     ) -> None:
         self.name = name
-        self.uid = secrets.token_hex(8)
+        #: Unique per process; a restarted head takes its predecessor's back (``uid``), so
+        #: the refs that other processes hold to its actors reach the new ones.
+        self.uid = uid or secrets.token_hex(8)
         #: ``ws://host:port`` once a transport listens for this system, else None.
         self.address: str | None = None
         #: Set by the transport: builds refs to actors of other processes.

@@ -1,0 +1,163 @@
+"""Issue 15, "a head that can restart": a CLI cluster whose head is SIGKILLed and started again
+on the same port and state folder, three times, while this process (a joined driver) keeps
+calling a named actor and submitting tasks. Every call and task result arrives, the actor keeps
+its state (its calls count on without a gap), and after each restart ``af.nodes()`` shows every
+node (the same node ids: the nodes rejoined, they were not restarted), and ``actorflow status``
+shows the whole cluster."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import cloudpickle
+import pytest
+from mn_support import CliCluster, Started, cli, live_nodes, until_async, within
+
+import actorflow as af
+
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+pytestmark = pytest.mark.timeout(300)
+
+RESTARTS = 3
+#: A restarted head must have every node back this soon (it starts, the nodes redial it with a
+#: backoff of at most 2 s and register again).
+REJOIN_S = 45.0
+
+
+@af.remote(num_cpus=1)
+class Counter:
+    def __init__(self) -> None:
+        self.n = 0
+
+    def incr(self) -> int:
+        self.n += 1
+        return self.n
+
+
+@af.remote(num_cpus=1)
+def square(x: int) -> int:
+    time.sleep(0.01)
+    return x * x
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class RestartableCluster(CliCluster):
+    """A CLI cluster whose head listens on a fixed port, so it can be started again there."""
+
+    def __init__(self, tmp: Path) -> None:
+        super().__init__(tmp, peer_timeout=10.0)
+        self.port = _free_port()
+        self.head_starts = 0
+
+    def start_fixed_head(self) -> Started:
+        self.head_starts += 1
+        name = "head" if self.head_starts == 1 else f"head{self.head_starts}"
+        return self._spawn(name, ["--head", "--port", str(self.port), "--host", "127.0.0.1",
+                                  "--num-cpus", "0", "--resources", json.dumps({"r_head": 1})])
+
+
+async def _nodes_back(node_ids: set[str]) -> list[dict[str, Any]]:
+    """Until af.nodes() shows ``node_ids`` alive, and a live head node."""
+
+    async def check() -> list[dict[str, Any]] | None:
+        try:
+            views = live_nodes(await asyncio.wait_for(af.nodes(), 5.0))
+        except (af.ActorflowError, TimeoutError):
+            return None  # the head is still starting
+        ids = {v["node_id"] for v in views}
+        heads = [v for v in views if "r_head" in v["resources"]]
+        return views if node_ids <= ids and heads else None
+
+    return await until_async(check, REJOIN_S, "every node alive at the restarted head")
+
+
+async def test_a_head_sigkilled_and_restarted_three_times_under_load(tmp_path: Path) -> None:
+    cluster = RestartableCluster(tmp_path)
+    try:
+        head = cluster.start_fixed_head()
+        await cluster.wait_head(head)
+        nodes = [cluster.start_node("node2", num_cpus=2, resources={"r_b": 1}),
+                 cluster.start_node("node3", num_cpus=2, resources={"r_c": 1})]
+        for started in nodes:
+            await cluster.wait_ready(started)
+        assert cluster.address is not None and cluster.token is not None
+        await within(af.init(address=cluster.address, token=cluster.token,
+                             log_to_driver=False))
+        views = await _nodes_back(set())
+        node_ids = {v["node_id"] for v in views if "r_head" not in v["resources"]}
+        assert len(node_ids) == 2, views
+
+        counter = Counter.options(name="counter", lifetime="detached",
+                                  resources={"r_b": 1}).remote()
+        assert await within(counter.incr.remote()) == 1
+        named = await within(af.get_actor("counter"))
+
+        calls: list[Any] = []
+        tasks: list[tuple[int, Any]] = []
+        stop = asyncio.Event()
+
+        async def load() -> None:
+            i = 0
+            while not stop.is_set():
+                calls.append(named.incr.remote())
+                tasks.append((i, square.remote(i)))
+                i += 1
+                await asyncio.sleep(0.02)
+
+        loader = asyncio.create_task(load())
+        try:
+            for _ in range(RESTARTS):
+                await asyncio.sleep(1.5)
+                head.proc.send_signal(signal.SIGKILL)
+                await asyncio.to_thread(head.proc.wait, 10)
+                await asyncio.sleep(0.5)  # the cluster runs on without its head
+                head = cluster.start_fixed_head()
+                await cluster.wait_ready(head, 60.0)
+                views = await _nodes_back(node_ids)
+                assert node_ids <= {v["node_id"] for v in views}
+            await asyncio.sleep(1.0)
+        finally:
+            stop.set()
+            await loader
+
+        # every call and task result arrives: the calls counted on without a gap (the actor
+        # kept its state: it was never restarted), every task's result is right
+        results = await within(asyncio.gather(*calls), 120.0)
+        assert results == list(range(2, 2 + len(calls)))
+        squares = await within(asyncio.gather(*(ref for _, ref in tasks)), 120.0)
+        assert squares == [i * i for i, _ in tasks]
+        assert len(calls) > 50
+
+        # the new head's `actorflow status` shows the whole cluster
+        status = await asyncio.to_thread(
+            cli, ["status", "--address", cluster.address, "--token", cluster.token],
+            cluster.env)
+        assert status.returncode == 0, status.stderr
+        for node_id in node_ids:
+            assert f"node {node_id} alive" in status.stdout, status.stdout
+        # the nodes rejoined (the same processes), and said so
+        for started in nodes:
+            assert started.proc.poll() is None
+            assert started.log_text().count("registered again with the head") == RESTARTS
+    except BaseException:
+        print(cluster.logs())
+        raise
+    finally:
+        if af.is_initialized():
+            await within(af.shutdown(), 30.0)
+        survivors = await asyncio.to_thread(cluster.stop)
+        assert not survivors, f"processes left behind: {survivors}"
