@@ -34,9 +34,11 @@ import sys
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from actorflow.cluster import zygote as _zygote
+from actorflow.cluster.head_store import HeadSaver, SavedHead, open_for, token_identity
 from actorflow.cluster.protocol import ClusterInfo, GetClusterInfo, RegisterNode
 from actorflow.cluster.services import HeadContext, start_head_services
 from actorflow.objects import sweep
@@ -253,19 +255,31 @@ async def start_head(
     peer_timeout_s: float | None = None,
     name: str = "head",
     options: Mapping[str, Any] | None = None,
+    store: Path | None = None,
 ) -> ClusterProcess:
-    """``options``: what the head's services read (see :mod:`actorflow.cluster.services`)."""
+    """``options``: what the head's services read (see :mod:`actorflow.cluster.services`).
+    ``store``: the head keeps its directory in this file, and takes back what it holds (a
+    restart: :mod:`actorflow.cluster.head_store`)."""
     zygote = await _launch_zygote(log_to_driver) if with_node else None
+    saver: HeadSaver | None = None
+    saved: SavedHead | None = None
     try:
         await _import(_CLUSTER_MODULES)
         from actorflow.cluster.head import Head
         from actorflow.placement.actor import Placement
         from actorflow.transport.remote import serve_system
 
-        session = secrets.token_hex(4)
-        system = ActorSystem(f"{name}-{session}")
+        session, uid = secrets.token_hex(4), None
+        if store is not None:
+            kept, loaded = await asyncio.to_thread(open_for, store, token)
+            saver, saved = HeadSaver(kept), loaded
+            if not loaded.empty:
+                session, uid = loaded.meta["session"], loaded.meta["uid"]
+        system = ActorSystem(f"{name}-{session}", uid=uid)
         remoting = await serve_system(system, config=_config(token, host, port, peer_timeout_s))
     except BaseException:
+        if saver is not None:
+            await saver.aclose()
         if zygote is not None:
             await zygote.aclose()
         raise
@@ -274,7 +288,10 @@ async def start_head(
         if with_node:  # first: it stops last, after the node
             await system.spawn(lambda: Sweeper(node_id), name="sweeper")
         placement = await system.spawn(Placement, name="placement", well_known=True)
-        head = await system.spawn(lambda: Head(session, placement), name="head", well_known=True)
+        head = await system.spawn(lambda: Head(session, placement, saver, saved), name="head",
+                                  well_known=True)
+        if saver is not None:
+            saver.meta(session=session, uid=system.uid, token=token_identity(token))
         proc = ClusterProcess(system, remoting, head, session, token)
         services = HeadContext(system, head, placement, token, session, dict(options or {}))
         await start_head_services(services)

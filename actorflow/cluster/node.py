@@ -399,6 +399,10 @@ class Node(ServiceActor):
             "pending_demands": [w.demand.to_amounts() for w in self.waiting],
             "bundles": {f"{g}[{i}]": r.to_amounts() for (g, i), r in self.pools.items()},
             "actors": len(self.actors),
+            # (what it tells a restarted head: head_link.py) None: restarting
+            "actor_list": [(a, getattr(self.hosts.get(a), "actor_ref", None),
+                            getattr(getattr(self.hosts.get(a), "worker", None), "pid", 0))
+                           for a in self.actors],
             "lease_list": [
                 {"lease_id": r.lease_id, "demand": r.demand.to_amounts(),
                  "worker_pid": r.worker.pid, "state": r.worker.state.value,
@@ -793,6 +797,7 @@ class ActorHost(Actor):
             ) from exc
         node.resize(record.lease_id, spec.hold)
         node.hosts[spec.actor_id] = self
+        self.actor_ref = actor_ref
         node.head.tell_nowait(ActorUp(spec.actor_id, actor_ref, self._incarnation(),
                                       node.node_id, record.worker.pid))
 

@@ -507,6 +507,10 @@ class RegisterNode:
     node: ActorRef
     address: str | None
     resources: Resources
+    #: again, after the head restarted (head_link.py): the actors the node runs, as
+    #: ``(actor_id, worker ref or None while it restarts, pid)``
+    rejoin: bool = False
+    actors: tuple[tuple[str, Any, int], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
