@@ -107,9 +107,9 @@ _NO_BUCKETS = (0,) * (len(DURATION_BOUNDS) + 1)
 class EventRecorder:
     """One per worker process (see the module docstring)."""
 
-    __slots__ = ("_handle", "_loop", "_meta", "_target", "counts", "dropped", "failures",
-                 "head", "recent", "running", "seq", "span_ends", "span_ids", "span_keys",
-                 "span_starts", "spans", "timeline_known")
+    __slots__ = ("_figures", "_handle", "_key", "_loop", "_meta", "_target", "counts",
+                 "dropped", "failures", "head", "recent", "running", "seq", "span_ends",
+                 "span_ids", "span_keys", "span_starts", "spans", "timeline_known")
 
     def __init__(self, head: ActorRef | None, node_id: str, worker_id: str,
                  origin: tuple[str, str | None]) -> None:
@@ -132,6 +132,10 @@ class EventRecorder:
         self._target: ActorRef | None = None
         self._handle: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        # the last key counted and its figures: calls in a row mostly share one (a caller that
+        # passes the same key object, as the Worker and UserActor do, skips the dict)
+        self._key: Key | None = None
+        self._figures: list[float] = []
         offset = time.time() - time.perf_counter()
         self._meta = (origin, node_id, worker_id, os.getpid(), offset)
 
@@ -146,11 +150,16 @@ class EventRecorder:
         if entry is None:
             return
         key, t0 = entry
-        figures = self.counts.get(key)
-        if figures is None:
-            figures = self.counts[key] = [0, 0, 0.0, 0.0, *_NO_BUCKETS]
+        if key is self._key:
+            figures = self._figures
+        else:
+            got = self.counts.get(key)
+            if got is None:
+                got = self.counts[key] = [0, 0, 0.0, 0.0, *_NO_BUCKETS]
+            self._key, self._figures = key, got
+            figures = got
         start = t - run_s if run_s else t0
-        if type(returns) is tuple and returns and type(returns[0]) is Failed:
+        if returns and type(returns[0]) is Failed:
             figures[1] += 1
             if len(self.failures) < FAILURES_PER_FLUSH:
                 self.failures.append((task_id, key, start, t, *error_of(returns)))
@@ -161,13 +170,17 @@ class EventRecorder:
         figures[4 + bisect_left(DURATION_BOUNDS, run_s)] += 1
         if run_s > figures[3]:
             figures[3] = run_s
-        if self.spans and len(self.span_ids) < SPANS_PER_FLUSH:
+        if self.spans:
+            self._span(task_id, key, start, t)
+        if self._handle is None:
+            self._arm()
+
+    def _span(self, task_id: str, key: Key, start: float, end: float) -> None:
+        if len(self.span_ids) < SPANS_PER_FLUSH:
             self.span_ids.append(task_id)
             self.span_keys.append(key)
             self.span_starts.append(start)
-            self.span_ends.append(t)
-        if self._handle is None:
-            self._arm()
+            self.span_ends.append(end)
 
     def next_id(self, actor_id: str | None) -> str:
         """An id for an actor call that came without one."""
@@ -205,6 +218,7 @@ class EventRecorder:
         data = pickle.dumps((self._meta, self.dropped, list(keys), counts, running, recent,
                              failures, spans), 5)
         self.counts = {}
+        self._key, self._figures = None, []
         self.recent.clear()
         self.failures = []
         self.span_ids, self.span_keys = [], []

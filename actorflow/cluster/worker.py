@@ -27,7 +27,7 @@ from actorflow._errors import TaskCancelledError
 from actorflow.cluster.calls import CallState, cancel_children, current_call, interrupt
 from actorflow.cluster.core import TaskContext, task_context
 from actorflow.cluster.driver_job import known_job, learn_jobs
-from actorflow.cluster.events import ACTOR_CREATION, TASK, recorder
+from actorflow.cluster.events import ACTOR_CREATION, TASK, Key, recorder
 from actorflow.cluster.execution import (
     PlainCall,
     answer_outcome,
@@ -108,6 +108,7 @@ class Worker(Actor):
         # what this process runs, for the head's task table (see cluster/events.py)
         self.events = recorder(core.head, core.node_id or "", core.worker_id or "",
                                (system.uid, system.address))
+        self.keys: dict[str, Key] = {}  # task name -> what its calls are counted under
 
     async def on_start(self) -> None:
         self.executor = SyncRunner("af-task")
@@ -208,7 +209,7 @@ class Worker(Actor):
         events = self.events
         now = time.perf_counter()
         for spec, reply, fn in run:
-            events.started(spec.task_id, (spec.name, TASK, spec.job_id or None, None), now)
+            events.started(spec.task_id, self._key(spec), now)
             failed_arg = _failed(spec.resolved)
             if failed_arg is not None:  # a Local argument's producer failed: so does this
                 self._answer_failed(spec, reply, failed_arg)
@@ -251,6 +252,17 @@ class Worker(Actor):
             for spec, _ in ready:  # (those not answered: the worker is stopping)
                 self.calls.pop(spec.task_id, None)
 
+    def _key(self, spec: TaskSpec) -> Key:
+        """What ``spec``'s call is counted under: one object per name and job (the recorder
+        skips its lookup when calls in a row share it)."""
+        key = self.keys.get(spec.name)
+        job_id = spec.job_id or None
+        if key is None or key[2] != job_id:
+            if len(self.keys) >= 4096:  # (names made per call must not grow it for ever)
+                self.keys.clear()
+            key = self.keys[spec.name] = (spec.name, TASK, job_id, None)
+        return key
+
     def _answer_failed(self, spec: TaskSpec, reply: Any, failed: Failed) -> None:
         returns = (failed,) * spec.num_returns
         self._remember(spec, returns)
@@ -261,7 +273,7 @@ class Worker(Actor):
     async def _run_task(self, spec: TaskSpec) -> TaskReply | bytes:
         events = self.events
         start = time.perf_counter()
-        events.started(spec.task_id, (spec.name, TASK, spec.job_id or None, None), start)
+        events.started(spec.task_id, self._key(spec), start)
         reply = await self._run_one(spec)
         end = time.perf_counter()
         if type(reply) is TaskReply:
