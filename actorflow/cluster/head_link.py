@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 import weakref
 from collections.abc import Callable
@@ -41,8 +42,9 @@ __all__ = ["HEAD_GRACE_S", "HeadLink", "HeadUnreachableError", "retry_while_head
 
 log = logging.getLogger("actorflow.head_link")
 
-#: Seconds a node (and a caller waiting on the head) waits for a lost head to come back.
-HEAD_GRACE_S = 60.0
+#: Seconds a node (and a caller waiting on the head) waits for a lost head to come back
+#: (``$ACTORFLOW_HEAD_GRACE_S`` changes it).
+HEAD_GRACE_S = float(os.environ.get("ACTORFLOW_HEAD_GRACE_S") or 60.0)
 
 
 class HeadUnreachableError(PeerUnreachableError):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import socket
 import sys
@@ -40,6 +41,14 @@ class Counter:
     def incr(self) -> int:
         self.n += 1
         return self.n
+
+
+@af.remote(num_cpus=0, resources={"r_head": 1}, max_restarts=-1)
+class Pinned:
+    """An actor on the head's own node: it dies with the head (same process tree)."""
+
+    def pid(self) -> int:
+        return os.getpid()
 
 
 @af.remote(num_cpus=1)
@@ -85,6 +94,17 @@ async def _nodes_back(node_ids: set[str]) -> list[dict[str, Any]]:
     return await until_async(check, REJOIN_S, "every node alive at the restarted head")
 
 
+async def _pid_again(actor: Any) -> int:
+    """The actor's pid, once a call reaches a live incarnation (a call that met the dead one
+    fails: it has no task retries)."""
+    while True:
+        try:
+            pid: int = await actor.pid.remote()
+            return pid
+        except (af.ActorUnavailableError, af.ActorDiedError):
+            await asyncio.sleep(0.5)
+
+
 async def test_a_head_sigkilled_and_restarted_three_times_under_load(tmp_path: Path) -> None:
     cluster = RestartableCluster(tmp_path)
     try:
@@ -105,6 +125,8 @@ async def test_a_head_sigkilled_and_restarted_three_times_under_load(tmp_path: P
                                   resources={"r_b": 1}).remote()
         assert await within(counter.incr.remote()) == 1
         named = await within(af.get_actor("counter"))
+        pinned = Pinned.options(name="pinned", lifetime="detached").remote()
+        first_pid = await within(pinned.pid.remote())
 
         calls: list[Any] = []
         tasks: list[tuple[int, Any]] = []
@@ -123,12 +145,16 @@ async def test_a_head_sigkilled_and_restarted_three_times_under_load(tmp_path: P
             for _ in range(RESTARTS):
                 await asyncio.sleep(1.5)
                 head.proc.send_signal(signal.SIGKILL)
+                killed = time.monotonic()
                 await asyncio.to_thread(head.proc.wait, 10)
                 await asyncio.sleep(0.5)  # the cluster runs on without its head
                 head = cluster.start_fixed_head()
                 await cluster.wait_ready(head, 60.0)
+                ready = time.monotonic()
                 views = await _nodes_back(node_ids)
                 assert node_ids <= {v["node_id"] for v in views}
+                print(f"head restart: started {ready - killed:.1f} s after the kill, every "
+                      f"node back {time.monotonic() - ready:.1f} s after that")
             await asyncio.sleep(1.0)
         finally:
             stop.set()
@@ -141,6 +167,9 @@ async def test_a_head_sigkilled_and_restarted_three_times_under_load(tmp_path: P
         squares = await within(asyncio.gather(*(ref for _, ref in tasks)), 120.0)
         assert squares == [i * i for i, _ in tasks]
         assert len(calls) > 50
+        # the actor on the head's own node died with it: restarted on the new head's node
+        pid = await within(_pid_again(pinned), 60.0)
+        assert pid != first_pid
 
         # the new head's `actorflow status` shows the whole cluster
         status = await asyncio.to_thread(
@@ -159,5 +188,32 @@ async def test_a_head_sigkilled_and_restarted_three_times_under_load(tmp_path: P
     finally:
         if af.is_initialized():
             await within(af.shutdown(), 30.0)
+        survivors = await asyncio.to_thread(cluster.stop)
+        assert not survivors, f"processes left behind: {survivors}"
+
+
+async def test_a_node_stops_when_its_head_stays_away_past_the_grace_period(
+        tmp_path: Path) -> None:
+    cluster = RestartableCluster(tmp_path)
+    cluster.env["ACTORFLOW_HEAD_GRACE_S"] = "3"
+    try:
+        head = cluster.start_fixed_head()
+        await cluster.wait_head(head)
+        node = cluster.start_node("node2", num_cpus=1, resources={"r_b": 1})
+        await cluster.wait_ready(node)
+        head.proc.send_signal(signal.SIGKILL)
+        killed = time.monotonic()
+        await asyncio.to_thread(head.proc.wait, 10)
+        await asyncio.sleep(1.5)
+        assert node.proc.poll() is None, "the node stopped before its grace period was over"
+        await asyncio.to_thread(node.proc.wait, 30)
+        waited = time.monotonic() - killed
+        assert node.proc.returncode == 0, node.log_text()
+        assert 3.0 <= waited < 20.0, waited
+        assert "did not come back within 3 s" in node.log_text()
+    except BaseException:
+        print(cluster.logs())
+        raise
+    finally:
         survivors = await asyncio.to_thread(cluster.stop)
         assert not survivors, f"processes left behind: {survivors}"
