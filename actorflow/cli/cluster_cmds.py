@@ -38,7 +38,9 @@ def register(sub: Any) -> None:
     start = sub.add_parser("start", help="start a head, or a node that joins one")
     start.add_argument("--head", action="store_true", help="start a head (and its own node)")
     start.add_argument("--address", default=None, help="join the head at ws://HOST:PORT")
-    start.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    start.add_argument("--host", default=None,
+                       help="address to listen on (a head: 127.0.0.1; a node: the address "
+                       "of this machine that the head's host reaches)")
     start.add_argument("--port", type=int, default=6380, help="the head's port")
     start.add_argument("--token", default=None, help="the cluster token (default: a new one, "
                        "or $ACTORFLOW_TOKEN, or the head's token file)")
@@ -178,7 +180,7 @@ async def _run_blocking(args: Any) -> int:
     if args.head:
         token = _token(args, new=True)
         proc = await bootstrap.start_head(
-            token=token, resources=resources, host=args.host, port=args.port,
+            token=token, resources=resources, host=args.host or "127.0.0.1", port=args.port,
             peer_timeout_s=peer_timeout, options=vars(args), store=_store(args),
         )
         token_file = state.write_token(token)

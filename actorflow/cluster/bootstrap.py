@@ -27,11 +27,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
+import ipaddress
 import logging
 import os
 import secrets
+import socket
 import sys
 import threading
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,6 +69,7 @@ __all__ = [
     "connect",
     "discover_head",
     "placement_of",
+    "reachable_host",
     "start_head",
     "start_node",
 ]
@@ -185,6 +189,28 @@ async def _launch_zygote(log_to_driver: bool) -> Zygote | None:
     except Exception as exc:
         log.warning("cannot start a zygote early (%s)", exc)
         return None
+
+
+def reachable_host(address: str) -> str:
+    """The address of this machine that the host of ``address`` (``ws://HOST:PORT``) reaches it
+    at: loopback for a head on this machine, else the address of the interface that routes
+    there (a UDP socket's connect picks it; nothing is sent). A node or driver that joins a
+    cluster listens there, and only there (API.md §9: nothing is opened to every network)."""
+    parsed = urllib.parse.urlsplit(address)
+    host = parsed.hostname or "127.0.0.1"
+    try:
+        infos = socket.getaddrinfo(host, parsed.port or 0, type=socket.SOCK_DGRAM)
+    except OSError:
+        return "127.0.0.1"
+    family, _, _, _, sockaddr = infos[0]
+    if ipaddress.ip_address(sockaddr[0]).is_loopback:
+        return "127.0.0.1"
+    with socket.socket(family, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(sockaddr)
+        except OSError:
+            return "127.0.0.1"
+        return str(probe.getsockname()[0])
 
 
 def _config(token: str, host: str, port: int, peer_timeout_s: float | None) -> TransportConfig:
@@ -317,13 +343,16 @@ async def start_node(
     address: str,
     token: str,
     resources: Resources,
-    host: str = "127.0.0.1",
+    host: str | None = None,
     prestart: int | None = None,
     log_to_driver: bool = True,
     peer_timeout_s: float | None = None,
     options: Mapping[str, Any] | None = None,
 ) -> ClusterProcess:
-    """``options``: the node's start options (``actorflow start`` flags), as for a head."""
+    """``options``: the node's start options (``actorflow start`` flags), as for a head.
+    ``host``: where the node (and its workers) listen; by default :func:`reachable_host` of
+    the head's ``address``."""
+    host = host or reachable_host(address)
     zygote = await _launch_zygote(log_to_driver)
     try:
         await _import(_CLUSTER_MODULES)
@@ -356,7 +385,7 @@ async def start_node(
     return proc
 
 
-async def connect(address: str, token: str, *, host: str = "127.0.0.1",
+async def connect(address: str, token: str, *, host: str | None = None,
                   name: str = "driver") -> ClusterProcess:
     """Join the cluster at ``address`` as a client. Its leases and objects go through the
     first live node the head lists (the head's own node when it has one); the placement
@@ -365,7 +394,8 @@ async def connect(address: str, token: str, *, host: str = "127.0.0.1",
     from actorflow.transport.remote import serve_system
 
     system = ActorSystem(f"{name}-{os.getpid()}")
-    remoting = await serve_system(system, config=_config(token, host, 0, None))
+    remoting = await serve_system(
+        system, config=_config(token, host or reachable_host(address), 0, None))
     try:
         head = await discover_head(remoting, address)
         info: ClusterInfo = await head.ask(GetClusterInfo(), timeout=30.0)

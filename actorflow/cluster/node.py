@@ -21,6 +21,7 @@ import logging
 import math
 import pickle
 import time
+import urllib.parse
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -171,6 +172,8 @@ class Node(ServiceActor):
             "session": self.session,
             "node": _ref_args(self.ref),
             "head": _ref_args(self.head),
+            # its workers listen where the node does (other machines dial them there)
+            "host": urllib.parse.urlsplit(self.system.address).hostname or "127.0.0.1",
         }
         zygote, self._zygote = self._zygote, None
         self.env_folders: dict[str, dict[str, Any]] = {}  # runtime env key -> its folders

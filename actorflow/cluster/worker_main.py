@@ -78,6 +78,7 @@ def _die_with_parent() -> None:
 
 
 async def _main(boot: dict[str, Any], token: str) -> None:
+    from actorflow.transport.config import TransportConfig
     from actorflow.transport.remote import serve_system
 
     loop = asyncio.get_running_loop()
@@ -89,7 +90,8 @@ async def _main(boot: dict[str, Any], token: str) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, request_stop)
     system = ActorSystem(f"worker-{boot['worker_id']}")
-    server = await serve_system(system, token=token)
+    server = await serve_system(system, token=token,
+                                config=TransportConfig(host=boot.get("host", "127.0.0.1")))
     try:
         node = restore_ref(*boot["node"])
         head = restore_ref(*boot["head"])

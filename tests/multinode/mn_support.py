@@ -21,7 +21,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -178,10 +178,11 @@ class CliCluster:
 
     # -- starting ----------------------------------------------------------------------------
 
-    def _spawn(self, name: str, args: list[str]) -> Started:
+    def _spawn(self, name: str, args: list[str], prefix: Sequence[str] = ()) -> Started:
+        """``prefix`` runs it under another command (``ip netns exec NAME``: another host)."""
         log_path = self.tmp / f"{name}.log"
         log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
-        argv = [sys.executable, "-m", "actorflow", "start", *args,
+        argv = [*prefix, sys.executable, "-m", "actorflow", "start", *args,
                 "--peer-timeout", str(self.peer_timeout), "--block"]
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
                                 stderr=subprocess.STDOUT, env=self.env, cwd=str(ROOT))
@@ -201,16 +202,16 @@ class CliCluster:
 
     def start_head(self, name: str = "head", *, num_cpus: float = 1,
                    resources: dict[str, float] | None = None,
-                   num_gpus: float | None = None) -> Started:
-        return self._spawn(name, ["--head", "--port", "0", "--host", "127.0.0.1",
+                   num_gpus: float | None = None, host: str = "127.0.0.1") -> Started:
+        return self._spawn(name, ["--head", "--port", "0", "--host", host,
                                   *self._resource_args(num_cpus, resources, num_gpus)])
 
     def start_node(self, name: str, *, num_cpus: float = 1,
                    resources: dict[str, float] | None = None,
-                   num_gpus: float | None = None) -> Started:
+                   num_gpus: float | None = None, prefix: Sequence[str] = ()) -> Started:
         assert self.address is not None, "start the head first"
         return self._spawn(name, ["--address", self.address,
-                                  *self._resource_args(num_cpus, resources, num_gpus)])
+                                  *self._resource_args(num_cpus, resources, num_gpus)], prefix)
 
     async def wait_ready(self, started: Started, timeout: float = WAIT) -> None:
         """Until the process has marked itself ready in the state folder."""
