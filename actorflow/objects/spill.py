@@ -78,8 +78,10 @@ log = logging.getLogger("actorflow.spill")
 
 #: A restored segment is not spilled again for this long (its reader maps it meanwhile).
 RESTORED_GRACE_S = 1.0
-#: While over the limit with every candidate pinned, look again this often.
+#: While over the limit with every candidate pinned, look again after this long, twice as
+#: long each time nothing could move (up to RETRY_MAX_S), at once when something changes.
 RETRY_S = 0.25
+RETRY_MAX_S = 2.0
 #: How often a store checks that the segments it counts still exist (a process killed hard,
 #: or a job's end, may unlink them without a word).
 AUDIT_S = 2.0
@@ -164,6 +166,7 @@ class NodeStore:
         self._restore_pool = concurrent.futures.ThreadPoolExecutor(2, "actorflow-restore")
         self._spilling = False
         self._timer: asyncio.TimerHandle | None = None
+        self._retry_s = RETRY_S
         self._audit: asyncio.TimerHandle | None = None
         self._page: StorePage | None = None
         self._closed = False
@@ -292,6 +295,7 @@ class NodeStore:
     def _spilled(self, name: str, obj: _Object, outcome: str) -> None:
         busy, obj.busy = obj.busy, None
         if outcome == "spilled":
+            self._retry_s = RETRY_S
             if not obj.on_disk:
                 obj.on_disk = True
                 self.on_disk_bytes += obj.nbytes
@@ -320,7 +324,8 @@ class NodeStore:
 
     def _arm_retry(self) -> None:
         if self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(RETRY_S, self._retry)
+            self._timer = asyncio.get_running_loop().call_later(self._retry_s, self._retry)
+            self._retry_s = min(2 * self._retry_s, RETRY_MAX_S)
 
     def _retry(self) -> None:
         self._timer = None
@@ -378,15 +383,7 @@ class NodeStore:
             busy.set_result(None)
         self._changed()
         if error is not None:
-            if isinstance(error, FileNotFoundError) or obj.freed:
-                raise ObjectLostError(f"object segment {name} is gone from node "
-                                      f"{self.node_id} (freed while it was spilled)")
-            if error.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise ObjectStoreFullError(obj.nbytes, shm.free_bytes(),
-                                           f"the shared memory of node {self.node_id} "
-                                           f"({shm.SHM_DIR}), to restore a spilled object")
-            raise ObjectLostError(f"object segment {name} of node {self.node_id} could not "
-                                  f"be restored from {self.dir}: {error}") from error
+            raise _restore_error(self, name, obj, error) from error
 
     # -- auditing ------------------------------------------------------------------------------
 
@@ -429,13 +426,8 @@ class NodeStore:
         }
 
     def summary(self, limit: int = 20) -> dict[str, Any]:
-        largest = sorted(self.objects.items(), key=lambda kv: kv[1].nbytes, reverse=True)
-        return dict(self.figures(), node_id=self.node_id, objects=[
-            {"object": name, "size": obj.nbytes, "node_id": self.node_id,
-             "where": ("shared memory" if obj.state in (_RESIDENT, _SPILLING)
-                       else "spill file"), "pid": obj.pid, "what": obj.what,
-             "stored_at": obj.stored_at}
-            for name, obj in largest[:limit]])
+        """The figures and the ``limit`` largest objects (answers MemoryQuery)."""
+        return _summary(self, limit)
 
     # -- lifetime ------------------------------------------------------------------------------
 
@@ -478,6 +470,28 @@ def open_store(node_id: str, session: str, options: Mapping[str, Any] | None) ->
 def store_of(node_id: str) -> NodeStore | None:
     """The store :func:`open_store` made for node ``node_id`` (once: the node takes it)."""
     return _stores.pop(node_id, None)
+
+
+def _summary(store: NodeStore, limit: int) -> dict[str, Any]:
+    largest = sorted(store.objects.items(), key=lambda kv: kv[1].nbytes, reverse=True)
+    return dict(store.figures(), node_id=store.node_id, objects=[
+        {"object": name, "size": obj.nbytes, "node_id": store.node_id,
+         "where": ("shared memory" if obj.state in (_RESIDENT, _SPILLING)
+                   else "spill file"), "pid": obj.pid, "what": obj.what,
+         "stored_at": obj.stored_at}
+        for name, obj in largest[:limit]])
+
+
+def _restore_error(store: NodeStore, name: str, obj: _Object, error: OSError) -> Exception:
+    if isinstance(error, FileNotFoundError) or obj.freed:
+        return ObjectLostError(f"object segment {name} is gone from node {store.node_id} "
+                               "(freed while it was spilled)")
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return ObjectStoreFullError(obj.nbytes, shm.free_bytes(),
+                                    f"the shared memory of node {store.node_id} "
+                                    f"({shm.SHM_DIR}), to restore a spilled object")
+    return ObjectLostError(f"object segment {name} of node {store.node_id} could not be "
+                           f"restored from {store.dir}: {error}")
 
 
 def _spill_one(name: str, path: str, generation: int, copy: bool) -> str:

@@ -27,6 +27,11 @@ Readers keep their last few mappings, so a segment read again (the same argument
 segment) costs no page faults. Each value carries a generation (in the segment's header and in
 its ``InShm``), so a reference to a value whose segment has been reused fails with
 ObjectLostError instead of reading the newer value.
+
+The node may spill a segment to disk when its object store is past its limit
+(``spill.py``): a process **pins** the segments it reads while it uses them (:class:`Pins`),
+and a writer reuses a pooled segment only under its exclusive lock, so neither a reader nor a
+rewrite ever meets a spill halfway.
 """
 
 from __future__ import annotations
@@ -83,6 +88,82 @@ class _Written:
         self.pooled_at = 0.0  # when it was last put in the pool (time.monotonic())
 
 
+class Pins:
+    """The mappings of live objects that this process pins, and those it keeps unpinned.
+
+    A mapping is pinned (``shm.Mapping.pin``: a shared ``flock``, so the node's spiller leaves
+    its segment alone) when it is read, and unpinned once nothing here uses it and it has been
+    pinned ``HOLD_S`` (or at once for the names a task's worker reports released). A kept
+    unpinned mapping is closed once its file goes (spilled by the node, or freed), so that its
+    pages go back to the machine. ``on_first()`` is called when there was nothing to look
+    after: the owner should call :meth:`SegmentStore.relax` soon (and again when it says).
+    (Not locked: its store calls it under the store's lock.)"""
+
+    def __init__(self, on_first: Callable[[], None] | None = None) -> None:
+        self.pinned: dict[str, shm.Mapping] = {}
+        self.idle: dict[str, shm.Mapping] = {}
+        self._on_first = on_first
+
+    def pin(self, name: str, mapping: shm.Mapping) -> None:
+        if not self.pinned and not self.idle and self._on_first is not None:
+            self._on_first()
+        self.idle.pop(name, None)
+        self.pinned[name] = mapping
+
+    def holds(self, name: str) -> bool:
+        mapping = self.pinned.get(name)
+        return mapping is not None and mapping.pinned
+
+    def forget(self, name: str) -> None:
+        self.pinned.pop(name, None)
+        self.idle.pop(name, None)
+
+    def relax(self, names: Iterable[str] | None = None, now: float | None = None) -> None:
+        """Unpin the mappings that nothing here uses any more (all of them, pinned at least
+        ``HOLD_S`` ago, or ``names``): the node may spill them now."""
+        now = time.monotonic() if now is None else now
+        for name in list(self.pinned) if names is None else names:
+            mapping = self.pinned.get(name)
+            if mapping is None or mapping.in_use():
+                continue
+            if names is None and now - mapping.pinned_at < HOLD_S:
+                continue
+            del self.pinned[name]
+            mapping.unpin()
+            self.idle[name] = mapping
+
+    def gone_idle(self) -> list[tuple[str, shm.Mapping]]:
+        """Close (and return) the kept mappings whose file went."""
+        gone = [(n, m) for n, m in self.idle.items() if m.gone()]
+        for name, mapping in gone:
+            del self.idle[name]
+            mapping.close()
+        return gone
+
+    def next_wait(self, now: float) -> float | None:
+        if not self.pinned:
+            return IDLE_CHECK_S if self.idle else None
+        oldest = min(m.pinned_at for m in self.pinned.values())
+        return max(0.05, min(oldest + HOLD_S - now, IDLE_CHECK_S))
+
+    @staticmethod
+    def repin(mapping: shm.Mapping) -> bool:
+        """Pin a kept mapping again; False (and closed) when its file was unlinked (spilled,
+        or freed): the name may hold a restored copy, to be mapped anew. (A pinned one is
+        right as it is: the spiller cannot have taken it, nor a writer rewritten it.)"""
+        if mapping.pinned:
+            return True
+        mapping.pin()  # (if the spiller holds it now, the bytes mapped are still right)
+        if mapping.gone():
+            mapping.close()
+            return False
+        return True
+
+    def clear(self) -> None:
+        self.pinned.clear()
+        self.idle.clear()
+
+
 class SegmentStore:
     """The segments of one process (see the module docstring). ``new_name()`` names a new
     segment (unique on the node). ``make_spare(name, capacity)``, when given, starts making a
@@ -100,7 +181,6 @@ class SegmentStore:
         self._new_name = new_name
         self._make_spare = make_spare
         self._on_pooled = on_pooled
-        self._on_pinned = on_pinned
         self._written: dict[str, _Written] = {}
         self._pool: list[_Written] = []
         self._mapped: OrderedDict[str, shm.Mapping] = OrderedDict()
@@ -111,11 +191,7 @@ class SegmentStore:
         # callback at once, as a closed Core refuses a spare.)
         self._lock = threading.RLock()
         self._closed = False
-        #: mappings of live objects pinned here (see shm.Mapping): unpinned once idle
-        self._pinned: dict[str, shm.Mapping] = {}
-        #: mappings of live objects kept here unpinned: closed once their file goes (spilled
-        #: by the node, or freed), so their pages go back to the machine
-        self._idle: dict[str, shm.Mapping] = {}
+        self._pins = Pins(on_pinned)
         self.spares_made = 0
         self.spares_failed = 0
 
@@ -138,7 +214,7 @@ class SegmentStore:
             else:
                 reuse.mapping.pin()  # (exclusive since _take: shared again, as a reader's)
                 with self._lock:
-                    self._pin(name, reuse.mapping)
+                    self._pins.pin(name, reuse.mapping)
         else:
             name = self._new_name()
             used = shm.write_segment(name, value, generation)
@@ -234,8 +310,7 @@ class SegmentStore:
             self._free(name)
 
     def _free(self, name: str) -> None:
-        self._pinned.pop(name, None)
-        self._idle.pop(name, None)
+        self._pins.forget(name)
         seg = self._written.pop(name, None)
         if seg is None:  # written by another process of this node
             shm.unlink_segment(name)
@@ -292,7 +367,7 @@ class SegmentStore:
         """``(meta, buffers)`` of the value in segment ``name``, as views of its mapping."""
         try:
             with self._lock:
-                self._relax()
+                self._pins.relax()
                 mapping = self._mapping_locked(name)
         except FileNotFoundError:
             raise ObjectLostError(
@@ -316,91 +391,51 @@ class SegmentStore:
         seg = self._written.get(name)
         if seg is not None:
             mapping = seg.mapping
-            if mapping is not None and not self._repin(mapping):
+            if mapping is not None and not Pins.repin(mapping):
                 seg.mapping = mapping = None
             if mapping is None:
                 mapping = seg.mapping = shm.Mapping(name, writable=True)
-            self._pin(name, mapping)
+            self._pins.pin(name, mapping)
             return mapping
         mapping = self._mapped.get(name)
         if mapping is not None:
-            if self._repin(mapping):
+            if Pins.repin(mapping):
                 self._mapped.move_to_end(name)
-                self._pin(name, mapping)
+                self._pins.pin(name, mapping)
                 return mapping
             del self._mapped[name]
         mapping = self._mapped[name] = shm.Mapping(name)
-        self._pin(name, mapping)
+        self._pins.pin(name, mapping)
         if len(self._mapped) > MAPPED_SEGMENTS:
             old_name, old = self._mapped.popitem(last=False)
-            self._pinned.pop(old_name, None)
-            self._idle.pop(old_name, None)
+            self._pins.forget(old_name)
             old.close()  # arrays still using it keep it mapped
         return mapping
 
-    def _pin(self, name: str, mapping: shm.Mapping) -> None:
-        if not self._pinned and not self._idle and self._on_pinned is not None:
-            self._on_pinned()
-        self._idle.pop(name, None)
-        self._pinned[name] = mapping
-
     def relax(self, now: float | None = None) -> float | None:
-        """Unpin what nothing here uses any more (see :meth:`_relax`). Returns the seconds
-        until the next look, or None when nothing is pinned or kept."""
+        """Unpin what nothing here uses any more, close what was spilled (see :class:`Pins`).
+        Returns the seconds until the next look, or None when nothing is pinned or kept."""
         now = time.monotonic() if now is None else now
         with self._lock:
-            self._relax(now=now)
-            for name, mapping in list(self._idle.items()):
-                if mapping.gone():  # spilled (or freed): let its pages go
-                    del self._idle[name]
-                    mapping.close()
-                    seg = self._written.get(name)
-                    if seg is not None and seg.mapping is mapping:
-                        seg.mapping = None
-                    if self._mapped.get(name) is mapping:
-                        del self._mapped[name]
-            if not self._pinned:
-                return IDLE_CHECK_S if self._idle else None
-            oldest = min(m.pinned_at for m in self._pinned.values())
-            return max(0.05, min(oldest + HOLD_S - now, IDLE_CHECK_S))
-
-    def _repin(self, mapping: shm.Mapping) -> bool:
-        """Pin a kept mapping again; False (and closed) when its file was unlinked (spilled,
-        or freed): the name may hold a restored copy, to be mapped anew. (A pinned one is
-        right as it is: the spiller cannot have taken it, nor a writer rewritten it.)"""
-        if mapping.pinned:
-            return True
-        mapping.pin()  # (if the spiller holds it now, the bytes mapped are still right)
-        if mapping.gone():
-            mapping.close()
-            return False
-        return True
+            self._pins.relax(now=now)
+            for name, mapping in self._pins.gone_idle():
+                seg = self._written.get(name)
+                if seg is not None and seg.mapping is mapping:
+                    seg.mapping = None
+                if self._mapped.get(name) is mapping:
+                    del self._mapped[name]
+            return self._pins.next_wait(now)
 
     def holds(self, name: str) -> bool:
         """Is segment ``name`` pinned here (so surely in shared memory)? No system call."""
-        mapping = self._pinned.get(name)
-        return mapping is not None and mapping.pinned
-
-    def _relax(self, names: Iterable[str] | None = None, now: float | None = None) -> None:
-        """Unpin the mappings that nothing here uses any more (all of them, pinned at least
-        ``HOLD_S`` ago, or ``names``): the node may spill them now."""
-        now = time.monotonic() if now is None else now
-        for name in list(self._pinned) if names is None else names:
-            mapping = self._pinned.get(name)
-            if mapping is None or mapping.in_use():
-                continue
-            if names is None and now - mapping.pinned_at < HOLD_S:
-                continue
-            del self._pinned[name]
-            mapping.unpin()
-            self._idle[name] = mapping
+        return self._pins.holds(name)
 
     def released(self, names: Iterable[str]) -> tuple[str, ...]:
         """Which of these segments (read here) nothing in this process uses any more."""
         with self._lock:
             out = tuple(name for name in names
                         if (m := self._mapped.get(name)) is not None and not m.in_use())
-            self._relax(out)
+            self._pins.relax(out)
             return out
 
     # -- lifetime ---------------------------------------------------------------------------------
@@ -413,8 +448,7 @@ class SegmentStore:
             for seg in self._pool:
                 self._drop(seg)
             self._pool.clear()
-            self._pinned.clear()
-            self._idle.clear()
+            self._pins.clear()
             for seg in self._written.values():
                 if seg.mapping is not None:
                     seg.mapping.close()
@@ -425,7 +459,7 @@ class SegmentStore:
     def statistics(self) -> dict[str, int]:
         return {"written": len(self._written), "pooled": len(self._pool),
                 "pooled_bytes": sum(s.capacity for s in self._pool),
-                "mapped": len(self._mapped), "pinned": len(self._pinned),
+                "mapped": len(self._mapped), "pinned": len(self._pins.pinned),
                 "spares_made": self.spares_made,
                 "spares_failed": self.spares_failed}
 
