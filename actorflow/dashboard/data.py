@@ -38,7 +38,7 @@ TTL_S = 0.5
 #: How old an answer may be given while a fresh one is made behind it.
 MAX_STALE_S = 10.0
 #: How many rows of a list the state layer is asked for at most.
-LIST_LIMIT = 10_000
+LIST_LIMIT = 100_000
 #: How long a view waits for an actor of the head's process.
 ASK_TIMEOUT_S = 10.0
 #: How many recent failures the tasks view shows.
@@ -68,12 +68,11 @@ class _Shared:
     Fresh (younger than ``ttl``): given as is. Stale (younger than ``max_stale``): given as
     is while one refresh runs behind it, so a request never waits on a slow query once the
     view has been asked for. Older, or never made: the request waits for the query, which
-    concurrent requests share. ``query_ms`` keeps each key's last query time."""
+    concurrent requests share."""
 
     def __init__(self, ttl: float, max_stale: float, log: logging.Logger) -> None:
         self.ttl = ttl
         self.max_stale = max_stale
-        self.query_ms: dict[str, float] = {}
         self._done: dict[str, tuple[float, Any]] = {}
         self._making: dict[str, asyncio.Future[Any]] = {}
         self._refreshes = OwnedTasks("dashboard views", log)
@@ -97,7 +96,6 @@ class _Shared:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         future.add_done_callback(_retrieve)
         self._making[key] = future
-        t0 = time.perf_counter()
         try:
             value = await make()
         except BaseException as exc:
@@ -107,7 +105,6 @@ class _Shared:
                 future.cancel()
             raise
         else:
-            self.query_ms[key] = (time.perf_counter() - t0) * 1000
             self._done[key] = (time.monotonic(), value)
             future.set_result(value)
             return value
@@ -131,11 +128,6 @@ class Views:
         self.head = head
         self._shared = _Shared(ttl, max_stale, log)
         self.state = StateClient(head)
-
-    @property
-    def query_ms(self) -> dict[str, float]:
-        """How long each shared query took last (ms), for the benchmark."""
-        return dict(self._shared.query_ms)
 
     async def close(self) -> None:
         """Cancel the refreshes running behind stale answers."""
