@@ -157,9 +157,12 @@ async def test_a_freed_spilled_object_loses_its_file_within_a_second(
             refs.remove(r)
         del victims, r
         freed_at = time.monotonic()
-        await until(lambda: not names & set(files_in(spill_dir)), timeout=1.0,
-                    what=f"the freed objects' spill files to go ({sorted(names)}; store: "
-                         f"{await store_figures(core.node)})", every=0.01)
+        try:
+            await until(lambda: not names & set(files_in(spill_dir)), timeout=1.0,
+                        what="the freed objects' spill files to go", every=0.01)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; left: {sorted(names & set(files_in(spill_dir)))}; "
+                                 f"store: {await store_figures(core.node)}") from None
         assert time.monotonic() - freed_at < 1.05
         for i, r in enumerate(refs):  # the others are still right
             assert int((await r)[0]) in range(8), i
