@@ -297,8 +297,10 @@ class Head(HeadJobs, ServiceActor):
     # -- membership ----------------------------------------------------------------------------
 
     def _register(self, msg: RegisterNode) -> None:
-        record = _NodeRecord(msg.node_id, msg.node, msg.address, msg.resources)
         known = self.nodes.get(msg.node_id)
+        if msg.rejoin and known is not None and not known.alive:  # fenced: never comes back
+            raise NodeDiedError(f"node {msg.node_id} was declared dead; its actors run elsewhere")
+        record = _NodeRecord(msg.node_id, msg.node, msg.address, msg.resources)
         self.nodes[msg.node_id] = record
         head_restore.save_node(self, record)
         self.placement.tell_nowait(AddNode(msg.node_id, msg.node, msg.resources))

@@ -29,7 +29,12 @@ import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from actorflow._errors import ActorDiedError, GetTimeoutError, PeerUnreachableError
+from actorflow._errors import (
+    ActorDiedError,
+    GetTimeoutError,
+    NodeDiedError,
+    PeerUnreachableError,
+)
 from actorflow.cluster.protocol import GetClusterInfo, NodeInfo, RegisterNode
 from actorflow.placement.messages import NodeLoad
 from actorflow.placement.resources import Resources
@@ -101,6 +106,12 @@ class HeadLink:
         while loop.time() < deadline:
             try:
                 await self._rejoin(min(5.0, max(0.5, deadline - loop.time())))
+            except NodeDiedError as exc:  # the head declared this node dead meanwhile (a
+                # long partition): its actors were restarted elsewhere, so it must not run on
+                log.error("the head refused this node back (%s): it stops", exc)
+                self._task = None
+                self.on_gone()
+                return
             except (PeerUnreachableError, ActorDiedError, GetTimeoutError, TimeoutError,
                     ConnectionError) as exc:
                 last = exc
