@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-__all__ = ["COOKIE", "LOGIN_PATH", "Auth"]
+__all__ = ["COOKIE", "LOGIN_PATH", "Auth", "Handler"]
 
 #: The session cookie's name.
 COOKIE = "actorflow_dashboard"

@@ -24,7 +24,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from actorflow.dashboard.auth import LOGIN_PATH, Auth
+from actorflow.dashboard.auth import LOGIN_PATH, Auth, Handler
 from actorflow.dashboard.data import Views
 from actorflow.runtime import Actor
 
@@ -158,9 +158,23 @@ async def _events(request: web.Request) -> web.StreamResponse:
     return response
 
 
+@web.middleware
+async def _failures(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A view whose source failed (a node or service that does not answer) answers 503 with
+    the cause, which the page shows, instead of a bare 500."""
+    try:
+        return await handler(request)
+    except web.HTTPException:
+        raise
+    except Exception as exc:
+        log.warning("dashboard: %s %s failed: %s: %s", request.method, request.path,
+                    type(exc).__name__, exc)
+        return _json({"error": f"{type(exc).__name__}: {exc}"}, status=503)
+
+
 def make_app(auth: Auth, views: Views) -> web.Application:
     """The dashboard's application (its routes: see the module doc)."""
-    app = web.Application(middlewares=[auth.middleware])
+    app = web.Application(middlewares=[auth.middleware, _failures])
     app[_VIEWS] = views
     app[_CLOSING] = asyncio.Event()
     app.router.add_get(LOGIN_PATH, auth.login_page)
