@@ -10,7 +10,8 @@ busy is never taken for dead): status ``FAILED``.
 When a job ends, the head (:meth:`actorflow.cluster.head.Head.end_job`)
 
 - stops the job's non-detached actors, named ones included (``lifetime="detached"`` ones live
-  on until ``af.kill``); the actors they created die with them (fate-sharing);
+  on until ``af.kill``); the actors they created die with them (fate-sharing), and the
+  children of a detached actor live as long as it does;
 - removes the job's placement groups that are not detached;
 - tells every node to free the shared-memory segments of the driver's objects
   (:class:`FreeSegments`);
@@ -218,6 +219,8 @@ class HeadJobs:
             if (spec.job_id != job_id or spec.lifetime == "detached"
                     or record.state.value == "DEAD" or record.job_ended):
                 continue
+            if spec.creator and spec.creator in self.actors:
+                continue  # an actor's child ends with its creator (fate-sharing), not its job
             record.job_ended = True
             self._stop_for_job(record)
         try:

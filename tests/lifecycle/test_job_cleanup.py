@@ -41,12 +41,21 @@ class Holder:
         return os.getpid()
 
 @af.remote(num_cpus=0)
+class Child:
+    def pid(self):
+        return os.getpid()
+
+@af.remote(num_cpus=0)
 class Keeper:
     def __init__(self):
         self.n = 0
+        self.child = None
     def bump(self):
         self.n += 1
         return self.n
+    async def child_pid(self):
+        self.child = Child.remote()  # the detached actor's child: it lives as long as it
+        return await self.child.pid.remote()
 
 @af.remote(num_cpus=1)
 def sleeper(path):
@@ -60,6 +69,7 @@ async def main():
     anon = Holder.remote()
     keeper = Keeper.options(name="keeper", lifetime="detached").remote()
     await keeper.bump.remote()
+    child_pid = await keeper.child_pid.remote()
     pg = af.placement_group([{"CPU": 1}])
     await pg.ready()
     big = af.put(np.ones(4 << 20, dtype=np.uint8))
@@ -70,7 +80,7 @@ async def main():
     await asyncio.sleep(0.2)
     task_pid = int(open("{tmp}/running.pid").read())
     print("READY", rt.job_id, await named.pid.remote(), await anon.pid.remote(), task_pid,
-          pg.id, segment_prefix(rt.core), flush=True)
+          pg.id, segment_prefix(rt.core), child_pid, flush=True)
     if "{mode}" == "shutdown":
         while not os.path.exists("{tmp}/go"):
             await asyncio.sleep(0.05)
@@ -109,7 +119,7 @@ async def _check_job_ends(tmp_path: Path, mode: str) -> None:
             assert await within(mine.incr.remote()) == 1
             ready = (await victim.expect("READY")).split()
             job_id, named_pid, anon_pid, task_pid = ready[1], *map(int, ready[2:5])
-            pg_id, prefix = ready[5], ready[6]
+            pg_id, prefix, child_pid = ready[5], ready[6], int(ready[7])
             assert shm_names(prefix), "the victim's value is in shared memory"
             assert (await within(af.available_resources())).get("CPU", 0) == 0
             assert (await _jobs(rt))[job_id]["status"] == "RUNNING"
@@ -154,6 +164,7 @@ async def _check_job_ends(tmp_path: Path, mode: str) -> None:
             # the detached actor and this driver's own work carry on
             keeper = await within(af.get_actor("keeper", namespace="lc"))
             assert await within(keeper.bump.remote()) == 2
+            assert alive(child_pid)  # a detached actor's child lives as long as it does
             assert await within(mine.incr.remote()) == 2
             if mode == "shutdown":
                 assert victim.proc.poll() is None  # it ended its job, not its process
