@@ -133,7 +133,10 @@ class JobsTable:
     def register(self, msg: RegisterJob) -> JobRow:
         old = self.rows.get(msg.job_id)
         if old is not None and old.status == "RUNNING" and old.driver != msg.driver:
-            raise ValueError(f"job {msg.job_id!r} is running already (driver pid {old.pid})")
+            raise ValueError(
+                f"job {msg.job_id!r} is running already (its driver is pid {old.pid}); a "
+                "second driver of one job is refused: a process that inherited "
+                "ACTORFLOW_JOB_ID from a submitted job's driver must unset it")
         row = self.rows[msg.job_id] = JobRow(
             msg.job_id, msg.driver, msg.namespace, msg.pid, msg.entrypoint, msg.logs,
             msg.segment_prefix, msg.node_id)
