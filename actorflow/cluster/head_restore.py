@@ -33,6 +33,8 @@ __all__ = ["Kinds", "rejoin", "restore", "save_actor", "save_job", "save_node"]
 
 log = logging.getLogger("actorflow.head")
 
+#: The holder of the handles of the anonymous actors a restarted head takes back.
+RESTORED_HOLDER = "held before the head restarted"
 #: Seconds a restarted head gives the nodes to register again before it restarts the actors
 #: of its own node of the last run (which died with it) on them.
 REJOIN_WAIT_S = 5.0
@@ -127,6 +129,10 @@ def restore(head: Head, saved: SavedHead, kinds: Kinds) -> None:
             actor.location = ActorLocation(spec.actor_id, a["worker"], a["incarnation"],
                                            a["node_id"])
         head.actors[spec.actor_id] = actor
+        if spec.name is None and spec.lifetime != "detached" and not spec.supervised:
+            # who holds its handles was not kept: it is held for good (until its job ends, or
+            # af.kill), never taken for dropped by the first release heard of
+            head.holds.apply(RESTORED_HOLDER, held=(spec.actor_id,))
         if spec.name is not None:
             head.names[(spec.namespace, spec.name)] = spec.actor_id
         if spec.creator and spec.lifetime != "detached":

@@ -167,6 +167,7 @@ async def test_a_head_sigkilled_and_restarted_three_times_under_load(tmp_path: P
         squares = await within(asyncio.gather(*(ref for _, ref in tasks)), 120.0)
         assert squares == [i * i for i, _ in tasks]
         assert len(calls) > 50
+        print(f"{len(calls)} calls and {len(tasks)} tasks across {RESTARTS} head restarts")
         # the actor on the head's own node died with it: restarted on the new head's node
         pid = await within(_pid_again(pinned), 60.0)
         assert pid != first_pid
