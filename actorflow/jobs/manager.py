@@ -152,7 +152,8 @@ class JobManager(ServiceActor):
         job = _Job(job_id, msg.entrypoint, msg.runtime_env, dict(msg.metadata),
                    self._dir / f"{job_id}.log", msg.submission_id)
         self.jobs[job_id] = job
-        self._tasks.spawn(self._run(job), f"job {job_id}")
+        if self._tasks.spawn(self._run(job), f"job {job_id}") is None:
+            self._end(job, "FAILED", None, "the head is stopping")
         return job_id
 
     async def _run(self, job: _Job) -> None:
@@ -186,8 +187,7 @@ class JobManager(ServiceActor):
         elif code == 0:
             self._end(job, "SUCCEEDED", code, "")
         elif code < 0:
-            self._end(job, "FAILED", code, f"the driver was killed by "
-                                           f"{signal.Signals(-code).name}")
+            self._end(job, "FAILED", code, f"the driver was killed by {_signal_name(-code)}")
         else:
             self._end(job, "FAILED", code, f"the driver exited with code {code}")
 
@@ -303,6 +303,13 @@ class JobManager(ServiceActor):
         if ticket is None:
             return renv.PackageOffer(len(data), None, None, data[:renv.CHUNK_BYTES])
         return renv.PackageOffer(len(data), self.system.address, ticket)
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
 
 
 def _signal_group(pgid: int, sig: int) -> None:

@@ -108,6 +108,10 @@ async def test_failed_job_has_its_exit_code(job_head: JobHead) -> None:
         row = await client.info(job_id)
         assert row["exit_code"] == 3 and "3" in row["message"]
         assert await client.logs(job_id) == "about to fail\n"
+        killed = await client.submit("kill -KILL $$")
+        assert await client.wait(killed, JOB_WAIT) == "FAILED"
+        row = await client.info(killed)
+        assert row["exit_code"] == -9 and "SIGKILL" in row["message"], row
         with pytest.raises(KeyError):
             await client.status("no-such-job")
         rows = {r["job_id"]: r for r in await client.list()}
