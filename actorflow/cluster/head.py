@@ -364,9 +364,15 @@ class Head(HeadJobs, ServiceActor):
             )
         return actor_id, self.actors[actor_id].spec
 
+    def _fenced(self, node_id: str) -> bool:
+        """Is ``node_id`` a node this head declared dead? What it says of its actors is stale:
+        they were restarted elsewhere or died with it (DESIGN.md, fencing)."""
+        node = self.nodes.get(node_id) if node_id else None
+        return node is not None and not node.alive
+
     def _up(self, msg: ActorUp) -> None:
         record = self.actors.get(msg.actor_id)
-        if record is None or record.state is ActorState.DEAD:
+        if record is None or record.state is ActorState.DEAD or self._fenced(msg.node_id):
             return
         if record.generation > 0:
             record.restarts += 1
@@ -382,7 +388,7 @@ class Head(HeadJobs, ServiceActor):
 
     def _down(self, msg: ActorDown) -> None:
         record = self.actors.get(msg.actor_id)
-        if record is None or record.state is ActorState.DEAD:
+        if record is None or record.state is ActorState.DEAD or self._fenced(msg.node_id):
             return
         record.last_error = msg.error
         if msg.final and record.spec.supervised:

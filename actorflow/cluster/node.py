@@ -716,7 +716,8 @@ class Node(ServiceActor):
                                 "created; starting it again", self.node_id, spec.class_name)
                     continue
                 self.head.tell_nowait(
-                    ActorDown(spec.actor_id, -1, True, _creation_error(spec, cause)))
+                    ActorDown(spec.actor_id, -1, True, _creation_error(spec, cause),
+                              self.node_id))
                 return
         self.actors[spec.actor_id] = sup
         self.system.on_terminated(sup, lambda n: self._actor_sup_ended(spec, n))
@@ -733,7 +734,7 @@ class Node(ServiceActor):
                 spec.class_name, f"it crashed and max_restarts={spec.max_restarts} is used up",
                 notice.cause.__cause__ or notice.cause,
             )
-        self.head.tell_nowait(ActorDown(spec.actor_id, -1, True, error))
+        self.head.tell_nowait(ActorDown(spec.actor_id, -1, True, error, self.node_id))
 
     async def _kill_actor(self, actor_id: str, no_restart: bool) -> None:
         sup = self.actors.get(actor_id)
@@ -789,7 +790,7 @@ class ActorHost(Actor):
             # dead for good, as in Ray; a normal stop keeps the transient host from restarting
             self._release(kill=True)
             node.head.tell_nowait(ActorDown(spec.actor_id, self._incarnation(), True,
-                                            _creation_error(spec, exc)))
+                                            _creation_error(spec, exc), node.node_id))
             self.killed = True
             self.stop()
             return
@@ -818,7 +819,8 @@ class ActorHost(Actor):
     async def receive(self, message: Any) -> Any:
         if type(message) is _ProcessDied:
             self._release(kill=False)
-            self.node.head.tell_nowait(ActorDown(self.spec.actor_id, self._incarnation(), False))
+            self.node.head.tell_nowait(ActorDown(self.spec.actor_id, self._incarnation(), False,
+                                                     node_id=self.node.node_id))
             raise WorkerCrashedError(
                 f"the process (pid {message.pid}) of actor {self.spec.class_name} exited "
                 f"with code {message.code}"

@@ -488,6 +488,7 @@ class ActorDown:
     incarnation: int
     final: bool
     error: BaseException | None = None
+    node_id: str = ""  # the node it ran on ("": the head's own verdict)
 
 
 @dataclass(frozen=True, slots=True)
