@@ -25,6 +25,7 @@ from actorflow.cluster import runtime_env as renv
 from actorflow.cluster.calls import CallState, current_call
 from actorflow.cluster.core import Core, task_context
 from actorflow.cluster.driver_job import end_job, namespace_of, register_job
+from actorflow.cluster.head_link import ask_head
 from actorflow.cluster.memory_guard import with_memory
 from actorflow.cluster.protocol import (
     GetNamedActor,
@@ -281,7 +282,8 @@ async def get_actor(name: str, namespace: str | None = None) -> ActorHandle:
     """The handle of the named actor (in ``namespace``, default: this job's)."""
     core = current_core()
     ns = namespace if namespace is not None else namespace_of(core)
-    actor_id, spec = await core.head.ask(GetNamedActor(name, ns))
+    actor_id, spec = await ask_head(core.head, GetNamedActor(name, ns))  # (waits for a
+    # head that is restarting, for a while)
     return ActorHandle.from_spec(actor_id, spec)
 
 
@@ -311,8 +313,8 @@ async def watch(actor: ActorHandle) -> ActorDiedError:
     while True:
         watch_id = core.new_id()
         try:
-            death: ActorDiedError | None = await core.head.ask(
-                WatchActor(actor._actor_id, watch_id, core.owner_ref))
+            death: ActorDiedError | None = await ask_head(
+                core.head, WatchActor(actor._actor_id, watch_id, core.owner_ref))
         except asyncio.CancelledError:
             try:
                 core.head.tell_nowait(UnwatchActor(watch_id))

@@ -13,7 +13,8 @@ a link to the address is up again (the transport redials it by itself).
   one that is another cluster's: its uid is new) stops the node, as before; so does a head
   that was stopped on purpose (SIGTERM, ``actorflow stop``: its actor ends normally, before its
   link closes), at once.
-- :func:`retry_while_head_away`: a caller whose ask to the head failed because the link was
+- :func:`ask_head` (``af.get_actor``, ``af.watch``) and :func:`retry_while_head_away` (an
+  actor handle's lookups): a caller whose ask to the head failed because the link was
   lost tries again later, while the grace period allows; then it gets a
   :class:`HeadUnreachableError` naming the head.
 """
@@ -43,7 +44,14 @@ from actorflow.runtime import ActorRef, ExitReason, Terminated
 if TYPE_CHECKING:
     from actorflow.cluster.bootstrap import ClusterProcess
 
-__all__ = ["HEAD_GRACE_S", "HeadLink", "HeadUnreachableError", "retry_while_head_away"]
+__all__ = [
+    "HEAD_GRACE_S",
+    "HeadLink",
+    "HeadUnreachableError",
+    "ask_head",
+    "head_answered",
+    "retry_while_head_away",
+]
 
 log = logging.getLogger("actorflow.head_link")
 
@@ -179,6 +187,25 @@ def retry_while_head_away(caller: Any, head: ActorRef, exc: BaseException,
         return error
     asyncio.get_running_loop().call_later(0.5, again)
     return None
+
+
+async def ask_head(head: ActorRef, message: Any, grace_s: float | None = None) -> Any:
+    """``head.ask(message)``; while the link to the head is lost (it is restarting), asked
+    again every 0.5 s for up to ``grace_s`` (:data:`HEAD_GRACE_S`), then
+    :class:`HeadUnreachableError`. For asks that may be repeated (lookups, waits)."""
+    grace = HEAD_GRACE_S if grace_s is None else grace_s
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    while True:
+        try:
+            return await head.ask(message)
+        except HeadUnreachableError:
+            raise
+        except PeerUnreachableError as exc:
+            waited = loop.time() - start
+            if waited >= grace:
+                raise HeadUnreachableError(_head_address(head), waited) from exc
+            await asyncio.sleep(0.5)
 
 
 def head_answered(caller: Any) -> None:

@@ -141,12 +141,16 @@ async def test_a_head_sigkilled_and_restarted_three_times_under_load(tmp_path: P
                 await asyncio.sleep(0.02)
 
         loader = asyncio.create_task(load())
+        # an af.watch wait and lookups by name made while the head is away: they wait for it
+        watching = asyncio.create_task(af.watch(named))
+        lookups = []
         try:
             for _ in range(RESTARTS):
                 await asyncio.sleep(1.5)
                 head.proc.send_signal(signal.SIGKILL)
                 killed = time.monotonic()
                 await asyncio.to_thread(head.proc.wait, 10)
+                lookups.append(asyncio.create_task(af.get_actor("counter")))
                 await asyncio.sleep(0.5)  # the cluster runs on without its head
                 head = cluster.start_fixed_head()
                 await cluster.wait_ready(head, 60.0)
@@ -159,6 +163,14 @@ async def test_a_head_sigkilled_and_restarted_three_times_under_load(tmp_path: P
         finally:
             stop.set()
             await loader
+            for lookup in lookups:
+                if not lookup.done():
+                    lookup.cancel()
+
+        for lookup in lookups:
+            found = await within(lookup)
+            assert await within(found.incr.remote()) > 1
+        assert not watching.done(), watching
 
         # every call and task result arrives: the calls counted on without a gap (the actor
         # kept its state: it was never restarted), every task's result is right
@@ -172,6 +184,11 @@ async def test_a_head_sigkilled_and_restarted_three_times_under_load(tmp_path: P
         pid = await within(_pid_again(pinned), 60.0)
         assert pid != first_pid
 
+        # the driver's job is still running at the new head (its process is watched again)
+        job_id = af.get_runtime_context().job_id
+        jobs = {j["job_id"]: j for j in await within(af.state.list_jobs())}
+        assert jobs[job_id]["status"] == "RUNNING", jobs
+
         # the new head's `actorflow status` shows the whole cluster
         status = await asyncio.to_thread(
             cli, ["status", "--address", cluster.address, "--token", cluster.token],
@@ -179,6 +196,10 @@ async def test_a_head_sigkilled_and_restarted_three_times_under_load(tmp_path: P
         assert status.returncode == 0, status.stderr
         for node_id in node_ids:
             assert f"node {node_id} alive" in status.stdout, status.stdout
+        # the watch made before the restarts ends when the actor dies, and says why
+        await within(af.kill(named))
+        death = await within(watching, 30.0)
+        assert isinstance(death, af.ActorDiedError)
         # the nodes rejoined (the same processes), and said so
         for started in nodes:
             assert started.proc.poll() is None
