@@ -176,8 +176,12 @@ class NodeStore:
         os.makedirs(self.dir, mode=0o700, exist_ok=True)
         directory = sweep.node_lock_dir(create=True)
         if directory is not None:
-            with open(os.path.join(directory, f"node-{self.node_id}.spill"), "w") as f:
-                f.write(self.dir)
+            fd = os.open(os.path.join(directory, f"node-{self.node_id}.spill"),
+                         os.O_CREAT | os.O_TRUNC | os.O_WRONLY, 0o600)
+            try:
+                os.write(fd, self.dir.encode())
+            finally:
+                os.close(fd)
         try:
             self._page = StorePage.create(self.node_id, self.limit)
         except OSError as exc:
