@@ -310,14 +310,17 @@ async def start_head(
             await zygote.aclose()
         raise
     try:
-        node_id = secrets.token_hex(4)
+        # a restarted head's node takes its predecessor's id back: the drivers that joined
+        # through it go on naming their shared-memory segments after it, and reading them there
+        node_id = (saved.meta.get("node_id") if saved is not None else None) or secrets.token_hex(4)
         if with_node:  # first: it stops last, after the node
             await system.spawn(lambda: Sweeper(node_id), name="sweeper")
         placement = await system.spawn(Placement, name="placement", well_known=True)
         head = await system.spawn(lambda: Head(session, placement, saver, saved), name="head",
                                   well_known=True)
         if saver is not None:
-            saver.meta(session=session, uid=system.uid, token=token_identity(token))
+            saver.meta(session=session, uid=system.uid, token=token_identity(token),
+                       node_id=node_id if with_node else "")
         proc = ClusterProcess(system, remoting, head, session, token)
         services = HeadContext(system, head, placement, token, session, dict(options or {}))
         await start_head_services(services)

@@ -109,25 +109,27 @@ def restore(head: Head, saved: SavedHead, kinds: Kinds) -> None:
     the other nodes have registered again (their actors then restart there)."""
     own_uid = head.system.uid
     dead_nodes: list[str] = []
+    renamed: dict[str, str] = {}
     for n in _load_all(saved.nodes, "node"):
         ref: ActorRef = n["ref"]
-        same_process = ref.slot.system.uid == own_uid  # the head's own node: gone with it
         record = kinds.node(n["node_id"], ref, n["address"], n["resources"],
-                             alive=bool(n["alive"]))
-        head.nodes[record.node_id] = record
-        if not record.alive:
-            continue
-        if same_process:
+                            alive=bool(n["alive"]))
+        if record.alive and ref.slot.system.uid == own_uid:
+            # the head's own node died with it; the new one takes its id back (bootstrap.py)
+            # and registers itself: the old one is kept as a node of its own that is lost
+            record.node_id = renamed[n["node_id"]] = f"{n['node_id']}-before-restart"
             dead_nodes.append(record.node_id)
-        else:
+        elif record.alive:
             head.watch_node(record.node_id, ref)
+        head.nodes[record.node_id] = record
     for a in _load_all(saved.actors, "actor"):
         spec = a["spec"]
-        actor = kinds.actor(spec, state=kinds.state(a["state"]), node_id=a["node_id"],
+        node_id = renamed.get(a["node_id"], a["node_id"])
+        actor = kinds.actor(spec, state=kinds.state(a["state"]), node_id=node_id,
                             pid=a["pid"], restarts=a["restarts"], generation=a["generation"])
-        if a["worker"] is not None and a["node_id"] is not None:
+        if a["worker"] is not None and node_id is not None:
             actor.location = ActorLocation(spec.actor_id, a["worker"], a["incarnation"],
-                                           a["node_id"])
+                                           node_id)
         head.actors[spec.actor_id] = actor
         if spec.name is None and spec.lifetime != "detached" and not spec.supervised:
             # who holds its handles was not kept: it is held for good (until its job ends, or

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import cloudpickle
+import numpy as np
 import pytest
 from mn_support import CliCluster, Started, cli, live_nodes, until_async, within
 
@@ -49,6 +50,11 @@ class Pinned:
 
     def pid(self) -> int:
         return os.getpid()
+
+
+@af.remote(num_cpus=1, resources={"r_c": 1})
+def total(values: np.ndarray) -> float:
+    return float(values.sum())
 
 
 @af.remote(num_cpus=1)
@@ -125,6 +131,8 @@ async def test_a_head_sigkilled_and_restarted_three_times_under_load(tmp_path: P
                                   resources={"r_b": 1}).remote()
         assert await within(counter.incr.remote()) == 1
         named = await within(af.get_actor("counter"))
+        # a large value in shared memory (the driver's node is the head's), made before
+        big = af.put(np.ones(500_000))
         pinned = Pinned.options(name="pinned", lifetime="detached").remote()
         first_pid = await within(pinned.pid.remote())
 
@@ -180,6 +188,9 @@ async def test_a_head_sigkilled_and_restarted_three_times_under_load(tmp_path: P
         assert squares == [i * i for i, _ in tasks]
         assert len(calls) > 50
         print(f"{len(calls)} calls and {len(tasks)} tasks across {RESTARTS} head restarts")
+        # large values made before and after the restarts are read on another node
+        assert await within(total.remote(big), 60.0) == 500_000.0
+        assert await within(total.remote(af.put(np.full(500_000, 2.0))), 60.0) == 1_000_000.0
         # the actor on the head's own node died with it: restarted on the new head's node
         pid = await within(_pid_again(pinned), 60.0)
         assert pid != first_pid
