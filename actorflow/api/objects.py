@@ -43,7 +43,7 @@ def _check(refs: Sequence[Any], what: str) -> None:
 async def _values(core: Core, refs: Sequence[ObjectRef]) -> list[Any]:
     payloads = await core.payloads(refs)
     if not all(core.is_local(p) for p in payloads):
-        payloads = list(await core.localize(payloads))
+        payloads = await core.localize_refs(refs, payloads)
     return [core.materialize(p) for p in payloads]
 
 

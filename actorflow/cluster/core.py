@@ -44,6 +44,7 @@ from actorflow._errors import (
     TaskError,
 )
 from actorflow.cluster import streaming
+from actorflow.cluster.lineage import Lineage
 from actorflow.cluster.memory_guard import MemoryKilled
 from actorflow.cluster.protocol import (
     Args,
@@ -201,6 +202,7 @@ class ObjectTable:
         entry.refs -= 1
         if entry.refs <= 0 and not entry.pinned:
             del self.entries[object_id]
+            self.core.lineage.forget(object_id)
             if entry.payload is not None:
                 self._discard(entry.payload)
 
@@ -242,6 +244,7 @@ class ObjectTable:
                 self.resolve(object_id, Failed(ObjectLostError(
                     f"object {object_id} is lost: its owner shut down before it was ready")))
         self.entries.clear()
+        self.core.lineage.tasks.clear()
 
 
 def _settle(fut: asyncio.Future[Any], payload: Any) -> None:
@@ -307,6 +310,7 @@ class Core:
         self.namespace = namespace
         self.worker_id = worker_id
         self.objects = ObjectTable(self)
+        self.lineage = Lineage(self)
         self.submitter: TaskSubmitter = TaskSubmitter(self)
         self.actors: dict[str, ActorClient] = {}
         self.owner_ref: ActorRef | None = None
@@ -692,8 +696,23 @@ class Core:
             self.when_ready(ref, functools.partial(_settle, fut))
             payload = fut.result() if fut.done() else await self._lending(fut)
         if type(payload) is InShm and not self.is_local(payload):
-            (payload,) = await self.localize((payload,))
+            (payload,) = await self.localize_refs((ref,), (payload,))
         return self.materialize(payload)
+
+    async def localize_refs(self, refs: Sequence[ObjectRef], payloads: Sequence[Payload]
+                            ) -> list[Payload]:
+        """:meth:`localize` for the values of ``refs``: one whose every copy is lost (its node
+        died) is rebuilt by running its task again, when this process made that task (see
+        :mod:`actorflow.cluster.lineage`)."""
+        out = list(await self.localize(list(payloads)))
+        for i, payload in enumerate(out):
+            if (type(payload) is Failed and isinstance(payload.error, ObjectLostError)
+                    and refs[i].id in self.lineage.tasks):
+                rebuilt = await self.lineage.rebuild(refs[i].id, payload.error)
+                if type(rebuilt) is InShm and not self.is_local(rebuilt):
+                    (rebuilt,) = await self.localize((rebuilt,))
+                out[i] = rebuilt
+        return out
 
     async def _lending(self, fut: asyncio.Future[T]) -> T:
         """Await ``fut``; a task waiting inside a worker lends its CPU to the node meanwhile,

@@ -401,8 +401,10 @@ class TaskSubmitter:
     def _finish(self, pending: PendingTask, returns: tuple[Payload, ...]) -> None:
         self.settled += 1
         pending.waiting = 0
-        pending.deps = []
+        deps, pending.deps = pending.deps, []
         self._followers.pop(pending.spec.task_id, None)  # they wait for their deps anyway
+        if not pending.cancelled and type(returns[0]) is not Failed:
+            self.core.lineage.remember(pending, returns, deps)  # (kept for large returns)
         objects = self.core.objects
         for oid, payload in zip(pending.return_ids, returns, strict=False):
             self.by_return.pop(oid, None)
