@@ -31,6 +31,7 @@ from obj_support import MIB, WAIT, StoreCluster, cli, files_in, store_figures, u
 import actorflow as af
 from actorflow.objects import sweep
 from actorflow.objects.ref import current_core
+from actorflow.objects.spill import RETRY_S
 from actorflow.testing import cluster
 
 pytestmark = pytest.mark.timeout(300)
@@ -247,3 +248,37 @@ async def test_a_reader_lets_go_of_spilled_segments(
         assert fig["spilled_objects"] >= 4 and fig["object_store_used"] <= 16 * MIB
         for i, ref in enumerate(refs):  # and they are all still right
             assert int((await ref)[0]) == i
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_a_segment_in_use_is_not_spilled(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A reader using a value pins its segment: the store spills the others, and this one
+    only once the reader let go of it."""
+    from actorflow.objects import shm
+
+    monkeypatch.setenv("ACTORFLOW_STATE_DIR", str(tmp_path / "state"))
+    async with cluster(num_cpus=1, object_store_memory=16 * MIB):
+        core = current_core()
+        first = af.put(np.full(VALUE, 7, dtype=np.uint8))
+        held = await first  # a view of its segment, alive
+        name = _segment(core, first)
+        others = [af.put(np.full(VALUE, i, dtype=np.uint8)) for i in range(8)]
+        await until(lambda: _spilled(core), what="a spill")
+        fig = await until(lambda: _settled(core), what="the store to settle under its limit")
+        assert fig["spilled_objects"] >= 4
+        await asyncio.sleep(2 * RETRY_S)
+        assert shm.exists(name), "a segment in use was spilled"
+        assert int(held[0]) == 7
+        del held
+        await asyncio.sleep(1.5)  # (its pin relaxes)
+        # as much again: the store must spill what it holds now, the let-go one among them
+        more = [af.put(np.full(VALUE, i, dtype=np.uint8)) for i in range(5)]
+        await until(lambda: not shm.exists(name), what="the let-go segment to be spilled")
+        assert int((await first)[-1]) == 7  # restored
+        assert len(others) == 8 and len(more) == 5
+
+
+async def _settled(core: Any) -> dict[str, Any] | None:
+    fig = await store_figures(core.node)
+    return fig if fig["object_store_used"] <= fig["object_store_limit"] else None
