@@ -139,9 +139,12 @@ async def _start(opts: dict[str, Any]) -> Runtime:
                 f"no token for the cluster at {address}: pass token=..., set ACTORFLOW_TOKEN, "
                 "or use address='auto' on the head's machine"
             )
-        if any(opts.get(k) is not None for k in ("num_cpus", "num_gpus", "resources")):
-            raise ValueError("num_cpus / num_gpus / resources describe a new cluster; they "
-                             "cannot be given when joining one at an address")
+        given = [k for k in ("num_cpus", "num_gpus", "resources", "object_store_memory")
+                 if opts.get(k) is not None]
+        if given:
+            raise ValueError(f"{' / '.join(given)} describe a new cluster; they cannot be given "
+                             "when joining one at an address (set them with `actorflow start` "
+                             "on its nodes)")
         proc = await bootstrap.connect(address, token)
         if proc.node is None or proc.node_id is None:
             await proc.aclose()

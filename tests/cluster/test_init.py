@@ -161,3 +161,12 @@ def test_af_run_propagates_the_error_of_main() -> None:
     """, timeout=60)
     assert result.returncode == 0, result.stderr
     assert "CAUGHT main failed False" in result.stdout
+
+
+@pytest.mark.parametrize("option", [{"num_cpus": 2}, {"resources": {"ssd": 1}},
+                                    {"object_store_memory": 1 << 30}])
+async def test_options_of_a_new_cluster_are_refused_when_joining_one(option) -> None:
+    # (refused before anything is dialed: the address need not exist)
+    with pytest.raises(ValueError):
+        await af.init(address="ws://127.0.0.1:9", token="t", **option)
+    assert not af.is_initialized()
