@@ -207,6 +207,12 @@ async def test_a_head_sigkilled_and_restarted_three_times_under_load(tmp_path: P
         assert status.returncode == 0, status.stderr
         for node_id in node_ids:
             assert f"node {node_id} alive" in status.stdout, status.stdout
+        # the directory is on disk, the token is not
+        store = cluster.state_dir / f"head-{cluster.port}.sqlite"
+        assert store.exists()
+        for path in cluster.state_dir.glob(f"{store.name}*"):  # (and its write-ahead log)
+            assert cluster.token.encode() not in path.read_bytes()
+
         # the watch made before the restarts ends when the actor dies, and says why
         await within(af.kill(named))
         death = await within(watching, 30.0)
@@ -223,6 +229,8 @@ async def test_a_head_sigkilled_and_restarted_three_times_under_load(tmp_path: P
             await within(af.shutdown(), 30.0)
         survivors = await asyncio.to_thread(cluster.stop)
         assert not survivors, f"processes left behind: {survivors}"
+    # a head stopped on purpose (SIGTERM) forgets its directory: the next one starts afresh
+    assert not (cluster.state_dir / f"head-{cluster.port}.sqlite").exists()
 
 
 async def test_a_node_stops_when_its_head_stays_away_past_the_grace_period(
