@@ -116,6 +116,8 @@ async def test_a_small_programs_timeline(tmp_path: Path, monkeypatch: pytest.Mon
     in_relay = [c for c in by_name["child"] if _within(c, relay)]
     assert len(nested) == 1 and len(in_relay) == 1 and nested != in_relay
     assert outer["args"]["job_id"] == rt.job_id
+    # a call made from a task or an actor call belongs to the job that sent that one
+    assert {c["args"]["job_id"] for c in by_name["child"]} == {rt.job_id}
 
     (failed,) = by_name["broken"]
     assert failed["args"]["state"] == "FAILED"
