@@ -117,6 +117,15 @@ async def test_lists_and_summaries_with_filters_and_limits(af_cluster: af.Runtim
     assert [n["node_id"] for n in nodes] == [af_cluster.node_id]
     assert "ref" not in nodes[0]
 
+    group = af.placement_group([{"CPU": 0.5}], name="spot")
+    await group.ready()
+    groups = await af.state.list_placement_groups({"state": "CREATED"})
+    assert [(g["name"], g["bundles_to_node_id"]) for g in groups] == [
+        ("spot", {0: af_cluster.node_id})]
+    await af.remove_placement_group(group)
+    jobs = await af.state.list_jobs({"job_id": af_cluster.job_id})
+    assert [j["status"] for j in jobs] == ["RUNNING"]
+
     big = await af.put(bytes(1 << 20))  # in shared memory: an object of the node
     objects = await af.state.list_objects({"node_id": af_cluster.node_id})
     assert any(o["bytes"] >= 1 << 20 for o in objects)
