@@ -131,6 +131,10 @@ class _Entry:
         self.pinned = False
 
 
+#: How long a closing process waits to tell other nodes to free the segments it owned there.
+REMOTE_FREE_WAIT_S = 2.0
+
+
 class ObjectTable:
     """The owner's objects: payloads (or the callbacks waiting for them) with local reference
     counts.
@@ -218,14 +222,7 @@ class ObjectTable:
             self.core.store.free(payload.name)
             self.core.tell_node(spill.Freed(payload.name, payload.generation))
             return
-        # a node is known here once a value was fetched from it; any other node frees its
-        # segments when it stops
-        node = self.core._nodes.get(payload.node_id)
-        if node is not None:
-            try:
-                node.tell_nowait(FreeSegment(payload.name))
-            except Exception:
-                pass  # that node is gone, and its segments with it
+        self.core.free_remote(payload)
 
     async def payload(self, object_id: str) -> Payload:
         entry = self.entries.get(object_id)
@@ -323,6 +320,9 @@ class Core:
         self._trim_timer: asyncio.TimerHandle | None = None
         self._relax_timer: asyncio.TimerHandle | None = None
         self._spares = OwnedTasks("the spare-segment maker", log)
+        #: segments of other nodes freed here whose node's ref is being looked up
+        self._unsent_frees: list[InShm] = []
+        self._remote_frees = OwnedTasks("freeing segments on other nodes", log)
         self._spare_thread: concurrent.futures.ThreadPoolExecutor | None = None
         self.receive_buffers = ReceiveBuffers()
         self.closed = False
@@ -579,6 +579,29 @@ class Core:
             pos += n
         return Fetched(offer.meta, tuple(buffers))
 
+    def free_remote(self, payload: InShm) -> None:
+        """Free a segment of another node (a task's result made there, owned here): told to
+        that node at once when it is known here, else once the head said where it is."""
+        node = self._nodes.get(payload.node_id)
+        if node is not None:
+            with contextlib.suppress(Exception):  # that node is gone, its segments with it
+                node.tell_nowait(FreeSegment(payload.name))
+            return
+        self._unsent_frees.append(payload)
+        if len(self._unsent_frees) == 1:
+            self._remote_frees.spawn(self._send_frees())
+
+    async def _send_frees(self) -> None:
+        await asyncio.sleep(0)  # (the frees of this loop turn go together)
+        frees, self._unsent_frees = self._unsent_frees, []
+        for payload in frees:
+            try:
+                node = await self._node_ref(payload.node_id)
+            except Exception:
+                continue  # that node is gone (or the head is): its segments went with it
+            with contextlib.suppress(Exception):
+                node.tell_nowait(FreeSegment(payload.name))
+
     async def _node_ref(self, node_id: str) -> ActorRef:
         ref = self._nodes.get(node_id)
         if ref is None:
@@ -792,6 +815,10 @@ class Core:
         self.objects.clear()
         # a spare's thread cannot be stopped: let it end, then unlink it
         await self._spares.close(cancel=False)
+        try:  # what this process owned on other nodes goes too (bounded: the head may be gone)
+            await asyncio.wait_for(self._remote_frees.close(cancel=False), REMOTE_FREE_WAIT_S)
+        except TimeoutError:
+            await self._remote_frees.close()
         if self._spare_thread is not None:
             self._spare_thread.shutdown(wait=False)  # (idle: its work was awaited above)
         if self._trim_timer is not None:
