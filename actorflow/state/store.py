@@ -10,7 +10,8 @@ bounded memory whatever the cluster has run:
   a ring, in the order the reports came (each worker's in the order they ended): every one
   while each worker ends fewer than 256 per report (0.25 s), else the last 256 of each
   report, a recent sample;
-- counts by (name, state) and run-time totals by name, exact, never dropped;
+- counts by (name, state) and run-time totals by name, exact, never dropped (past 10,000
+  names, later names are counted together as ``(other names)``);
 - the last 1,000 failures with their errors and tracebacks, every one, past the ring;
 - with the timeline on (``ACTORFLOW_TIMELINE=1``, ``actorflow start --timeline``,
   ``timeline=True`` in the head's start options), every ended call's span up to 500,000
@@ -47,6 +48,8 @@ __all__ = [
     "DEFAULT_FAILURES",
     "DEFAULT_FINISHED",
     "DEFAULT_TIMELINE",
+    "MAX_NAMES",
+    "OTHER_NAMES",
     "EventStore",
     "ListTasks",
     "SummarizeTasks",
@@ -57,6 +60,9 @@ __all__ = [
 DEFAULT_FINISHED = 10_000
 DEFAULT_FAILURES = 1_000
 DEFAULT_TIMELINE = 500_000
+#: The most names counted apart; calls of later names are counted under OTHER_NAMES.
+MAX_NAMES = 10_000
+OTHER_NAMES = "(other names)"
 
 #: A row's fields, in the order of the tuples the store keeps.
 COLUMNS = ("task_id", "name", "kind", "state", "job_id", "actor_id", "node_id", "worker_id",
@@ -187,13 +193,11 @@ class EventStore(ServiceActor):
             origin.running.add(task_id)
         totals = self.counts
         for k, finished, failed, run_s, longest, *buckets in counts:
-            name, kind = keys[k][0], keys[k][1]
+            name, kind = self._counted(keys[k][0], keys[k][1])
             if finished:
                 totals[(name, "FINISHED")] = totals.get((name, "FINISHED"), 0) + int(finished)
             if failed:
                 totals[(name, "FAILED")] = totals.get((name, "FAILED"), 0) + int(failed)
-            if name not in self.kinds:
-                self.kinds[name] = kind
             figures = self.run_s.get(name)
             if figures is None:
                 self.run_s[name] = [run_s, longest, *buckets]
@@ -227,6 +231,15 @@ class EventStore(ServiceActor):
             else:
                 self.spans_dropped += n
 
+    def _counted(self, name: str, kind: str) -> tuple[str, str]:
+        """The name a call is counted under: its own, or past MAX_NAMES names (names made per
+        call, say), OTHER_NAMES, so the counts stay bounded."""
+        if name not in self.kinds:
+            if len(self.kinds) >= MAX_NAMES:
+                name, kind = OTHER_NAMES, "?"
+            self.kinds.setdefault(name, kind)
+        return name, self.kinds[name]
+
     def _failed(self, row: tuple[Any, ...], tb: str | None) -> None:
         failures = self.failures
         if len(failures) == failures.maxlen:
@@ -238,12 +251,11 @@ class EventStore(ServiceActor):
     def _ended(self, started: list[Any], state: str, end: float, error_type: str,
                message: str) -> None:
         """(A call the head ends itself: its worker is gone.)"""
-        name = started[1]
+        name, _ = self._counted(started[1], started[2])
         row = (*started[:3], state, *started[4:10], end, max(0.0, end - started[9]),
                error_type, message)
         self.finished.append(row)
         self.counts[(name, state)] = self.counts.get((name, state), 0) + 1
-        self.kinds.setdefault(name, started[2])
         self._failed(row, None)
         self.lost.append(row)
 

@@ -19,7 +19,13 @@ from actorflow.cluster.events import EventRecorder
 from actorflow.cluster.protocol import Failed
 from actorflow.objects.ref import current_core
 from actorflow.state import StateClient
-from actorflow.state.store import EventStore, ListTasks, SummarizeTasks
+from actorflow.state.store import (
+    MAX_NAMES,
+    OTHER_NAMES,
+    EventStore,
+    ListTasks,
+    SummarizeTasks,
+)
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
@@ -249,3 +255,25 @@ async def test_the_store_stays_bounded_and_fast_with_100k_finished() -> None:
     # generous bounds (a shared 2-core machine): about 0.3 s and 10 ms when quiet
     assert ingest_s < 10.0, ingest_s
     assert query_s < 1.0, query_s
+
+
+async def test_names_past_the_bound_are_counted_together() -> None:
+    """Calls whose names are made per call (f"job-{i}") cannot grow the head's counts for
+    ever: past MAX_NAMES names, later ones are counted under OTHER_NAMES; the rows keep
+    their own names."""
+    store = EventStore()
+    recorder = EventRecorder(None, "n1", "w1", ("uid", "w1"))
+    extra = 25
+    for i in range(MAX_NAMES + extra):
+        recorder.started(f"t{i}", (f"job-{i}", "task", None, None), 1.0)
+        recorder.ended(f"t{i}", 1.5, 0.5, None)
+        if i % 500 == 499:
+            store.ingest(recorder.report())
+    store.ingest(recorder.report())
+    summary = store.summary()
+    assert len(summary["by_name"]) == MAX_NAMES + 1
+    (other,) = [e for e in summary["by_name"] if e["name"] == OTHER_NAMES]
+    assert other["state_counts"] == {"FINISHED": extra}
+    assert summary["totals"] == {"FINISHED": MAX_NAMES + extra}
+    newest = store.list_tasks(ListTasks((), 1))["rows"][0]
+    assert newest["name"] == f"job-{MAX_NAMES + extra - 1}"
