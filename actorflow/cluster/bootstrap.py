@@ -289,6 +289,7 @@ async def start_head(
     zygote = await _launch_zygote(log_to_driver) if with_node else None
     saver: HeadSaver | None = None
     saved: SavedHead | None = None
+    system: ActorSystem | None = None
     try:
         await _import(_CLUSTER_MODULES)
         from actorflow.cluster.head import Head
@@ -302,22 +303,28 @@ async def start_head(
             if not loaded.empty:
                 session, uid = loaded.meta["session"], loaded.meta["uid"]
         system = ActorSystem(f"{name}-{session}", uid=uid)
+        # a restarted head's node takes its predecessor's id back: the drivers that joined
+        # through it go on naming their shared-memory segments after it, and reading them there
+        node_id = (saved.meta.get("node_id") if saved is not None else None) or secrets.token_hex(4)
+        # the head and the placement are up before anything is served: the processes that
+        # redial a restarted head never find it without them
+        if with_node:  # first: it stops last, after the node
+            await system.spawn(lambda: Sweeper(node_id), name="sweeper")
+        placement = await system.spawn(Placement, name="placement", well_known=True)
+        head_actor = Head(session, placement, saver)
+        head = await system.spawn(lambda: head_actor, name="head", well_known=True)
         remoting = await serve_system(system, config=_config(token, host, port, peer_timeout_s))
+        if saved is not None:  # (at once: no link is served before this returns)
+            head_actor.take_back(saved)
     except BaseException:
+        if system is not None:
+            await system.shutdown()
         if saver is not None:
             await saver.aclose()
         if zygote is not None:
             await zygote.aclose()
         raise
     try:
-        # a restarted head's node takes its predecessor's id back: the drivers that joined
-        # through it go on naming their shared-memory segments after it, and reading them there
-        node_id = (saved.meta.get("node_id") if saved is not None else None) or secrets.token_hex(4)
-        if with_node:  # first: it stops last, after the node
-            await system.spawn(lambda: Sweeper(node_id), name="sweeper")
-        placement = await system.spawn(Placement, name="placement", well_known=True)
-        head = await system.spawn(lambda: Head(session, placement, saver, saved), name="head",
-                                  well_known=True)
         if saver is not None:
             saver.meta(session=session, uid=system.uid, token=token_identity(token),
                        node_id=node_id if with_node else "")

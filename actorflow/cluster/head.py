@@ -138,11 +138,10 @@ class Head(HeadJobs, ServiceActor):
     max_concurrency = 100_000  # ResolveActor waits for actors to come up
     mailbox_size = 1 << 16
 
-    def __init__(self, session: str, placement: ActorRef, saver: HeadSaver | None = None,
-                 saved: SavedHead | None = None) -> None:
+    def __init__(self, session: str, placement: ActorRef, saver: HeadSaver | None = None
+                 ) -> None:
         self.session = session
         self.saver = saver  # the directory on disk (head_store.py), for a head that restarts
-        self._saved = saved
         self.placement = placement
         self.nodes: dict[str, _NodeRecord] = {}
         self.actors: dict[str, ActorRecord] = {}
@@ -155,9 +154,9 @@ class Head(HeadJobs, ServiceActor):
         self.children: dict[str, set[str]] = {}  # creator id -> its non-detached children
         self.jobs = JobsTable()
 
-    async def on_start(self) -> None:
-        saved, self._saved = self._saved, None
-        if saved is not None and not saved.empty:  # a restart: take the cluster back
+    def take_back(self, saved: SavedHead) -> None:
+        """A restart: take the cluster back from the store (once the system is served)."""
+        if not saved.empty:
             head_restore.restore(self, saved, head_restore.Kinds(
                 ActorRecord, ActorState, _NodeRecord, _NodeLost))
 

@@ -24,7 +24,7 @@ from actorflow._errors import ActorDiedError, ActorflowError
 from actorflow.cluster.head_store import SavedHead, dumps, loads
 from actorflow.cluster.jobs_table import DriverGone, JobRow
 from actorflow.cluster.protocol import ActorDown, ActorLocation, ActorUp, RegisterNode
-from actorflow.runtime import ActorRef, ExitReason, Terminated
+from actorflow.runtime import ActorRef, ExitReason, Terminated, current_system
 
 if TYPE_CHECKING:
     from actorflow.cluster.head import ActorRecord, ActorState, Head, _NodeRecord
@@ -107,6 +107,14 @@ def restore(head: Head, saved: SavedHead, kinds: Kinds) -> None:
     """Rebuild ``head``'s directory from ``saved`` (see the module docstring). The nodes that
     died with the last run of the head are declared lost :data:`REJOIN_WAIT_S` later, when
     the other nodes have registered again (their actors then restart there)."""
+    context = current_system.set(head.system)  # (refs are rebuilt in the head's system)
+    try:
+        _restore(head, saved, kinds)
+    finally:
+        current_system.reset(context)
+
+
+def _restore(head: Head, saved: SavedHead, kinds: Kinds) -> None:
     own_uid = head.system.uid
     dead_nodes: list[str] = []
     renamed: dict[str, str] = {}
