@@ -208,7 +208,15 @@ class TaskCancelledError(ActorflowError):
 
 
 class InfeasibleError(ActorflowError):
-    """No node can ever satisfy the resource demand."""
+    """No node can ever satisfy the resource demand; ``demand`` is that demand (resource ->
+    amount) where one was asked for (None for a placement group's own errors)."""
+
+    def __init__(self, message: str, demand: dict[str, float] | None = None) -> None:
+        self.demand = demand
+        super().__init__(message)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (str(self), self.demand))
 
 
 class SerializationError(ActorflowError, TypeError):

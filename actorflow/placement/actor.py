@@ -158,7 +158,7 @@ class Placement(ServiceActor):
                 bundle = (strategy.group_id, decision.bundle_index)
             return decision.node_id, self.refs[decision.node_id], bundle
         if type(decision) is Infeasible:
-            raise InfeasibleError(decision.message)
+            raise InfeasibleError(decision.message, demand.to_amounts())
         return self._wait_on(demand, strategy, local, what)
 
     def _wait_on(self, demand: Resources, strategy: Any, local: str | None, what: str
