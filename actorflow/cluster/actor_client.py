@@ -27,7 +27,7 @@ from actorflow._errors import (
     TaskCancelledError,
 )
 from actorflow.cluster.calls import note_child
-from actorflow.cluster.head_link import head_answered, retry_while_head_away
+from actorflow.cluster.head_link import WaitClock, head_answered, retry_while_head_away
 from actorflow.cluster.protocol import (
     CONTROL_ID,
     ActorCall,
@@ -87,6 +87,7 @@ class ActorClient:
         self._stale_after = -1  # resolve an incarnation newer than this one
         self._unsent: list[tuple[int, PendingCall]] = []  # failed before leaving: resend
         self._orphans: list[PendingCall] = []  # in flight when their incarnation died
+        self._following = WaitClock()  # (the head was away when it followed: head_link.py)
 
     def creating(
         self, core: Core, spec: ActorSpec, deps: list[ObjectRef], get_if_exists: bool
@@ -259,6 +260,7 @@ class ActorClient:
             self.die(error)
             return
         head_answered(self)
+        head_answered(self._following)
         self.location = fut.result()
         self._follow(self.location)
         unsent, self._unsent = sorted(self._unsent, key=lambda kp: kp[0]), []
@@ -288,7 +290,7 @@ class ActorClient:
             exc = None if f.cancelled() else f.exception()
             if isinstance(exc, PeerUnreachableError) and self.location is loc:
                 # the head is away, not the actor: follow it again once the head is back
-                retry_while_head_away(self, self.core.head, exc,
+                retry_while_head_away(self._following, self.core.head, exc,
                                       lambda: self._follow(loc) if self.location is loc
                                       else None)
                 return

@@ -48,6 +48,7 @@ __all__ = [
     "HEAD_GRACE_S",
     "HeadLink",
     "HeadUnreachableError",
+    "WaitClock",
     "ask_head",
     "head_answered",
     "retry_while_head_away",
@@ -163,6 +164,10 @@ def _placement(head: ActorRef) -> ActorRef:
     from actorflow.cluster.bootstrap import placement_of
 
     return placement_of(head)
+
+
+class WaitClock:
+    """A key of :func:`retry_while_head_away` for a caller with more than one kind of wait."""
 
 
 #: caller -> when its asks to the head began failing (monotonic seconds)
