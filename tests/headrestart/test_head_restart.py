@@ -29,6 +29,8 @@ cloudpickle.register_pickle_by_value(sys.modules[__name__])
 pytestmark = pytest.mark.timeout(300)
 
 RESTARTS = 3
+#: The second time the head stays away longer than the peer timeout (10 s).
+LONG_AWAY_S = 12.0
 #: A restarted head must have every node back this soon (it starts, the nodes redial it with a
 #: backoff of at most 2 s and register again).
 REJOIN_S = 45.0
@@ -153,13 +155,15 @@ async def test_a_head_sigkilled_and_restarted_three_times_under_load(tmp_path: P
         watching = asyncio.create_task(af.watch(named))
         lookups = []
         try:
-            for _ in range(RESTARTS):
+            for restart in range(RESTARTS):
                 await asyncio.sleep(1.5)
                 head.proc.send_signal(signal.SIGKILL)
                 killed = time.monotonic()
                 await asyncio.to_thread(head.proc.wait, 10)
                 lookups.append(asyncio.create_task(af.get_actor("counter")))
-                await asyncio.sleep(0.5)  # the cluster runs on without its head
+                # the cluster runs on without its head; once longer than the peer timeout
+                # (10 s), after which what waited for the link to it fails and is asked again
+                await asyncio.sleep(LONG_AWAY_S if restart == 1 else 0.5)
                 head = cluster.start_fixed_head()
                 await cluster.wait_ready(head, 60.0)
                 ready = time.monotonic()
