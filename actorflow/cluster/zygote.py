@@ -2,9 +2,9 @@
 
 A worker started as ``python -m actorflow.cluster.worker_main`` spends most of its start-up
 importing the modules it needs (the transport, the runtime, the Core). The zygote imports them
-once per node, calls :func:`gc.freeze`, and then forks a new worker on request: the child
-shares the imported modules' pages with the zygote and its siblings (copy on write), and is a
-worker at once.
+once per node, does the start-up work each worker would repeat (``prepare_fork_server``), calls
+:func:`gc.freeze`, then forks a worker on request: the child shares those pages with the
+zygote and its siblings (copy on write), and is a worker at once.
 
 Two sides live here:
 
@@ -18,9 +18,9 @@ Two sides live here:
   with a pidfd of the child (opened before the child can be reaped, so it names that process
   and no other), reaps its children (``SIGCHLD``) and reports
   ``{"op": "exited", "pid", "code"}`` (the code as asyncio gives it: ``-N`` for signal N).
-  It ignores SIGINT and SIGTERM (its node decides when
-  workers stop), asks the kernel for SIGKILL when its node dies (``PR_SET_PDEATHSIG``), and
-  exits when the channel closes. Its children ask for SIGKILL when the zygote dies.
+  It ignores SIGINT and SIGTERM (its node decides when workers stop), asks the kernel for
+  SIGKILL when its node dies (``PR_SET_PDEATHSIG``), and exits when the channel closes. Its
+  children ask for SIGKILL when the zygote dies.
 - **the node's side** (:class:`Zygote`, :class:`ForkedProcess`), owned by the
   :class:`~actorflow.cluster.pool.WorkerPool`: launching, fork requests, the children's exits
   (a child's pidfd becomes readable the moment it ends; its code comes in the zygote's report,
@@ -49,6 +49,7 @@ import select
 import signal
 import socket
 import sys
+import threading
 import traceback
 from collections import deque
 from collections.abc import Callable
@@ -212,10 +213,9 @@ def _serve(chan: socket.socket) -> _Request | None:
 
 
 def _set_cmdline(args: list[str]) -> None:
-    """Best effort: make ``/proc/self/cmdline`` (``ps``, psutil) read ``argv[0]`` then
-    ``args``, written over the process's original argument area as setproctitle(3) does (one
-    NUL-terminated line; the area's last byte is not NUL, which tells the kernel to read the
-    line up to its NUL). Skipped when it does not fit."""
+    """Best effort: make ``/proc/self/cmdline`` (``ps``, psutil) read ``argv[0]`` then ``args``,
+    written over the original argument area as setproctitle(3) does (one NUL-terminated line;
+    the area's last byte is not NUL: the kernel reads up to the NUL). Skipped if too long."""
     import ctypes
 
     with contextlib.suppress(Exception):
@@ -272,8 +272,8 @@ def main(argv: list[str] | None = None) -> None:
 
         for name in PRELOAD:
             importlib.import_module(name)
-        import threading
-
+        from actorflow.cluster.worker_main import prepare_fork_server
+        prepare_fork_server()  # work each worker would repeat, done once here (shared pages)
         if threading.active_count() != 1:
             raise RuntimeError("importing the worker's modules started a thread; "
                                "the zygote cannot fork safely")
