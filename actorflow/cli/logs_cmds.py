@@ -16,11 +16,10 @@ default: ``logs/`` in the state folder).
 from __future__ import annotations
 
 import asyncio
-import os
 import sys
 from typing import Any
 
-from actorflow.cluster import state
+from actorflow.cli.cluster_cmds import cluster_address, cluster_token
 
 __all__ = ["cmd_logs", "register"]
 
@@ -43,29 +42,10 @@ def register(sub: Any) -> None:
                            "log files (default: logs/ in the state folder)")
 
 
-def _address(args: Any) -> str:
-    address = args.address or os.environ.get("ACTORFLOW_ADDRESS")
-    if not address or address == "auto":
-        info = state.read_cluster()
-        if info is None:
-            raise SystemExit("no cluster found on this machine: run `actorflow start --head` "
-                             "or pass --address ws://HOST:PORT")
-        return str(info["address"])
-    return str(address)
-
-
-def _token(args: Any) -> str:
-    token = args.token or os.environ.get("ACTORFLOW_TOKEN") or state.read_token()
-    if not token:
-        raise SystemExit("no cluster token: pass --token, set ACTORFLOW_TOKEN, or run this on "
-                         "the head's machine (its token file is used)")
-    return str(token)
-
-
 async def _logs(args: Any) -> int:
     from actorflow.cluster import bootstrap, logs
 
-    proc = await bootstrap.connect(_address(args), _token(args), name="logs")
+    proc = await bootstrap.connect(cluster_address(args), cluster_token(args), name="logs")
     try:
         what: dict[str, Any] = {"job_id": args.job, "actor_id": args.actor,
                                 "namespace": args.namespace, "node_id": args.node,

@@ -310,6 +310,15 @@ class _Sender:
         if changed is not None and not changed.done():
             changed.set_result(None)
 
+    def _took(self, credit: int) -> None:
+        """The owner answered ``credit`` (-1: the caller is gone)."""
+        if credit == _STOP:
+            self.stopped = True
+        elif credit > self.credit:
+            self.credit = credit
+            if self.on_credit is not None:
+                self.on_credit()
+
     def _answered(self, fut: asyncio.Future[int]) -> None:
         self.inflight -= 1
         if fut.cancelled():
@@ -317,13 +326,7 @@ class _Sender:
         elif (exc := fut.exception()) is not None:
             self.error = self.error or exc
         else:
-            credit = fut.result()
-            if credit == _STOP:
-                self.stopped = True
-            elif credit > self.credit:
-                self.credit = credit
-                if self.on_credit is not None:
-                    self.on_credit()
+            self._took(fut.result())
         if self.batch and not self.stopped and self.error is None:
             self._ship()
         self._wake()
@@ -341,13 +344,7 @@ class _Sender:
             self.changed = self.core.loop.create_future()
             await self.changed
         else:
-            credit = await self.owner.ask(StreamWait(self.stream_id, self.index))
-            if credit == _STOP:
-                self.stopped = True
-            elif credit > self.credit:
-                self.credit = credit
-                if self.on_credit is not None:
-                    self.on_credit()
+            self._took(await self.owner.ask(StreamWait(self.stream_id, self.index)))
         if self.error is not None:
             raise self.error
 

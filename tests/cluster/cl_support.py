@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import psutil
+from proc_support import child_pids  # noqa: F401  (the tests of this folder use it from here)
 
 from actorflow.objects.shm import SHM_DIR
 
@@ -63,18 +64,6 @@ def run_command(argv: list[str], *, timeout: float = 60.0, cwd: str | None = Non
     # subprocess.run kills the child when the timeout passes (its workers die with it)
     return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd=cwd,
                           env=full_env, check=False)
-
-
-def child_pids() -> set[int]:
-    """Live (not zombie) descendants of this process."""
-    out = set()
-    for proc in psutil.Process().children(recursive=True):
-        try:
-            if proc.status() != psutil.STATUS_ZOMBIE:
-                out.add(proc.pid)
-        except psutil.NoSuchProcess:
-            pass
-    return out
 
 
 def pid_alive(pid: int) -> bool:
