@@ -14,12 +14,14 @@ driven by future callbacks; the only timers are loop handles owned and cancelled
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from actorflow._errors import (
+    ActorDiedError,
     ActorflowError,
     InfeasibleError,
     OutOfMemoryError,
@@ -29,6 +31,7 @@ from actorflow._errors import (
     WorkerCrashedError,
 )
 from actorflow.cluster.calls import note_child
+from actorflow.cluster.head_link import HEAD_GRACE_S
 from actorflow.cluster.memory_guard import MemoryKilled
 from actorflow.cluster.protocol import (
     CancelTask,
@@ -107,7 +110,7 @@ class _Shape:
     their leases."""
 
     __slots__ = ("avg_run_s", "backoff", "env", "failures", "leases", "max_requests", "queue",
-                 "requesting", "shape", "strategy")
+                 "requesting", "shape", "strategy", "unreached_since")
 
     def __init__(self, shape: Resources, strategy: Any, env: Any = None) -> None:
         self.shape = shape
@@ -121,6 +124,7 @@ class _Shape:
         self.avg_run_s = 1.0  # unknown until measured: assume long, pipeline nothing
         self.failures = 0  # lease requests failed in a row (a dead node, a dead worker)
         self.backoff: asyncio.TimerHandle | None = None  # no requests until it fires
+        self.unreached_since: float | None = None  # lease requests have not left since
 
     def depth(self) -> int:
         if self.strategy == "SPREAD":
@@ -450,6 +454,7 @@ class TaskSubmitter:
                                     bound=bound)
             return
         state.failures = 0
+        state.unreached_since = None
         lease = _Lease(answer, state)
         if self._closed:
             self._return(lease)
@@ -469,13 +474,24 @@ class TaskSubmitter:
         """A lease request failed. A demand that can never fit fails every task of the shape
         at once; anything else (the node or its worker died, the link to it was lost) costs
         one retry of the task it was for (``bound``, else the first queued), and the shape asks
-        again after a backoff. Only a task whose retries are used up fails."""
+        again after a backoff. Only a task whose retries are used up fails. A request that
+        never left (its node could not be dialed: a head's node that restarts) costs nothing
+        while such failures have lasted less than the grace period of a head restart."""
         if isinstance(exc, InfeasibleError) or self._closed:
             if bound is not None:
                 state.queue.appendleft(bound)
             self._fail_queue(state, exc)
             return
-        victim = bound if bound is not None else (state.queue.popleft() if state.queue else None)
+        if self._unreached(state, exc):  # the request never left (its node is being redialed:
+            # a head that restarts): nothing ran, so no retry is charged, for a while
+            victim = None
+            if bound is not None and bound.cancelled:
+                self._cancelled(bound)
+            elif bound is not None:
+                state.queue.appendleft(bound)
+        else:
+            victim = bound if bound is not None else (
+                state.queue.popleft() if state.queue else None)
         if victim is not None:
             if victim.cancelled:
                 self._cancelled(victim)
@@ -493,6 +509,20 @@ class TaskSubmitter:
         if state.backoff is None:
             delay = min(MAX_BACKOFF_S, 0.02 * 2 ** min(state.failures - 1, 10))
             state.backoff = self.core.loop.call_later(delay, self._backoff_over, state)
+
+    @staticmethod
+    def _unreached(state: _Shape, exc: BaseException) -> bool:
+        """``exc`` says the request never reached a node (it never left; or its process had no
+        node yet: ``#node``, the transport's name for a slot that does not run there, as in a
+        head that is starting again), and requests of the shape have not for less than the
+        grace period given to a head that restarts (head_link.HEAD_GRACE_S)."""
+        never_left = isinstance(exc, PeerUnreachableError) and exc.delivered is False
+        if not never_left and not (isinstance(exc, ActorDiedError) and exc.actor == "#node"):
+            return False
+        now = time.monotonic()
+        if state.unreached_since is None:
+            state.unreached_since = now
+        return now - state.unreached_since < HEAD_GRACE_S
 
     def _backoff_over(self, state: _Shape) -> None:
         state.backoff = None
