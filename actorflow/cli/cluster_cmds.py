@@ -19,6 +19,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from actorflow.cluster import bootstrap, head_link, head_store, state
@@ -122,7 +123,8 @@ def cmd_start(args: Any) -> int:
         raise SystemExit("actorflow start needs exactly one of --head or --address ws://HOST:PORT")
     if args.head and not (args.token or os.environ.get("ACTORFLOW_TOKEN")):
         # a head started again on this port keeps its token (and so its nodes: head_store.py)
-        args.token = head_store.saved_token(_store(args), state.read_token())
+        store = _store(args)
+        args.token = store and head_store.saved_token(store, state.read_token())
     if not args.block:
         return _start_background(args)
     return run_main(_run_blocking(args))
@@ -224,8 +226,11 @@ async def _run_blocking(args: Any) -> int:
     return 0
 
 
-def _store(args: Any) -> Any:
-    """Where the head on ``args.port`` keeps its directory."""
+def _store(args: Any) -> Path | None:
+    """Where the head on ``args.port`` keeps its directory; None for ``--port 0`` (a port of
+    the system's choosing: a head started again would not be found there)."""
+    if not args.port:
+        return None
     return head_store.store_path(state.state_dir(), args.port)
 
 
