@@ -9,8 +9,8 @@ a link to the address is up again (the transport redials it by itself).
   workers and actors, and tries the head's address again with backoff (0.1 s doubling to 2 s)
   for :data:`HEAD_GRACE_S` seconds; once it answers, the node registers again, naming the
   actors it runs (their records are ALIVE again at the head, where they run), and tells the
-  placement what is free on it. A head that does not come back within the grace period (or
-  one that is another cluster's: its uid is new) stops the node, as before; so does a head
+  placement what is free on it. A head that does not come back within the grace period (a
+  head of another cluster, whose uid is new, never does) stops the node, as before; so does a head
   that was stopped on purpose (SIGTERM, ``actorflow stop``: its actor ends normally, before its
   link closes), at once.
 - :func:`ask_head` (``af.get_actor``, ``af.watch``) and :func:`retry_while_head_away` (an
