@@ -128,8 +128,8 @@ def prepare_fork_server() -> None:
     thread (the zygote must fork from a clean state). Measured: about 0.9 MiB less private
     memory per idle worker (docs/performance.md, many_actors).
 
-    - resolve the loopback names a worker listens on: the C library loads its name-service
-      modules (and Python its ``idna`` codec) here, once, shared by every child;
+    - resolve the loopback address a worker listens on (numeric: nothing leaves the machine):
+      the C library's resolver state (and Python's ``idna`` codec) load here, once, shared;
     - build (and drop) a web application with the routes a worker's listener has, so that
       aiohttp's route regexes are compiled into ``re``'s cache and its code has warmed up.
     """
@@ -140,9 +140,8 @@ def prepare_fork_server() -> None:
     from actorflow.transport.bulk import BULK_PATH
     from actorflow.transport.ws import PATH
 
-    for host in ("127.0.0.1", "localhost"):
-        with contextlib.suppress(OSError):
-            socket.getaddrinfo(host, 0, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    with contextlib.suppress(OSError):
+        socket.getaddrinfo("127.0.0.1", 0, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
 
     async def handler(request: web.Request) -> web.StreamResponse:
         return web.Response()  # (never called)
