@@ -46,6 +46,7 @@ from actorflow.cluster.protocol import ClusterInfo, GetClusterInfo, RegisterNode
 from actorflow.cluster.services import HeadContext, start_head_services
 from actorflow.objects import sweep
 from actorflow.objects.spill import open_store
+from actorflow.placement.messages import placement_of
 from actorflow.placement.resources import Resources
 from actorflow.runtime import Actor, ActorRef, ActorSystem, current_system, restore_ref
 
@@ -238,12 +239,6 @@ async def discover_head(remoting: Remoting, address: str) -> ActorRef:
         return restore_ref(uid, address, "head", "head")
     finally:
         current_system.reset(token)
-
-
-def placement_of(head: ActorRef) -> ActorRef:
-    """The Placement actor beside ``head`` (same process, well-known id ``placement``)."""
-    system = head.slot.system
-    return restore_ref(system.uid, system.address, "placement", "placement")
 
 
 async def _spawn_node(

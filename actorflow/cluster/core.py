@@ -24,7 +24,6 @@ import logging
 import os
 import secrets
 import threading
-from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -45,7 +44,13 @@ from actorflow._errors import (
 )
 from actorflow.cluster import streaming
 from actorflow.cluster.lineage import Lineage
-from actorflow.cluster.memory_guard import MemoryKilled
+from actorflow.cluster.object_table import (
+    Fetch,
+    ObjectOwner,
+    ObjectTable,
+    PayloadCallback,
+    settle,
+)
 from actorflow.cluster.protocol import (
     Args,
     Failed,
@@ -59,7 +64,6 @@ from actorflow.cluster.protocol import (
     ReadSegment,
     WorkerBlocked,
 )
-from actorflow.cluster.streaming import StreamItem, StreamWait
 from actorflow.objects import shm, spill
 from actorflow.objects import store as store_mod
 from actorflow.objects.ref import ObjectRef
@@ -72,13 +76,13 @@ from actorflow.objects.serialization import (
     serialize,
 )
 from actorflow.objects.store import ReceiveBuffers, SegmentStore
-from actorflow.runtime import Actor, ActorRef, ActorSystem, OwnedTasks
+from actorflow.runtime import ActorRef, ActorSystem, OwnedTasks
 
 if TYPE_CHECKING:
     from actorflow.cluster.actor_client import ActorClient
     from actorflow.cluster.submitter import TaskSubmitter
 
-__all__ = ["Core", "Fetch", "ObjectOwner", "ObjectTable", "TaskContext", "task_context"]
+__all__ = ["Core", "TaskContext", "task_context"]
 
 MIB = 1 << 20
 #: The largest value copied into shared memory on the event loop's thread (by ``af.put`` or a
@@ -86,17 +90,12 @@ MIB = 1 << 20
 #: 256 MiB into kept pages here, several times that into fresh ones. Larger values go through
 #: ``await af.put_async(value)``, which copies off the loop.
 SYNC_COPY_LIMIT = 256 * MIB
+#: How long a closing process waits to tell other nodes to free the segments it owned there.
+REMOTE_FREE_WAIT_S = 2.0
 
 log = logging.getLogger("actorflow.cluster")
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True, slots=True)
-class Fetch:
-    """Ask an owner for the payload of one of its objects (waits until it is ready)."""
-
-    object_id: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,161 +114,6 @@ class TaskContext:
 task_context: ContextVar[TaskContext] = ContextVar(
     "actorflow_task", default=TaskContext()  # noqa: B039
 )
-
-
-#: Called with an object's payload once it is known (see :meth:`ObjectTable.when_ready`).
-PayloadCallback = Callable[[Payload], None]
-
-
-class _Entry:
-    __slots__ = ("payload", "pinned", "refs", "waiters")
-
-    def __init__(self) -> None:
-        self.payload: Payload | None = None  # None until the value (or its failure) is known
-        self.waiters: list[PayloadCallback] | None = None
-        self.refs = 0
-        self.pinned = False
-
-
-#: How long a closing process waits to tell other nodes to free the segments it owned there.
-REMOTE_FREE_WAIT_S = 2.0
-
-
-class ObjectTable:
-    """The owner's objects: payloads (or the callbacks waiting for them) with local reference
-    counts.
-
-    A payload is handed to its waiters synchronously when it is resolved: no future per object,
-    no loop turn between a reply and the code waiting for it. Callbacks that resolve further
-    objects (a failed dependency fails its dependents) are queued and run by the outermost
-    :meth:`resolve`, so a long chain never deepens the stack.
-    """
-
-    def __init__(self, core: Core) -> None:
-        self.core = core
-        self.entries: dict[str, _Entry] = {}
-        self._settling: deque[tuple[list[PayloadCallback], Payload]] | None = None
-
-    def create(self, object_id: str) -> _Entry:
-        entry = self.entries[object_id] = _Entry()
-        return entry
-
-    def resolve(self, object_id: str, payload: Payload) -> None:
-        entry = self.entries.get(object_id)
-        if entry is None:  # every ref was dropped before the value came
-            self._discard(payload)
-            return
-        if entry.payload is not None:
-            return
-        entry.payload = payload
-        waiters = entry.waiters
-        if waiters is None:
-            return
-        entry.waiters = None
-        if self._settling is not None:  # inside another resolve: it runs these next
-            self._settling.append((waiters, payload))
-            return
-        self._settling = queue = deque(((waiters, payload),))
-        try:
-            while queue:
-                callbacks, value = queue.popleft()
-                for callback in callbacks:
-                    try:
-                        callback(value)
-                    except Exception:  # one waiter's bug must not starve the others
-                        log.exception("a waiter of an object failed")
-        finally:
-            self._settling = None
-
-    def when_ready(self, object_id: str, callback: PayloadCallback) -> None:
-        """``callback(payload)`` once the object's payload is known: now, if it is."""
-        entry = self.entries.get(object_id)
-        if entry is None:
-            callback(Failed(ObjectLostError(
-                f"object {object_id} was freed: every reference to it had been dropped")))
-        elif entry.payload is not None:
-            callback(entry.payload)
-        elif entry.waiters is None:
-            entry.waiters = [callback]
-        else:
-            entry.waiters.append(callback)
-
-    def incref(self, object_id: str) -> None:
-        entry = self.entries.get(object_id)
-        if entry is not None:
-            entry.refs += 1
-
-    def decref(self, object_id: str) -> None:
-        entry = self.entries.get(object_id)
-        if entry is None:
-            return
-        entry.refs -= 1
-        if entry.refs <= 0 and not entry.pinned:
-            del self.entries[object_id]
-            self.core.lineage.forget(object_id)
-            if entry.payload is not None:
-                self._discard(entry.payload)
-
-    def pin(self, object_id: str) -> None:
-        entry = self.entries.get(object_id)
-        if entry is not None:
-            entry.pinned = True
-
-    def _discard(self, payload: Payload) -> None:
-        if type(payload) is not InShm:
-            return
-        if payload.node_id == self.core.node_id:
-            self.core.store.free(payload.name)
-            self.core.tell_node(spill.Freed(payload.name, payload.generation))
-            return
-        self.core.free_remote(payload)
-
-    async def payload(self, object_id: str) -> Payload:
-        entry = self.entries.get(object_id)
-        if entry is not None and entry.payload is not None:
-            return entry.payload
-        fut: asyncio.Future[Payload] = self.core.loop.create_future()
-        self.when_ready(object_id, functools.partial(_settle, fut))
-        return await fut
-
-    def clear(self) -> None:
-        """The owner is closing: free every segment, and fail what still waits."""
-        for object_id, entry in list(self.entries.items()):
-            if entry.payload is not None:
-                self._discard(entry.payload)
-            elif entry.waiters:
-                self.resolve(object_id, Failed(ObjectLostError(
-                    f"object {object_id} is lost: its owner shut down before it was ready")))
-        self.entries.clear()
-        self.core.lineage.tasks.clear()
-
-
-def _settle(fut: asyncio.Future[Any], payload: Any) -> None:
-    if not fut.done():  # its waiter may have been cancelled
-        fut.set_result(payload)
-
-
-class ObjectOwner(Actor):
-    """Answers other processes' fetches of this process's objects."""
-
-    max_concurrency = 100_000  # a fetch waits for its object; waits must not queue
-
-    def __init__(self, core: Core) -> None:
-        self.core = core
-
-    async def receive(self, message: Any) -> Any:
-        if isinstance(message, Fetch):
-            payload = await self.core.objects.payload(message.object_id)
-            self.core.sending((payload,))
-            return payload
-        if type(message) is StreamItem:
-            return streaming.accept(self.core, message)
-        if type(message) is StreamWait:
-            return await streaming.wait(self.core, message)
-        if type(message) is MemoryKilled:
-            self.core.submitter.memory_killed(message)
-            return None
-        raise TypeError(f"ObjectOwner got an unexpected {type(message).__name__}")
 
 
 def _lowest_priority() -> None:
@@ -674,7 +518,7 @@ class Core:
         if ref.core is not self:
             return self._fetch(ref)
         fut: asyncio.Future[Payload] = self.loop.create_future()
-        self.objects.when_ready(ref.id, functools.partial(_settle, fut))
+        self.objects.when_ready(ref.id, functools.partial(settle, fut))
         return fut
 
     def _fetch(self, ref: ObjectRef) -> asyncio.Future[Payload]:
@@ -716,7 +560,7 @@ class Core:
         payload = entry.payload if entry is not None else None
         if payload is None:
             fut: asyncio.Future[Payload] = self.loop.create_future()
-            self.when_ready(ref, functools.partial(_settle, fut))
+            self.when_ready(ref, functools.partial(settle, fut))
             payload = fut.result() if fut.done() else await self._lending(fut)
         if type(payload) is InShm and not self.is_local(payload):
             (payload,) = await self.localize_refs((ref,), (payload,))

@@ -37,7 +37,7 @@ from actorflow._errors import (
     PeerUnreachableError,
 )
 from actorflow.cluster.protocol import GetClusterInfo, NodeInfo, RegisterNode
-from actorflow.placement.messages import NodeLoad
+from actorflow.placement.messages import NodeLoad, placement_of
 from actorflow.placement.resources import Resources
 from actorflow.runtime import ActorRef, ExitReason, Terminated
 
@@ -147,7 +147,7 @@ class HeadLink:
         await proc.head.ask(RegisterNode(
             proc.node_id, proc.node, proc.system.address, resources, rejoin=True,
             actors=tuple(tuple(a) for a in info.get("actor_list", ()))), timeout=timeout)
-        placement = _placement(proc.head)
+        placement = placement_of(proc.head)
         placement.tell_nowait(NodeLoad(proc.node_id, Resources.of(info["available"]),
                                        int(info.get("pending_leases", 0))))
 
@@ -158,12 +158,6 @@ class HeadLink:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-
-
-def _placement(head: ActorRef) -> ActorRef:
-    from actorflow.cluster.bootstrap import placement_of
-
-    return placement_of(head)
 
 
 class WaitClock:

@@ -31,21 +31,19 @@ from actorflow._errors import (
     ActorDiedError,
     InfeasibleError,
     ObjectLostError,
-    TaskError,
     WorkerCrashedError,
 )
 from actorflow._limits import UNLIMITED
 from actorflow.cluster import hoststats, memory_guard, runtime_env
+from actorflow.cluster.actor_host import ActorHost, creation_error
 from actorflow.cluster.jobs_table import FreeSegments
 from actorflow.cluster.node_logs import NodeLogs, ReadLogs
 from actorflow.cluster.pool import WorkerHandle, WorkerPool, WorkerState
 from actorflow.cluster.protocol import (
     ActorDown,
     ActorSpec,
-    ActorUp,
     Fetched,
     FreeSegment,
-    HostActor,
     KillActor,
     Lease,
     NodeInfo,
@@ -66,10 +64,10 @@ from actorflow.cluster.zygote import Zygote
 from actorflow.objects import shm, spill
 from actorflow.placement.policy import GpuAllocator
 from actorflow.placement.resources import UNIT, Resources
-from actorflow.runtime import Actor, ActorRef, OwnedTasks, ServiceActor, Terminated
+from actorflow.runtime import ActorRef, OwnedTasks, ServiceActor, Terminated
 from actorflow.supervision import ChildSpec, Supervisor, add_restart
 
-__all__ = ["ActorHost", "Node"]
+__all__ = ["Node"]
 
 log = logging.getLogger("actorflow.node")
 
@@ -78,12 +76,6 @@ _STORE_MESSAGES = frozenset({spill.Stored, spill.Freed, spill.Restore, spill.Mem
 #: A segment whose buffers hold this much or more goes to a reader on another node by a bulk
 #: pull (straight into the reader's memory) rather than in the answer's frames.
 BULK_MIN_BYTES = 1024 * 1024
-
-
-@dataclass(frozen=True, slots=True)
-class _ProcessDied:
-    pid: int
-    code: int | None
 
 
 @dataclass(slots=True)
@@ -716,7 +708,7 @@ class Node(ServiceActor):
                                 "created; starting it again", self.node_id, spec.class_name)
                     continue
                 self.head.tell_nowait(
-                    ActorDown(spec.actor_id, -1, True, _creation_error(spec, cause),
+                    ActorDown(spec.actor_id, -1, True, creation_error(spec, cause),
                               self.node_id))
                 return
         self.actors[spec.actor_id] = sup
@@ -755,91 +747,3 @@ def _ref_args(ref: ActorRef) -> list[Any]:
     """What a worker needs to rebuild ``ref`` (see actorflow.runtime.restore_ref)."""
     system = ref.slot.system
     return [system.uid, system.address, ref.id, ref.path]
-
-
-def _creation_error(spec: ActorSpec, cause: BaseException) -> ActorDiedError:
-    return ActorDiedError(spec.class_name, "it could not be created", cause)
-
-
-class ActorHost(Actor):
-    """Runs one incarnation of a user actor: a worker process, the instance, its location."""
-
-    def __init__(self, node: Node, spec: ActorSpec, bundle: tuple[str, int] | None = None
-                 ) -> None:
-        self.node = node
-        self.spec = spec
-        self.bundle = bundle
-        self.worker: WorkerHandle | None = None
-        self.lease_id: int | None = None
-        self.killed = False
-
-    async def on_start(self) -> None:
-        node, spec = self.node, self.spec
-        record = await node.acquire(spec.demand, what=f"actor {spec.class_name}", dedicated=True,
-                                    pool=self.bundle, env=spec.runtime_env)
-        self.lease_id = record.lease_id
-        self.worker = record.worker
-        assert record.worker.ref is not None
-        try:
-            actor_ref = await record.worker.ref.ask(HostActor(
-                spec.actor_id, spec.class_name, spec.cls_blob, spec.args, spec.resolved,
-                spec.max_concurrency, record.gpu_ids, spec.job_id,
-            ))
-        except TaskError as exc:
-            # the constructor raised (or the process died while building it): the actor is
-            # dead for good, as in Ray; a normal stop keeps the transient host from restarting
-            self._release(kill=True)
-            node.head.tell_nowait(ActorDown(spec.actor_id, self._incarnation(), True,
-                                            _creation_error(spec, exc), node.node_id))
-            self.killed = True
-            self.stop()
-            return
-        except Exception as exc:  # the process died while building it: a crash, restartable
-            self._release(kill=True)
-            raise WorkerCrashedError(
-                f"the process of actor {spec.class_name} died while it was being created: {exc}"
-            ) from exc
-        node.resize(record.lease_id, spec.hold)
-        node.hosts[spec.actor_id] = self
-        self.actor_ref = actor_ref
-        node.head.tell_nowait(ActorUp(spec.actor_id, actor_ref, self._incarnation(),
-                                      node.node_id, record.worker.pid))
-
-    def _incarnation(self) -> int:
-        cell = self.ref.slot.cell
-        return cell.incarnation if cell is not None else 0
-
-    def process_died(self, code: int | None) -> None:
-        if self.worker is not None:
-            try:
-                self.ref.tell_nowait(_ProcessDied(self.worker.pid, code))
-            except Exception:
-                pass
-
-    async def receive(self, message: Any) -> Any:
-        if type(message) is _ProcessDied:
-            self._release(kill=False)
-            self.node.head.tell_nowait(ActorDown(self.spec.actor_id, self._incarnation(), False,
-                                                     node_id=self.node.node_id))
-            raise WorkerCrashedError(
-                f"the process (pid {message.pid}) of actor {self.spec.class_name} exited "
-                f"with code {message.code}"
-            )
-        raise TypeError(f"actor host got an unexpected {type(message).__name__}")
-
-    async def on_stop(self) -> None:
-        worker = self.worker
-        self._release(kill=True)
-        if worker is not None and worker.exited is not None:
-            await asyncio.wait([worker.exited], timeout=5.0)
-
-    def _release(self, *, kill: bool) -> None:
-        node = self.node
-        if self.lease_id is not None:
-            node.release(self.lease_id, keep_worker=True)
-            self.lease_id = None
-        worker, self.worker = self.worker, None
-        if kill and worker is not None and node.pool is not None:
-            node.pool.kill(worker)
-        if node.hosts.get(self.spec.actor_id) is self:
-            del node.hosts[self.spec.actor_id]

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from actorflow.placement.resources import Resources
+from actorflow.runtime import ActorRef, restore_ref
 
 __all__ = [
     "AddNode",
@@ -19,6 +20,7 @@ __all__ = [
     "RemoveGroup",
     "ReserveBundles",
     "WaitGroup",
+    "placement_of",
 ]
 
 
@@ -117,3 +119,9 @@ class PlaceTask:
     strategy: Any
     from_node: str | None
     what: str = "a task"
+
+
+def placement_of(head: ActorRef) -> ActorRef:
+    """The Placement actor beside ``head`` (same process, well-known id ``placement``)."""
+    system = head.slot.system
+    return restore_ref(system.uid, system.address, "placement", "placement")
