@@ -27,6 +27,8 @@ TIMEOUT_S = 90
 #: What each example prints when it works (checked where listed).
 EXPECTED: dict[str, list[str]] = {
     "actors.py": ["increments: [11, 12, 13, 14, 15]", "value: 15", "fetched: ['A', 'B', 'C', 'D']"],
+    "groups_and_guards.py": ["found by name: True", "children placed: 3", "group state: CREATED",
+                             "pong", "watched: ActorDiedError", "guard stopped 'hoard'"],
     "pi.py": ["pi ~= 3.1"],
     "quickstart.py": ["squares: [0, 1, 4, 9, 16, 25, 36, 49, 64, 81]", "3^2 + 4^2 = 25",
                       "counter: [11, 12, 13]", "object: [0, 1, 2, 3, 4]", "remote TypeError:"],

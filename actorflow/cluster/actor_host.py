@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from actorflow._errors import ActorDiedError, TaskError, WorkerCrashedError
 from actorflow.cluster.protocol import ActorDown, ActorSpec, ActorUp, HostActor
+from actorflow.placement.strategies import PlacementGroupStrategy
 from actorflow.runtime import Actor
 
 if TYPE_CHECKING:
@@ -53,9 +54,12 @@ class ActorHost(Actor):
         self.worker = record.worker
         assert record.worker.ref is not None
         try:
+            strategy = spec.strategy
             actor_ref = await record.worker.ref.ask(HostActor(
                 spec.actor_id, spec.class_name, spec.cls_blob, spec.args, spec.resolved,
                 spec.max_concurrency, record.gpu_ids, spec.job_id,
+                strategy.for_children() if isinstance(strategy, PlacementGroupStrategy)
+                else None,
             ))
         except TaskError as exc:
             # the constructor raised (or the process died while building it): the actor is

@@ -351,6 +351,9 @@ class HostActor:
     max_concurrency: int
     gpu_ids: tuple[int, ...] = ()
     job_id: str = ""
+    #: the strategy of what it creates and submits without one (its placement group captures
+    #: its children: capture_child_tasks=True), or None
+    capture: Any = None
 
 
 @_fast_pickle

@@ -374,6 +374,9 @@ class Worker(Actor):
         ctx = TaskContext(actor_id=msg.actor_id, name=msg.name, gpu_ids=msg.gpu_ids,
                           job_id=msg.job_id or None)
         token = task_context.set(ctx)
+        # a group that captures its children: what the actor creates and submits, in its
+        # constructor and every call (they run in contexts copied from its cell's), stays in it
+        capture_token = capture_strategy.set(msg.capture)
         events = self.events
         start = time.perf_counter()
         events.started(msg.actor_id, (f"{msg.name}.__init__", ACTOR_CREATION,
@@ -387,15 +390,20 @@ class Worker(Actor):
             error = capture_error(exc, f"{msg.name}.__init__ (pid={self.pid})")
             end = time.perf_counter()
             events.ended(msg.actor_id, end, end - start, (Failed(error),))
+            capture_strategy.reset(capture_token)
             return ErrorReply(error)
         finally:
             task_context.reset(token)
         end = time.perf_counter()
         events.ended(msg.actor_id, end, end - start, None)
         hosted = UserActor(self.core, instance, ctx, msg.max_concurrency, events)
-        ref = await self.system.spawn(
-            lambda: hosted, max_concurrency=msg.max_concurrency, name=f"actor-{msg.actor_id}",
-        )
+        try:
+            ref = await self.system.spawn(
+                lambda: hosted, max_concurrency=msg.max_concurrency,
+                name=f"actor-{msg.actor_id}",
+            )
+        finally:
+            capture_strategy.reset(capture_token)
         self.user_actor, self.hosted = ref, hosted
         return ref
 

@@ -72,6 +72,23 @@ def plain_parent() -> af.ObjectRef:
     return where.remote()
 
 
+@af.remote(num_cpus=0.5)
+class Capturer:
+    """An actor whose calls create an actor and submit tasks without a strategy."""
+
+    async def children(self) -> dict[str, Any]:
+        probe = Probe.remote()
+        try:
+            actor_node = await probe.where.remote()
+        finally:
+            await af.kill(probe)
+        return {"self": af.get_runtime_context().node_id, "child": await where.remote(),
+                "actor": actor_node}
+
+    def plain_child(self) -> af.ObjectRef:  # a plain-def method (on its thread)
+        return where.remote()
+
+
 async def settled() -> None:
     async def check() -> bool:
         return nonzero(await af.available_resources()) == nonzero(await af.cluster_resources())
@@ -214,6 +231,27 @@ async def test_a_capturing_task_runs_its_children_and_actors_in_its_group(
             for k, v in got.items()}
         ref = await within(plain_parent.options(scheduling_strategy=strategy).remote())
         assert await within(ref) == node2
+    finally:
+        await removed(pg)
+
+
+async def test_a_capturing_actor_runs_its_children_and_actors_in_its_group(
+        cli_cluster: Cluster) -> None:
+    await settled()
+    node2, head = cli_cluster.ids["node2"], cli_cluster.ids["head"]
+    pg = af.placement_group(ALL_OF_NODE2, strategy="STRICT_PACK")
+    try:
+        await within(pg.ready())
+        for capture, inside in ((True, node2), (False, head)):
+            strategy = af.PlacementGroupStrategy(pg, 0, capture_child_tasks=capture)
+            actor = Capturer.options(scheduling_strategy=strategy).remote()
+            try:
+                got = await within(actor.children.remote(), 60)
+                assert got == {"self": node2, "child": inside, "actor": inside}, (capture, got)
+                ref = await within(actor.plain_child.remote())
+                assert await within(ref) == inside, capture
+            finally:
+                await af.kill(actor)
     finally:
         await removed(pg)
 
