@@ -356,12 +356,14 @@ class Head(HeadJobs, ServiceActor):
 
     def _named(self, name: str, namespace: str) -> tuple[str, ActorSpec]:
         actor_id = self.names.get((namespace, name))
-        if actor_id is None:
+        record = self.actors.get(actor_id) if actor_id is not None else None
+        if record is None or record.job_ended:  # (one being stopped with its job is gone)
             raise ValueError(
                 f"no actor named {name!r} in namespace {namespace!r}; check the name and the "
                 "namespace (af.init(namespace=...) or .options(namespace=...))"
             )
-        return actor_id, self.actors[actor_id].spec
+        assert actor_id is not None
+        return actor_id, record.spec
 
     def _fenced(self, node_id: str) -> bool:
         """Is ``node_id`` a node this head declared dead? What it says of its actors is stale:
