@@ -59,7 +59,7 @@ class PendingCall:
     retries_left: int
     deps: list[ObjectRef]
     ready: bool = True
-    keep: Any = None  # the ObjectRef of its arguments in shared memory, held until it is done
+    keep: Any = None  # what keeps its arguments until it is done (see Core.pack_args)
     sent_to: ActorLocation | None = None  # the incarnation it went to last
     cancelled: bool = False
 
@@ -212,7 +212,10 @@ class ActorClient:
         if exc is None:
             if type(reply) is TaskReply and reply.released:
                 self.core.store.returned(reply.released)
-            self._finish(pending, reply_returns(reply)[0])
+            returns = reply_returns(reply)[0]
+            nested = reply.nested if type(reply) is TaskReply else ()
+            self._finish(pending, returns,
+                         self.core.kept_lends(nested, len(returns)) if nested else None)
             return
         # the incarnation that had the call is gone: ask the head what happens next
         if pending.cancelled:  # (never sent again)
@@ -325,9 +328,11 @@ class ActorClient:
         self.inflight.clear()
         self._flush()
 
-    def _finish(self, pending: PendingCall, returns: tuple[Any, ...]) -> None:
-        for oid, payload in zip(pending.return_ids, returns, strict=False):
-            self.core.objects.resolve(oid, payload)
+    def _finish(self, pending: PendingCall, returns: tuple[Any, ...],
+                lends: list[Any] | None = None) -> None:
+        """``lends``: per return, those of the refs inside it (see Core.kept_lends)."""
+        for i, (oid, payload) in enumerate(zip(pending.return_ids, returns, strict=False)):
+            self.core.objects.resolve(oid, payload, lends[i] if lends is not None else None)
 
     def _fail(self, pending: PendingCall, error: BaseException) -> None:
         self._finish(pending, (Failed(error),) * len(pending.return_ids))

@@ -4,7 +4,9 @@ Every process that uses the API has one :class:`Core`: the driver, and every wor
 submit tasks). It owns
 
 - the object table: the values of the refs it created (``put`` and task returns), each entry a
-  future of a :data:`Payload` plus a local reference count;
+  :data:`Payload` (or the callbacks waiting for it) plus a local reference count, and the
+  refs to them outside this process (borrowers and lends: :mod:`actorflow.objects.borrows`);
+- the borrow counter: its refs to other processes' objects, reported to their owners;
 - the :class:`ObjectOwner` actor, which answers other processes' fetches of those objects;
 - the task submitter (:mod:`actorflow.cluster.submitter`) and the actor clients
   (:mod:`actorflow.cluster.actor_client`).
@@ -43,12 +45,14 @@ from actorflow._errors import (
     TaskError,
 )
 from actorflow.cluster import streaming
+from actorflow.cluster.borrowing import BorrowCounter
 from actorflow.cluster.lineage import Lineage
 from actorflow.cluster.object_table import (
     Fetch,
     ObjectOwner,
     ObjectTable,
     PayloadCallback,
+    Rebuild,
     settle,
 )
 from actorflow.cluster.protocol import (
@@ -66,6 +70,7 @@ from actorflow.cluster.protocol import (
 )
 from actorflow.objects import shm, spill
 from actorflow.objects import store as store_mod
+from actorflow.objects.borrows import Lends, lending
 from actorflow.objects.ref import ObjectRef
 from actorflow.objects.serialization import (
     INLINE_LIMIT,
@@ -96,6 +101,9 @@ REMOTE_FREE_WAIT_S = 2.0
 log = logging.getLogger("actorflow.cluster")
 
 T = TypeVar("T")
+
+_SCALARS = frozenset({int, float, str, bytes, bool, type(None)})
+_NO_REFS: list[tuple[Any, str]] = []  # (never appended to: only read)
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +159,7 @@ class Core:
         self.namespace = namespace
         self.worker_id = worker_id
         self.objects = ObjectTable(self)
+        self.borrowing = BorrowCounter(self)
         self.lineage = Lineage(self)
         self.submitter: TaskSubmitter = TaskSubmitter(self)
         self.actors: dict[str, ActorClient] = {}
@@ -310,23 +319,55 @@ class Core:
                 self.store.shared(payload.name)
 
     def pack_args(self, args: tuple[Any, ...], kwargs: dict[str, Any], what: str
-                  ) -> tuple[Args, ObjectRef | None]:
+                  ) -> tuple[Args, Any]:
         """A call's arguments, serialized once. Large ones go to shared memory (one copy)
-        under an object this process owns; the returned ref keeps it until the call is done."""
+        under an object this process owns. The second value (None, or what keeps that
+        object and the lends of the refs inside the arguments) must be held until the call
+        is done."""
         if is_plain(args) and (not kwargs or is_plain(kwargs)):  # the common small case
             data = pickle_dumps((args, kwargs), 5)
             if len(data) < INLINE_LIMIT:
                 return data, None
-        ser = serialize((args, kwargs), what)
-        if ser.nbytes < INLINE_LIMIT:
-            return (ser.meta if not ser.buffers else dumps((args, kwargs), what)), None
+        with lending() as lent:
+            ser = serialize((args, kwargs), what)
+            if ser.nbytes < INLINE_LIMIT:
+                blob = ser.meta if not ser.buffers else dumps((args, kwargs), what)
+                return blob, self.lends(lent)
         assert self.owner_ref is not None
         object_id = self.new_id()
         self.objects.create(object_id)
         ref = ObjectRef(object_id, self.owner_ref, self)
         payload = self._to_segment(ser, caller=True)
-        self.objects.resolve(object_id, payload)
+        self.objects.resolve(object_id, payload, self.lends(lent))
         return payload, ref
+
+    def lends(self, refs: list[tuple[Any, str]]) -> Lends | None:
+        """The record of the lends a value kept here carries (None: it carries no ref)."""
+        return Lends(refs, self.borrowing.discard) if refs else None
+
+    def kept_lends(self, nested: Sequence[tuple[int, Any, str]], n: int
+                   ) -> list[Lends | None]:
+        """For each of ``n`` values that came back from a call, the lends of the refs inside
+        it (``nested``: ``(index, owner, object id)``), now kept by this process."""
+        out: list[Lends | None] = [None] * n
+        if not nested:
+            return out
+        per: list[list[tuple[Any, str]]] = [[] for _ in range(n)]
+        for i, owner, object_id in nested:
+            per[i].append((owner, object_id))
+        for i, refs in enumerate(per):
+            if refs:
+                self.borrowing.keep(refs)
+                out[i] = Lends(refs, self.borrowing.discard)
+        return out
+
+    def encode_lending(self, value: Any, what: str, *, owned: bool = True,
+                       caller: bool = False) -> tuple[Payload, list[tuple[Any, str]]]:
+        """:meth:`encode`, with the ``(owner, object id)`` of the refs pickled into it."""
+        if type(value) in _SCALARS:  # the commonest case: nothing in it can be a ref
+            return self.encode(value, what, owned=owned, caller=caller), _NO_REFS
+        with lending() as lent:
+            return self.encode(value, what, owned=owned, caller=caller), lent
 
     def materialize(self, payload: Payload) -> Any:
         """Payload to value; raises the error a failed task left."""
@@ -462,8 +503,8 @@ class Core:
         object_id = self.new_id()
         self.objects.create(object_id)
         ref = ObjectRef(object_id, self.owner_ref, self)
-        self.objects.resolve(object_id, self.encode(value, "the value given to put()",
-                                                    caller=True))
+        payload, lent = self.encode_lending(value, "the value given to put()", caller=True)
+        self.objects.resolve(object_id, payload, self.lends(lent))
         return ref
 
     async def put_async(self, value: Any) -> ObjectRef:
@@ -474,9 +515,9 @@ class Core:
         self.objects.create(object_id)
         ref = ObjectRef(object_id, self.owner_ref, self)
         copy = self.loop.run_in_executor(
-            None, functools.partial(self.encode, value, "the value given to put()"))
+            None, functools.partial(self.encode_lending, value, "the value given to put()"))
         try:
-            payload = await asyncio.shield(copy)  # a thread cannot be stopped: let it end
+            payload, lent = await asyncio.shield(copy)  # a thread cannot be stopped: let it end
         except asyncio.CancelledError:
             copy.add_done_callback(self._drop_late_copy)  # (its segment, when it has one)
             self.objects.resolve(object_id, Failed(TaskCancelledError(
@@ -485,14 +526,16 @@ class Core:
         except Exception as exc:
             self.objects.resolve(object_id, Failed(exc))
             raise
-        self.objects.resolve(object_id, payload)
+        self.objects.resolve(object_id, payload, self.lends(lent))
         return ref
 
-    def _drop_late_copy(self, copy: asyncio.Future[Payload]) -> None:
-        """A cancelled put_async's copy ended: nothing will read it, so its segment is freed."""
+    def _drop_late_copy(self, copy: asyncio.Future[tuple[Payload, Any]]) -> None:
+        """A cancelled put_async's copy ended: nothing will read it, so its segment is freed
+        (and the lends of the refs inside it go with it)."""
         if copy.cancelled() or copy.exception() is not None:
             return
-        payload = copy.result()
+        payload, lent = copy.result()
+        self.lends(lent)
         if type(payload) is InShm:
             self.store.free(payload.name)
             self.tell_node(spill.Freed(payload.name, payload.generation))
@@ -573,12 +616,21 @@ class Core:
         :mod:`actorflow.cluster.lineage`)."""
         out = list(await self.localize(list(payloads)))
         for i, payload in enumerate(out):
-            if (type(payload) is Failed and isinstance(payload.error, ObjectLostError)
-                    and refs[i].id in self.lineage.tasks):
-                rebuilt = await self.lineage.rebuild(refs[i].id, payload.error)
-                if type(rebuilt) is InShm and not self.is_local(rebuilt):
-                    (rebuilt,) = await self.localize((rebuilt,))
-                out[i] = rebuilt
+            if type(payload) is not Failed or not isinstance(payload.error, ObjectLostError):
+                continue
+            ref = refs[i]
+            if ref.id in self.lineage.tasks:
+                rebuilt = await self.lineage.rebuild(ref.id, payload.error)
+            elif ref.core is not self:  # borrowed: its owner may know the task
+                try:
+                    rebuilt = await ref.owner.ask(Rebuild(ref.id), timeout=None)
+                except Exception as exc:
+                    rebuilt = Failed(self._lost(ref, exc))
+            else:
+                continue
+            if type(rebuilt) is InShm and not self.is_local(rebuilt):
+                (rebuilt,) = await self.localize((rebuilt,))
+            out[i] = rebuilt
         return out
 
     async def _lending(self, fut: asyncio.Future[T]) -> T:
@@ -657,6 +709,7 @@ class Core:
         for client in list(self.actors.values()):
             client.close()
         self.objects.clear()
+        await self.borrowing.close()
         # a spare's thread cannot be stopped: let it end, then unlink it
         await self._spares.close(cancel=False)
         try:  # what this process owned on other nodes goes too (bounded: the head may be gone)
@@ -680,4 +733,5 @@ class Core:
             "job_id": self.job_id,
             "worker_pid": os.getpid(),
             "objects": len(self.objects.entries),
+            **self.borrowing.describe(),
         }

@@ -440,8 +440,11 @@ class Head(HeadJobs, ServiceActor):
                 holder, tuple(self._id(a) for a in msg.held),
                 tuple(self._id(a) for a in msg.released),
                 tuple((self._id(a), t) for a, t in msg.lent),
-                tuple((self._id(a), t) for a, t in msg.taken))
-        for actor_id in self.holds.apply(holder, msg.held, msg.released, msg.lent, msg.taken):
+                tuple((self._id(a), t) for a, t in msg.taken),
+                tuple((self._id(a), t) for a, t in msg.kept),
+                tuple((self._id(a), t) for a, t in msg.discarded))
+        for actor_id in self.holds.apply(holder, msg.held, msg.released, msg.lent, msg.taken,
+                                         msg.kept, msg.discarded):
             self._maybe_collect(actor_id)
 
     def _watch_process(self, holder: Any) -> None:

@@ -40,6 +40,7 @@ from actorflow.cluster.execution import (
     local_args,
     resolve_args,
     run_plain,
+    settle_borrows,
     with_released,
 )
 from actorflow.cluster.protocol import (
@@ -282,6 +283,7 @@ class Worker(Actor):
         else:
             self._remember(spec, (reply,))  # type: ignore[arg-type]  # the quick form
             events.ended(spec.task_id, end, end - start, None)
+        await settle_borrows(self.core)
         return with_released(self.core, spec.args, reply)
 
     async def _run_one(self, spec: TaskSpec) -> TaskReply | bytes:
@@ -349,8 +351,8 @@ class Worker(Actor):
         if state.cancelled:  # (what it returned or raised once cancelled does not count)
             return TaskReply(cancelled_returns(state, f"task {spec.name!r}", spec.num_returns),
                              time.perf_counter() - start)
-        returns = encode_returns(self.core, result, spec.num_returns, spec.name)
-        return quick_reply(returns, time.perf_counter() - start)
+        returns, nested = encode_returns(self.core, result, spec.num_returns, spec.name)
+        return quick_reply(returns, time.perf_counter() - start, nested)
 
     def cancel(self, task_id: str, force: bool, recursive: bool) -> None:
         """Cancel task ``task_id``: a queued one does not run; a running ``async def`` one
