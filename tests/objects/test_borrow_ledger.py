@@ -1,10 +1,10 @@
 """The owner's ledger of refs outside its process (actorflow/objects/borrows.py), alone: pure
-data, so its rules are checked without processes (the processes: tests/cluster/test_borrowers.py)."""
+data, so its rules are checked without processes (with processes:
+tests/cluster/test_borrowers.py)."""
 
 from __future__ import annotations
 
 from actorflow.objects.borrows import Borrows, Lends, lending
-
 
 
 def test_ledger_holders_and_lends() -> None:
