@@ -72,6 +72,7 @@ async def settle(check, timeout: float) -> None:
         await asyncio.sleep(0.05)
 
 
+@pytest.mark.timeout(180)  # (12-30 s on a 2-core VM, more when it is shared)
 async def test_a_million_ref_operations_leave_nothing_behind(shared_cluster: af.Runtime) -> None:
     core = current_core()
     window = Window.remote()
