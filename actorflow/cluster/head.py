@@ -153,12 +153,16 @@ class Head(HeadJobs, ServiceActor):
         self.watches = Watches()  # af.watch waits
         self.children: dict[str, set[str]] = {}  # creator id -> its non-detached children
         self.jobs = JobsTable()
+        self.restored = False  # taken back from a store: nodes that register are asked more
 
     def take_back(self, saved: SavedHead) -> None:
-        """A restart: take the cluster back from the store (once the system is served)."""
+        """Take the cluster back from the store (once the system is served; a store that is
+        empty: a head that starts afresh), and hand the placement its groups."""
         if not saved.empty:
+            self.restored = True
             head_restore.restore(self, saved, head_restore.Kinds(
                 ActorRecord, ActorState, _NodeRecord, _NodeLost))
+        head_restore.keep_groups(self, saved)
 
     async def on_stop(self) -> None:
         if self.saver is not None:
@@ -228,7 +232,8 @@ class Head(HeadJobs, ServiceActor):
             await self._collect(message.actor_id)
             return None
         if kind is RegisterNode:
-            self._register(message)
+            held = await head_restore.bundles_held(self, message) if self.restored else None
+            self._register(message, held)
             return None
         if kind is GetClusterInfo:
             return ClusterInfo(self.session, [
@@ -295,14 +300,14 @@ class Head(HeadJobs, ServiceActor):
 
     # -- membership ----------------------------------------------------------------------------
 
-    def _register(self, msg: RegisterNode) -> None:
+    def _register(self, msg: RegisterNode, held: tuple[tuple[str, int], ...] | None) -> None:
         known = self.nodes.get(msg.node_id)
         if msg.rejoin and known is not None and not known.alive:  # fenced: never comes back
             raise NodeDiedError(f"node {msg.node_id} was declared dead; its actors run elsewhere")
         record = _NodeRecord(msg.node_id, msg.node, msg.address, msg.resources)
         self.nodes[msg.node_id] = record
         head_restore.save_node(self, record)
-        self.placement.tell_nowait(AddNode(msg.node_id, msg.node, msg.resources))
+        self.placement.tell_nowait(AddNode(msg.node_id, msg.node, msg.resources, held))
         if msg.rejoin:  # again, after a restart of the head: its actors run on
             head_restore.rejoin(self, msg)
         if known is None or not known.alive or known.ref != msg.node:
