@@ -34,7 +34,15 @@ from actorflow._errors import ActorDiedError, ActorflowError, NodeDiedError
 from actorflow.cluster import head_restore
 from actorflow.cluster.head_store import HeadSaver, SavedHead
 from actorflow.cluster.holds import HandleHolds, HoldLedger, Watches
-from actorflow.cluster.jobs_table import DriverGone, EndJob, HeadJobs, JobsTable, RegisterJob
+from actorflow.cluster.jobs_table import (
+    DriverGone,
+    EndJob,
+    HeadJobs,
+    JobsTable,
+    KeepSubmitted,
+    KeptSubmitted,
+    RegisterJob,
+)
 from actorflow.cluster.protocol import (
     ActorDown,
     ActorLocation,
@@ -154,6 +162,7 @@ class Head(HeadJobs, ServiceActor):
         self.children: dict[str, set[str]] = {}  # creator id -> its non-detached children
         self.jobs = JobsTable()
         self.restored = False  # taken back from a store: nodes that register are asked more
+        self.submitted: dict[str, bytes] = {}  # submitted jobs' rows a store kept (jobs service)
 
     def take_back(self, saved: SavedHead) -> None:
         """Take the cluster back from the store (once the system is served; a store that is
@@ -163,6 +172,7 @@ class Head(HeadJobs, ServiceActor):
             head_restore.restore(self, saved, head_restore.Kinds(
                 ActorRecord, ActorState, _NodeRecord, _NodeLost))
         head_restore.keep_groups(self, saved)
+        self.submitted = dict(saved.submitted)
 
     async def on_stop(self) -> None:
         if self.saver is not None:
@@ -242,6 +252,11 @@ class Head(HeadJobs, ServiceActor):
             ])
         if kind is ListState:
             return await self._list(message.what)
+        if kind is KeepSubmitted:
+            head_restore.save_submitted(self, message.job_id, message.row)
+            return None
+        if kind is KeptSubmitted:
+            return tuple(self.submitted.values())
         if kind is EndJob:
             await self.end_job(message.job_id, "SUCCEEDED", "its driver called af.shutdown()")
             head_restore.save_job(self, message.job_id)

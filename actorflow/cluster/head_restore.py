@@ -43,6 +43,7 @@ __all__ = [
     "save_actor",
     "save_job",
     "save_node",
+    "save_submitted",
 ]
 
 log = logging.getLogger("actorflow.head")
@@ -86,6 +87,20 @@ def save_actor(head: Head, record: ActorRecord) -> None:
 def save_node(head: Head, record: _NodeRecord) -> None:
     if head.saver is not None:
         head.saver.mark("nodes", record.node_id, record, _node_row)
+
+
+def _as_is(row: bytes | None) -> bytes | None:
+    return row
+
+
+def save_submitted(head: Head, job_id: str, row: bytes | None) -> None:
+    """A submitted job's row, pickled by the ``jobs`` service (None: forget it)."""
+    if row is None:
+        head.submitted.pop(job_id, None)
+    else:
+        head.submitted[job_id] = row
+    if head.saver is not None:
+        head.saver.mark("submitted", job_id, row, _as_is)
 
 
 def save_job(head: Head, job_id: str) -> None:
