@@ -10,6 +10,11 @@ working_dir and py_modules first) and ``PYTHONUNBUFFERED=1``; it runs in the unp
 working_dir (else in the head's own directory). Its stdout and stderr go to
 ``<state dir>/jobs/<job id>.log``, which :class:`ReadLogs` serves.
 
+A job whose entrypoint asks for resources (``entrypoint_num_cpus``, ``entrypoint_num_gpus``,
+``entrypoint_resources``) runs, in that same place, the runner of
+:mod:`actorflow.cli.job_runner` instead: it places the entrypoint on a node that has them,
+holds them while it runs there as the job's driver, and brings its output back into the log.
+
 Statuses: ``PENDING`` (its environment is being made ready), ``RUNNING``, then
 ``SUCCEEDED`` (exit code 0), ``FAILED`` (another code, a signal, or it could not start: the
 message says which) or ``STOPPED`` (:class:`StopJob`: SIGTERM to the group, SIGKILL after a
@@ -30,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import pickle
@@ -78,6 +84,7 @@ class _Job:
     metadata: dict[str, str]
     log_path: Path
     submission_id: str | None
+    demand: dict[str, Any] | None = None  # the entrypoint's resources (None: none)
     status: str = "PENDING"
     submit_time: float = field(default_factory=time.time)
     start_time: float | None = None
@@ -100,7 +107,8 @@ class _Job:
         return pickle.dumps({
             "job_id": self.job_id, "entrypoint": self.entrypoint, "env": self.env,
             "metadata": self.metadata, "log_path": str(self.log_path),
-            "submission_id": self.submission_id, "status": self.status,
+            "submission_id": self.submission_id, "demand": self.demand,
+            "status": self.status,
             "submit_time": self.submit_time, "start_time": self.start_time,
             "end_time": self.end_time, "exit_code": self.exit_code, "message": self.message,
             "pid": self.pid, "pid_start": self.pid_start,
@@ -110,7 +118,7 @@ class _Job:
     def from_kept(cls, row: bytes) -> _Job:
         d: dict[str, Any] = pickle.loads(row)
         return cls(d["job_id"], d["entrypoint"], d["env"], d["metadata"], Path(d["log_path"]),
-                   d["submission_id"], d["status"], d["submit_time"], d["start_time"],
+                   d["submission_id"], d["demand"], d["status"], d["submit_time"], d["start_time"],
                    d["end_time"], d["exit_code"], d["message"], d["pid"], d["pid_start"])
 
     def stop_requested(self) -> bool:
@@ -124,6 +132,9 @@ class _Job:
             "exit_code": self.exit_code, "message": self.message, "pid": self.pid,
             "metadata": dict(self.metadata), "log_path": str(self.log_path),
             "runtime_env": None if self.env is None else self.env.to_dict(),
+            "entrypoint_num_cpus": None if self.demand is None else self.demand["num_cpus"],
+            "entrypoint_num_gpus": None if self.demand is None else self.demand["num_gpus"],
+            "entrypoint_resources": None if self.demand is None else self.demand["resources"],
         }
 
 
@@ -191,7 +202,7 @@ class JobManager(ServiceActor):
         if job_id in self.jobs:
             raise ValueError(f"a job with id {job_id!r} was submitted already")
         job = _Job(job_id, msg.entrypoint, msg.runtime_env, dict(msg.metadata),
-                   self._dir / f"{job_id}.log", msg.submission_id)
+                   self._dir / f"{job_id}.log", msg.submission_id, msg.entrypoint_demand)
         self.jobs[job_id] = job
         self._keep(job)
         if self._tasks.spawn(self._run(job), f"job {job_id}") is None:
@@ -231,9 +242,14 @@ class JobManager(ServiceActor):
     @staticmethod
     def _command(job: _Job) -> list[str]:
         """The job's process: its wrapper (by path, ``-I``: it imports nothing of ours) and
-        the entrypoint under ``/bin/sh -c``."""
-        return [sys.executable, "-I", wrapper.__file__, str(job.exit_path), "--",
-                "/bin/sh", "-c", job.entrypoint]
+        the entrypoint under ``/bin/sh -c``, or the runner that places it on a node."""
+        lead = [sys.executable, "-I", wrapper.__file__, str(job.exit_path), "--"]
+        demand = job.demand
+        if demand is None:
+            return [*lead, "/bin/sh", "-c", job.entrypoint]
+        return [*lead, sys.executable, "-m", "actorflow.cli.job_runner",
+                "--num-cpus", str(demand["num_cpus"]), "--num-gpus", str(demand["num_gpus"]),
+                "--resources", json.dumps(demand["resources"]), "--", job.entrypoint]
 
     def _ended_with(self, job: _Job, code: int, when: str = "") -> None:
         """Its process group's leader ended with ``code`` (negative: a signal)."""
