@@ -33,7 +33,9 @@ import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
-import actorflow as af
+from actorflow._errors import ActorflowError
+from actorflow.api.remote import remote
+from actorflow.api.runtime import get_runtime_context, init, shutdown
 
 __all__ = ["EntrypointHost", "main"]
 
@@ -90,7 +92,7 @@ class EntrypointHost:
                 os.killpg(self.proc.pid, signum)
 
     async def node_id(self) -> str:
-        return af.get_runtime_context().node_id
+        return get_runtime_context().node_id
 
 
 async def _run(ns: argparse.Namespace) -> int:
@@ -98,17 +100,17 @@ async def _run(ns: argparse.Namespace) -> int:
     job_id = os.environ.pop("ACTORFLOW_JOB_ID", "")
     address = os.environ["ACTORFLOW_ADDRESS"]
     token = os.environ["ACTORFLOW_TOKEN"]
-    await af.init(address=address, token=token, log_to_driver=False)
+    await init(address=address, token=token, log_to_driver=False)
     out = sys.stdout.buffer
     passed: list[Any] = []
     loop = asyncio.get_running_loop()
     try:
-        host = af.remote(EntrypointHost).options(
+        host = remote(EntrypointHost).options(
             num_cpus=ns.num_cpus, num_gpus=ns.num_gpus, resources=ns.resources,
             max_restarts=0).remote()
         try:
             node = await host.node_id.remote()
-        except af.ActorflowError as exc:
+        except ActorflowError as exc:
             print(f"actorflow: the job's entrypoint could not be placed: {exc}", flush=True)
             return 1
         print(f"actorflow: the entrypoint runs on node {node}", file=sys.stderr, flush=True)
@@ -130,14 +132,14 @@ async def _run(ns: argparse.Namespace) -> int:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
         for ref in passed:  # (answered: the entrypoint has ended)
-            with contextlib.suppress(af.ActorflowError):
+            with contextlib.suppress(ActorflowError):
                 await ref
         return code
-    except af.ActorflowError as exc:
+    except ActorflowError as exc:
         print(f"actorflow: the job's entrypoint was lost: {exc!r}", flush=True)
         return 1
     finally:
-        await af.shutdown()  # its job ends: the actor stops, its resources come back
+        await shutdown()  # its job ends: the actor stops, its resources come back
 
 
 def main(argv: list[str] | None = None) -> None:
