@@ -276,6 +276,9 @@ class Head(HeadJobs, ServiceActor):
     # -- actors --------------------------------------------------------------------------------
 
     async def _create(self, spec: ActorSpec, get_if_exists: bool) -> tuple[str, ActorSpec]:
+        known = self.actors.get(spec.actor_id)
+        if known is not None:  # asked again (its answer was lost with a head that restarted)
+            return spec.actor_id, known.spec
         if spec.name is not None:
             key = (spec.namespace, spec.name)
             existing = self.names.get(key)

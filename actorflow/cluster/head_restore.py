@@ -245,7 +245,7 @@ def keep_groups(head: Head, saved: SavedHead) -> None:
     if saver is None:
         return
     head.placement.tell_nowait(KeepGroups(functools.partial(saver.mark, "groups"),
-                                          tuple(saved.groups.values())))
+                                          tuple(saved.groups.values()), not saved.empty))
 
 
 #: Seconds a restarted head waits for a node that registers to say which bundles it holds.

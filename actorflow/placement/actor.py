@@ -29,8 +29,10 @@ only applies them and keeps the books.
   names, READY ones ready at once; each node that registers again says which bundles it still
   holds (``AddNode.held``): those are counted as reserved there, the missing ones (the head's
   own node died with it; a reservation in flight at the kill) are reserved again, and bundles
-  of groups the store does not know (made in the last moments) are given back. Work asking
-  for a bundle on a node that has not registered again yet waits for it (bounded).
+  of groups the store does not know (made in the last moments) are given back. For
+  :data:`NODE_BACK_WAIT_S` after the restart, work that no node registered so far can take
+  (a bundle's node, or any node that fits it, is not back yet) waits for the nodes instead of
+  failing as infeasible.
 """
 
 from __future__ import annotations
@@ -75,12 +77,14 @@ __all__ = ["GroupState", "Placement"]
 log = logging.getLogger("actorflow.placement")
 
 
-#: Seconds a request for a bundle waits for its node to register again with a restarted head.
+#: Seconds after a restart of the head during which work waits for the nodes to register
+#: again (with its bundle's node, or any that can take it) instead of being infeasible.
 NODE_BACK_WAIT_S = 30.0
 
 
 class _NotBack(Exception):
-    """The bundle's node has not registered again with the restarted head yet."""
+    """The node the work needs (a bundle's: ``node_id``; any that fits it: "") has not
+    registered again with the restarted head yet."""
 
     def __init__(self, node_id: str) -> None:
         super().__init__(node_id)
@@ -107,27 +111,14 @@ class Placement(KeptGroups, ServiceActor):
         #: taken back from the store: node id -> its bundles (group id, index) to check
         self._expected: dict[str, list[tuple[str, int]]] = {}
         self._arrived = asyncio.Event()  # set (and renewed) whenever a node is added
+        #: a restarted head's placement: until then, work that no node registered so far can
+        #: take waits for the nodes to register again instead of being infeasible
+        self._rejoin_until = 0.0
 
     async def handle(self, message: Any) -> Any:
         kind = type(message)
         if kind is PlaceTask:
-            deadline = time.monotonic() + NODE_BACK_WAIT_S
-            while True:
-                try:
-                    return self.place(message.demand, message.strategy, message.from_node,
-                                      message.what)
-                except _NotBack as exc:
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        raise InfeasibleError(
-                            f"{message.what} asks for a placement group bundle on node "
-                            f"{exc.node_id}, which has not registered again with the "
-                            f"restarted head in {NODE_BACK_WAIT_S:.0f} s") from None
-                    arrived = self._arrived
-                    try:
-                        await asyncio.wait_for(arrived.wait(), left)
-                    except TimeoutError:
-                        pass
+            return await self._place_waiting(message)
         if kind is NodeLoad:
             self._load(message)
             return None
@@ -142,6 +133,8 @@ class Placement(KeptGroups, ServiceActor):
             return None
         if kind is KeepGroups:
             self._save = message.save
+            if message.restarted:
+                self._rejoin_until = time.monotonic() + NODE_BACK_WAIT_S
             self._take_back(message.rows)
             return None
         if kind is NodeGone:
@@ -163,6 +156,29 @@ class Placement(KeptGroups, ServiceActor):
 
     # -- tasks and actors ----------------------------------------------------------------------
 
+    async def _place_waiting(self, msg: PlaceTask) -> tuple[str, ActorRef, tuple[str, int] | None]:
+        """:meth:`place`; after a restart of the head, a demand that needs a node that has not
+        registered again yet waits for it (bounded by :data:`NODE_BACK_WAIT_S`)."""
+        while True:
+            try:
+                return self.place(msg.demand, msg.strategy, msg.from_node, msg.what)
+            except _NotBack as exc:
+                left = self._rejoin_until - time.monotonic()
+                if exc.node_id and left <= 0:  # (a bundle's node: waited for since the restart)
+                    raise InfeasibleError(
+                        f"{msg.what} asks for a placement group bundle on node "
+                        f"{exc.node_id}, which has not registered again with the "
+                        f"restarted head in {NODE_BACK_WAIT_S:.0f} s") from None
+                arrived = self._arrived
+                try:
+                    await asyncio.wait_for(arrived.wait(), max(left, 0.5))
+                except TimeoutError:
+                    pass
+
+    def _rejoining(self) -> bool:
+        """Is this a restarted head's placement whose nodes may still be registering again?"""
+        return time.monotonic() < self._rejoin_until
+
     def place(self, demand: Resources, strategy: Any, local: str | None, what: str
               ) -> tuple[str, ActorRef, tuple[str, int] | None]:
         """``(node_id, node_ref, bundle)`` for ``demand``; InfeasibleError when no node ever
@@ -178,6 +194,8 @@ class Placement(KeptGroups, ServiceActor):
                 raise _NotBack(decision.node_id)
             return decision.node_id, ref, bundle
         if type(decision) is Infeasible:
+            if self._rejoining():
+                raise _NotBack("")
             raise InfeasibleError(decision.message, demand.to_amounts())
         return self._wait_on(demand, strategy, local, what)
 
@@ -211,6 +229,8 @@ class Placement(KeptGroups, ServiceActor):
             chosen = [n for n in candidates if n.node_id == target]
             candidates = chosen or candidates
         if not candidates:
+            if self._rejoining():
+                raise _NotBack("")
             raise InfeasibleError(f"{what} needs {demand.to_amounts()}: no live node fits it now")
         if local is not None:
             mine = [n for n in candidates if n.node_id == local]

@@ -46,6 +46,7 @@ class KeepGroups:
 
     save: Any
     rows: tuple[bytes, ...] = ()
+    restarted: bool = False  # the head took its cluster back from the store
 
 
 @dataclass(frozen=True, slots=True)
