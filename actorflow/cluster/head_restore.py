@@ -32,7 +32,8 @@ from actorflow.placement.messages import KeepGroups
 from actorflow.runtime import ActorRef, ExitReason, Terminated, current_system
 
 if TYPE_CHECKING:
-    from actorflow.cluster.head import ActorRecord, ActorState, Head, _NodeRecord
+    from actorflow.cluster.head import Head
+    from actorflow.cluster.head_records import ActorRecord, ActorState, NodeRecord
 
 __all__ = [
     "Kinds",
@@ -70,7 +71,7 @@ def _actor_row(record: ActorRecord) -> bytes | None:
     })
 
 
-def _node_row(record: _NodeRecord) -> bytes:
+def _node_row(record: NodeRecord) -> bytes:
     return dumps({"node_id": record.node_id, "ref": record.ref, "address": record.address,
                   "resources": record.resources, "alive": record.alive})
 
@@ -84,7 +85,7 @@ def save_actor(head: Head, record: ActorRecord) -> None:
         head.saver.mark("actors", record.spec.actor_id, record, _actor_row)
 
 
-def save_node(head: Head, record: _NodeRecord) -> None:
+def save_node(head: Head, record: NodeRecord) -> None:
     if head.saver is not None:
         head.saver.mark("nodes", record.node_id, record, _node_row)
 
@@ -128,7 +129,7 @@ class Kinds:
 
     actor: type[ActorRecord]
     state: type[ActorState]
-    node: type[_NodeRecord]
+    node: type[NodeRecord]
     node_lost: Callable[[str, Terminated], Any]
 
 

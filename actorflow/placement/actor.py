@@ -52,7 +52,14 @@ from actorflow.placement.groups import (
     release_group,
     reserve_group,
 )
-from actorflow.placement.kept import TABLE_STATES, GroupRecord, GroupState, KeptGroups
+from actorflow.placement.kept import (
+    NODE_BACK_WAIT_S,
+    TABLE_STATES,
+    GroupRecord,
+    GroupState,
+    KeptGroups,
+    NotBack,
+)
 from actorflow.placement.messages import (
     AddNode,
     CreateGroup,
@@ -75,20 +82,6 @@ from actorflow.runtime import ActorRef, ServiceActor
 __all__ = ["GroupState", "Placement"]
 
 log = logging.getLogger("actorflow.placement")
-
-
-#: Seconds after a restart of the head during which work waits for the nodes to register
-#: again (with its bundle's node, or any that can take it) instead of being infeasible.
-NODE_BACK_WAIT_S = 30.0
-
-
-class _NotBack(Exception):
-    """The node the work needs (a bundle's: ``node_id``; any that fits it: "") has not
-    registered again with the restarted head yet."""
-
-    def __init__(self, node_id: str) -> None:
-        super().__init__(node_id)
-        self.node_id = node_id
 
 
 class Placement(KeptGroups, ServiceActor):
@@ -156,29 +149,6 @@ class Placement(KeptGroups, ServiceActor):
 
     # -- tasks and actors ----------------------------------------------------------------------
 
-    async def _place_waiting(self, msg: PlaceTask) -> tuple[str, ActorRef, tuple[str, int] | None]:
-        """:meth:`place`; after a restart of the head, a demand that needs a node that has not
-        registered again yet waits for it (bounded by :data:`NODE_BACK_WAIT_S`)."""
-        while True:
-            try:
-                return self.place(msg.demand, msg.strategy, msg.from_node, msg.what)
-            except _NotBack as exc:
-                left = self._rejoin_until - time.monotonic()
-                if exc.node_id and left <= 0:  # (a bundle's node: waited for since the restart)
-                    raise InfeasibleError(
-                        f"{msg.what} asks for a placement group bundle on node "
-                        f"{exc.node_id}, which has not registered again with the "
-                        f"restarted head in {NODE_BACK_WAIT_S:.0f} s") from None
-                arrived = self._arrived
-                try:
-                    await asyncio.wait_for(arrived.wait(), max(left, 0.5))
-                except TimeoutError:
-                    pass
-
-    def _rejoining(self) -> bool:
-        """Is this a restarted head's placement whose nodes may still be registering again?"""
-        return time.monotonic() < self._rejoin_until
-
     def place(self, demand: Resources, strategy: Any, local: str | None, what: str
               ) -> tuple[str, ActorRef, tuple[str, int] | None]:
         """``(node_id, node_ref, bundle)`` for ``demand``; InfeasibleError when no node ever
@@ -191,11 +161,11 @@ class Placement(KeptGroups, ServiceActor):
                 bundle = (strategy.group_id, decision.bundle_index)
             ref = self.refs.get(decision.node_id)
             if ref is None:  # a bundle taken back with its group: its node is not back yet
-                raise _NotBack(decision.node_id)
+                raise NotBack(decision.node_id)
             return decision.node_id, ref, bundle
         if type(decision) is Infeasible:
             if self._rejoining():
-                raise _NotBack("")
+                raise NotBack("")
             raise InfeasibleError(decision.message, demand.to_amounts())
         return self._wait_on(demand, strategy, local, what)
 
@@ -221,7 +191,7 @@ class Placement(KeptGroups, ServiceActor):
             node_id = record.plan.nodes[index]
             ref = self.refs.get(node_id)
             if ref is None:
-                raise _NotBack(node_id)
+                raise NotBack(node_id)
             return node_id, ref, (strategy.group_id, index)
         target = getattr(strategy, "node_id", None)
         candidates = [n for n in self.view.nodes() if n.alive and demand.fits_in(n.total)]
@@ -230,7 +200,7 @@ class Placement(KeptGroups, ServiceActor):
             candidates = chosen or candidates
         if not candidates:
             if self._rejoining():
-                raise _NotBack("")
+                raise NotBack("")
             raise InfeasibleError(f"{what} needs {demand.to_amounts()}: no live node fits it now")
         if local is not None:
             mine = [n for n in candidates if n.node_id == local]

@@ -13,28 +13,44 @@ import enum
 import functools
 import logging
 import pickle
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from actorflow._errors import InfeasibleError
 from actorflow.placement.groups import GroupPlan, GroupReservations
-from actorflow.placement.messages import ReleaseBundles, ReserveBundles
+from actorflow.placement.messages import PlaceTask, ReleaseBundles, ReserveBundles
 from actorflow.placement.policy import ClusterView
 from actorflow.placement.resources import Resources
 from actorflow.runtime import ActorRef
 
 __all__ = [
+    "NODE_BACK_WAIT_S",
     "TABLE_STATES",
     "GroupRecord",
     "GroupState",
     "KeptGroup",
     "KeptGroups",
+    "NotBack",
     "group_row",
     "read_group_row",
 ]
 
 log = logging.getLogger("actorflow.placement")
+
+#: Seconds after a restart of the head during which work waits for the nodes to register
+#: again (with its bundle's node, or any that can take it) instead of being infeasible.
+NODE_BACK_WAIT_S = 30.0
+
+
+class NotBack(Exception):
+    """The node the work needs (a bundle's: ``node_id``; any that fits it: "") has not
+    registered again with the restarted head yet."""
+
+    def __init__(self, node_id: str) -> None:
+        super().__init__(node_id)
+        self.node_id = node_id
 
 
 class GroupState(enum.Enum):
@@ -127,6 +143,36 @@ class KeptGroups:
     _save: Callable[[str, Any, Callable[[Any], bytes | None]], None] | None
     #: taken back from the store: node id -> its bundles (group id, index) to check
     _expected: dict[str, list[tuple[str, int]]]
+    _arrived: asyncio.Event
+    _rejoin_until: float
+
+    if TYPE_CHECKING:  # (the actor's own)
+        def place(self, demand: Resources, strategy: Any, local: str | None, what: str
+                  ) -> tuple[str, ActorRef, tuple[str, int] | None]: ...
+
+    async def _place_waiting(self, msg: PlaceTask
+                             ) -> tuple[str, ActorRef, tuple[str, int] | None]:
+        """:meth:`place`; after a restart of the head, a demand that needs a node that has not
+        registered again yet waits for it (bounded by :data:`NODE_BACK_WAIT_S`)."""
+        while True:
+            try:
+                return self.place(msg.demand, msg.strategy, msg.from_node, msg.what)
+            except NotBack as exc:
+                left = self._rejoin_until - time.monotonic()
+                if exc.node_id and left <= 0:  # (a bundle's node: waited for since the restart)
+                    raise InfeasibleError(
+                        f"{msg.what} asks for a placement group bundle on node "
+                        f"{exc.node_id}, which has not registered again with the "
+                        f"restarted head in {NODE_BACK_WAIT_S:.0f} s") from None
+                arrived = self._arrived
+                try:
+                    await asyncio.wait_for(arrived.wait(), max(left, 0.5))
+                except TimeoutError:
+                    pass
+
+    def _rejoining(self) -> bool:
+        """Is this a restarted head's placement whose nodes may still be registering again?"""
+        return time.monotonic() < self._rejoin_until
 
     def _changed(self, record: GroupRecord) -> None:
         record.changed.set()
