@@ -10,8 +10,9 @@ This runner joins the cluster as a driver of its own (a job id of its own; the j
 environment is its own too, as for any driver started as a job) and creates one actor,
 :class:`EntrypointHost`, with those resources: the placement puts it on a node that has them,
 and it holds them while it lives (``num_cpus`` included, as an actor given ``num_cpus``
-does). The actor starts the entrypoint there (``/bin/sh -c``, a session of its own, killed by
-the kernel if the actor's process dies) as a driver of the cluster with the job's id, in the
+does). The actor starts the entrypoint there (``/bin/sh -c`` under the jobs' wrapper,
+:mod:`actorflow.jobs.wrapper`, in a session of its own that the wrapper kills whole if the
+actor's process dies) as a driver of the cluster with the job's id, in the
 job's runtime environment (the actor's), and streams its output back; the runner writes it to
 its own stdout, the job's log, which the head's job API serves as for any job. When the
 entrypoint ends, the runner exits with its exit status (the same code, or the same signal),
@@ -31,6 +32,7 @@ import os
 import signal
 import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 from actorflow._errors import ActorflowError
@@ -45,18 +47,6 @@ PIECE = 1 << 16
 _WORKER_ONLY = ("ACTORFLOW_WORKER_BOOT",)
 
 
-def _prctl() -> Any:
-    """Linux's ``prctl``, looked up before any fork (None elsewhere)."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        import ctypes
-
-        return ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-
-
 class EntrypointHost:
     """The actor that runs a job's entrypoint on the node the placement chose. (Defined in
     the runner's ``__main__``: it travels by value, so its worker imports nothing of the
@@ -64,22 +54,19 @@ class EntrypointHost:
 
     def __init__(self) -> None:
         self.proc: asyncio.subprocess.Process | None = None
-        self._prctl = _prctl()
 
     async def run(self, entrypoint: str, env: dict[str, str]) -> AsyncIterator[bytes | int]:
         """Run ``entrypoint``; yields its output in pieces, then its exit status (an int)."""
         full = {k: v for k, v in os.environ.items() if k not in _WORKER_ONLY}
         full.update(env)
-        prctl = self._prctl
-
-        def die_with_parent() -> None:  # (in the child, before it runs the entrypoint)
-            if prctl is not None:
-                prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: killed when the actor's process ends
-
+        # under the jobs' wrapper, which ends the entrypoint's whole group if this process dies
+        package = Path(sys.modules[ActorflowError.__module__].__file__ or "").parent
+        wrapper = package / "jobs" / "wrapper.py"
         self.proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-I", str(wrapper), "-", "--die-with-parent", "--",
             "/bin/sh", "-c", entrypoint, stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=full,
-            start_new_session=True, preexec_fn=die_with_parent)
+            start_new_session=True)
         assert self.proc.stdout is not None
         while piece := await self.proc.stdout.read(PIECE):
             yield piece

@@ -12,6 +12,11 @@ end (a pidfd) and reads the file.
 Signals sent to the group (``actorflow job stop``: SIGTERM, then SIGKILL) reach COMMAND
 directly; this process waits through SIGTERM, SIGINT and SIGHUP for its child to end. A SIGKILL
 of the group ends it too, and then no file is written.
+
+``wrapper.py - --die-with-parent -- COMMAND...`` (how a job's entrypoint placed on a node by
+its resources runs, under the actor that hosts it: :mod:`actorflow.cli.job_runner`) writes no
+file, and when its parent process dies (Linux: ``PR_SET_PDEATHSIG``) it SIGKILLs its whole
+process group, COMMAND and everything it started, so nothing of the job outlives its host.
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ __all__ = ["main", "write_exit"]
 
 
 def write_exit(path: str, code: int) -> None:
+    if path == "-":
+        return
     tmp = f"{path}.tmp"
     with open(tmp, "w") as f:
         f.write(str(code))
@@ -35,11 +42,33 @@ def _wait_through(_signum: int, _frame: object) -> None:
     """The group's signal reached the child too: wait for its end."""
 
 
+def _end_group(_signum: int, _frame: object) -> None:
+    """The parent died: the whole group goes (this process with it)."""
+    os.killpg(0, signal.SIGKILL)
+
+
+def _die_with_parent() -> None:
+    import ctypes
+
+    parent = os.getppid()
+    signal.signal(signal.SIGUSR1, _end_group)
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGUSR1)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # it died before the request was made
+        _end_group(signal.SIGUSR1, None)
+
+
 def main(argv: list[str]) -> int:
-    if len(argv) < 4 or argv[2] != "--":
-        print("usage: wrapper.py EXIT_FILE -- COMMAND...", file=sys.stderr)
+    args = argv[1:]
+    die_with_parent = len(args) > 1 and args[1] == "--die-with-parent"
+    if die_with_parent:
+        del args[1]
+    if len(args) < 3 or args[1] != "--":
+        print("usage: wrapper.py EXIT_FILE|- [--die-with-parent] -- COMMAND...",
+              file=sys.stderr)
         return 2
-    exit_file, command = argv[1], argv[3:]
+    exit_file, command = args[0], args[2:]
+    if die_with_parent and sys.platform.startswith("linux"):
+        _die_with_parent()
     try:
         child = subprocess.Popen(command)
     except OSError as exc:
