@@ -63,7 +63,7 @@ class EntrypointHost:
         package = Path(sys.modules[ActorflowError.__module__].__file__ or "").parent
         wrapper = package / "jobs" / "wrapper.py"
         self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-I", str(wrapper), "-", "--die-with-parent", "--",
+            sys.executable, "-I", "-S", str(wrapper), "-", "--die-with-parent", "--",
             "/bin/sh", "-c", entrypoint, stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=full,
             start_new_session=True)

@@ -241,9 +241,9 @@ class JobManager(ServiceActor):
 
     @staticmethod
     def _command(job: _Job) -> list[str]:
-        """The job's process: its wrapper (by path, ``-I``: it imports nothing of ours) and
-        the entrypoint under ``/bin/sh -c``, or the runner that places it on a node."""
-        lead = [sys.executable, "-I", wrapper.__file__, str(job.exit_path), "--"]
+        """The job's process: its wrapper (by path, ``-I -S``: it imports nothing of ours, nor
+        the site's) and the entrypoint under ``/bin/sh -c``, or the runner that places it."""
+        lead = [sys.executable, "-I", "-S", wrapper.__file__, str(job.exit_path), "--"]
         demand = job.demand
         if demand is None:
             return [*lead, "/bin/sh", "-c", job.entrypoint]

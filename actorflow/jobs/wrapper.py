@@ -1,13 +1,13 @@
 """What a submitted job's process group starts with: run the job's command, note how it ended.
 
 The ``jobs`` actor (:mod:`actorflow.jobs.manager`) runs, as the leader of the job's new
-session, ``python -I <this file> EXIT_FILE -- COMMAND...`` (by path, so that it imports nothing
-of actorflow: it starts in milliseconds). It runs COMMAND as its child in the same process
-group, waits for it, writes its exit status to EXIT_FILE (atomically: the decimal code, negative
-for a signal, as ``subprocess`` gives it) and ends the same way (the same code, or killed by
-the same signal). So a head started again after its process died, while the job ran on, learns
-how the job ended even though the job's process was not its child: it waits for this process's
-end (a pidfd) and reads the file.
+session, ``python -I -S <this file> EXIT_FILE -- COMMAND...`` (by path, so that it imports
+nothing of actorflow nor of the site: it starts as fast as the interpreter does). It runs
+COMMAND as its child in the same process group, waits for it, writes its exit status to
+EXIT_FILE (atomically: the decimal code, negative for a signal, as ``subprocess`` gives it) and
+ends the same way (the same code, or killed by the same signal). So a head started again after
+its process died, while the job ran on, learns how the job ended even though the job's process
+was not its child: it waits for this process's end (a pidfd) and reads the file.
 
 Signals sent to the group (``actorflow job stop``: SIGTERM, then SIGKILL) reach COMMAND
 directly; this process waits through SIGTERM, SIGINT and SIGHUP for its child to end. A SIGKILL
