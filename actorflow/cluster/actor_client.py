@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -92,7 +93,10 @@ class ActorClient:
     def creating(
         self, core: Core, spec: ActorSpec, deps: list[ObjectRef], get_if_exists: bool
     ) -> None:
-        """Ask the head to create the actor (once its ObjectRef arguments are ready)."""
+        """Ask the head to create the actor (once its ObjectRef arguments are ready). While
+        the link to the head is lost (it restarts) the ask is made again, within the grace
+        period of :func:`~actorflow.cluster.head_link.retry_while_head_away`; the head takes
+        an actor id it knows as the same creation."""
         self._creating = True
 
         def send(resolved: tuple[Any, ...]) -> None:
@@ -101,9 +105,9 @@ class ActorClient:
                     CreateActor(replace(spec, resolved=resolved), get_if_exists)
                 )
             except Exception as exc:
-                self._created_failed(exc)
+                self._create_failed(exc, lambda: send(resolved))
                 return
-            fut.add_done_callback(self._created)
+            fut.add_done_callback(lambda f: self._created(f, lambda: send(resolved)))
 
         if not deps:
             send(())
@@ -119,18 +123,24 @@ class ActorClient:
 
         core.when_all_ready(deps, on_deps)
 
-    def _created(self, fut: asyncio.Future[Any]) -> None:
+    def _created(self, fut: asyncio.Future[Any], again: Callable[[], None]) -> None:
         if fut.cancelled():
             self._created_failed(ActorDiedError(self.class_name, "its creation was cancelled"))
             return
         exc = fut.exception()
         if exc is not None:
-            self._created_failed(exc)
+            self._create_failed(exc, again)
             return
+        head_answered(self)
         self._creating = False
         real_id, _spec = fut.result()
         self.actor_id = real_id  # get_if_exists may have found an existing actor
         self._flush()
+
+    def _create_failed(self, exc: BaseException, again: Callable[[], None]) -> None:
+        error = retry_while_head_away(self, self.core.head, exc, again)
+        if error is not None:  # (None: asked again soon, the head being away)
+            self._created_failed(error)
 
     def _created_failed(self, exc: BaseException) -> None:
         self._creating = False

@@ -42,6 +42,8 @@ __all__ = [
     "JobInfo",
     "JobRow",
     "JobsTable",
+    "KeepSubmitted",
+    "KeptSubmitted",
     "RegisterJob",
     "job_view",
 ]
@@ -88,6 +90,21 @@ class JobInfo:
     for none), and its namespace."""
 
     job_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class KeepSubmitted:
+    """Tell (the head's ``jobs`` service -> head): keep this submitted job's row in the head's
+    store (pickled by the service; None: forget it), so that a restarted head has it back."""
+
+    job_id: str
+    row: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class KeptSubmitted:
+    """Ask (the head's ``jobs`` service -> head, as it starts): the submitted jobs' rows the
+    head's store kept (a restarted head's), as a tuple of pickled rows."""
 
 
 @dataclass(frozen=True, slots=True)
