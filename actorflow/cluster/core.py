@@ -196,24 +196,25 @@ class Core:
     # -- objects -------------------------------------------------------------------------------
 
     def encode(self, value: Any, what: str = "value", *, owned: bool = True,
-               caller: bool = False) -> Payload:
+               caller: bool = False, job: str = "") -> Payload:
         """Serialize once: inline when small, else into a shared-memory segment. ``owned``:
         this process owns the object (a put); a task's result belongs to its caller, and this
-        process keeps no record of its segment."""
+        process keeps no record of its segment (``job``: the caller's, whose end frees it)."""
         if is_plain(value):  # the common small case: one C pickle, kept as is
             meta = pickle_dumps(value, 5)
             if len(meta) < INLINE_LIMIT:
                 return meta
-            return self._to_segment(Serialized(meta), owned, caller)
+            return self._to_segment(Serialized(meta), owned, caller, job)
         ser = serialize(value, what)
         if not ser.buffers:
             if len(ser.meta) < INLINE_LIMIT:
                 return ser.meta
         elif ser.nbytes < INLINE_LIMIT:
             return Inline(ser.meta, tuple(bytes(b) for b in ser.buffers))
-        return self._to_segment(ser, owned, caller)
+        return self._to_segment(ser, owned, caller, job)
 
-    def _to_segment(self, ser: Serialized, owned: bool = True, caller: bool = False) -> InShm:
+    def _to_segment(self, ser: Serialized, owned: bool = True, caller: bool = False,
+                    job: str = "") -> InShm:
         """``caller``: for a synchronous API (``af.put``, a call's arguments), which refuses a
         value too large to copy on the loop's thread (see SYNC_COPY_LIMIT)."""
         size = ser.nbytes
@@ -231,7 +232,7 @@ class Core:
                 size, free, f"this machine's shared memory ({shm.SHM_DIR})")
         name, nbytes, generation = self.store.write(ser, keep=owned)
         self._on_loop_thread(self.tell_node, spill.Stored(
-            name, nbytes, generation, os.getpid(), "put" if owned else "task result"))
+            name, nbytes, generation, os.getpid(), "put" if owned else "task result", job))
         return InShm(name, self.node_id, nbytes, generation)
 
     def tell_node(self, message: Any) -> None:
@@ -362,12 +363,13 @@ class Core:
         return out
 
     def encode_lending(self, value: Any, what: str, *, owned: bool = True,
-                       caller: bool = False) -> tuple[Payload, list[tuple[Any, str]]]:
+                       caller: bool = False, job: str = ""
+                       ) -> tuple[Payload, list[tuple[Any, str]]]:
         """:meth:`encode`, with the ``(owner, object id)`` of the refs pickled into it."""
         if type(value) in _SCALARS:  # the commonest case: nothing in it can be a ref
-            return self.encode(value, what, owned=owned, caller=caller), _NO_REFS
+            return self.encode(value, what, owned=owned, caller=caller, job=job), _NO_REFS
         with lending() as lent:
-            return self.encode(value, what, owned=owned, caller=caller), lent
+            return self.encode(value, what, owned=owned, caller=caller, job=job), lent
 
     def materialize(self, payload: Payload) -> Any:
         """Payload to value; raises the error a failed task left."""

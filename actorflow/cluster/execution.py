@@ -124,13 +124,15 @@ def capture_error(exc: BaseException, where: str) -> TaskError:
     return error
 
 
-def encode_returns(core: Core, result: Any, num_returns: int, name: str
+def encode_returns(core: Core, result: Any, num_returns: int, name: str, job: str = ""
                    ) -> tuple[tuple[Payload, ...], tuple[tuple[int, Any, str], ...]]:
     """The call's returns, and ``(index, owner, object id)`` of the refs pickled into them
-    (lends that the caller keeps: see objects/borrows.py)."""
+    (lends that the caller keeps: see objects/borrows.py). ``job``: the caller's job, whose
+    end frees the large ones (a task's; "" for an actor's, kept until the node stops)."""
     try:
         if num_returns == 1:
-            payload, lent = core.encode_lending(result, f"the result of {name!r}", owned=False)
+            payload, lent = core.encode_lending(result, f"the result of {name!r}", owned=False,
+                                                job=job)
             return (payload,), tuple((0, owner, oid) for owner, oid in lent)
         values = tuple(result)
         if len(values) != num_returns:
@@ -140,7 +142,8 @@ def encode_returns(core: Core, result: Any, num_returns: int, name: str
         payloads = []
         nested: list[tuple[int, Any, str]] = []
         for i, v in enumerate(values):
-            payload, lent = core.encode_lending(v, f"a result of {name!r}", owned=False)
+            payload, lent = core.encode_lending(v, f"a result of {name!r}", owned=False,
+                                                job=job)
             payloads.append(payload)
             nested.extend((i, owner, oid) for owner, oid in lent)
         return tuple(payloads), tuple(nested)
@@ -304,7 +307,8 @@ def cancelled_returns(state: CallState, what: str, num_returns: int) -> tuple[Pa
 
 
 async def answer_outcome(core: Core, reply: Any, outcome: Outcome, num_returns: int, name: str,
-                  where: str, state: CallState, what: str) -> tuple[Payload, ...]:
+                  where: str, state: CallState, what: str, job: str = ""
+                  ) -> tuple[Payload, ...]:
     """Answer one call of a batch with its outcome (``name`` and ``where`` name it in a
     serialization error and a user's error, ``what`` in a cancel); returns the payloads it
     answered."""
@@ -318,7 +322,7 @@ async def answer_outcome(core: Core, reply: Any, outcome: Outcome, num_returns: 
     if state.cancelled:
         returns = cancelled_returns(state, what, num_returns)
     elif ok:
-        returns, nested = encode_returns(core, value, num_returns, name)
+        returns, nested = encode_returns(core, value, num_returns, name, job)
     else:
         returns = (Failed(capture_error(value, where)),) * num_returns
     await settle_borrows(core)

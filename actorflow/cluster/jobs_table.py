@@ -109,9 +109,11 @@ class KeptSubmitted:
 
 @dataclass(frozen=True, slots=True)
 class FreeSegments:
-    """Tell (head -> node): unlink this node's segments whose names start with ``prefix``."""
+    """Tell (head -> node): a job ended: unlink this node's segments whose names start with
+    ``prefix`` (its driver's), and the task results made for job ``job_id``."""
 
     prefix: str
+    job_id: str = ""
 
 
 @dataclass(slots=True)
@@ -251,13 +253,12 @@ class HeadJobs:
                     self.placement.tell_nowait(RemoveGroup(group_id))
         except Exception as exc:  # the placement is stopping with the head
             log.debug("removing the placement groups of job %s: %s", job_id, exc)
-        if row.segment_prefix:
-            for node in list(self.nodes.values()):
-                if node.alive:
-                    try:
-                        node.ref.tell_nowait(FreeSegments(row.segment_prefix))
-                    except Exception:
-                        pass  # that node is gone, and its segments with it
+        for node in list(self.nodes.values()):
+            if node.alive:
+                try:
+                    node.ref.tell_nowait(FreeSegments(row.segment_prefix, job_id))
+                except Exception:
+                    pass  # that node is gone, and its segments with it
         log.info("job %s ended (%s): its actors, placement groups and objects are released",
                  job_id, status)
 

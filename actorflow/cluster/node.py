@@ -285,7 +285,11 @@ class Node(ServiceActor):
             return await self.logs.read(message)
         if kind is FreeSegments:  # a job ended: its driver's segments here go
             if self.store is not None:
-                self.store.freed_prefix(message.prefix)
+                if message.prefix:
+                    self.store.freed_prefix(message.prefix)
+                if message.job_id:  # and the task results made for it
+                    for name in self.store.freed_job(message.job_id):
+                        self._background(asyncio.to_thread(shm.unlink_segment, name))
             if message.prefix.startswith(f"af-{self.node_id}-"):
                 self._background(asyncio.to_thread(shm.cleanup_session, message.prefix))
             return None

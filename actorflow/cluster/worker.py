@@ -241,7 +241,8 @@ class Worker(Actor):
             try:
                 returns = await answer_outcome(
                     self.core, reply, outcome, spec.num_returns, spec.name,
-                    f"task {spec.name} (pid={self.pid})", state, f"task {spec.name!r}")
+                    f"task {spec.name} (pid={self.pid})", state, f"task {spec.name!r}",
+                    spec.job_id or "")
                 events.ended(spec.task_id, time.perf_counter(), outcome[2], returns)
                 self._remember(spec, returns)
             finally:
@@ -351,7 +352,8 @@ class Worker(Actor):
         if state.cancelled:  # (what it returned or raised once cancelled does not count)
             return TaskReply(cancelled_returns(state, f"task {spec.name!r}", spec.num_returns),
                              time.perf_counter() - start)
-        returns, nested = encode_returns(self.core, result, spec.num_returns, spec.name)
+        returns, nested = encode_returns(self.core, result, spec.num_returns, spec.name,
+                                         spec.job_id or "")
         return quick_reply(returns, time.perf_counter() - start, nested)
 
     def cancel(self, task_id: str, force: bool, recursive: bool) -> None:

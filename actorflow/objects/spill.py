@@ -100,6 +100,7 @@ class Stored:
     generation: int
     pid: int
     what: str
+    job: str = ""  # a task result: the job that submitted the task (freed when it ends)
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +138,7 @@ class _Object:
     generation: int
     pid: int
     what: str
+    job: str = ""
     state: str = _RESIDENT
     on_disk: bool = False  # a spill file holds it (kept after a restore)
     freed: bool = False  # freed while a thread moved it
@@ -213,7 +215,7 @@ class NodeStore:
         old = self.objects.pop(msg.name, None)
         if old is not None:  # (its Freed was lost): the new value replaces it
             self._forget(msg.name, old)
-        self.objects[msg.name] = _Object(msg.nbytes, msg.generation, msg.pid, msg.what)
+        self.objects[msg.name] = _Object(msg.nbytes, msg.generation, msg.pid, msg.what, msg.job)
         self.used += msg.nbytes
         self._changed()
         self._arm_audit()
@@ -233,6 +235,14 @@ class NodeStore:
         """Every segment whose name starts with ``prefix`` went (a job's end)."""
         for name in [n for n in self.objects if n.startswith(prefix)]:
             self.freed(name)
+
+    def freed_job(self, job_id: str) -> list[str]:
+        """A job ended: the task results made for it go (their owner, its driver, is gone).
+        Returns their segments' names, for the caller to unlink."""
+        names = [n for n, obj in self.objects.items() if obj.job == job_id]
+        for name in names:
+            self.freed(name)
+        return names
 
     def _forget(self, name: str, obj: _Object) -> None:
         obj.freed = True
