@@ -11,7 +11,10 @@ nodes on this machine started as real processes through the CLI, and a driver jo
   returning the 100 MiB array, from submission to the checked array in the driver, whose node is
   the head) and ``transfer_GBps``; ``produce_s`` (the same task returning only the last element:
   all but the move), ``move_s`` = transfer - produce, ``move_GBps``; ``transfer_cpu_s``. The
-  ``cpu_*`` fields cover the task part only.
+  ``cpu_*`` fields cover the task part only. ``reread_first_s`` and ``reread_later_s``
+  (median): one far 100 MiB result read :data:`REREADS` times by the driver; the first read
+  pulls it into a secondary copy on the driver's node (``actorflow/cluster/copies.py``), the
+  later ones map that copy.
 
 The parent side (:func:`measure`, called by ``benchmarks.cluster.run``) gives the child its state
 folder and a process tag of its own; once the child has exited (it stops its nodes, on failure
@@ -59,6 +62,7 @@ from benchmarks.spec import LARGE_BYTES, SPEC
 
 _FAR = {"far": 0.001}
 _CROSS_NODE_TIMEOUT_S = 1200.0  # the whole child, all repetitions
+REREADS = 5  # reads of one far result (the first pulls it, the later ones find the copy)
 
 
 # -- remote functions ------------------------------------------------------------------------------
@@ -170,7 +174,10 @@ async def _cross_node_driver(address: str, token: str, n: int, reps: int
             del out
             transfer, produce = t6 - t5, t4 - t3
             move = max(transfer - produce, 1e-9)
+            reads = await _rereads(far_big, shape, last)
             rec.update({
+                "reread_first_s": reads[0],
+                "reread_later_s": sorted(reads[1:])[len(reads[1:]) // 2],
                 "transfer_100MiB_s": transfer,
                 "transfer_GBps": LARGE_BYTES / transfer / 1e9,
                 "produce_s": produce,
@@ -181,10 +188,25 @@ async def _cross_node_driver(address: str, token: str, n: int, reps: int
             runs.append(rec)
             log(f"[cross_node] rep {r + 1}/{reps}: {rec['value']:.4g} tasks/s; 100 MiB "
                 f"far->driver {transfer:.3f} s ({rec['transfer_GBps']:.3g} GB/s; produce "
-                f"{produce:.3f} s)")
+                f"{produce:.3f} s); read again: first {reads[0] * 1e3:.1f} ms, later "
+                f"{rec['reread_later_s'] * 1e3:.2f} ms")
         return runs
     finally:
         await af.shutdown()
+
+
+async def _rereads(far_big: Any, shape: Any, last: float) -> list[float]:
+    """Seconds of each of REREADS reads of one far 100 MiB result (made, not yet read)."""
+    ref = far_big.remote()
+    await af.wait([ref], fetch_local=False)
+    out: list[float] = []
+    for _ in range(REREADS):
+        t0 = time.perf_counter()
+        arr = await ref
+        out.append(time.perf_counter() - t0)
+        assert arr.shape == shape and arr[-1] == last
+        del arr
+    return out
 
 
 # -- the child and the parent ----------------------------------------------------------------------
