@@ -190,6 +190,10 @@ async def _cross_node_driver(address: str, token: str, n: int, reps: int
                 f"far->driver {transfer:.3f} s ({rec['transfer_GBps']:.3g} GB/s; produce "
                 f"{produce:.3f} s); read again: first {reads[0] * 1e3:.1f} ms, later "
                 f"{rec['reread_later_s'] * 1e3:.2f} ms")
+        summary = await af.memory_summary()
+        (mine,) = [n for n in summary["nodes"] if n["node_id"] == rt.node_id]
+        log(f"[cross_node] the driver's node: {mine.get('copy_pulls')} pulls, "
+            f"{mine.get('copy_spare_hits')} into spares, {mine.get('copy_reads')} reads")
         return runs
     finally:
         await af.shutdown()

@@ -140,7 +140,9 @@ class MemoryQuery:
 class Secondary(Protocol):
     """What the store needs of the node's secondary copies (``cluster/copies.py``)."""
 
-    used: int  # bytes of copies in shared memory
+    @property
+    def used(self) -> int:
+        """Bytes of copies in shared memory."""
 
     def primary_freed(self, name: str, generation: int | None) -> None: ...
 

@@ -141,7 +141,8 @@ async def test_copies_are_evicted_before_any_primary_spills(cli_cluster: Cluster
 
     async def empty() -> bool:
         row = await _figures(node3)
-        return bool(row["secondary_copies"] == 0 and row["object_store_used"] == 0)
+        return bool(row["secondary_copies"] == 0
+                    and row["object_store_used"] == row["copy_spare_bytes"])
 
     await until_async(empty, what="node3's store empty")
     far = made_there.remote(7, 16 * MIB)
