@@ -42,7 +42,6 @@ import itertools
 import logging
 import os
 import struct
-import threading
 import time
 import weakref
 from collections import OrderedDict
@@ -154,6 +153,22 @@ def evict_file(name: str) -> str:
         os.close(fd)
 
 
+def _used_bytes(view: memoryview) -> int:
+    """The bytes a segment's value takes (its file may be larger: a writer reuses segments
+    of a larger capacity), by the layout in ``objects/shm.py``: header, meta, then each buffer,
+    each 64-byte aligned."""
+    nbuf, meta_len = struct.unpack_from("<IQ", view, 4)
+    sizes = struct.unpack_from(f"<{nbuf}Q", view, 24)
+    end = _align64(_align64(24 + 8 * nbuf) + meta_len)
+    for size in sizes:
+        end = _align64(end + size)
+    return min(len(view), max(end, 1))
+
+
+def _align64(n: int) -> int:
+    return (n + 63) & ~63
+
+
 def _unlink(name: str) -> None:
     shm.unlink_segment(name)
 
@@ -165,11 +180,6 @@ def _adopt(spare: str, name: str, size: int) -> None:
     os.unlink(shm.path_of(spare))
     if os.stat(shm.path_of(name)).st_size > size:
         os.truncate(shm.path_of(name), size)
-
-
-def _lowest_priority() -> None:
-    with contextlib.suppress(OSError, AttributeError):
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
 
 
 # -- the reader's side (in Core.localize) -------------------------------------------------------
@@ -229,9 +239,11 @@ class _Spares:
     """Blank segments made ahead for the next copies (see SPARE_MIN). Nobody but this node ever
     maps one before it becomes a copy, so filling it is safe."""
 
-    def __init__(self, node_id: str, on_change: Callable[[], None]) -> None:
+    def __init__(self, node_id: str, on_change: Callable[[], None],
+                 room: Callable[[], int]) -> None:
         self.node_id = node_id
         self.on_change = on_change  # (a spare came or went: the store looks at its limit)
+        self.room = room  # bytes free under the store's limit
         self.kept: list[_Spare] = []
         self.bytes = 0  # kept and being made
         self._making: set[int] = set()
@@ -251,12 +263,11 @@ class _Spares:
         self.bytes -= spare.capacity
         return spare
 
-    def plan(self, size: int, room: int) -> None:
-        """A copy of ``size`` bytes was made: make a spare of that size when none would fit
-        the next one and ``room`` (bytes free under the store's limit) allows."""
-        if (size < SPARE_MIN or size > room or self._closed or size in self._making
-                or len(self.kept) + len(self._making) >= SPARES
-                or any(size <= s.capacity <= 2 * size for s in self.kept)):
+    def plan(self, size: int) -> None:
+        """A copy of ``size`` bytes was made: make a spare of that size (one at a time, up to
+        SPARES) while the store's limit has room (copies of one size often come in a row)."""
+        if (size < SPARE_MIN or size > self.room() or self._closed or size in self._making
+                or len(self.kept) + len(self._making) >= SPARES):
             return
         self._making.add(size)
         self.bytes += size
@@ -265,7 +276,7 @@ class _Spares:
     async def _make(self, size: int) -> None:
         if self._thread is None:
             self._thread = concurrent.futures.ThreadPoolExecutor(
-                1, thread_name_prefix="actorflow-copy-spares", initializer=_lowest_priority)
+                1, thread_name_prefix="actorflow-copy-spares")
         name = f"af-{self.node_id}-copyspare-{next(self._ids)}"
         try:
             mapping = await asyncio.get_running_loop().run_in_executor(
@@ -286,6 +297,7 @@ class _Spares:
         if self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(SPARE_IDLE_S, self._trim)
         self.on_change()
+        self.plan(size)
 
     def _trim(self) -> None:
         self._timer = None
@@ -331,7 +343,7 @@ class NodeCopies:
         self.pulling: dict[tuple[str, int], asyncio.Future[Payload | None]] = {}
         self.dropped: set[tuple[str, int]] = set()  # freed while being pulled
         self.copy_bytes = 0  # bytes of copies in shared memory
-        self.spares = _Spares(self.node_id, self._spares_changed)
+        self.spares = _Spares(self.node_id, self._spares_changed, self._spare_room)
         self.reserved = 0  # bytes of copies being pulled
         self.pulls = self.pulled_bytes = self.served = self.shared = 0
         self.evictions = self.drops = self.spare_hits = 0
@@ -344,6 +356,10 @@ class NodeCopies:
         self._closed = False
         if self.store is not None:
             self.store.secondary = self
+
+    def _spare_room(self) -> int:
+        store = self.store
+        return 0 if store is None else store.limit - store.total() - self.reserved
 
     def _spares_changed(self) -> None:
         if self.store is not None:
@@ -465,7 +481,7 @@ class NodeCopies:
         self.pulled_bytes += size
         if self.store is not None:
             self.store.secondary_changed()
-            self.spares.plan(size, self.store.limit - self.store.total() - self.reserved)
+            self.spares.plan(size)
         return payload
 
     async def _room(self, size: int) -> bool:
@@ -525,6 +541,7 @@ class NodeCopies:
         if len(view) < 24 or struct.unpack_from("<Q", view, 16)[0] != msg.generation:
             raise ObjectLostError(f"the object in segment {name} was freed (its segment now "
                                   "holds another one)")
+        view = view[:_used_bytes(view)]  # (a reused segment may be larger than its value)
         ticket = remoting.offer([view])
         address = self.node.system.address
         if ticket is None or address is None:
