@@ -399,8 +399,9 @@ class NodeCopies:
         for key, copy in list(self.copies.items()):
             if copy.source == node_id:
                 self.drop(*key)
-        for key in self.pulling:
-            self.dropped.add(key)
+        for key in self.pulling:  # (a primary's name starts with its node's)
+            if key[0].startswith(f"af-{node_id}-"):
+                self.dropped.add(key)
 
     # -- another node copies a primary of this node --------------------------------------------
 
