@@ -169,9 +169,32 @@ async def test_copies_are_evicted_before_any_primary_spills(cli_cluster: Cluster
     # read again: pulled again (room is made by evicting, never by spilling)
     del mine
     gc.collect()
+    await until_async(empty, what="node3's primaries freed")
     read = await within(read_arg.remote(far))
     assert read[:3] == (node3, 7, 7 * 16 * MIB)
-    assert (await _figures(node3))["copy_pulls"] - before["copy_pulls"] == 1
+    again = await _figures(node3)
+    assert again["copy_pulls"] - before["copy_pulls"] == 1
+    (copy,) = _copies_of(node3, primary)
+    await until(lambda: _unpinned(copy), what="the reader to let the copy go")
+
+    # a copy that a reader maps (this process, pinning it as every reader does) stays: under
+    # the same pressure a primary spills instead
+    reader = shm.Mapping(copy)
+    try:
+        mine = [made_on_node3.remote(i, 12 * MIB) for i in range(3)]
+        await within(af.wait(mine, num_returns=3, fetch_local=False))
+
+        async def spilled() -> dict[str, Any] | None:
+            row = await _figures(node3)
+            return row if row["spilled_objects"] > again["spilled_objects"] else None
+
+        row = await until_async(spilled, what="a primary spilled")
+        assert row["secondary_copies"] == 1 and _copies_of(node3, primary) == [copy]
+        assert row["copy_evictions"] == again["copy_evictions"]
+    finally:
+        reader.close()
+    del mine
+    gc.collect()
 
 
 async def test_concurrent_readers_wait_on_the_one_pull(cli_cluster: Cluster) -> None:
