@@ -193,7 +193,9 @@ async def _cross_node_driver(address: str, token: str, n: int, reps: int
         summary = await af.memory_summary()
         (mine,) = [n for n in summary["nodes"] if n["node_id"] == rt.node_id]
         log(f"[cross_node] the driver's node: {mine.get('copy_pulls')} pulls, "
-            f"{mine.get('copy_spare_hits')} into spares, {mine.get('copy_reads')} reads")
+            f"{mine.get('copy_spare_hits')} into spares, {mine.get('copy_reads')} reads; "
+            f"making their segments {mine.get('copy_segment_s')} s, pulls "
+            f"{mine.get('copy_pull_s')} s in all")
         return runs
     finally:
         await af.shutdown()

@@ -227,6 +227,7 @@ class NodeCopies:
         self.reserved = 0  # bytes of copies being pulled
         self.pulls = self.pulled_bytes = self.served = self.shared = 0
         self.evictions = self.drops = self.spare_hits = 0
+        self.segment_s = self.pull_s = 0.0  # making the copies' segments, pulling into them
         self.sources: dict[str, ActorRef] = {}  # node id -> its node (copies' primaries)
         #: this node's primaries copied elsewhere: segment -> generation -> node id -> node
         self.copiers: dict[str, dict[int, dict[str, ActorRef]]] = {}
@@ -324,6 +325,7 @@ class NodeCopies:
         name = copy_name(self.node_id, primary.name, primary.generation)
         self.reserved += size
         spare = self.spares.take(size)
+        t0 = time.perf_counter()
         try:
             if spare is not None:  # its pages are there: the pull is a plain copy
                 self.spare_hits += 1
@@ -337,10 +339,13 @@ class NodeCopies:
             else:
                 mapping = await asyncio.to_thread(shm.blank_segment, name, size,
                                                   keep_free=KEEP_FREE)
+            t1 = time.perf_counter()
+            self.segment_s += t1 - t0
             try:
                 view = mapping.view()[:size]
                 try:
                     await self._remoting.pull(offer.address, offer.ticket, view)
+                    self.pull_s += time.perf_counter() - t1
                     generation = struct.unpack_from("<Q", view, 16)[0]
                 finally:
                     view.release()
@@ -524,6 +529,8 @@ class NodeCopies:
             "secondary_bytes": self.copy_bytes,
             "copy_spare_bytes": self.spares.bytes,
             "copy_spare_hits": self.spare_hits,
+            "copy_segment_s": round(self.segment_s, 6),
+            "copy_pull_s": round(self.pull_s, 6),
             "copy_pulls": self.pulls,
             "copy_pulled_bytes": self.pulled_bytes,
             "copy_reads": self.served,
