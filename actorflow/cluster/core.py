@@ -44,7 +44,7 @@ from actorflow._errors import (
     TaskCancelledError,
     TaskError,
 )
-from actorflow.cluster import streaming
+from actorflow.cluster import copies, streaming
 from actorflow.cluster.borrowing import BorrowCounter
 from actorflow.cluster.lineage import Lineage
 from actorflow.cluster.object_table import (
@@ -399,12 +399,17 @@ class Core:
 
     async def localize(self, payloads: tuple[Payload, ...] | list[Payload]
                        ) -> tuple[Payload, ...]:
-        """Fetch the large values that live on other nodes (each once, from its node)."""
+        """Fetch the large values that live on other nodes: through a copy that this
+        process's node keeps (``cluster/copies.py``), else each once, from its node."""
         out: list[Payload] = []
         for payload in payloads:
             if type(payload) is InShm and payload.node_id == self.node_id:
                 out.append(await self._restored(payload))
             elif type(payload) is InShm:
+                copy = await copies.read_copy(self, payload)
+                if copy is not None:
+                    out.append(copy)
+                    continue
                 node = await self._node_ref(payload.node_id)
                 try:
                     answer = await node.ask(ReadSegment(payload.name, bulk=self._can_pull))

@@ -34,7 +34,7 @@ from actorflow._errors import (
     WorkerCrashedError,
 )
 from actorflow._limits import UNLIMITED
-from actorflow.cluster import hoststats, memory_guard, runtime_env
+from actorflow.cluster import copies, hoststats, memory_guard, runtime_env
 from actorflow.cluster.actor_host import ActorHost, creation_error
 from actorflow.cluster.jobs_table import FreeSegments
 from actorflow.cluster.node_logs import NodeLogs, ReadLogs
@@ -123,6 +123,7 @@ class Node(ServiceActor):
         self.node_id = node_id
         #: the primary copies of this machine's objects: limit, spilling (objects/spill.py)
         self.store = spill.store_of(node_id)
+        self.copies = copies.NodeCopies(self)  # secondary copies (cluster/copies.py)
         self.total = resources
         self.available = resources
         self.session = session
@@ -269,6 +270,8 @@ class Node(ServiceActor):
             return self.info()
         if kind in _STORE_MESSAGES:
             return await self.store.handle(message) if self.store is not None else None
+        if kind in copies.MESSAGES:
+            return await self.copies.handle(message)
         if kind is ReadSegment:
             if self.store is not None and message.name.startswith(f"af-{self.node_id}-"):
                 await self.store.ensure(message.name)  # restored first when spilled
