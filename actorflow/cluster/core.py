@@ -18,8 +18,6 @@ node, read back zero-copy by every process of the node.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
-import contextlib
 import functools
 import itertools
 import logging
@@ -39,7 +37,6 @@ from actorflow._errors import (
     ObjectStoreFullError,
     OwnerDiedError,
     PeerUnreachableError,
-    ProtocolError,
     SerializationError,
     TaskCancelledError,
     TaskError,
@@ -59,17 +56,14 @@ from actorflow.cluster.protocol import (
     Args,
     Failed,
     Fetched,
-    FreeSegment,
-    GetClusterInfo,
     Inline,
     InShm,
-    Offered,
     Payload,
-    ReadSegment,
     WorkerBlocked,
 )
+from actorflow.cluster.remote_segments import RemoteSegments
+from actorflow.cluster.segment_upkeep import SegmentUpkeep
 from actorflow.objects import shm, spill
-from actorflow.objects import store as store_mod
 from actorflow.objects.borrows import Lends, lending
 from actorflow.objects.ref import ObjectRef
 from actorflow.objects.serialization import (
@@ -80,8 +74,8 @@ from actorflow.objects.serialization import (
     is_plain,
     serialize,
 )
-from actorflow.objects.store import ReceiveBuffers, SegmentStore
-from actorflow.runtime import ActorRef, ActorSystem, OwnedTasks
+from actorflow.objects.store import SegmentStore
+from actorflow.runtime import ActorRef, ActorSystem
 
 if TYPE_CHECKING:
     from actorflow.cluster.actor_client import ActorClient
@@ -124,13 +118,6 @@ task_context: ContextVar[TaskContext] = ContextVar(
 )
 
 
-def _lowest_priority() -> None:
-    """(On the thread that makes spare segments.) Let any other work run first: making a spare
-    is filling fresh pages, which a VM may make slow for every vCPU it runs on."""
-    with contextlib.suppress(OSError, AttributeError):
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
-
-
 class Core:
     """The process's owner and submitter (see the module docstring)."""
 
@@ -166,23 +153,13 @@ class Core:
         self.owner_ref: ActorRef | None = None
         self._prefix = secrets.token_hex(5)
         self._ids = itertools.count(1)
-        self._nodes: dict[str, ActorRef] = {}
+        self.upkeep = SegmentUpkeep(self)
         self.store = SegmentStore(lambda: f"af-{self.node_id}-{self.new_id()}",
-                                  make_spare=self._make_spare, on_pooled=self._on_pooled,
-                                  on_pinned=self._on_pinned)
-        self._trim_timer: asyncio.TimerHandle | None = None
-        self._relax_timer: asyncio.TimerHandle | None = None
-        self._spares = OwnedTasks("the spare-segment maker", log)
-        #: segments of other nodes freed here whose node's ref is being looked up
-        self._unsent_frees: list[InShm] = []
-        self._remote_frees = OwnedTasks("freeing segments on other nodes", log)
-        self._spare_thread: concurrent.futures.ThreadPoolExecutor | None = None
-        self.receive_buffers = ReceiveBuffers()
+                                  make_spare=self.upkeep.make_spare,
+                                  on_pooled=self.upkeep.on_pooled,
+                                  on_pinned=self.upkeep.on_pinned)
+        self.remote = RemoteSegments(self)  # other nodes' segments: reads and frees
         self.closed = False
-        #: Bytes of other nodes' segments pulled here in bulk, and pulls that failed (their
-        #: segments then came through the link).
-        self.pulled_bytes = 0
-        self.pull_fallbacks = 0
         #: Awaited first when this Core closes, in order (a last flush of what a process
         #: recorded, such as its metrics); one that raises is logged and the rest still run.
         self.on_close: list[Callable[[], Awaitable[None]]] = []
@@ -231,7 +208,7 @@ class Core:
             raise ObjectStoreFullError(
                 size, free, f"this machine's shared memory ({shm.SHM_DIR})")
         name, nbytes, generation = self.store.write(ser, keep=owned)
-        self._on_loop_thread(self.tell_node, spill.Stored(
+        self.on_loop_thread(self.tell_node, spill.Stored(
             name, nbytes, generation, os.getpid(), "put" if owned else "task result", job))
         return InShm(name, self.node_id, nbytes, generation)
 
@@ -243,7 +220,7 @@ class Core:
         except Exception:
             pass
 
-    def _on_loop_thread(self, fn: Callable[..., None], *args: Any) -> None:
+    def on_loop_thread(self, fn: Callable[..., None], *args: Any) -> None:
         """Call ``fn(*args)`` on the loop's thread: now when already there, else soon. (The
         store calls back from wherever a value was written: the loop, or a sync task's
         thread.)"""
@@ -251,66 +228,6 @@ class Core:
             fn(*args)
         else:
             self.loop.call_soon_threadsafe(fn, *args)
-
-    def _make_spare(self, name: str, capacity: int) -> None:
-        """The store wants a spare segment (see store.py): make it on a thread."""
-        self._on_loop_thread(self._start_spare, name, capacity)
-
-    def _start_spare(self, name: str, capacity: int) -> None:
-        if self.closed:
-            self.store.spare_failed(capacity)
-            return
-        self._spares.spawn(self._spare(name, capacity), f"actorflow spare {name}")
-
-    async def _spare(self, name: str, capacity: int) -> None:
-        if self._spare_thread is None:
-            self._spare_thread = concurrent.futures.ThreadPoolExecutor(
-                1, thread_name_prefix="actorflow-spares", initializer=_lowest_priority)
-        try:
-            mapping = await self.loop.run_in_executor(
-                self._spare_thread, shm.blank_segment, name, capacity)
-        except OSError as exc:  # no room, most likely: values go into fresh pages, as before
-            log.debug("no spare segment of %d bytes: %s", capacity, exc)
-            self.store.spare_failed(capacity)
-            return
-        except BaseException:  # (cancelled, or a bug): the store must not wait for it
-            self.store.spare_failed(capacity)
-            raise
-        self.store.add_spare(name, capacity, mapping)
-
-    def _on_pooled(self) -> None:
-        """The store's pool has a segment again: see that idle ones go in time."""
-        self._on_loop_thread(self._arm_trim, store_mod.POOL_IDLE_S)
-
-    def _arm_trim(self, delay: float) -> None:
-        if self.closed:
-            return
-        if self._trim_timer is not None:
-            if self._trim_timer.when() <= self.loop.time() + delay:
-                return  # it comes soon enough
-            self._trim_timer.cancel()
-        self._trim_timer = self.loop.call_later(delay, self._trim_pool)
-
-    def _on_pinned(self) -> None:
-        """The store pinned a mapping (a reader maps it: the node does not spill it); see
-        that it is unpinned soon after nothing here uses it."""
-        self._on_loop_thread(self._arm_relax, store_mod.HOLD_S)
-
-    def _arm_relax(self, delay: float) -> None:
-        if self._relax_timer is None and not self.closed:
-            self._relax_timer = self.loop.call_later(delay, self._relax)
-
-    def _relax(self) -> None:
-        self._relax_timer = None
-        wait = self.store.relax()
-        if wait is not None:
-            self._arm_relax(wait)
-
-    def _trim_pool(self) -> None:
-        self._trim_timer = None
-        wait = self.store.trim_idle()
-        if wait is not None:
-            self._arm_trim(wait)
 
     def sending(self, payloads: Iterable[Any]) -> None:
         """These payloads leave this process (to readers that do not report back): a segment
@@ -410,18 +327,7 @@ class Core:
                 if copy is not None:
                     out.append(copy)
                     continue
-                node = await self._node_ref(payload.node_id)
-                try:
-                    answer = await node.ask(ReadSegment(payload.name, bulk=self._can_pull))
-                    fetched: Payload = (answer if type(answer) is not Offered
-                                        else await self._pull(payload, answer, node))
-                except ObjectLostError as exc:
-                    fetched = Failed(exc)
-                except Exception as exc:
-                    fetched = Failed(ObjectLostError(
-                        f"object segment {payload.name} could not be fetched from node "
-                        f"{payload.node_id}: {exc}"))
-                out.append(fetched)
+                out.append(await self.remote.fetch(payload))
             else:
                 out.append(payload)
         return tuple(out)
@@ -444,66 +350,9 @@ class Core:
         return Failed(ObjectLostError(f"object segment {payload.name} could not be restored: "
                                       "it was spilled again each time"))
 
-    @property
-    def _can_pull(self) -> bool:
-        return self.system.remoting is not None
-
-    async def _pull(self, payload: InShm, offer: Offered, node: ActorRef) -> Payload:
-        """The buffers a node offered, pulled straight into memory of this process (a receive
-        buffer: see ReceiveBuffers; writable, as arrays expect). If the pull fails, the
-        segment is asked for again, to come in the answer's frames."""
-        total = sum(offer.lengths)
-        whole = self.receive_buffers.take(total)
-        try:
-            await self.system.remoting.pull(offer.address, offer.ticket, whole)
-        except (PeerUnreachableError, ProtocolError) as exc:
-            log.warning("bulk pull of segment %s from node %s failed (%s); fetching it through "
-                        "the link instead", payload.name, payload.node_id, exc)
-            self.pull_fallbacks += 1
-            answer = await node.ask(ReadSegment(payload.name))
-            assert type(answer) is Fetched
-            return answer
-        self.pulled_bytes += total
-        buffers = []
-        pos = 0
-        for n in offer.lengths:
-            buffers.append(whole[pos : pos + n])
-            pos += n
-        return Fetched(offer.meta, tuple(buffers))
-
     def free_remote(self, payload: InShm) -> None:
-        """Free a segment of another node (a task's result made there, owned here): told to
-        that node at once when it is known here, else once the head said where it is."""
-        node = self._nodes.get(payload.node_id)
-        if node is not None:
-            with contextlib.suppress(Exception):  # that node is gone, its segments with it
-                node.tell_nowait(FreeSegment(payload.name))
-            return
-        self._unsent_frees.append(payload)
-        if len(self._unsent_frees) == 1:
-            self._remote_frees.spawn(self._send_frees())
-
-    async def _send_frees(self) -> None:
-        await asyncio.sleep(0)  # (the frees of this loop turn go together)
-        frees, self._unsent_frees = self._unsent_frees, []
-        for payload in frees:
-            try:
-                node = await self._node_ref(payload.node_id)
-            except Exception:
-                continue  # that node is gone (or the head is): its segments went with it
-            with contextlib.suppress(Exception):
-                node.tell_nowait(FreeSegment(payload.name))
-
-    async def _node_ref(self, node_id: str) -> ActorRef:
-        ref = self._nodes.get(node_id)
-        if ref is None:
-            info = await self.head.ask(GetClusterInfo(), timeout=30.0)
-            for node in info.nodes:
-                self._nodes[node["node_id"]] = node["ref"]
-            ref = self._nodes.get(node_id)
-            if ref is None:
-                raise ObjectLostError(f"node {node_id} is not part of this cluster any more")
-        return ref
+        """Free a segment of another node owned here (see RemoteSegments.free)."""
+        self.remote.free(payload)
 
     def put(self, value: Any) -> ObjectRef:
         assert self.owner_ref is not None
@@ -717,22 +566,9 @@ class Core:
             client.close()
         self.objects.clear()
         await self.borrowing.close()
-        # a spare's thread cannot be stopped: let it end, then unlink it
-        await self._spares.close(cancel=False)
-        try:  # what this process owned on other nodes goes too (bounded: the head may be gone)
-            await asyncio.wait_for(self._remote_frees.close(cancel=False), REMOTE_FREE_WAIT_S)
-        except TimeoutError:
-            await self._remote_frees.close()
-        if self._spare_thread is not None:
-            self._spare_thread.shutdown(wait=False)  # (idle: its work was awaited above)
-        if self._trim_timer is not None:
-            self._trim_timer.cancel()
-            self._trim_timer = None
-        if self._relax_timer is not None:
-            self._relax_timer.cancel()
-            self._relax_timer = None
+        await self.upkeep.close()
+        await self.remote.close(REMOTE_FREE_WAIT_S)
         self.store.close()
-        self.receive_buffers.close()
 
     def describe(self) -> dict[str, Any]:
         return {
