@@ -357,6 +357,11 @@ class TaskSubmitter:
             # the worker answered, but the answer cannot be used here (it did not unpickle):
             # the task failed; the worker is fine
             self._finish(pending, self._failed(pending, exc))
+        elif exc is not None and getattr(exc, "delivered", None) is False and not pending.cancelled:
+            # the push never left this process (the link to that worker was already down):
+            # the task did not run there, so it goes again without spending a retry
+            self._lease_lost(lease, exc)
+            self._requeue(pending, front=True)
         elif exc is not None:
             # the worker died (or the link to it did) with the task in flight
             self._lease_lost(lease, exc)
