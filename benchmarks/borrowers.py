@@ -12,10 +12,15 @@ ownership paper's borrowing benchmark (NSDI '21), and what the owner's books on 
   (``current_core().objects.entries``) is awaited back at its size before the repetition:
   ``live_before_drop`` (entries the windows kept: 1,600 at most), ``live_after`` (entries left
   over when it stopped waiting: must be 0) and ``settle_s`` (from the drop's answers to the
-  table at its baseline). Ray's side: ``benchmarks/ray_borrowers.py``, defined alike (one
-  repetition: at ~300 tasks/s here one takes minutes), run by this group when asked
-  (``python -m benchmarks borrowers --compare ray``); the record then gets ``baseline``,
-  ``baseline_value`` and ``ratio``.
+  table at its baseline). The control, in each repetition before the timed pass: the same
+  n calls carrying ``[i]`` instead of ``[ref]`` (same calls, no ref, no borrowing):
+  ``plain_value`` (calls/s), ``plain_cpu_us_per_op``, and ``borrow_cpu_us_per_op`` =
+  ``cpu_us_per_op`` - ``plain_cpu_us_per_op``: the CPU (all processes) that making, lending,
+  borrowing and freeing one ref costs. Ray's side: ``benchmarks/ray_borrowers.py``, defined
+  alike without the control (one repetition: at ~300 tasks/s here one takes minutes), run by
+  this group when asked (``python -m benchmarks borrowers --compare ray``); the record then
+  gets ``baseline``, ``baseline_value``, ``ratio`` and Ray's whole record
+  (``baseline_record``).
 - ``ref_metadata`` (bytes/ref; n = 20,000, quick 2,000): what the owner keeps per object,
   measured with ``tracemalloc`` in the owner's process (the driver, where the embedded node and
   head live too; every figure is after a ``gc.collect()``, with nothing else running). value:
@@ -159,6 +164,7 @@ async def _borrow_pass(n: int, reps: int, meter: CpuMeter) -> list[dict[str, Any
         expect = expected_sums(n)
         runs = []
         for r in range(reps):
+            plain = await _plain_pass(keepers, n, meter)
             gc.collect()
             base = _table_size()
             before = meter.snap()
@@ -176,12 +182,31 @@ async def _borrow_pass(n: int, reps: int, meter: CpuMeter) -> list[dict[str, Any
             rec: dict[str, Any] = {"value": n / dt, "total_s": dt, "dropped": dropped,
                                    "live_before_drop": live, "live_after": left,
                                    "settle_s": time.perf_counter() - t1}
-            runs.append(meter.add(rec, before, after, n))
-            log(f"[borrow_pass] rep {r + 1}/{reps}: {rec['value']:.4g} tasks/s; entries kept "
-                f"{live}, left after the drop {left} ({rec['settle_s'] * 1e3:.0f} ms)")
+            meter.add(rec, before, after, n)
+            rec.update(plain)
+            rec["borrow_cpu_us_per_op"] = rec["cpu_us_per_op"] - plain["plain_cpu_us_per_op"]
+            runs.append(rec)
+            log(f"[borrow_pass] rep {r + 1}/{reps}: {rec['value']:.4g} tasks/s (plain values "
+                f"{plain['plain_value']:.4g}); CPU {rec['cpu_us_per_op']:.0f} us/call (plain "
+                f"{plain['plain_cpu_us_per_op']:.0f}); entries kept {live}, left after the "
+                f"drop {left} ({rec['settle_s'] * 1e3:.0f} ms)")
         return runs
     finally:
         await _kill(keepers)
+
+
+async def _plain_pass(keepers: list[Any], n: int, meter: CpuMeter) -> dict[str, Any]:
+    """The control: the same n calls carrying ``[i]`` (an int where the ref was)."""
+    before = meter.snap()
+    t0 = time.perf_counter()
+    for start in range(0, n, BATCH):
+        await af.get([keepers[i % BORROWERS].keep.remote([i])
+                      for i in range(start, min(n, start + BATCH))])
+    dt = time.perf_counter() - t0
+    after = meter.snap(end=True)
+    await af.get([k.drop.remote() for k in keepers])
+    cpu = meter.add({}, before, after, n)
+    return {"plain_value": n / dt, "plain_cpu_us_per_op": cpu["cpu_us_per_op"]}
 
 
 # -- ref_metadata -------------------------------------------------------------------------------
