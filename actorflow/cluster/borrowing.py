@@ -79,6 +79,7 @@ class BorrowCounter:
         self._round: asyncio.Future[None] | None = None  # the holds in flight now
         self._next: asyncio.Future[None] | None = None  # the next round (someone waits)
         self._tasks = OwnedTasks("reporting borrowed refs to their owners", log)
+        self._handle_counter: Any = None  # this Core's HandleCounter (holds.py), once asked
 
     # -- from any thread ----------------------------------------------------------------------
 
@@ -115,11 +116,21 @@ class BorrowCounter:
 
     @property
     def unsettled(self) -> bool:
-        return bool(self._events) or self._round is not None or self._handles.unsettled
+        """Is anything this process holds not yet acknowledged? (Asked before every call's
+        answer: kept cheap.)"""
+        if self._events or self._round is not None:
+            return True
+        handles = self._handle_counter
+        if handles is None:
+            handles = self._handle_counter = counter_for(self.core)
+        return bool(handles.unsettled)
 
     @property
     def _handles(self) -> Any:
-        return counter_for(self.core)
+        handles = self._handle_counter
+        if handles is None:
+            handles = self._handle_counter = counter_for(self.core)
+        return handles
 
     async def settled(self) -> None:
         """Return once what this process holds now (refs and actor handles) is acknowledged

@@ -359,6 +359,10 @@ class Core:
         object_id = self.new_id()
         self.objects.create(object_id)
         ref = ObjectRef(object_id, self.owner_ref, self)
+        if type(value) in _SCALARS:  # the commonest case: nothing in it can be a ref
+            self.objects.resolve(object_id, self.encode(value, "the value given to put()",
+                                                        caller=True))
+            return ref
         payload, lent = self.encode_lending(value, "the value given to put()", caller=True)
         self.objects.resolve(object_id, payload, self.lends(lent))
         return ref

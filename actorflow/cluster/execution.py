@@ -133,7 +133,7 @@ def encode_returns(core: Core, result: Any, num_returns: int, name: str, job: st
         if num_returns == 1:
             payload, lent = core.encode_lending(result, f"the result of {name!r}", owned=False,
                                                 job=job)
-            return (payload,), tuple((0, owner, oid) for owner, oid in lent)
+            return (payload,), (tuple((0, owner, oid) for owner, oid in lent) if lent else ())
         values = tuple(result)
         if len(values) != num_returns:
             raise ValueError(
@@ -156,9 +156,9 @@ def encode_returns(core: Core, result: Any, num_returns: int, name: str, job: st
 async def settle_borrows(core: Core) -> None:
     """Before a call is answered: the owners of the refs it borrowed (its arguments) or lent
     (its returns) have heard of it, so its caller may let the arguments go (see
-    objects/borrows.py). Free when it borrowed nothing."""
-    if core.borrowing.unsettled:
-        await core.borrowing.settled()
+    objects/borrows.py). Call sites test ``core.borrowing.unsettled`` first (no coroutine
+    for the common call that borrowed nothing)."""
+    await core.borrowing.settled()
 
 
 async def call_plain(
@@ -325,7 +325,8 @@ async def answer_outcome(core: Core, reply: Any, outcome: Outcome, num_returns: 
         returns, nested = encode_returns(core, value, num_returns, name, job)
     else:
         returns = (Failed(capture_error(value, where)),) * num_returns
-    await settle_borrows(core)
+    if core.borrowing.unsettled:
+        await settle_borrows(core)
     if reply is not None and not reply.done():
         reply.set_result(quick_reply(returns, run_s, nested))
     return returns

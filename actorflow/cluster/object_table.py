@@ -139,8 +139,15 @@ class ObjectTable:
         if entry is None:
             return
         entry.refs -= 1
-        if entry.refs <= 0 and not entry.pinned and not self.borrows.busy(object_id):
-            self._free(object_id, entry)
+        if entry.refs <= 0 and not entry.pinned:
+            borrows = self.borrows  # (Borrows.busy, inline: this runs for every ref dropped)
+            if object_id in borrows.lends or object_id in borrows.holders:
+                return
+            del self.entries[object_id]
+            self.core.lineage.forget(object_id)
+            if entry.payload is not None:
+                self._discard(entry.payload)
+            entry.lends = None  # (the refs it carried are let go)
 
     def _free(self, object_id: str, entry: _Entry) -> None:
         del self.entries[object_id]

@@ -221,7 +221,8 @@ class UserActor(Actor):
         events = self.events
         if events is None:
             reply = await self._call_one(message)
-            await settle_borrows(self.core)
+            if self.core.borrowing.unsettled:
+                await settle_borrows(self.core)
             return with_released(self.core, message.args, reply)
         start = time.perf_counter()
         call_id = self._started(message, events, start)
@@ -229,7 +230,8 @@ class UserActor(Actor):
         end = time.perf_counter()
         events.ended(call_id, end, end - start,
                      reply.returns if type(reply) is TaskReply else None)
-        await settle_borrows(self.core)
+        if self.core.borrowing.unsettled:
+            await settle_borrows(self.core)
         return with_released(self.core, message.args, reply)
 
     async def _call_one(self, call: ActorCall) -> TaskReply | bytes:

@@ -284,7 +284,8 @@ class Worker(Actor):
         else:
             self._remember(spec, (reply,))  # type: ignore[arg-type]  # the quick form
             events.ended(spec.task_id, end, end - start, None)
-        await settle_borrows(self.core)
+        if self.core.borrowing.unsettled:
+            await settle_borrows(self.core)
         return with_released(self.core, spec.args, reply)
 
     async def _run_one(self, spec: TaskSpec) -> TaskReply | bytes:
