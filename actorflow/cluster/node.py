@@ -62,7 +62,7 @@ from actorflow.cluster.protocol import (
 )
 from actorflow.cluster.zygote import Zygote
 from actorflow.objects import shm, spill
-from actorflow.placement.policy import GpuAllocator
+from actorflow.placement.gpus import GpuAllocator
 from actorflow.placement.resources import UNIT, Resources
 from actorflow.runtime import ActorRef, OwnedTasks, ServiceActor, Terminated
 from actorflow.supervision import ChildSpec, Supervisor, add_restart

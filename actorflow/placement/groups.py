@@ -41,12 +41,12 @@ from actorflow.placement.policy import (
     Infeasible,
     Place,
     Wait,
-    _Node,
     gpu_demand_error,
     infeasible_message,
 )
 from actorflow.placement.resources import Resources
 from actorflow.placement.strategies import GroupStrategy, parse_group_strategy
+from actorflow.placement.view import _Node
 
 __all__ = [
     "BundleView",
