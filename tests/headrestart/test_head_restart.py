@@ -20,7 +20,8 @@ from typing import Any
 import cloudpickle
 import numpy as np
 import pytest
-from mn_support import CliCluster, Started, cli, live_nodes, until_async, within
+from actor_support import Counter
+from mn_support import CliCluster, Started, cli, live_nodes, until, within
 
 import actorflow as af
 
@@ -34,16 +35,6 @@ LONG_AWAY_S = 12.0
 #: A restarted head must have every node back this soon (it starts, the nodes redial it with a
 #: backoff of at most 2 s and register again).
 REJOIN_S = 45.0
-
-
-@af.remote(num_cpus=1)
-class Counter:
-    def __init__(self) -> None:
-        self.n = 0
-
-    def incr(self) -> int:
-        self.n += 1
-        return self.n
 
 
 @af.remote(num_cpus=0, resources={"r_head": 1}, max_restarts=-1)
@@ -99,7 +90,7 @@ async def _nodes_back(node_ids: set[str]) -> list[dict[str, Any]]:
         heads = [v for v in views if "r_head" in v["resources"]]
         return views if node_ids <= ids and heads else None
 
-    return await until_async(check, REJOIN_S, "every node alive at the restarted head")
+    return await until(check, REJOIN_S, "every node alive at the restarted head")
 
 
 async def _pid_again(actor: Any) -> int:
@@ -129,7 +120,7 @@ async def test_a_head_sigkilled_and_restarted_three_times_under_load(tmp_path: P
         node_ids = {v["node_id"] for v in views if "r_head" not in v["resources"]}
         assert len(node_ids) == 2, views
 
-        counter = Counter.options(name="counter", lifetime="detached",
+        counter = Counter.options(name="counter", lifetime="detached", num_cpus=1,
                                   resources={"r_b": 1}).remote()
         assert await within(counter.incr.remote()) == 1
         named = await within(af.get_actor("counter"))
