@@ -51,6 +51,7 @@ GROUPS: dict[str, str] = {
     "spill": "benchmarks.spill",
     "dashboard": "benchmarks.dashboard",
     "timeline": "benchmarks.timeline",
+    "borrowers": "benchmarks.borrowers",
     "chaos": "benchmarks.chaos",
 }
 #: Soaks: run only when named (never by default, nor by a bare ``--compare ray``).
@@ -106,7 +107,7 @@ def _select(
 
 def _run_group(
     group: str, mod: ModuleType, quick: bool, reps: int, only: set[str] | None,
-    minutes: float | None = None,
+    minutes: float | None = None, compare: bool = False,
 ) -> list[dict[str, Any]]:
     fn: Runner = mod.run
     kwargs: dict[str, Any] = {}
@@ -116,6 +117,8 @@ def _run_group(
         kwargs["only"] = only
     if _takes(fn, "compare"):
         kwargs["compare"] = ""  # a comparison is the harness's, once, after every group
+    if compare and _takes(fn, "ray"):
+        kwargs["ray"] = True  # a group that runs its own Ray side (borrowers), after its own
     records = fn(quick, reps, **kwargs)
     if only is not None:
         records = [r for r in records if r.get("workload") in only]
@@ -199,7 +202,7 @@ def _run(args: argparse.Namespace, plan: dict[str, set[str] | None],
         log(f"[{group}] running" + (f" {sorted(only)}" if only else ""))
         try:
             group_records = _run_group(group, modules[group], args.quick, reps, only,
-                                       args.minutes)
+                                       args.minutes, compare)
         except ImportError as exc:  # a dependency only the group needs is missing
             log(f"[{group}] skipped: {exc}")
             continue

@@ -11,7 +11,11 @@ nodes on this machine started as real processes through the CLI, and a driver jo
   returning the 100 MiB array, from submission to the checked array in the driver, whose node is
   the head) and ``transfer_GBps``; ``produce_s`` (the same task returning only the last element:
   all but the move), ``move_s`` = transfer - produce, ``move_GBps``; ``transfer_cpu_s``. The
-  ``cpu_*`` fields cover the task part only.
+  ``cpu_*`` fields cover the task part only. ``reread_first_s`` and ``reread_later_s``
+  (median; once, after the repetitions, the same in every record): one far 100 MiB result
+  read :data:`REREADS` times by the driver; the first read
+  pulls it into a secondary copy on the driver's node (``actorflow/cluster/copies.py``), the
+  later ones map that copy.
 
 The parent side (:func:`measure`, called by ``benchmarks.cluster.run``) gives the child its state
 folder and a process tag of its own; once the child has exited (it stops its nodes, on failure
@@ -59,6 +63,7 @@ from benchmarks.spec import LARGE_BYTES, SPEC
 
 _FAR = {"far": 0.001}
 _CROSS_NODE_TIMEOUT_S = 1200.0  # the whole child, all repetitions
+REREADS = 5  # reads of one far result (the first pulls it, the later ones find the copy)
 
 
 # -- remote functions ------------------------------------------------------------------------------
@@ -182,9 +187,36 @@ async def _cross_node_driver(address: str, token: str, n: int, reps: int
             log(f"[cross_node] rep {r + 1}/{reps}: {rec['value']:.4g} tasks/s; 100 MiB "
                 f"far->driver {transfer:.3f} s ({rec['transfer_GBps']:.3g} GB/s; produce "
                 f"{produce:.3f} s)")
+        # after the reps (its copies' churn must not overlap the tasks measured above)
+        reads = await _rereads(far_big, shape, last)
+        later = sorted(reads[1:])[len(reads[1:]) // 2]
+        for rec in runs:
+            rec["reread_first_s"], rec["reread_later_s"] = reads[0], later
+        log(f"[cross_node] one far 100 MiB result read {REREADS} times: first "
+            f"{reads[0] * 1e3:.1f} ms, later {later * 1e3:.2f} ms (median)")
+        summary = await af.memory_summary()
+        (mine,) = [n for n in summary["nodes"] if n["node_id"] == rt.node_id]
+        log(f"[cross_node] the driver's node: {mine.get('copy_pulls')} pulls, "
+            f"{mine.get('copy_spare_hits')} into spares, {mine.get('copy_reads')} reads; "
+            f"making their segments {mine.get('copy_segment_s')} s, pulls "
+            f"{mine.get('copy_pull_s')} s in all")
         return runs
     finally:
         await af.shutdown()
+
+
+async def _rereads(far_big: Any, shape: Any, last: float) -> list[float]:
+    """Seconds of each of REREADS reads of one far 100 MiB result (made, not yet read)."""
+    ref = far_big.remote()
+    await af.wait([ref], fetch_local=False)
+    out: list[float] = []
+    for _ in range(REREADS):
+        t0 = time.perf_counter()
+        arr = await ref
+        out.append(time.perf_counter() - t0)
+        assert arr.shape == shape and arr[-1] == last
+        del arr
+    return out
 
 
 # -- the child and the parent ----------------------------------------------------------------------

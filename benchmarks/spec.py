@@ -121,7 +121,7 @@ INFO_EXTRAS: dict[str, tuple[str, ...]] = {
     "startup": ("ttfr_s",),
     "tasks_sync": ("p99_us",),
     "actor_calls_sync": ("p99_us",),
-    "cross_node": ("transfer_GBps", "move_GBps"),
+    "cross_node": ("transfer_GBps", "move_GBps", "reread_first_s", "reread_later_s"),
     "many_actors": (*(f"actors_per_s_{k}" for k in MANY_ACTORS_SIZES), "pss_per_actor_mib",
                     "marginal_pss_per_actor_mib", "uss_per_actor_mib"),
 }

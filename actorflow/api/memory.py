@@ -22,7 +22,9 @@ from actorflow.runtime import ActorRef
 __all__ = ["memory_summary", "summarize"]
 
 _FIGURES = ("object_store_used", "object_store_limit", "spilled_bytes", "spilled_objects",
-            "restored_bytes", "restored_objects", "spilled_now_bytes", "objects_in_store")
+            "restored_bytes", "restored_objects", "spilled_now_bytes", "objects_in_store",
+            "secondary_copies", "secondary_bytes", "copy_pulls", "copy_reads",
+            "copy_evictions")
 
 
 async def summarize(head: ActorRef, *, limit: int = 20,
@@ -78,10 +80,15 @@ def _owned(core: Any) -> dict[str, tuple[str, int]]:
 
 
 async def memory_summary(limit: int = 20) -> dict[str, Any]:
-    """Per node: ``object_store_used``, ``object_store_limit``, ``spilled_bytes`` /
-    ``spilled_objects`` and ``restored_bytes`` / ``restored_objects`` (so far),
-    ``spilled_now_bytes`` (on disk now); the ``limit`` largest objects of the cluster with
-    their size, node, where they lie, owner and refs (when this process owns them); and the
-    cluster's totals. Keys: ``nodes``, ``objects``, ``totals``."""
+    """Per node: ``object_store_used`` (primaries and secondary copies in shared memory),
+    ``object_store_limit``, ``spilled_bytes`` / ``spilled_objects`` and ``restored_bytes`` /
+    ``restored_objects`` (so far), ``spilled_now_bytes`` (on disk now); its secondary copies
+    (values pulled from other nodes, kept for readers here: ``secondary_copies`` and
+    ``secondary_bytes`` now; ``copy_pulls``, ``copy_pulled_bytes``, ``copy_reads`` served
+    from them, ``copy_shared_pulls`` (reads that waited for a pull in flight),
+    ``copy_evictions`` and ``copy_drops`` (freed with their primary) so far); the ``limit``
+    largest objects of the cluster with their size, node, where they lie, owner and refs
+    (when this process owns them); and the cluster's totals. Keys: ``nodes``, ``objects``,
+    ``totals``."""
     core = current_core()
     return await summarize(core.head, limit=limit, owned=_owned(core))

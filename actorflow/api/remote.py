@@ -31,6 +31,7 @@ from actorflow.cluster.protocol import ActorCall, ActorSpec, ResolvedArg, TaskSp
 from actorflow.cluster.runtime_env import for_options
 from actorflow.cluster.streaming import ObjectRefGenerator, is_generator, pump_for
 from actorflow.cluster.submitter import PendingTask
+from actorflow.objects.borrows import HANDLE, collecting
 from actorflow.objects.ref import ObjectRef, current_core
 from actorflow.objects.serialization import dumps
 from actorflow.placement.resources import demand_from_options
@@ -353,9 +354,15 @@ class ActorHandle:
         return hash(self._actor_id)
 
     def __reduce__(self) -> tuple[Any, ...]:
-        # the pickled handle carries a token the head counts until it is unpickled somewhere
+        # the pickled handle carries a token the head counts until it is unpickled somewhere,
+        # or, pickled into a value someone keeps, until that value is let go
         counter = self._counter or _counter()
-        token = counter.lend(self._actor_id) if counter is not None else None
+        refs = collecting()
+        token = None
+        if counter is not None:
+            token = counter.lend(self._actor_id, kept=refs is not None)
+            if refs is not None:
+                refs.append((HANDLE, f"{self._actor_id} {token}"))
         return (_restore_handle, (self._actor_id, self._class_name, self._methods,
                                   self._max_task_retries, token, self._streaming))
 

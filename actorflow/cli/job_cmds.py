@@ -1,8 +1,10 @@
 """``actorflow job submit | status | logs | stop | list``: programs handed to a cluster.
 
 ``actorflow job submit [--address ADDR] [--token T] [--working-dir DIR] [--env K=V]...
-[--no-wait] -- CMD...`` runs CMD (one shell command: several words are quoted and joined) as a
-driver on the head's machine and prints ``submitted job <id>``; without ``--no-wait`` it
+[--entrypoint-num-cpus N] [--entrypoint-num-gpus N] [--entrypoint-resources JSON] [--no-wait]
+-- CMD...`` runs CMD (one shell command: several words are quoted and joined) as a driver on
+the head's machine (or, with entrypoint resources, on a node that has them, holding them
+while it runs) and prints ``submitted job <id>``; without ``--no-wait`` it
 follows the job's output to its end and exits 0 when the job SUCCEEDED, 1 otherwise
 (Ctrl-C stops following, not the job). ``status``, ``logs [--follow]`` and ``stop`` take a job
 id; ``list`` shows every job. Each talks to the head over the cluster's authenticated link
@@ -54,6 +56,13 @@ def register(sub: Any) -> None:
     submit.add_argument("--env", action="append", default=[], metavar="K=V",
                         help="an environment variable of the job (repeatable)")
     submit.add_argument("--submission-id", default=None, help="the job's id (default: new)")
+    submit.add_argument("--entrypoint-num-cpus", type=float, default=None, metavar="N",
+                        help="run the entrypoint on a node with N CPUs free, held while it runs")
+    submit.add_argument("--entrypoint-num-gpus", type=float, default=None, metavar="N",
+                        help="run the entrypoint on a node with N GPUs free, held while it runs")
+    submit.add_argument("--entrypoint-resources", type=_resources, default=None,
+                        metavar="JSON", help='custom resources the entrypoint\'s node must have '
+                        'free, held while it runs: \'{"accel": 1}\'')
     submit.add_argument("--no-wait", action="store_true",
                         help="return once submitted instead of following the job")
     submit.add_argument("cmd", nargs=argparse.REMAINDER, help="-- CMD...")
@@ -103,6 +112,16 @@ def _env(pairs: list[str]) -> dict[str, str]:
     return out
 
 
+def _resources(text: str) -> dict[str, float]:
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError('a JSON object such as {"accel": 1}')
+    return value
+
+
 def _when(stamp: float | None) -> str:
     return "-" if stamp is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(stamp))
 
@@ -137,8 +156,11 @@ def _submit(ns: argparse.Namespace) -> int:
         runtime_env["env_vars"] = _env(ns.env)
 
     async def work(client: JobClient) -> int:
-        job_id = await client.submit(entrypoint, runtime_env=runtime_env or None,
-                                     submission_id=ns.submission_id)
+        job_id = await client.submit(
+            entrypoint, runtime_env=runtime_env or None, submission_id=ns.submission_id,
+            entrypoint_num_cpus=ns.entrypoint_num_cpus,
+            entrypoint_num_gpus=ns.entrypoint_num_gpus,
+            entrypoint_resources=ns.entrypoint_resources)
         print(f"submitted job {job_id}", flush=True)
         if ns.no_wait:
             return 0

@@ -88,6 +88,10 @@ def cmd_memory(args: Any) -> int:
               f"spilled {_mib(node['spilled_bytes'])} ({node['spilled_objects']} object(s)), "
               f"on disk now {_mib(node['spilled_now_bytes'])}; restored "
               f"{_mib(node['restored_bytes'])} ({node['restored_objects']} object(s))")
+        if "secondary_copies" in node:
+            print(f"  secondary copies (pulled from other nodes): {node['secondary_copies']}, "
+                  f"{_mib(node['secondary_bytes'])}; {node['copy_pulls']} pull(s), "
+                  f"{node['copy_reads']} read(s) served, {node['copy_evictions']} evicted")
     objects = summary["objects"]
     print(f"largest objects ({len(objects)}):")
     if objects:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -59,7 +60,7 @@ class PendingCall:
     retries_left: int
     deps: list[ObjectRef]
     ready: bool = True
-    keep: Any = None  # the ObjectRef of its arguments in shared memory, held until it is done
+    keep: Any = None  # what keeps its arguments until it is done (see Core.pack_args)
     sent_to: ActorLocation | None = None  # the incarnation it went to last
     cancelled: bool = False
 
@@ -92,7 +93,10 @@ class ActorClient:
     def creating(
         self, core: Core, spec: ActorSpec, deps: list[ObjectRef], get_if_exists: bool
     ) -> None:
-        """Ask the head to create the actor (once its ObjectRef arguments are ready)."""
+        """Ask the head to create the actor (once its ObjectRef arguments are ready). While
+        the link to the head is lost (it restarts) the ask is made again, within the grace
+        period of :func:`~actorflow.cluster.head_link.retry_while_head_away`; the head takes
+        an actor id it knows as the same creation."""
         self._creating = True
 
         def send(resolved: tuple[Any, ...]) -> None:
@@ -101,9 +105,9 @@ class ActorClient:
                     CreateActor(replace(spec, resolved=resolved), get_if_exists)
                 )
             except Exception as exc:
-                self._created_failed(exc)
+                self._create_failed(exc, lambda: send(resolved))
                 return
-            fut.add_done_callback(self._created)
+            fut.add_done_callback(lambda f: self._created(f, lambda: send(resolved)))
 
         if not deps:
             send(())
@@ -119,18 +123,24 @@ class ActorClient:
 
         core.when_all_ready(deps, on_deps)
 
-    def _created(self, fut: asyncio.Future[Any]) -> None:
+    def _created(self, fut: asyncio.Future[Any], again: Callable[[], None]) -> None:
         if fut.cancelled():
             self._created_failed(ActorDiedError(self.class_name, "its creation was cancelled"))
             return
         exc = fut.exception()
         if exc is not None:
-            self._created_failed(exc)
+            self._create_failed(exc, again)
             return
+        head_answered(self)
         self._creating = False
         real_id, _spec = fut.result()
         self.actor_id = real_id  # get_if_exists may have found an existing actor
         self._flush()
+
+    def _create_failed(self, exc: BaseException, again: Callable[[], None]) -> None:
+        error = retry_while_head_away(self, self.core.head, exc, again)
+        if error is not None:  # (None: asked again soon, the head being away)
+            self._created_failed(error)
 
     def _created_failed(self, exc: BaseException) -> None:
         self._creating = False
@@ -212,7 +222,10 @@ class ActorClient:
         if exc is None:
             if type(reply) is TaskReply and reply.released:
                 self.core.store.returned(reply.released)
-            self._finish(pending, reply_returns(reply)[0])
+            returns = reply_returns(reply)[0]
+            nested = reply.nested if type(reply) is TaskReply else ()
+            self._finish(pending, returns,
+                         self.core.kept_lends(nested, len(returns)) if nested else None)
             return
         # the incarnation that had the call is gone: ask the head what happens next
         if pending.cancelled:  # (never sent again)
@@ -325,9 +338,11 @@ class ActorClient:
         self.inflight.clear()
         self._flush()
 
-    def _finish(self, pending: PendingCall, returns: tuple[Any, ...]) -> None:
-        for oid, payload in zip(pending.return_ids, returns, strict=False):
-            self.core.objects.resolve(oid, payload)
+    def _finish(self, pending: PendingCall, returns: tuple[Any, ...],
+                lends: list[Any] | None = None) -> None:
+        """``lends``: per return, those of the refs inside it (see Core.kept_lends)."""
+        for i, (oid, payload) in enumerate(zip(pending.return_ids, returns, strict=False)):
+            self.core.objects.resolve(oid, payload, lends[i] if lends is not None else None)
 
     def _fail(self, pending: PendingCall, error: BaseException) -> None:
         self._finish(pending, (Failed(error),) * len(pending.return_ids))

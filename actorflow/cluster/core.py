@@ -4,7 +4,9 @@ Every process that uses the API has one :class:`Core`: the driver, and every wor
 submit tasks). It owns
 
 - the object table: the values of the refs it created (``put`` and task returns), each entry a
-  future of a :data:`Payload` plus a local reference count;
+  :data:`Payload` (or the callbacks waiting for it) plus a local reference count, and the
+  refs to them outside this process (borrowers and lends: :mod:`actorflow.objects.borrows`);
+- the borrow counter: its refs to other processes' objects, reported to their owners;
 - the :class:`ObjectOwner` actor, which answers other processes' fetches of those objects;
 - the task submitter (:mod:`actorflow.cluster.submitter`) and the actor clients
   (:mod:`actorflow.cluster.actor_client`).
@@ -16,8 +18,6 @@ node, read back zero-copy by every process of the node.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
-import contextlib
 import functools
 import itertools
 import logging
@@ -37,35 +37,34 @@ from actorflow._errors import (
     ObjectStoreFullError,
     OwnerDiedError,
     PeerUnreachableError,
-    ProtocolError,
     SerializationError,
     TaskCancelledError,
     TaskError,
 )
-from actorflow.cluster import streaming
+from actorflow.cluster import copies, streaming
+from actorflow.cluster.borrowing import BorrowCounter
 from actorflow.cluster.lineage import Lineage
 from actorflow.cluster.object_table import (
     Fetch,
     ObjectOwner,
     ObjectTable,
     PayloadCallback,
+    Rebuild,
     settle,
 )
 from actorflow.cluster.protocol import (
     Args,
     Failed,
     Fetched,
-    FreeSegment,
-    GetClusterInfo,
     Inline,
     InShm,
-    Offered,
     Payload,
-    ReadSegment,
     WorkerBlocked,
 )
+from actorflow.cluster.remote_segments import RemoteSegments
+from actorflow.cluster.segment_upkeep import SegmentUpkeep
 from actorflow.objects import shm, spill
-from actorflow.objects import store as store_mod
+from actorflow.objects.borrows import Lends, lending
 from actorflow.objects.ref import ObjectRef
 from actorflow.objects.serialization import (
     INLINE_LIMIT,
@@ -75,8 +74,8 @@ from actorflow.objects.serialization import (
     is_plain,
     serialize,
 )
-from actorflow.objects.store import ReceiveBuffers, SegmentStore
-from actorflow.runtime import ActorRef, ActorSystem, OwnedTasks
+from actorflow.objects.store import SegmentStore
+from actorflow.runtime import ActorRef, ActorSystem
 
 if TYPE_CHECKING:
     from actorflow.cluster.actor_client import ActorClient
@@ -97,6 +96,9 @@ log = logging.getLogger("actorflow.cluster")
 
 T = TypeVar("T")
 
+_SCALARS = frozenset({int, float, str, bytes, bool, type(None)})
+_NO_REFS: list[tuple[Any, str]] = []  # (never appended to: only read)
+
 
 @dataclass(frozen=True, slots=True)
 class TaskContext:
@@ -114,13 +116,6 @@ class TaskContext:
 task_context: ContextVar[TaskContext] = ContextVar(
     "actorflow_task", default=TaskContext()  # noqa: B039
 )
-
-
-def _lowest_priority() -> None:
-    """(On the thread that makes spare segments.) Let any other work run first: making a spare
-    is filling fresh pages, which a VM may make slow for every vCPU it runs on."""
-    with contextlib.suppress(OSError, AttributeError):
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
 
 
 class Core:
@@ -151,29 +146,20 @@ class Core:
         self.namespace = namespace
         self.worker_id = worker_id
         self.objects = ObjectTable(self)
+        self.borrowing = BorrowCounter(self)
         self.lineage = Lineage(self)
         self.submitter: TaskSubmitter = TaskSubmitter(self)
         self.actors: dict[str, ActorClient] = {}
         self.owner_ref: ActorRef | None = None
         self._prefix = secrets.token_hex(5)
         self._ids = itertools.count(1)
-        self._nodes: dict[str, ActorRef] = {}
+        self.upkeep = SegmentUpkeep(self)
         self.store = SegmentStore(lambda: f"af-{self.node_id}-{self.new_id()}",
-                                  make_spare=self._make_spare, on_pooled=self._on_pooled,
-                                  on_pinned=self._on_pinned)
-        self._trim_timer: asyncio.TimerHandle | None = None
-        self._relax_timer: asyncio.TimerHandle | None = None
-        self._spares = OwnedTasks("the spare-segment maker", log)
-        #: segments of other nodes freed here whose node's ref is being looked up
-        self._unsent_frees: list[InShm] = []
-        self._remote_frees = OwnedTasks("freeing segments on other nodes", log)
-        self._spare_thread: concurrent.futures.ThreadPoolExecutor | None = None
-        self.receive_buffers = ReceiveBuffers()
+                                  make_spare=self.upkeep.make_spare,
+                                  on_pooled=self.upkeep.on_pooled,
+                                  on_pinned=self.upkeep.on_pinned)
+        self.remote = RemoteSegments(self)  # other nodes' segments: reads and frees
         self.closed = False
-        #: Bytes of other nodes' segments pulled here in bulk, and pulls that failed (their
-        #: segments then came through the link).
-        self.pulled_bytes = 0
-        self.pull_fallbacks = 0
         #: Awaited first when this Core closes, in order (a last flush of what a process
         #: recorded, such as its metrics); one that raises is logged and the rest still run.
         self.on_close: list[Callable[[], Awaitable[None]]] = []
@@ -187,24 +173,25 @@ class Core:
     # -- objects -------------------------------------------------------------------------------
 
     def encode(self, value: Any, what: str = "value", *, owned: bool = True,
-               caller: bool = False) -> Payload:
+               caller: bool = False, job: str = "") -> Payload:
         """Serialize once: inline when small, else into a shared-memory segment. ``owned``:
         this process owns the object (a put); a task's result belongs to its caller, and this
-        process keeps no record of its segment."""
+        process keeps no record of its segment (``job``: the caller's, whose end frees it)."""
         if is_plain(value):  # the common small case: one C pickle, kept as is
             meta = pickle_dumps(value, 5)
             if len(meta) < INLINE_LIMIT:
                 return meta
-            return self._to_segment(Serialized(meta), owned, caller)
+            return self._to_segment(Serialized(meta), owned, caller, job)
         ser = serialize(value, what)
         if not ser.buffers:
             if len(ser.meta) < INLINE_LIMIT:
                 return ser.meta
         elif ser.nbytes < INLINE_LIMIT:
             return Inline(ser.meta, tuple(bytes(b) for b in ser.buffers))
-        return self._to_segment(ser, owned, caller)
+        return self._to_segment(ser, owned, caller, job)
 
-    def _to_segment(self, ser: Serialized, owned: bool = True, caller: bool = False) -> InShm:
+    def _to_segment(self, ser: Serialized, owned: bool = True, caller: bool = False,
+                    job: str = "") -> InShm:
         """``caller``: for a synchronous API (``af.put``, a call's arguments), which refuses a
         value too large to copy on the loop's thread (see SYNC_COPY_LIMIT)."""
         size = ser.nbytes
@@ -221,8 +208,8 @@ class Core:
             raise ObjectStoreFullError(
                 size, free, f"this machine's shared memory ({shm.SHM_DIR})")
         name, nbytes, generation = self.store.write(ser, keep=owned)
-        self._on_loop_thread(self.tell_node, spill.Stored(
-            name, nbytes, generation, os.getpid(), "put" if owned else "task result"))
+        self.on_loop_thread(self.tell_node, spill.Stored(
+            name, nbytes, generation, os.getpid(), "put" if owned else "task result", job))
         return InShm(name, self.node_id, nbytes, generation)
 
     def tell_node(self, message: Any) -> None:
@@ -233,7 +220,7 @@ class Core:
         except Exception:
             pass
 
-    def _on_loop_thread(self, fn: Callable[..., None], *args: Any) -> None:
+    def on_loop_thread(self, fn: Callable[..., None], *args: Any) -> None:
         """Call ``fn(*args)`` on the loop's thread: now when already there, else soon. (The
         store calls back from wherever a value was written: the loop, or a sync task's
         thread.)"""
@@ -241,66 +228,6 @@ class Core:
             fn(*args)
         else:
             self.loop.call_soon_threadsafe(fn, *args)
-
-    def _make_spare(self, name: str, capacity: int) -> None:
-        """The store wants a spare segment (see store.py): make it on a thread."""
-        self._on_loop_thread(self._start_spare, name, capacity)
-
-    def _start_spare(self, name: str, capacity: int) -> None:
-        if self.closed:
-            self.store.spare_failed(capacity)
-            return
-        self._spares.spawn(self._spare(name, capacity), f"actorflow spare {name}")
-
-    async def _spare(self, name: str, capacity: int) -> None:
-        if self._spare_thread is None:
-            self._spare_thread = concurrent.futures.ThreadPoolExecutor(
-                1, thread_name_prefix="actorflow-spares", initializer=_lowest_priority)
-        try:
-            mapping = await self.loop.run_in_executor(
-                self._spare_thread, shm.blank_segment, name, capacity)
-        except OSError as exc:  # no room, most likely: values go into fresh pages, as before
-            log.debug("no spare segment of %d bytes: %s", capacity, exc)
-            self.store.spare_failed(capacity)
-            return
-        except BaseException:  # (cancelled, or a bug): the store must not wait for it
-            self.store.spare_failed(capacity)
-            raise
-        self.store.add_spare(name, capacity, mapping)
-
-    def _on_pooled(self) -> None:
-        """The store's pool has a segment again: see that idle ones go in time."""
-        self._on_loop_thread(self._arm_trim, store_mod.POOL_IDLE_S)
-
-    def _arm_trim(self, delay: float) -> None:
-        if self.closed:
-            return
-        if self._trim_timer is not None:
-            if self._trim_timer.when() <= self.loop.time() + delay:
-                return  # it comes soon enough
-            self._trim_timer.cancel()
-        self._trim_timer = self.loop.call_later(delay, self._trim_pool)
-
-    def _on_pinned(self) -> None:
-        """The store pinned a mapping (a reader maps it: the node does not spill it); see
-        that it is unpinned soon after nothing here uses it."""
-        self._on_loop_thread(self._arm_relax, store_mod.HOLD_S)
-
-    def _arm_relax(self, delay: float) -> None:
-        if self._relax_timer is None and not self.closed:
-            self._relax_timer = self.loop.call_later(delay, self._relax)
-
-    def _relax(self) -> None:
-        self._relax_timer = None
-        wait = self.store.relax()
-        if wait is not None:
-            self._arm_relax(wait)
-
-    def _trim_pool(self) -> None:
-        self._trim_timer = None
-        wait = self.store.trim_idle()
-        if wait is not None:
-            self._arm_trim(wait)
 
     def sending(self, payloads: Iterable[Any]) -> None:
         """These payloads leave this process (to readers that do not report back): a segment
@@ -310,23 +237,56 @@ class Core:
                 self.store.shared(payload.name)
 
     def pack_args(self, args: tuple[Any, ...], kwargs: dict[str, Any], what: str
-                  ) -> tuple[Args, ObjectRef | None]:
+                  ) -> tuple[Args, Any]:
         """A call's arguments, serialized once. Large ones go to shared memory (one copy)
-        under an object this process owns; the returned ref keeps it until the call is done."""
+        under an object this process owns. The second value (None, or what keeps that
+        object and the lends of the refs inside the arguments) must be held until the call
+        is done."""
         if is_plain(args) and (not kwargs or is_plain(kwargs)):  # the common small case
             data = pickle_dumps((args, kwargs), 5)
             if len(data) < INLINE_LIMIT:
                 return data, None
-        ser = serialize((args, kwargs), what)
-        if ser.nbytes < INLINE_LIMIT:
-            return (ser.meta if not ser.buffers else dumps((args, kwargs), what)), None
+        with lending() as lent:
+            ser = serialize((args, kwargs), what)
+            if ser.nbytes < INLINE_LIMIT:
+                blob = ser.meta if not ser.buffers else dumps((args, kwargs), what)
+                return blob, self.lends(lent)
         assert self.owner_ref is not None
         object_id = self.new_id()
         self.objects.create(object_id)
         ref = ObjectRef(object_id, self.owner_ref, self)
         payload = self._to_segment(ser, caller=True)
-        self.objects.resolve(object_id, payload)
+        self.objects.resolve(object_id, payload, self.lends(lent))
         return payload, ref
+
+    def lends(self, refs: list[tuple[Any, str]]) -> Lends | None:
+        """The record of the lends a value kept here carries (None: it carries no ref)."""
+        return Lends(refs, self.borrowing.discard) if refs else None
+
+    def kept_lends(self, nested: Sequence[tuple[int, Any, str]], n: int
+                   ) -> list[Lends | None]:
+        """For each of ``n`` values that came back from a call, the lends of the refs inside
+        it (``nested``: ``(index, owner, object id)``), now kept by this process."""
+        out: list[Lends | None] = [None] * n
+        if not nested:
+            return out
+        per: list[list[tuple[Any, str]]] = [[] for _ in range(n)]
+        for i, owner, object_id in nested:
+            per[i].append((owner, object_id))
+        for i, refs in enumerate(per):
+            if refs:
+                self.borrowing.keep(refs)
+                out[i] = Lends(refs, self.borrowing.discard)
+        return out
+
+    def encode_lending(self, value: Any, what: str, *, owned: bool = True,
+                       caller: bool = False, job: str = ""
+                       ) -> tuple[Payload, list[tuple[Any, str]]]:
+        """:meth:`encode`, with the ``(owner, object id)`` of the refs pickled into it."""
+        if type(value) in _SCALARS:  # the commonest case: nothing in it can be a ref
+            return self.encode(value, what, owned=owned, caller=caller, job=job), _NO_REFS
+        with lending() as lent:
+            return self.encode(value, what, owned=owned, caller=caller, job=job), lent
 
     def materialize(self, payload: Payload) -> Any:
         """Payload to value; raises the error a failed task left."""
@@ -356,24 +316,18 @@ class Core:
 
     async def localize(self, payloads: tuple[Payload, ...] | list[Payload]
                        ) -> tuple[Payload, ...]:
-        """Fetch the large values that live on other nodes (each once, from its node)."""
+        """Fetch the large values that live on other nodes: through a copy that this
+        process's node keeps (``cluster/copies.py``), else each once, from its node."""
         out: list[Payload] = []
         for payload in payloads:
             if type(payload) is InShm and payload.node_id == self.node_id:
                 out.append(await self._restored(payload))
             elif type(payload) is InShm:
-                node = await self._node_ref(payload.node_id)
-                try:
-                    answer = await node.ask(ReadSegment(payload.name, bulk=self._can_pull))
-                    fetched: Payload = (answer if type(answer) is not Offered
-                                        else await self._pull(payload, answer, node))
-                except ObjectLostError as exc:
-                    fetched = Failed(exc)
-                except Exception as exc:
-                    fetched = Failed(ObjectLostError(
-                        f"object segment {payload.name} could not be fetched from node "
-                        f"{payload.node_id}: {exc}"))
-                out.append(fetched)
+                copy = await copies.read_copy(self, payload)
+                if copy is not None:
+                    out.append(copy)
+                    continue
+                out.append(await self.remote.fetch(payload))
             else:
                 out.append(payload)
         return tuple(out)
@@ -396,74 +350,17 @@ class Core:
         return Failed(ObjectLostError(f"object segment {payload.name} could not be restored: "
                                       "it was spilled again each time"))
 
-    @property
-    def _can_pull(self) -> bool:
-        return self.system.remoting is not None
-
-    async def _pull(self, payload: InShm, offer: Offered, node: ActorRef) -> Payload:
-        """The buffers a node offered, pulled straight into memory of this process (a receive
-        buffer: see ReceiveBuffers; writable, as arrays expect). If the pull fails, the
-        segment is asked for again, to come in the answer's frames."""
-        total = sum(offer.lengths)
-        whole = self.receive_buffers.take(total)
-        try:
-            await self.system.remoting.pull(offer.address, offer.ticket, whole)
-        except (PeerUnreachableError, ProtocolError) as exc:
-            log.warning("bulk pull of segment %s from node %s failed (%s); fetching it through "
-                        "the link instead", payload.name, payload.node_id, exc)
-            self.pull_fallbacks += 1
-            answer = await node.ask(ReadSegment(payload.name))
-            assert type(answer) is Fetched
-            return answer
-        self.pulled_bytes += total
-        buffers = []
-        pos = 0
-        for n in offer.lengths:
-            buffers.append(whole[pos : pos + n])
-            pos += n
-        return Fetched(offer.meta, tuple(buffers))
-
     def free_remote(self, payload: InShm) -> None:
-        """Free a segment of another node (a task's result made there, owned here): told to
-        that node at once when it is known here, else once the head said where it is."""
-        node = self._nodes.get(payload.node_id)
-        if node is not None:
-            with contextlib.suppress(Exception):  # that node is gone, its segments with it
-                node.tell_nowait(FreeSegment(payload.name))
-            return
-        self._unsent_frees.append(payload)
-        if len(self._unsent_frees) == 1:
-            self._remote_frees.spawn(self._send_frees())
-
-    async def _send_frees(self) -> None:
-        await asyncio.sleep(0)  # (the frees of this loop turn go together)
-        frees, self._unsent_frees = self._unsent_frees, []
-        for payload in frees:
-            try:
-                node = await self._node_ref(payload.node_id)
-            except Exception:
-                continue  # that node is gone (or the head is): its segments went with it
-            with contextlib.suppress(Exception):
-                node.tell_nowait(FreeSegment(payload.name))
-
-    async def _node_ref(self, node_id: str) -> ActorRef:
-        ref = self._nodes.get(node_id)
-        if ref is None:
-            info = await self.head.ask(GetClusterInfo(), timeout=30.0)
-            for node in info.nodes:
-                self._nodes[node["node_id"]] = node["ref"]
-            ref = self._nodes.get(node_id)
-            if ref is None:
-                raise ObjectLostError(f"node {node_id} is not part of this cluster any more")
-        return ref
+        """Free a segment of another node owned here (see RemoteSegments.free)."""
+        self.remote.free(payload)
 
     def put(self, value: Any) -> ObjectRef:
         assert self.owner_ref is not None
         object_id = self.new_id()
         self.objects.create(object_id)
         ref = ObjectRef(object_id, self.owner_ref, self)
-        self.objects.resolve(object_id, self.encode(value, "the value given to put()",
-                                                    caller=True))
+        payload, lent = self.encode_lending(value, "the value given to put()", caller=True)
+        self.objects.resolve(object_id, payload, self.lends(lent))
         return ref
 
     async def put_async(self, value: Any) -> ObjectRef:
@@ -474,9 +371,9 @@ class Core:
         self.objects.create(object_id)
         ref = ObjectRef(object_id, self.owner_ref, self)
         copy = self.loop.run_in_executor(
-            None, functools.partial(self.encode, value, "the value given to put()"))
+            None, functools.partial(self.encode_lending, value, "the value given to put()"))
         try:
-            payload = await asyncio.shield(copy)  # a thread cannot be stopped: let it end
+            payload, lent = await asyncio.shield(copy)  # a thread cannot be stopped: let it end
         except asyncio.CancelledError:
             copy.add_done_callback(self._drop_late_copy)  # (its segment, when it has one)
             self.objects.resolve(object_id, Failed(TaskCancelledError(
@@ -485,14 +382,16 @@ class Core:
         except Exception as exc:
             self.objects.resolve(object_id, Failed(exc))
             raise
-        self.objects.resolve(object_id, payload)
+        self.objects.resolve(object_id, payload, self.lends(lent))
         return ref
 
-    def _drop_late_copy(self, copy: asyncio.Future[Payload]) -> None:
-        """A cancelled put_async's copy ended: nothing will read it, so its segment is freed."""
+    def _drop_late_copy(self, copy: asyncio.Future[tuple[Payload, Any]]) -> None:
+        """A cancelled put_async's copy ended: nothing will read it, so its segment is freed
+        (and the lends of the refs inside it go with it)."""
         if copy.cancelled() or copy.exception() is not None:
             return
-        payload = copy.result()
+        payload, lent = copy.result()
+        self.lends(lent)
         if type(payload) is InShm:
             self.store.free(payload.name)
             self.tell_node(spill.Freed(payload.name, payload.generation))
@@ -573,12 +472,21 @@ class Core:
         :mod:`actorflow.cluster.lineage`)."""
         out = list(await self.localize(list(payloads)))
         for i, payload in enumerate(out):
-            if (type(payload) is Failed and isinstance(payload.error, ObjectLostError)
-                    and refs[i].id in self.lineage.tasks):
-                rebuilt = await self.lineage.rebuild(refs[i].id, payload.error)
-                if type(rebuilt) is InShm and not self.is_local(rebuilt):
-                    (rebuilt,) = await self.localize((rebuilt,))
-                out[i] = rebuilt
+            if type(payload) is not Failed or not isinstance(payload.error, ObjectLostError):
+                continue
+            ref = refs[i]
+            if ref.id in self.lineage.tasks:
+                rebuilt = await self.lineage.rebuild(ref.id, payload.error)
+            elif ref.core is not self:  # borrowed: its owner may know the task
+                try:
+                    rebuilt = await ref.owner.ask(Rebuild(ref.id), timeout=None)
+                except Exception as exc:
+                    rebuilt = Failed(self._lost(ref, exc))
+            else:
+                continue
+            if type(rebuilt) is InShm and not self.is_local(rebuilt):
+                (rebuilt,) = await self.localize((rebuilt,))
+            out[i] = rebuilt
         return out
 
     async def _lending(self, fut: asyncio.Future[T]) -> T:
@@ -657,22 +565,10 @@ class Core:
         for client in list(self.actors.values()):
             client.close()
         self.objects.clear()
-        # a spare's thread cannot be stopped: let it end, then unlink it
-        await self._spares.close(cancel=False)
-        try:  # what this process owned on other nodes goes too (bounded: the head may be gone)
-            await asyncio.wait_for(self._remote_frees.close(cancel=False), REMOTE_FREE_WAIT_S)
-        except TimeoutError:
-            await self._remote_frees.close()
-        if self._spare_thread is not None:
-            self._spare_thread.shutdown(wait=False)  # (idle: its work was awaited above)
-        if self._trim_timer is not None:
-            self._trim_timer.cancel()
-            self._trim_timer = None
-        if self._relax_timer is not None:
-            self._relax_timer.cancel()
-            self._relax_timer = None
+        await self.borrowing.close()
+        await self.upkeep.close()
+        await self.remote.close(REMOTE_FREE_WAIT_S)
         self.store.close()
-        self.receive_buffers.close()
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -680,4 +576,5 @@ class Core:
             "job_id": self.job_id,
             "worker_pid": os.getpid(),
             "objects": len(self.objects.entries),
+            **self.borrowing.describe(),
         }

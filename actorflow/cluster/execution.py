@@ -53,6 +53,7 @@ __all__ = [
     "local_args",
     "resolve_args",
     "run_plain",
+    "settle_borrows",
     "with_released",
 ]
 
@@ -106,7 +107,7 @@ def with_released(core: Core, args: Args, reply: TaskReply | bytes) -> TaskReply
     if not released:
         return reply
     if type(reply) is TaskReply:
-        return TaskReply(reply.returns, reply.run_s, released)
+        return TaskReply(reply.returns, reply.run_s, released, reply.nested)
     return TaskReply((reply,), 0.0, released)  # type: ignore[arg-type]  # the quick form
 
 
@@ -123,20 +124,41 @@ def capture_error(exc: BaseException, where: str) -> TaskError:
     return error
 
 
-def encode_returns(core: Core, result: Any, num_returns: int, name: str) -> tuple[Payload, ...]:
+def encode_returns(core: Core, result: Any, num_returns: int, name: str, job: str = ""
+                   ) -> tuple[tuple[Payload, ...], tuple[tuple[int, Any, str], ...]]:
+    """The call's returns, and ``(index, owner, object id)`` of the refs pickled into them
+    (lends that the caller keeps: see objects/borrows.py). ``job``: the caller's job, whose
+    end frees the large ones (a task's; "" for an actor's, kept until the node stops)."""
     try:
         if num_returns == 1:
-            return (core.encode(result, f"the result of {name!r}", owned=False),)
+            payload, lent = core.encode_lending(result, f"the result of {name!r}", owned=False,
+                                                job=job)
+            return (payload,), tuple((0, owner, oid) for owner, oid in lent)
         values = tuple(result)
         if len(values) != num_returns:
             raise ValueError(
                 f"{name!r} has num_returns={num_returns} but returned {len(values)} values"
             )
-        return tuple(core.encode(v, f"a result of {name!r}", owned=False) for v in values)
+        payloads = []
+        nested: list[tuple[int, Any, str]] = []
+        for i, v in enumerate(values):
+            payload, lent = core.encode_lending(v, f"a result of {name!r}", owned=False,
+                                                job=job)
+            payloads.append(payload)
+            nested.extend((i, owner, oid) for owner, oid in lent)
+        return tuple(payloads), tuple(nested)
     except SerializationError as exc:
-        return (Failed(exc),) * num_returns
+        return (Failed(exc),) * num_returns, ()
     except Exception as exc:
-        return (Failed(capture_error(exc, name)),) * num_returns
+        return (Failed(capture_error(exc, name)),) * num_returns, ()
+
+
+async def settle_borrows(core: Core) -> None:
+    """Before a call is answered: the owners of the refs it borrowed (its arguments) or lent
+    (its returns) have heard of it, so its caller may let the arguments go (see
+    objects/borrows.py). Free when it borrowed nothing."""
+    if core.borrowing.unsettled:
+        await core.borrowing.settled()
 
 
 async def call_plain(
@@ -285,7 +307,8 @@ def cancelled_returns(state: CallState, what: str, num_returns: int) -> tuple[Pa
 
 
 async def answer_outcome(core: Core, reply: Any, outcome: Outcome, num_returns: int, name: str,
-                  where: str, state: CallState, what: str) -> tuple[Payload, ...]:
+                  where: str, state: CallState, what: str, job: str = ""
+                  ) -> tuple[Payload, ...]:
     """Answer one call of a batch with its outcome (``name`` and ``where`` name it in a
     serialization error and a user's error, ``what`` in a cancel); returns the payloads it
     answered."""
@@ -295,14 +318,16 @@ async def answer_outcome(core: Core, reply: Any, outcome: Outcome, num_returns: 
             value = await value
         except Exception as exc:
             ok, value = False, exc
+    nested: tuple[tuple[int, Any, str], ...] = ()
     if state.cancelled:
         returns = cancelled_returns(state, what, num_returns)
     elif ok:
-        returns = encode_returns(core, value, num_returns, name)
+        returns, nested = encode_returns(core, value, num_returns, name, job)
     else:
         returns = (Failed(capture_error(value, where)),) * num_returns
+    await settle_borrows(core)
     if reply is not None and not reply.done():
-        reply.set_result(quick_reply(returns, run_s))
+        reply.set_result(quick_reply(returns, run_s, nested))
     return returns
 
 

@@ -9,12 +9,16 @@
   so the handles that callers hold go on reaching them), names, creators' children, jobs (a
   running job's driver is watched again). The head's own node of the last run died with it:
   its actors restart elsewhere within their ``max_restarts``, as after any node's death;
-- :func:`rejoin` applies a node's report of its live actors when it registers again.
+- :func:`rejoin` applies a node's report of its live actors when it registers again;
+- :func:`keep_groups` hands the placement the way to keep its placement groups in the store,
+  and the groups kept there; :func:`bundles_held` asks a node that registers with a restarted
+  head which bundles it holds (the placement checks its groups against them).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,13 +27,25 @@ from typing import TYPE_CHECKING, Any
 from actorflow._errors import ActorDiedError, ActorflowError
 from actorflow.cluster.head_store import SavedHead, dumps, loads
 from actorflow.cluster.jobs_table import DriverGone, JobRow
-from actorflow.cluster.protocol import ActorDown, ActorLocation, ActorUp, RegisterNode
+from actorflow.cluster.protocol import ActorDown, ActorLocation, ActorUp, NodeInfo, RegisterNode
+from actorflow.placement.messages import KeepGroups
 from actorflow.runtime import ActorRef, ExitReason, Terminated, current_system
 
 if TYPE_CHECKING:
-    from actorflow.cluster.head import ActorRecord, ActorState, Head, _NodeRecord
+    from actorflow.cluster.head import Head
+    from actorflow.cluster.head_records import ActorRecord, ActorState, NodeRecord
 
-__all__ = ["Kinds", "rejoin", "restore", "save_actor", "save_job", "save_node"]
+__all__ = [
+    "Kinds",
+    "bundles_held",
+    "keep_groups",
+    "rejoin",
+    "restore",
+    "save_actor",
+    "save_job",
+    "save_node",
+    "save_submitted",
+]
 
 log = logging.getLogger("actorflow.head")
 
@@ -55,7 +71,7 @@ def _actor_row(record: ActorRecord) -> bytes | None:
     })
 
 
-def _node_row(record: _NodeRecord) -> bytes:
+def _node_row(record: NodeRecord) -> bytes:
     return dumps({"node_id": record.node_id, "ref": record.ref, "address": record.address,
                   "resources": record.resources, "alive": record.alive})
 
@@ -69,9 +85,23 @@ def save_actor(head: Head, record: ActorRecord) -> None:
         head.saver.mark("actors", record.spec.actor_id, record, _actor_row)
 
 
-def save_node(head: Head, record: _NodeRecord) -> None:
+def save_node(head: Head, record: NodeRecord) -> None:
     if head.saver is not None:
         head.saver.mark("nodes", record.node_id, record, _node_row)
+
+
+def _as_is(row: bytes | None) -> bytes | None:
+    return row
+
+
+def save_submitted(head: Head, job_id: str, row: bytes | None) -> None:
+    """A submitted job's row, pickled by the ``jobs`` service (None: forget it)."""
+    if row is None:
+        head.submitted.pop(job_id, None)
+    else:
+        head.submitted[job_id] = row
+    if head.saver is not None:
+        head.saver.mark("submitted", job_id, row, _as_is)
 
 
 def save_job(head: Head, job_id: str) -> None:
@@ -99,7 +129,7 @@ class Kinds:
 
     actor: type[ActorRecord]
     state: type[ActorState]
-    node: type[_NodeRecord]
+    node: type[NodeRecord]
     node_lost: Callable[[str, Terminated], Any]
 
 
@@ -204,3 +234,35 @@ def rejoin(head: Head, msg: RegisterNode) -> None:
             head._down(ActorDown(actor_id, -1, True, ActorDiedError(
                 record.spec.class_name,
                 f"its process on node {msg.node_id} ended while the head was away")))
+
+
+# -- placement groups -----------------------------------------------------------------------------
+
+
+def keep_groups(head: Head, saved: SavedHead) -> None:
+    """Hand the placement (in this process) the way to mark its groups in the store, and the
+    groups the store kept."""
+    saver = head.saver
+    if saver is None:
+        return
+    head.placement.tell_nowait(KeepGroups(functools.partial(saver.mark, "groups"),
+                                          tuple(saved.groups.values()), not saved.empty))
+
+
+#: Seconds a restarted head waits for a node that registers to say which bundles it holds.
+HELD_ASK_S = 5.0
+
+
+async def bundles_held(head: Head, msg: RegisterNode) -> tuple[tuple[str, int], ...] | None:
+    """The placement group bundles ``(group_id, index)`` the registering node holds (None when
+    it could not say: its kept bundles are then taken as held)."""
+    try:
+        info: dict[str, Any] = await msg.node.ask(NodeInfo(), timeout=HELD_ASK_S)
+    except Exception as exc:
+        log.warning("node %s could not say which bundles it holds: %s", msg.node_id, exc)
+        return None
+    held = []
+    for key in info.get("bundles", {}):
+        group_id, _, index = str(key).rpartition("[")
+        held.append((group_id, int(index.rstrip("]"))))
+    return tuple(held)

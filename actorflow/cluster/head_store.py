@@ -9,7 +9,11 @@ WAL mode) under the state folder, one per port (``head-<port>.sqlite``):
 - ``nodes``: each node's id, ref, address, resources and whether it is alive;
 - ``actors``: each actor that is not dead: its spec, state, location (the ref of the worker
   that hosts it), node, pid, restarts and incarnation number;
-- ``jobs``: each job's row (its driver's ref, status, times).
+- ``jobs``: each job's row (its driver's ref, status, times);
+- ``groups``: each placement group that is not removed (the placement's row: bundles,
+  strategy, name, namespace, lifetime, job, state and the node of each bundle);
+- ``submitted``: each submitted job's row (the ``jobs`` service's: entrypoint, status, driver
+  pid, log file).
 
 Rows are pickled (refs pickle to their system uid, address and id). Writes never happen on the
 event loop: the head marks what changed (:class:`HeadSaver`), and every ``interval`` seconds
@@ -41,7 +45,7 @@ __all__ = [
 
 log = logging.getLogger("actorflow.head")
 
-TABLES = ("nodes", "actors", "jobs")
+TABLES = ("nodes", "actors", "jobs", "groups", "submitted")
 #: Seconds between two batches of writes.
 SAVE_INTERVAL_S = 0.05
 
@@ -64,6 +68,8 @@ class SavedHead:
     nodes: dict[str, bytes] = field(default_factory=dict)
     actors: dict[str, bytes] = field(default_factory=dict)
     jobs: dict[str, bytes] = field(default_factory=dict)
+    groups: dict[str, bytes] = field(default_factory=dict)
+    submitted: dict[str, bytes] = field(default_factory=dict)
 
     @property
     def empty(self) -> bool:

@@ -8,7 +8,12 @@ stops holding one. A handle pickled to go elsewhere carries a token: the sender 
 reported and the other not yet is **open**, and an open token holds its actor as a holder
 does: the handle is in flight. The two reports travel on different links, so either may come
 first; a token reported twice by the same side (a value unpickled again, a second reader of
-one object) changes nothing. Tokens closed recently are remembered (:data:`CLOSED_TOKENS`),
+one object) changes nothing. A handle pickled into a value that someone keeps (a call's
+arguments, a result, a ``put``: see :mod:`actorflow.objects.borrows`) is lent **kept**: its
+token stays open, whoever unpickles it, until the keeper reports it ``discarded`` (the value
+was let go), so a handle that was never unpickled (a call cancelled before it ran, a result
+never read) does not hold its actor for ever, and one read from a stored value many times
+holds it as long as the value lives. Tokens closed recently are remembered (:data:`CLOSED_TOKENS`),
 so a late duplicate is ignored; one that comes after it was forgotten opens the token again
 and keeps the actor alive (a leak, never an early stop).
 
@@ -34,7 +39,14 @@ __all__ = ["CLOSED_TOKENS", "HandleCounter", "HandleHolds", "HoldLedger", "Watch
 #: How many closed tokens the ledger remembers (cluster-wide), to ignore late duplicates.
 CLOSED_TOKENS = 1 << 16
 
-_LENT, _TAKEN = "lent", "taken"
+#: the sides that report a token (a bit each)
+_LENT, _TAKEN, _KEPT, _DISCARDED = 1, 2, 4, 8
+
+
+def _closed(sides: int) -> bool:
+    if sides & _KEPT:  # lent into a kept value: open until that value is discarded
+        return bool(sides & _DISCARDED)
+    return sides & (_LENT | _TAKEN) == (_LENT | _TAKEN)
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,20 +56,23 @@ class HandleHolds:
     ``holder`` names the process (its Core's object owner: the head watches it, and a holder
     whose process ends holds nothing). ``held``/``released``: actors it started/stopped
     holding a handle of; ``lent``/``taken``: ``(actor id, token)`` of handles it pickled /
-    unpickled."""
+    unpickled; ``kept``: of handles it pickled into a kept value, ``discarded``: of those
+    whose value it let go (see the module docstring)."""
 
     holder: Any
     held: tuple[str, ...] = ()
     released: tuple[str, ...] = ()
     lent: tuple[tuple[str, str], ...] = ()
     taken: tuple[tuple[str, str], ...] = ()
+    kept: tuple[tuple[str, str], ...] = ()
+    discarded: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(slots=True)
 class _Holds:
     holders: set[Hashable] = field(default_factory=set)
-    #: token -> the side that reported it first (it waits for the other side)
-    open: dict[str, str] = field(default_factory=dict)
+    #: token -> the sides that reported it so far (bits: it waits for the others)
+    open: dict[str, int] = field(default_factory=dict)
 
     @property
     def empty(self) -> bool:
@@ -86,7 +101,8 @@ class HoldLedger:
         return set(holds.holders) if holds is not None else set()
 
     def apply(self, holder: Hashable, held: Iterable[str] = (), released: Iterable[str] = (),
-              lent: Iterable[tuple[str, str]] = (), taken: Iterable[tuple[str, str]] = ()
+              lent: Iterable[tuple[str, str]] = (), taken: Iterable[tuple[str, str]] = (),
+              kept: Iterable[tuple[str, str]] = (), discarded: Iterable[tuple[str, str]] = ()
               ) -> list[str]:
         """One report of ``holder``. What it adds (holds, tokens) counts before what it
         removes, so a report never passes through zero on the way. Returns the actors this
@@ -95,11 +111,17 @@ class HoldLedger:
         for actor_id, token in lent:
             self._token(actor_id, token, _LENT)
             touched.append(actor_id)
+        for actor_id, token in kept:
+            self._token(actor_id, token, _KEPT)
+            touched.append(actor_id)
         for actor_id in held:
             self._holds(actor_id).holders.add(holder)
             self._held_by.setdefault(holder, set()).add(actor_id)
         for actor_id, token in taken:
             self._token(actor_id, token, _TAKEN)
+            touched.append(actor_id)
+        for actor_id, token in discarded:
+            self._token(actor_id, token, _DISCARDED)
             touched.append(actor_id)
         mine = self._held_by.get(holder)
         for actor_id in released:
@@ -143,19 +165,18 @@ class HoldLedger:
             holds = self._actors[actor_id] = _Holds()
         return holds
 
-    def _token(self, actor_id: str, token: str, side: str) -> None:
+    def _token(self, actor_id: str, token: str, side: int) -> None:
         holds = self._holds(actor_id)
         if token in self._closed:
             return  # a late duplicate
-        first = holds.open.get(token)
-        if first is None:
-            holds.open[token] = side
-        elif first != side:  # both sides reported: the handle arrived
-            del holds.open[token]
+        sides = holds.open.get(token, 0) | side
+        if _closed(sides):
+            holds.open.pop(token, None)
             self._closed[token] = None
             if len(self._closed) > CLOSED_TOKENS:
                 self._closed.popitem(last=False)
-        # else: the same side again (a second unpickling before the lender's report came)
+        else:  # (the same side again changes nothing)
+            holds.open[token] = sides
 
 
 # -- af.watch waits ---------------------------------------------------------------------------
@@ -218,7 +239,7 @@ class Watches:
 
 # -- the process's side -------------------------------------------------------------------------
 
-_ADD, _DROP, _CREATED, _LENT_EV, _TAKEN_EV = range(5)
+_ADD, _DROP, _CREATED, _LENT_EV, _TAKEN_EV, _KEPT_EV, _DISCARDED_EV = range(7)
 
 
 class HandleCounter:
@@ -231,9 +252,13 @@ class HandleCounter:
     :class:`HandleHolds`: an actor whose count left zero is ``held``, one whose count came
     back to zero ``released`` (an actor dropped and picked up again in one batch sends
     nothing). The creator's handle always reports ``held`` first, so an actor whose only
-    handle is dropped at once is still heard of, and stopped."""
+    handle is dropped at once is still heard of, and stopped.
 
-    __slots__ = ("_counts", "_events", "_registered", "_scheduled", "core")
+    Reports go as tells; :meth:`settled` has the head acknowledge them (an ask behind them
+    on the same link), for a call's answer and for borrow reports that let go of something,
+    which must not overtake what this process holds (see objects/borrows.py)."""
+
+    __slots__ = ("_counts", "_events", "_registered", "_scheduled", "_told", "core")
 
     def __init__(self, core: Any) -> None:
         self.core = core
@@ -241,6 +266,7 @@ class HandleCounter:
         self._counts: dict[str, int] = {}
         self._registered: set[str] = set()  # the head counts this process as their holder
         self._scheduled = False
+        self._told = False  # holds were told to the head since its last acknowledgement
 
     def add(self, actor_id: str) -> None:
         self._push((_ADD, actor_id, ""))
@@ -251,14 +277,34 @@ class HandleCounter:
     def created(self, actor_id: str) -> None:
         self._push((_CREATED, actor_id, ""))
 
-    def lend(self, actor_id: str) -> str:
-        """A handle is being pickled: its token (the head counts it until it is taken)."""
+    def lend(self, actor_id: str, *, kept: bool = False) -> str:
+        """A handle is being pickled: its token (the head counts it until it is taken, or,
+        ``kept`` in a value someone keeps, until that value is discarded)."""
         token: str = self.core.new_id()
-        self._push((_LENT_EV, actor_id, token))
+        self._push((_KEPT_EV if kept else _LENT_EV, actor_id, token))
         return token
 
     def take(self, actor_id: str, token: str) -> None:
         self._push((_TAKEN_EV, actor_id, token))
+
+    def discard(self, actor_id: str, token: str) -> None:
+        """The value a handle was lent into (kept) was let go."""
+        self._push((_DISCARDED_EV, actor_id, token))
+
+    @property
+    def unsettled(self) -> bool:
+        return self._told or bool(self._events)
+
+    async def settled(self) -> None:
+        """Return once the head has applied every report of this process so far."""
+        report = self._fold()
+        self._told = False
+        if report is None:
+            report = HandleHolds(self.core.owner_ref)  # (only to be answered after the rest)
+        try:
+            await self.core.head.ask(report, timeout=10.0)
+        except Exception:  # the head is gone, or away: the reports wait with the link
+            pass
 
     def _push(self, event: tuple[int, str, str]) -> None:
         self._events.append(event)
@@ -271,11 +317,22 @@ class HandleCounter:
 
     def _flush(self) -> None:
         self._scheduled = False
+        report = self._fold()
+        if report is None:
+            return
+        try:
+            self.core.head.tell_nowait(report)
+        except Exception:  # the head is gone (the cluster stopped): nothing to tell
+            return
+        if report.held:  # (what must reach the head before anything here lets go)
+            self._told = True
+
+    def _fold(self) -> HandleHolds | None:
+        """What is queued, as one report (None: nothing to tell)."""
         events, counts, registered = self._events, self._counts, self._registered
         touched: dict[str, None] = {}
         held: list[str] = []
-        lent: list[tuple[str, str]] = []
-        taken: list[tuple[str, str]] = []
+        tokens: tuple[list[tuple[str, str]], ...] = ([], [], [], [])
         while events:
             op, actor_id, token = events.popleft()
             if op == _ADD:
@@ -286,10 +343,8 @@ class HandleCounter:
                 if actor_id not in registered:
                     registered.add(actor_id)
                     held.append(actor_id)
-            elif op == _LENT_EV:
-                lent.append((actor_id, token))
-            else:
-                taken.append((actor_id, token))
+            else:  # lent, taken, kept, discarded
+                tokens[op - _LENT_EV].append((actor_id, token))
             touched[actor_id] = None
         released: list[str] = []
         for actor_id in touched:
@@ -302,14 +357,11 @@ class HandleCounter:
                 if actor_id in registered:
                     registered.discard(actor_id)
                     released.append(actor_id)
-        if not (held or released or lent or taken):
-            return
-        core = self.core
-        try:
-            core.head.tell_nowait(HandleHolds(core.owner_ref, tuple(held), tuple(released),
-                                              tuple(lent), tuple(taken)))
-        except Exception:  # the head is gone (the cluster stopped): nothing to tell
-            pass
+        lent, taken, kept, discarded = tokens
+        if not (held or released or lent or taken or kept or discarded):
+            return None
+        return HandleHolds(self.core.owner_ref, tuple(held), tuple(released), tuple(lent),
+                           tuple(taken), tuple(kept), tuple(discarded))
 
 
 _COUNTER: HandleCounter | None = None

@@ -43,6 +43,8 @@ __all__ = [
     "JobInfo",
     "JobRow",
     "JobsTable",
+    "KeepSubmitted",
+    "KeptSubmitted",
     "RegisterJob",
     "job_view",
 ]
@@ -92,10 +94,27 @@ class JobInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class KeepSubmitted:
+    """Tell (the head's ``jobs`` service -> head): keep this submitted job's row in the head's
+    store (pickled by the service; None: forget it), so that a restarted head has it back."""
+
+    job_id: str
+    row: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class KeptSubmitted:
+    """Ask (the head's ``jobs`` service -> head, as it starts): the submitted jobs' rows the
+    head's store kept (a restarted head's), as a tuple of pickled rows."""
+
+
+@dataclass(frozen=True, slots=True)
 class FreeSegments:
-    """Tell (head -> node): unlink this node's segments whose names start with ``prefix``."""
+    """Tell (head -> node): a job ended: unlink this node's segments whose names start with
+    ``prefix`` (its driver's), and the task results made for job ``job_id``."""
 
     prefix: str
+    job_id: str = ""
 
 
 @dataclass(slots=True)
@@ -236,13 +255,12 @@ class HeadJobs(abc.ABC):
                     self.placement.tell_nowait(RemoveGroup(group_id))
         except Exception as exc:  # the placement is stopping with the head
             log.debug("removing the placement groups of job %s: %s", job_id, exc)
-        if row.segment_prefix:
-            for node in list(self.nodes.values()):
-                if node.alive:
-                    try:
-                        node.ref.tell_nowait(FreeSegments(row.segment_prefix))
-                    except Exception:
-                        pass  # that node is gone, and its segments with it
+        for node in list(self.nodes.values()):
+            if node.alive:
+                try:
+                    node.ref.tell_nowait(FreeSegments(row.segment_prefix, job_id))
+                except Exception:
+                    pass  # that node is gone, and its segments with it
         log.info("job %s ended (%s): its actors, placement groups and objects are released",
                  job_id, status)
 

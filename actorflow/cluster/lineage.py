@@ -51,6 +51,17 @@ class Lineage:
     def __len__(self) -> int:
         return len(self.tasks)
 
+    async def rebuild_lost(self, object_id: str) -> Payload:
+        """A borrower could not read ``object_id``: rebuild it when its copy is on a node that
+        died (and its task is known here); else answer the payload as it is (another read
+        may already have rebuilt it)."""
+        payload = await self.core.objects.payload(object_id)
+        if type(payload) is InShm and payload.node_id in await self._dead_nodes():
+            return await self.rebuild(object_id, ObjectLostError(
+                f"object {object_id} is lost: node {payload.node_id}, which held its only "
+                "copy, died"))
+        return payload
+
     async def _dead_nodes(self) -> set[str]:
         info = await self.core.head.ask(GetClusterInfo(), timeout=30.0)
         return {n["node_id"] for n in info.nodes if not n["alive"]}

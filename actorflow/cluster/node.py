@@ -36,7 +36,7 @@ from typing import Any
 
 from actorflow._errors import ActorDiedError, ObjectLostError, WorkerCrashedError
 from actorflow._limits import UNLIMITED
-from actorflow.cluster import hoststats, memory_guard
+from actorflow.cluster import copies, hoststats, memory_guard
 from actorflow.cluster.actor_host import ActorHost, creation_error
 from actorflow.cluster.jobs_table import FreeSegments
 from actorflow.cluster.node_leases import Leases
@@ -105,6 +105,7 @@ class Node(ServiceActor):
         #: the primary copies of this machine's objects: limit, spilling (objects/spill.py)
         self.store = spill.store_of(node_id)
         self.segment_prefix = f"af-{node_id}-"  # the names of this node's segments start so
+        self.copies = copies.NodeCopies(self)  # secondary copies (cluster/copies.py)
         self.session = session
         self.head = head
         self.placement = placement
@@ -139,8 +140,9 @@ class Node(ServiceActor):
             ReadLogs: self.logs.read,
             Terminated: self._ignore,
         }
-        for kind in (spill.Stored, spill.Freed, spill.Restore, spill.MemoryQuery):
-            self.handlers[kind] = self._store_message
+        self.handlers.update(dict.fromkeys(
+            (spill.Stored, spill.Freed, spill.Restore, spill.MemoryQuery), self._store_message))
+        self.handlers.update(dict.fromkeys(copies.MESSAGES, self.copies.handle))
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -278,9 +280,13 @@ class Node(ServiceActor):
             self.background(asyncio.to_thread(shm.unlink_segment, message.name))
 
     async def _free_segments(self, message: FreeSegments) -> None:
-        """A job ended: its driver's segments here go."""
+        """A job ended: its driver's segments here go, and the task results made for it."""
         if self.store is not None:
-            self.store.freed_prefix(message.prefix)
+            if message.prefix:
+                self.store.freed_prefix(message.prefix)
+            if message.job_id:
+                for name in self.store.freed_job(message.job_id):
+                    self.background(asyncio.to_thread(shm.unlink_segment, name))
         if message.prefix.startswith(self.segment_prefix):
             self.background(asyncio.to_thread(shm.cleanup_session, message.prefix))
 

@@ -191,9 +191,12 @@ class TaskReply:
     returns: tuple[Payload, ...]
     run_s: float = 0.0
     released: tuple[str, ...] = ()  # argument segments the worker is done with (see store.py)
+    #: ``(return index, owner, object id)`` of each ref pickled into a return: a lend that the
+    #: caller keeps while that return lives (see objects/borrows.py)
+    nested: tuple[tuple[int, Any, str], ...] = ()
 
     def __af_plain__(self) -> bool:  # a Failed may hold a user's exception: not plain
-        return _plain_payloads(self.returns)
+        return not self.nested and _plain_payloads(self.returns)
 
 
 # -- quick forms -----------------------------------------------------------------------------------
@@ -254,13 +257,14 @@ def call_from_quick(data: bytes) -> ActorCall:
     return ActorCall(method, args, (), num_returns, data[-1 - n : -1].decode() if n else "")
 
 
-def quick_reply(returns: tuple[Payload, ...], run_s: float) -> TaskReply | bytes:
+def quick_reply(returns: tuple[Payload, ...], run_s: float,
+                nested: tuple[tuple[int, Any, str], ...] = ()) -> TaskReply | bytes:
     """The reply for ``returns``: the quick form when it applies, else a TaskReply."""
-    if len(returns) == 1 and run_s < QUICK_RUN_S:
+    if len(returns) == 1 and run_s < QUICK_RUN_S and not nested:
         payload = returns[0]
         if type(payload) is bytes:
             return payload
-    return TaskReply(returns, run_s)
+    return TaskReply(returns, run_s, (), nested)
 
 
 def reply_returns(reply: TaskReply | bytes) -> tuple[tuple[Payload, ...], float]:

@@ -54,6 +54,7 @@ from actorflow.runtime import ActorRef, CallbackReply
 
 if TYPE_CHECKING:
     from actorflow.cluster.core import Core
+    from actorflow.objects.borrows import Lends
     from actorflow.objects.ref import ObjectRef
 
 __all__ = ["PendingTask", "TaskSubmitter"]
@@ -80,7 +81,9 @@ class PendingTask:
     cancelled: bool = False
     lease: _Lease | None = None
     deps: list[ObjectRef] = field(default_factory=list)  # its ObjectRef arguments, held
-    keep: Any = None  # the ObjectRef of its arguments in shared memory, held until it is done
+    #: what keeps its arguments (their segment's ObjectRef, the lends of the refs inside them:
+    #: see Core.pack_args) until it is done, or as long as its lineage is kept
+    keep: Any = None
     waiting: int = 0  # >0 while it waits for its deps here: the generation of that wait
     follows: bool = False  # pushed behind its producers, with Local arguments
     env: Any = None  # its runtime environment (a ResolvedEnv): leases are per env too
@@ -354,6 +357,11 @@ class TaskSubmitter:
             # the worker answered, but the answer cannot be used here (it did not unpickle):
             # the task failed; the worker is fine
             self._finish(pending, self._failed(pending, exc))
+        elif exc is not None and getattr(exc, "delivered", None) is False and not pending.cancelled:
+            # the push never left this process (the link to that worker was already down):
+            # the task did not run there, so it goes again without spending a retry
+            self._lease_lost(lease, exc)
+            self._requeue(pending, front=True)
         elif exc is not None:
             # the worker died (or the link to it did) with the task in flight
             self._lease_lost(lease, exc)
@@ -391,7 +399,9 @@ class TaskSubmitter:
                 self.sent_fns.pop(lease.lease.worker, None)
                 self._requeue(pending, front=True)
             else:
-                self._finish(pending, returns)
+                nested = reply.nested if type(reply) is TaskReply else ()
+                self._finish(pending, returns,
+                             self.core.kept_lends(nested, len(returns)) if nested else None)
         self._pump(state)
 
     def _should_retry(self, pending: PendingTask, error: BaseException) -> bool:
@@ -402,7 +412,9 @@ class TaskSubmitter:
             return False
         return pending.may_rerun is None or pending.may_rerun()  # (last: it may act)
 
-    def _finish(self, pending: PendingTask, returns: tuple[Payload, ...]) -> None:
+    def _finish(self, pending: PendingTask, returns: tuple[Payload, ...],
+                lends: list[Lends | None] | None = None) -> None:
+        """``lends``: per return, those of the refs inside it (see Core.kept_lends)."""
         self.settled += 1
         pending.waiting = 0
         deps, pending.deps = pending.deps, []
@@ -410,9 +422,9 @@ class TaskSubmitter:
         if not pending.cancelled and type(returns[0]) is not Failed:
             self.core.lineage.remember(pending, returns, deps)  # (kept for large returns)
         objects = self.core.objects
-        for oid, payload in zip(pending.return_ids, returns, strict=False):
+        for i, (oid, payload) in enumerate(zip(pending.return_ids, returns, strict=False)):
             self.by_return.pop(oid, None)
-            objects.resolve(oid, payload)
+            objects.resolve(oid, payload, lends[i] if lends is not None else None)
 
     @staticmethod
     def _failed(pending: PendingTask, error: BaseException) -> tuple[Payload, ...]:

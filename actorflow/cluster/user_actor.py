@@ -37,6 +37,7 @@ from actorflow.cluster.execution import (
     local_args,
     resolve_args,
     run_plain,
+    settle_borrows,
     with_released,
 )
 from actorflow.cluster.protocol import ActorCall, Failed, TaskReply, call_from_quick, quick_reply
@@ -219,13 +220,16 @@ class UserActor(Actor):
             raise TypeError(f"actor got an unexpected {type(message).__name__}")
         events = self.events
         if events is None:
-            return with_released(self.core, message.args, await self._call_one(message))
+            reply = await self._call_one(message)
+            await settle_borrows(self.core)
+            return with_released(self.core, message.args, reply)
         start = time.perf_counter()
         call_id = self._started(message, events, start)
         reply = await self._call_one(message)
         end = time.perf_counter()
         events.ended(call_id, end, end - start,
                      reply.returns if type(reply) is TaskReply else None)
+        await settle_borrows(self.core)
         return with_released(self.core, message.args, reply)
 
     async def _call_one(self, call: ActorCall) -> TaskReply | bytes:
@@ -280,5 +284,5 @@ class UserActor(Actor):
         if state.cancelled:  # (what it returned once cancelled does not count)
             return TaskReply(cancelled_returns(state, where, call.num_returns),
                              time.perf_counter() - start)
-        returns = encode_returns(self.core, result, call.num_returns, where)
-        return quick_reply(returns, time.perf_counter() - start)
+        returns, nested = encode_returns(self.core, result, call.num_returns, where)
+        return quick_reply(returns, time.perf_counter() - start, nested)

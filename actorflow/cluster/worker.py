@@ -40,6 +40,7 @@ from actorflow.cluster.execution import (
     local_args,
     resolve_args,
     run_plain,
+    settle_borrows,
     with_released,
 )
 from actorflow.cluster.protocol import (
@@ -240,7 +241,8 @@ class Worker(Actor):
             try:
                 returns = await answer_outcome(
                     self.core, reply, outcome, spec.num_returns, spec.name,
-                    f"task {spec.name} (pid={self.pid})", state, f"task {spec.name!r}")
+                    f"task {spec.name} (pid={self.pid})", state, f"task {spec.name!r}",
+                    spec.job_id or "")
                 events.ended(spec.task_id, time.perf_counter(), outcome[2], returns)
                 self._remember(spec, returns)
             finally:
@@ -282,6 +284,7 @@ class Worker(Actor):
         else:
             self._remember(spec, (reply,))  # type: ignore[arg-type]  # the quick form
             events.ended(spec.task_id, end, end - start, None)
+        await settle_borrows(self.core)
         return with_released(self.core, spec.args, reply)
 
     async def _run_one(self, spec: TaskSpec) -> TaskReply | bytes:
@@ -349,8 +352,9 @@ class Worker(Actor):
         if state.cancelled:  # (what it returned or raised once cancelled does not count)
             return TaskReply(cancelled_returns(state, f"task {spec.name!r}", spec.num_returns),
                              time.perf_counter() - start)
-        returns = encode_returns(self.core, result, spec.num_returns, spec.name)
-        return quick_reply(returns, time.perf_counter() - start)
+        returns, nested = encode_returns(self.core, result, spec.num_returns, spec.name,
+                                         spec.job_id or "")
+        return quick_reply(returns, time.perf_counter() - start, nested)
 
     def cancel(self, task_id: str, force: bool, recursive: bool) -> None:
         """Cancel task ``task_id``: a queued one does not run; a running ``async def`` one

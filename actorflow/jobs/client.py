@@ -21,7 +21,16 @@ from typing import Any
 from actorflow._errors import AuthenticationError, GetTimeoutError
 from actorflow.cluster import bootstrap, state
 from actorflow.cluster import runtime_env as renv
-from actorflow.jobs.messages import FINAL, GetJob, JobLogs, ListJobs, ReadLogs, StopJob, SubmitJob
+from actorflow.jobs.messages import (
+    FINAL,
+    GetJob,
+    JobLogs,
+    ListJobs,
+    ReadLogs,
+    StopJob,
+    SubmitJob,
+    entrypoint_demand,
+)
 from actorflow.runtime import ActorRef
 
 __all__ = ["JobClient"]
@@ -96,12 +105,23 @@ class JobClient:
         env_vars: Mapping[str, str] | None = None,
         submission_id: str | None = None,
         metadata: Mapping[str, str] | None = None,
+        entrypoint_num_cpus: float | None = None,
+        entrypoint_num_gpus: float | None = None,
+        entrypoint_resources: Mapping[str, float] | None = None,
     ) -> str:
         """Run ``entrypoint`` (a shell command) as a driver on the head's machine; returns
         the job id. ``runtime_env``'s directories are packed and uploaded first (once per
         content); ``env_vars`` are added to its ``env_vars``. Raises
         ``af.RuntimeEnvTooLargeError`` (nothing is run) when a directory is over the
-        cluster's limit."""
+        cluster's limit.
+
+        ``entrypoint_num_cpus``, ``entrypoint_num_gpus``, ``entrypoint_resources``: the
+        entrypoint runs instead on a node that has these resources, which it holds while it
+        runs (its output is served here all the same); a demand no node can ever meet fails
+        the job (status FAILED, the reason in its output)."""
+        demand = entrypoint_demand(
+            entrypoint_num_cpus, entrypoint_num_gpus,
+            None if entrypoint_resources is None else dict(entrypoint_resources))
         jobs = await self._connect()
         env = dict(renv.normalize(runtime_env) or {})
         if env_vars:
@@ -109,12 +129,14 @@ class JobClient:
         assert self._proc is not None
         resolved = await renv.resolve(env or None, jobs, self._proc.system)
         job_id: str = await jobs.ask(
-            SubmitJob(entrypoint, resolved, submission_id, dict(metadata or {})), timeout=60.0)
+            SubmitJob(entrypoint, resolved, submission_id, dict(metadata or {}), demand),
+            timeout=60.0)
         return job_id
 
     async def info(self, job_id: str) -> dict[str, Any]:
         """The job's row: job_id, status, entrypoint, submit/start/end times (epoch seconds),
-        exit_code, message, pid, metadata, log_path, runtime_env."""
+        exit_code, message, pid, metadata, log_path, runtime_env, entrypoint_num_cpus,
+        entrypoint_num_gpus, entrypoint_resources."""
         jobs = await self._connect()
         row: dict[str, Any] = await jobs.ask(GetJob(job_id), timeout=30.0)
         return row

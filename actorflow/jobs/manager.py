@@ -1,13 +1,19 @@
 """The head's ``jobs`` actor: submitted jobs and the packages of runtime environments.
 
 A job is a shell command (its entrypoint) run by ``/bin/sh -c`` on the head's machine, in a
-process group of its own (a new session), as a driver of this cluster: its environment has
+process group of its own (a new session) led by a small wrapper that notes its exit status
+(:mod:`actorflow.jobs.wrapper`), as a driver of this cluster: its environment has
 ``ACTORFLOW_ADDRESS`` and ``ACTORFLOW_TOKEN`` (so ``af.init()`` in it joins the cluster),
 ``ACTORFLOW_JOB_ID`` (its job id, which ``af.init`` takes as the driver's), the job's
 runtime environment (``ACTORFLOW_RUNTIME_ENV``, its env_vars, ``PYTHONPATH`` with its
 working_dir and py_modules first) and ``PYTHONUNBUFFERED=1``; it runs in the unpacked
 working_dir (else in the head's own directory). Its stdout and stderr go to
 ``<state dir>/jobs/<job id>.log``, which :class:`ReadLogs` serves.
+
+A job whose entrypoint asks for resources (``entrypoint_num_cpus``, ``entrypoint_num_gpus``,
+``entrypoint_resources``) runs, in that same place, the runner of
+:mod:`actorflow.cli.job_runner` instead: it places the entrypoint on a node that has them,
+holds them while it runs there as the job's driver, and brings its output back into the log.
 
 Statuses: ``PENDING`` (its environment is being made ready), ``RUNNING``, then
 ``SUCCEEDED`` (exit code 0), ``FAILED`` (another code, a signal, or it could not start: the
@@ -16,18 +22,26 @@ grace period). The driver is an asyncio child process whose end a task of this a
 so nothing blocks the loop. When the head stops, the jobs still running are stopped the same
 way.
 
-Not built: running the entrypoint on a node chosen by resources (it always runs on the head's
-machine), and keeping jobs across a head restart (the table is in memory).
+A head that keeps a store (``actorflow start --head``) keeps the jobs' rows there (each change
+is sent to the head, :class:`~actorflow.cluster.jobs_table.KeepSubmitted`, and written in its
+batches). Started again after its process died, it takes them back: a job that was running is
+followed again when its process lives on (:mod:`actorflow.jobs.follow`: its end is seen
+through a pidfd, its exit status read from the wrapper's file); one whose process ended while
+the head was away ends with the status its wrapper wrote, or ``FAILED`` saying the head
+restarted when there is none; one still ``PENDING`` (its process never started) is ``FAILED``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
+import pickle
 import secrets
 import signal
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +50,9 @@ from typing import Any, ClassVar
 from actorflow._errors import RuntimeEnvTooLargeError
 from actorflow.cluster import runtime_env as renv
 from actorflow.cluster import state
+from actorflow.cluster.jobs_table import KeepSubmitted, KeptSubmitted
 from actorflow.cluster.services import HeadContext
+from actorflow.jobs import follow, wrapper
 from actorflow.jobs.messages import (
     FINAL,
     GetJob,
@@ -46,7 +62,7 @@ from actorflow.jobs.messages import (
     StopJob,
     SubmitJob,
 )
-from actorflow.runtime import OwnedTasks, ServiceActor
+from actorflow.runtime import ActorRef, OwnedTasks, ServiceActor
 
 __all__ = ["JobManager", "start"]
 
@@ -68,6 +84,7 @@ class _Job:
     metadata: dict[str, str]
     log_path: Path
     submission_id: str | None
+    demand: dict[str, Any] | None = None  # the entrypoint's resources (None: none)
     status: str = "PENDING"
     submit_time: float = field(default_factory=time.time)
     start_time: float | None = None
@@ -75,9 +92,34 @@ class _Job:
     exit_code: int | None = None
     message: str = ""
     pid: int | None = None
+    pid_start: int | None = None  # when its process started (follow.process_start)
     proc: asyncio.subprocess.Process | None = None
     stopping: bool = False
     done: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def exit_path(self) -> Path:
+        """Where its wrapper writes its exit status."""
+        return self.log_path.with_suffix(".exit")
+
+    def kept(self) -> bytes:
+        """Its row for the head's store."""
+        return pickle.dumps({
+            "job_id": self.job_id, "entrypoint": self.entrypoint, "env": self.env,
+            "metadata": self.metadata, "log_path": str(self.log_path),
+            "submission_id": self.submission_id, "demand": self.demand,
+            "status": self.status,
+            "submit_time": self.submit_time, "start_time": self.start_time,
+            "end_time": self.end_time, "exit_code": self.exit_code, "message": self.message,
+            "pid": self.pid, "pid_start": self.pid_start,
+        }, protocol=5)
+
+    @classmethod
+    def from_kept(cls, row: bytes) -> _Job:
+        d: dict[str, Any] = pickle.loads(row)
+        return cls(d["job_id"], d["entrypoint"], d["env"], d["metadata"], Path(d["log_path"]),
+                   d["submission_id"], d["demand"], d["status"], d["submit_time"], d["start_time"],
+                   d["end_time"], d["exit_code"], d["message"], d["pid"], d["pid_start"])
 
     def stop_requested(self) -> bool:
         return self.stopping  # (a call: mypy would take an earlier check for good)
@@ -90,6 +132,9 @@ class _Job:
             "exit_code": self.exit_code, "message": self.message, "pid": self.pid,
             "metadata": dict(self.metadata), "log_path": str(self.log_path),
             "runtime_env": None if self.env is None else self.env.to_dict(),
+            "entrypoint_num_cpus": None if self.demand is None else self.demand["num_cpus"],
+            "entrypoint_num_gpus": None if self.demand is None else self.demand["num_gpus"],
+            "entrypoint_resources": None if self.demand is None else self.demand["resources"],
         }
 
 
@@ -99,9 +144,11 @@ class JobManager(ServiceActor):
     max_concurrency: ClassVar[int] = 256
     expected = (ValueError, TypeError, KeyError, FileNotFoundError)
 
-    def __init__(self, token: str, *, max_package_bytes: int = renv.DEFAULT_MAX_BYTES,
+    def __init__(self, token: str, *, head: ActorRef | None = None,
+                 max_package_bytes: int = renv.DEFAULT_MAX_BYTES,
                  stop_grace_s: float = STOP_GRACE_S) -> None:
         self.token = token
+        self.head = head  # keeps the jobs' rows in its store (None: nothing is kept)
         self.max_package_bytes = max_package_bytes
         self.stop_grace_s = stop_grace_s
         self.jobs: dict[str, _Job] = {}
@@ -109,6 +156,11 @@ class JobManager(ServiceActor):
         self._chunks: dict[str, bytearray] = {}
         self._dir = state.state_dir() / "jobs"
         self._closing = False
+
+    async def on_start(self) -> None:
+        if self.head is not None:
+            rows: tuple[bytes, ...] = await self.head.ask(KeptSubmitted())
+            self._take_back(rows)
 
     def on_stop_requested(self) -> None:
         self._closing = True  # waiting log reads answer now: the stop waits for them
@@ -150,8 +202,9 @@ class JobManager(ServiceActor):
         if job_id in self.jobs:
             raise ValueError(f"a job with id {job_id!r} was submitted already")
         job = _Job(job_id, msg.entrypoint, msg.runtime_env, dict(msg.metadata),
-                   self._dir / f"{job_id}.log", msg.submission_id)
+                   self._dir / f"{job_id}.log", msg.submission_id, msg.entrypoint_demand)
         self.jobs[job_id] = job
+        self._keep(job)
         if self._tasks.spawn(self._run(job), f"job {job_id}") is None:
             self._end(job, "FAILED", None, "the head is stopping")
         return job_id
@@ -163,9 +216,10 @@ class JobManager(ServiceActor):
                 self._end(job, "STOPPED", None, "stopped before it started")
                 return
             self._dir.mkdir(mode=0o700, exist_ok=True)
+            job.exit_path.unlink(missing_ok=True)
             with open(job.log_path, "ab") as out:  # noqa: ASYNC230 - opening is quick
                 job.proc = await asyncio.create_subprocess_exec(
-                    "/bin/sh", "-c", job.entrypoint, stdin=asyncio.subprocess.DEVNULL,
+                    *self._command(job), stdin=asyncio.subprocess.DEVNULL,
                     stdout=out, stderr=asyncio.subprocess.STDOUT, cwd=cwd, env=env,
                     start_new_session=True)
         except asyncio.CancelledError:
@@ -175,21 +229,87 @@ class JobManager(ServiceActor):
             self._end(job, "FAILED", None, f"the job could not start: {exc}")
             return
         job.pid = job.proc.pid
+        job.pid_start = follow.process_start(job.pid)
         job.start_time = time.time()
         job.status = "RUNNING"
+        self._keep(job)
         if job.stop_requested():  # stopped while its process was being made: it never gets going
             _signal_group(job.pid, signal.SIGKILL)
         log.info("job %s started (pid %d): %s", job.job_id, job.pid, job.entrypoint)
         code = await job.proc.wait()
+        self._ended_with(job, code)
+
+    @staticmethod
+    def _command(job: _Job) -> list[str]:
+        """The job's process: its wrapper (by path, ``-I -S``: it imports nothing of ours, nor
+        the site's) and the entrypoint under ``/bin/sh -c``, or the runner that places it."""
+        lead = [sys.executable, "-I", "-S", wrapper.__file__, str(job.exit_path), "--"]
+        demand = job.demand
+        if demand is None:
+            return [*lead, "/bin/sh", "-c", job.entrypoint]
+        return [*lead, sys.executable, "-m", "actorflow.cli.job_runner",
+                "--num-cpus", str(demand["num_cpus"]), "--num-gpus", str(demand["num_gpus"]),
+                "--resources", json.dumps(demand["resources"]), "--", job.entrypoint]
+
+    def _ended_with(self, job: _Job, code: int, when: str = "") -> None:
+        """Its process group's leader ended with ``code`` (negative: a signal)."""
         if job.stop_requested():
-            _signal_group(job.pid, signal.SIGKILL)  # what the driver left in its group
+            if job.pid is not None:
+                _signal_group(job.pid, signal.SIGKILL)  # what the driver left in its group
             self._end(job, "STOPPED", code, "stopped by request")
         elif code == 0:
-            self._end(job, "SUCCEEDED", code, "")
+            self._end(job, "SUCCEEDED", code, when.strip())
         elif code < 0:
-            self._end(job, "FAILED", code, f"the driver was killed by {_signal_name(-code)}")
+            self._end(job, "FAILED", code, f"the driver was killed by {_signal_name(-code)}{when}")
         else:
-            self._end(job, "FAILED", code, f"the driver exited with code {code}")
+            self._end(job, "FAILED", code, f"the driver exited with code {code}{when}")
+
+    # -- a restarted head's jobs ---------------------------------------------------------------
+
+    def _keep(self, job: _Job) -> None:
+        if self.head is None:
+            return
+        try:
+            self.head.tell_nowait(KeepSubmitted(job.job_id, job.kept()))
+        except Exception as exc:  # the head is stopping
+            log.debug("job %s not kept: %s", job.job_id, exc)
+
+    def _take_back(self, rows: tuple[bytes, ...]) -> None:
+        """The jobs a restarted head's store kept (see the module docstring)."""
+        for row in rows:
+            try:
+                job = _Job.from_kept(row)
+            except Exception as exc:  # a row of another version
+                log.warning("a kept job cannot be read back (%s): left out", exc)
+                continue
+            self.jobs[job.job_id] = job
+            if job.status in FINAL:
+                job.done.set()
+            elif job.status == "PENDING" or job.pid is None:
+                self._end(job, "FAILED", None, "the head restarted before the job's process "
+                          "started; submit it again")
+            elif follow.same_process(job.pid, job.pid_start):
+                log.info("job %s (pid %d) runs on: followed again", job.job_id, job.pid)
+                if self._tasks.spawn(self._follow(job), f"job {job.job_id}") is None:
+                    self._end(job, "FAILED", None, "the head is stopping")
+            else:
+                self._after_restart(job)
+        if rows:
+            log.info("jobs taken back: %d", len(rows))
+
+    async def _follow(self, job: _Job) -> None:
+        assert job.pid is not None
+        await follow.wait_pid(job.pid, job.pid_start)
+        self._after_restart(job)
+
+    def _after_restart(self, job: _Job) -> None:
+        """The job's process, not this head's child, has ended: how, its wrapper wrote."""
+        code = follow.read_exit(job.exit_path)
+        if code is not None:
+            self._ended_with(job, code, " (it ran on while the head restarted)")
+        else:
+            self._end(job, "FAILED", None, "the head restarted, and the job's process ended "
+                      "without an exit status (it died with the head, or was killed)")
 
     async def _environment(self, job: _Job) -> tuple[dict[str, str], str | None]:
         assert self.system.address is not None
@@ -209,6 +329,7 @@ class JobManager(ServiceActor):
         job.end_time = time.time()
         job.proc = None
         job.done.set()
+        self._keep(job)
         log.info("job %s ended: %s %s", job.job_id, status, message)
 
     async def _stop(self, job: _Job, grace_s: float) -> bool:
@@ -218,7 +339,7 @@ class JobManager(ServiceActor):
         if job.status in FINAL:
             return False
         job.stopping = True
-        pgid = job.pid if job.proc is not None else None
+        pgid = job.pid if job.status == "RUNNING" else None  # (its own child, or followed)
         if pgid is not None:
             _signal_group(pgid, signal.SIGTERM)
             deadline = time.monotonic() + grace_s
@@ -346,5 +467,6 @@ async def start(ctx: HeadContext) -> None:
     limit = ctx.options.get("runtime_env_max_bytes") or renv.DEFAULT_MAX_BYTES
     grace = ctx.options.get("job_stop_grace_s") or STOP_GRACE_S
     await ctx.system.spawn(
-        lambda: JobManager(ctx.token, max_package_bytes=int(limit), stop_grace_s=float(grace)),
+        lambda: JobManager(ctx.token, head=ctx.head, max_package_bytes=int(limit),
+                           stop_grace_s=float(grace)),
         name="jobs", well_known=True)

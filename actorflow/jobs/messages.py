@@ -8,7 +8,15 @@ from typing import Any
 
 from actorflow.cluster.runtime_env import ResolvedEnv
 
-__all__ = ["GetJob", "JobLogs", "ListJobs", "ReadLogs", "StopJob", "SubmitJob"]
+__all__ = [
+    "GetJob",
+    "JobLogs",
+    "ListJobs",
+    "ReadLogs",
+    "StopJob",
+    "SubmitJob",
+    "entrypoint_demand",
+]
 
 #: The statuses of a job, in the order a job may take them (the last three are final).
 STATUSES = ("PENDING", "RUNNING", "SUCCEEDED", "FAILED", "STOPPED")
@@ -23,6 +31,31 @@ class SubmitJob:
     runtime_env: ResolvedEnv | None = None
     submission_id: str | None = None
     metadata: dict[str, str] = field(default_factory=dict)
+    #: what the entrypoint needs: ``{"num_cpus": N, "num_gpus": N, "resources": {...}}``
+    #: (None: it runs on the head's machine and holds nothing)
+    entrypoint_demand: dict[str, Any] | None = None
+
+
+def entrypoint_demand(num_cpus: float | None, num_gpus: float | None,
+                      resources: dict[str, float] | None) -> dict[str, Any] | None:
+    """A submission's entrypoint resources, checked (None when none is asked for)."""
+    if num_cpus is None and num_gpus is None and not resources:
+        return None
+    for what, amount in (("entrypoint_num_cpus", num_cpus), ("entrypoint_num_gpus", num_gpus)):
+        if amount is not None and (isinstance(amount, bool) or not isinstance(
+                amount, int | float) or amount < 0):
+            raise ValueError(f"{what} must be a number >= 0, got {amount!r}")
+    if resources is not None:
+        if not isinstance(resources, dict) or not all(
+                isinstance(k, str) and isinstance(v, int | float) and not isinstance(v, bool)
+                and v >= 0 for k, v in resources.items()):
+            raise ValueError('entrypoint_resources maps resource names to amounts >= 0, such '
+                             f'as {{"accel": 1}}; got {resources!r}')
+        if {"CPU", "GPU"} & set(resources):
+            raise ValueError("give CPUs and GPUs as entrypoint_num_cpus / entrypoint_num_gpus, "
+                             "not in entrypoint_resources")
+    return {"num_cpus": float(num_cpus or 0), "num_gpus": float(num_gpus or 0),
+            "resources": {k: float(v) for k, v in (resources or {}).items()}}
 
 
 @dataclass(frozen=True, slots=True)

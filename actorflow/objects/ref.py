@@ -2,14 +2,17 @@
 
 The process that created the ref is its owner (Ray's ownership model): it holds the value (or
 where it lies) and counts the refs to it in its own process. A ref that leaves the owner's
-process (pickled into an argument, a message, a result) pins the object until the owner's job
-ends: borrowers do not report back yet, so the owner cannot know when they are done with it.
+process (pickled into an argument, a result, another object) is a lend, and a process that
+unpickles it a borrower: each reports to the owner, which frees the object once no ref is left
+anywhere (the rules: :mod:`actorflow.objects.borrows`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Generator
 from typing import TYPE_CHECKING, Any
+
+from actorflow.objects.borrows import collecting
 
 if TYPE_CHECKING:
     from actorflow.cluster.core import Core
@@ -42,25 +45,29 @@ class ObjectRef:
     and may be passed inside arguments, containers and messages.
 
     ``core`` is this process's ``Core`` when it owns the object (the ref then counts itself
-    there), else None: read it, never set it.
+    there), else None: read it, never set it. ``borrowed`` is the counter a borrowed ref
+    counts itself in (this process's, when it has a Core).
     """
 
-    __slots__ = ("__weakref__", "core", "id", "owner")
+    __slots__ = ("__weakref__", "borrowed", "core", "id", "owner")
 
     def __init__(self, object_id: str, owner: ActorRef, core: Core | None = None) -> None:
         self.id = object_id
         self.owner = owner
         self.core = core
+        self.borrowed: Any = None
         if core is not None:
             core.objects.incref(object_id)
 
     def __del__(self) -> None:
-        core = self.core
-        if core is not None:
-            try:
+        try:
+            core = self.core
+            if core is not None:
                 core.objects.decref(self.id)
-            except Exception:  # interpreter shutdown: nothing left to free
-                pass
+            elif self.borrowed is not None:
+                self.borrowed.drop(self.owner, self.id)
+        except Exception:  # interpreter shutdown: nothing left to free
+            pass
 
     def __repr__(self) -> str:
         return f"ObjectRef({self.id})"
@@ -72,8 +79,21 @@ class ObjectRef:
         return isinstance(other, ObjectRef) and other.id == self.id
 
     def __reduce__(self) -> tuple[Any, ...]:
-        if self.core is not None:
-            self.core.objects.pin(self.id)
+        refs = collecting()
+        core = self.core
+        if core is not None:
+            if refs is None:  # nobody keeps what it goes into: it stays until its owner ends
+                core.objects.pin(self.id)
+            else:
+                core.objects.borrows.lend(self.id)
+        else:
+            counter = self.borrowed
+            if counter is None and _CORE is not None:
+                counter = _CORE.borrowing
+            if counter is not None:
+                counter.lend(self.owner, self.id)
+        if refs is not None:
+            refs.append((self.owner, self.id))
         return (_restore, (self.id, self.owner))
 
     def __await__(self) -> Generator[Any, None, Any]:
@@ -85,6 +105,11 @@ class ObjectRef:
 
 def _restore(object_id: str, owner: ActorRef) -> ObjectRef:
     core = _CORE
-    if core is not None and core.owner_ref == owner:
+    if core is None:
+        return ObjectRef(object_id, owner)
+    if core.owner_ref == owner:
         return ObjectRef(object_id, owner, core)
-    return ObjectRef(object_id, owner)
+    ref = ObjectRef(object_id, owner)
+    counter = ref.borrowed = core.borrowing
+    counter.add(owner, object_id)
+    return ref

@@ -27,6 +27,12 @@ flag from a small page the node keeps beside its liveness lock (:class:`StorePag
 check costs no message. Spilling runs behind the writers: a burst of puts may pass the limit
 for as long as the spill thread takes to catch up (shared memory itself is the hard bound).
 
+Secondary copies (``actorflow/cluster/copies.py``: what the node pulled from other nodes for its
+readers) count against the limit too (:class:`Secondary`: the store sees only their bytes):
+past the limit the store first evicts copies no reader pins (deleted: their primary exists),
+then spills primaries. The page carries the primaries' bytes only, since a writer's check
+matters only when the disk is full, and copies can always make room.
+
 The spill directory is ``<spill root>/<session>-<node id>``; its path is recorded beside the
 node's liveness lock, so when a node dies hard the sweeper (``sweep.py``) removes it with the
 node's segments.
@@ -45,7 +51,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from actorflow._errors import ObjectLostError, ObjectStoreFullError
 from actorflow.objects import shm, sweep
@@ -64,6 +70,7 @@ __all__ = [
     "MemoryQuery",
     "NodeStore",
     "Restore",
+    "Secondary",
     "StorePage",
     "Stored",
     "check_room",
@@ -100,6 +107,7 @@ class Stored:
     generation: int
     pid: int
     what: str
+    job: str = ""  # a task result: the job that submitted the task (freed when it ends)
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +136,25 @@ class MemoryQuery:
 
 # -- the node's store ------------------------------------------------------------------------------
 
+
+class Secondary(Protocol):
+    """What the store needs of the node's secondary copies (``cluster/copies.py``)."""
+
+    @property
+    def used(self) -> int:
+        """Bytes of copies in shared memory."""
+
+    def primary_freed(self, name: str, generation: int | None) -> None: ...
+
+    def primaries_freed(self, prefix: str) -> None: ...
+
+    async def evict(self, need: int) -> int: ...
+
+    def figures(self) -> dict[str, Any]: ...
+
+    async def close(self) -> None: ...
+
+
 _RESIDENT, _SPILLING, _SPILLED, _RESTORING = "shm", "spilling", "disk", "restoring"
 
 
@@ -137,6 +164,7 @@ class _Object:
     generation: int
     pid: int
     what: str
+    job: str = ""
     state: str = _RESIDENT
     on_disk: bool = False  # a spill file holds it (kept after a restore)
     freed: bool = False  # freed while a thread moved it
@@ -170,6 +198,8 @@ class NodeStore:
         self._audit: asyncio.TimerHandle | None = None
         self._page: StorePage | None = None
         self._closed = False
+        #: the node's secondary copies, when it keeps them (counted against the limit)
+        self.secondary: Secondary | None = None
 
     def start(self) -> None:
         """Make the spill directory and the page (blocking but small: at the node's start)."""
@@ -213,12 +243,14 @@ class NodeStore:
         old = self.objects.pop(msg.name, None)
         if old is not None:  # (its Freed was lost): the new value replaces it
             self._forget(msg.name, old)
-        self.objects[msg.name] = _Object(msg.nbytes, msg.generation, msg.pid, msg.what)
+        self.objects[msg.name] = _Object(msg.nbytes, msg.generation, msg.pid, msg.what, msg.job)
         self.used += msg.nbytes
         self._changed()
         self._arm_audit()
 
     def freed(self, name: str, generation: int | None = None) -> None:
+        if self.secondary is not None:  # its copies on other nodes go too
+            self.secondary.primary_freed(name, generation)
         obj = self.objects.get(name)
         if obj is None or (generation is not None and obj.generation != generation):
             self._tombs[(name, generation)] = None
@@ -231,8 +263,18 @@ class NodeStore:
 
     def freed_prefix(self, prefix: str) -> None:
         """Every segment whose name starts with ``prefix`` went (a job's end)."""
+        if self.secondary is not None:
+            self.secondary.primaries_freed(prefix)
         for name in [n for n in self.objects if n.startswith(prefix)]:
             self.freed(name)
+
+    def freed_job(self, job_id: str) -> list[str]:
+        """A job ended: the task results made for it go (their owner, its driver, is gone).
+        Returns their segments' names, for the caller to unlink."""
+        names = [n for n, obj in self.objects.items() if obj.job == job_id]
+        for name in names:
+            self.freed(name)
+        return names
 
     def _forget(self, name: str, obj: _Object) -> None:
         obj.freed = True
@@ -254,9 +296,17 @@ class NodeStore:
 
     # -- spilling ------------------------------------------------------------------------------
 
+    def total(self) -> int:
+        """Bytes in shared memory: primaries and secondary copies."""
+        return self.used + (self.secondary.used if self.secondary is not None else 0)
+
+    def secondary_changed(self) -> None:
+        """A copy came or went (``cluster/copies.py``)."""
+        self._changed()
+
     def _changed(self) -> None:
         self._publish()
-        if self.used > self.limit and not self._spilling and not self._closed:
+        if self.total() > self.limit and not self._spilling and not self._closed:
             self._spilling = True
             self._tasks.spawn(self._spill_round(), "spill round")
 
@@ -264,8 +314,15 @@ class NodeStore:
         loop = asyncio.get_running_loop()
         stuck = False
         tried: set[str] = set()  # a pinned one is tried once a round
+        evicted = False
         try:
-            while self.used > self.limit and not self._closed and not self.disk_full:
+            while self.total() > self.limit and not self._closed:
+                if not evicted and self.secondary is not None and self.secondary.used:
+                    evicted = True  # copies first: deleted, not spilled (primaries exist)
+                    await self.secondary.evict(self.total() - self.limit)
+                    continue
+                if self.disk_full:
+                    break
                 name, obj = self._candidate(tried)
                 if obj is None:
                     stuck = True
@@ -285,7 +342,7 @@ class NodeStore:
         finally:
             self._spilling = False
             self._publish()
-        if (stuck or self.disk_full) and self.used > self.limit and not self._closed:
+        if (stuck or self.disk_full) and self.total() > self.limit and not self._closed:
             self._arm_retry()
 
     def _candidate(self, tried: set[str]) -> tuple[str, _Object | None]:
@@ -407,6 +464,8 @@ class NodeStore:
             if obj is not None and obj.state == _RESIDENT and obj.busy is None:
                 del self.objects[name]
                 self._forget(name, obj)
+                if self.secondary is not None:
+                    self.secondary.primary_freed(name, None)
         if missing:
             self._changed()
         if self.objects:
@@ -417,7 +476,7 @@ class NodeStore:
     def figures(self) -> dict[str, Any]:
         """The figures NodeInfo carries (and the state API, the dashboard, metrics read)."""
         return {
-            "object_store_used": self.used,
+            "object_store_used": self.total(),
             "object_store_limit": self.limit,
             "spilled_bytes": self.spilled_bytes,
             "spilled_objects": self.spilled_objects,
@@ -427,6 +486,7 @@ class NodeStore:
             "objects_in_store": len(self.objects),
             "spill_dir": self.dir,
             "spill_dir_full": self.disk_full,
+            **(self.secondary.figures() if self.secondary is not None else {}),
         }
 
     def summary(self, limit: int = 20) -> dict[str, Any]:
@@ -438,6 +498,8 @@ class NodeStore:
     async def close(self) -> None:
         """Stop; delete the spill directory and the page (the segments go with the node)."""
         self._closed = True
+        if self.secondary is not None:
+            await self.secondary.close()
         for timer in (self._timer, self._audit):
             if timer is not None:
                 timer.cancel()

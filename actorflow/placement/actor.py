@@ -21,17 +21,27 @@ only applies them and keeps the books.
   sequence number that the node echoes in its reports: the view subtracts those it has not
   applied yet.
 - A group's name is unique in its namespace among the groups not removed (``GetGroup`` finds
-  it); ``GroupTable`` answers what ``af.placement_group_table()`` shows. Every group is kept
-  here until it is removed, detached or not: jobs do not remove their groups yet.
+  it); ``GroupTable`` answers what ``af.placement_group_table()`` shows. A group is kept here
+  until it is removed (by its job's end too, unless detached).
+- A head that keeps a store (``actorflow start --head``) hands the placement a way to save its
+  groups (``KeepGroups``): each change of a group is marked there and written in batches off
+  the loop. A restarted head hands back what was kept: groups come back with their plans and
+  names, READY ones ready at once; each node that registers again says which bundles it still
+  holds (``AddNode.held``): those are counted as reserved there, the missing ones (the head's
+  own node died with it; a reservation in flight at the kill) are reserved again, and bundles
+  of groups the store does not know (made in the last moments) are given back. For
+  :data:`NODE_BACK_WAIT_S` after the restart, work that no node registered so far can take
+  (a bundle's node, or any node that fits it, is not back yet) waits for the nodes instead of
+  failing as infeasible.
 """
 
 from __future__ import annotations
 
 import asyncio
-import enum
 import functools
 import logging
-from dataclasses import dataclass, field
+import time
+from collections.abc import Callable
 from typing import Any
 
 from actorflow._errors import InfeasibleError
@@ -42,11 +52,20 @@ from actorflow.placement.groups import (
     release_group,
     reserve_group,
 )
+from actorflow.placement.kept import (
+    NODE_BACK_WAIT_S,
+    TABLE_STATES,
+    GroupRecord,
+    GroupState,
+    KeptGroups,
+    NotBack,
+)
 from actorflow.placement.messages import (
     AddNode,
     CreateGroup,
     GetGroup,
     GroupTable,
+    KeepGroups,
     NodeGone,
     NodeLoad,
     PlaceTask,
@@ -65,41 +84,7 @@ __all__ = ["GroupState", "Placement"]
 log = logging.getLogger("actorflow.placement")
 
 
-class GroupState(enum.Enum):
-    PENDING = "PENDING"  # waits for room; holds nothing
-    RESERVING = "RESERVING"  # planned and held in the view; nodes are setting bundles aside
-    READY = "READY"
-    INFEASIBLE = "INFEASIBLE"  # never can be (no cluster state fits it, or its name is taken)
-    REMOVED = "REMOVED"
-
-
-#: what ``af.placement_group_table()`` shows for each state (Ray's names where Ray has one)
-TABLE_STATES = {
-    GroupState.PENDING: "PENDING",
-    GroupState.RESERVING: "PENDING",
-    GroupState.READY: "CREATED",
-    GroupState.INFEASIBLE: "INFEASIBLE",
-    GroupState.REMOVED: "REMOVED",
-}
-
-
-@dataclass(slots=True)
-class _Group:
-    group_id: str
-    bundles: tuple[Resources, ...]
-    strategy: str
-    name: str | None
-    namespace: str = ""
-    lifetime: str | None = None
-    job_id: str = ""
-    state: GroupState = GroupState.PENDING
-    plan: GroupPlan | None = None
-    error: BaseException | None = None
-    acks_left: int = 0
-    changed: asyncio.Event = field(default_factory=asyncio.Event)
-
-
-class Placement(ServiceActor):
+class Placement(KeptGroups, ServiceActor):
     """See the module docstring."""
 
     max_concurrency = 100_000  # WaitGroup answers when a group is ready
@@ -109,23 +94,41 @@ class Placement(ServiceActor):
         self.view = ClusterView(spread_threshold=spread_threshold)
         self.groups = GroupReservations()
         self.refs: dict[str, ActorRef] = {}
-        self.records: dict[str, _Group] = {}
+        self.records: dict[str, GroupRecord] = {}
         self.names: dict[tuple[str, str], str] = {}  # (namespace, name) -> group id
         self.waiting: list[str] = []
         self._seq: dict[str, int] = {}
         self._unapplied: dict[str, dict[int, Resources]] = {}
+        #: marks a group changed in the head's store (KeepGroups); None: nothing is kept
+        self._save: Callable[[str, Any, Callable[[Any], bytes | None]], None] | None = None
+        #: taken back from the store: node id -> its bundles (group id, index) to check
+        self._expected: dict[str, list[tuple[str, int]]] = {}
+        self._arrived = asyncio.Event()  # set (and renewed) whenever a node is added
+        #: a restarted head's placement: until then, work that no node registered so far can
+        #: take waits for the nodes to register again instead of being infeasible
+        self._rejoin_until = 0.0
 
     async def handle(self, message: Any) -> Any:
         kind = type(message)
         if kind is PlaceTask:
-            return self.place(message.demand, message.strategy, message.from_node, message.what)
+            return await self._place_waiting(message)
         if kind is NodeLoad:
             self._load(message)
             return None
         if kind is AddNode:
             self.view.add_node(NodeView(message.node_id, message.resources, message.resources))
             self.refs[message.node_id] = message.ref
+            if message.node_id in self._expected or message.held:
+                self._check_kept(message.node_id, message.held)
+            self._arrived.set()
+            self._arrived = asyncio.Event()
             self._try_groups()
+            return None
+        if kind is KeepGroups:
+            self._save = message.save
+            if message.restarted:
+                self._rejoin_until = time.monotonic() + NODE_BACK_WAIT_S
+            self._take_back(message.rows)
             return None
         if kind is NodeGone:
             self._node_gone(message.node_id)
@@ -156,8 +159,13 @@ class Placement(ServiceActor):
             bundle = None
             if decision.bundle_index is not None and isinstance(strategy, PlacementGroupStrategy):
                 bundle = (strategy.group_id, decision.bundle_index)
-            return decision.node_id, self.refs[decision.node_id], bundle
+            ref = self.refs.get(decision.node_id)
+            if ref is None:  # a bundle taken back with its group: its node is not back yet
+                raise NotBack(decision.node_id)
+            return decision.node_id, ref, bundle
         if type(decision) is Infeasible:
+            if self._rejoining():
+                raise NotBack("")
             raise InfeasibleError(decision.message, demand.to_amounts())
         return self._wait_on(demand, strategy, local, what)
 
@@ -181,13 +189,18 @@ class Placement(ServiceActor):
                         "bundles larger."
                     )
             node_id = record.plan.nodes[index]
-            return node_id, self.refs[node_id], (strategy.group_id, index)
+            ref = self.refs.get(node_id)
+            if ref is None:
+                raise NotBack(node_id)
+            return node_id, ref, (strategy.group_id, index)
         target = getattr(strategy, "node_id", None)
         candidates = [n for n in self.view.nodes() if n.alive and demand.fits_in(n.total)]
         if target is not None:
             chosen = [n for n in candidates if n.node_id == target]
             candidates = chosen or candidates
         if not candidates:
+            if self._rejoining():
+                raise NotBack("")
             raise InfeasibleError(f"{what} needs {demand.to_amounts()}: no live node fits it now")
         if local is not None:
             mine = [n for n in candidates if n.node_id == local]
@@ -215,7 +228,10 @@ class Placement(ServiceActor):
             self._try_groups()
 
     def _node_gone(self, node_id: str) -> None:
-        if node_id not in self.view:
+        if node_id not in self.view:  # (a node of a restarted head's store that never came back)
+            if self._expected.pop(node_id, None) is not None:
+                for group_id in self.groups.node_lost(node_id):
+                    log.warning("placement group %s lost bundles on node %s", group_id, node_id)
             return
         self.view.set_alive(node_id, False)
         self._unapplied.pop(node_id, None)
@@ -227,7 +243,7 @@ class Placement(ServiceActor):
     def _create_group(self, msg: CreateGroup) -> None:
         if msg.group_id in self.records:
             raise ValueError(f"placement group {msg.group_id!r} exists already")
-        record = self.records[msg.group_id] = _Group(
+        record = self.records[msg.group_id] = GroupRecord(
             msg.group_id, msg.bundles, msg.strategy, msg.name, msg.namespace, msg.lifetime,
             msg.job_id)
         if msg.name is not None:
@@ -242,6 +258,7 @@ class Placement(ServiceActor):
                 return
             self.names[key] = msg.group_id
         self.waiting.append(msg.group_id)
+        self._keep(record)
         self._try_groups()
 
     def _named(self, name: str, namespace: str) -> tuple[str, tuple[Resources, ...], str]:
@@ -263,7 +280,7 @@ class Placement(ServiceActor):
         return self.table_entry(record)
 
     @staticmethod
-    def table_entry(record: _Group) -> dict[str, Any]:
+    def table_entry(record: GroupRecord) -> dict[str, Any]:
         """A group as ``af.placement_group_table()`` shows it. ``bundles_to_node_id`` maps
         each bundle's index to its node once the group is planned (empty while PENDING)."""
         plan = record.plan if record.state is not GroupState.REMOVED else None
@@ -293,12 +310,13 @@ class Placement(ServiceActor):
                 record.error = InfeasibleError(decision.message)
                 self._changed(record)
 
-    def _reserve(self, record: _Group, plan: GroupPlan) -> None:
+    def _reserve(self, record: GroupRecord, plan: GroupPlan) -> None:
         bundles = list(record.bundles)
         reserve_group(self.view, bundles, plan)
         self.groups.add(record.group_id, bundles, plan, name=record.name)
         record.plan = plan
         record.state = GroupState.RESERVING
+        self._keep(record)
         by_node: dict[str, list[tuple[int, Resources]]] = {}
         for index, node_id in enumerate(plan.nodes):
             by_node.setdefault(node_id, []).append((index, bundles[index]))
@@ -312,7 +330,7 @@ class Placement(ServiceActor):
             fut = self.refs[node_id].ask_nowait(ReserveBundles(record.group_id, tuple(items), seq))
             fut.add_done_callback(functools.partial(self._reserved, record))
 
-    def _reserved(self, record: _Group, fut: asyncio.Future[Any]) -> None:
+    def _reserved(self, record: GroupRecord, fut: asyncio.Future[Any]) -> None:
         error = None if fut.cancelled() else fut.exception()
         if record.state is not GroupState.RESERVING:
             return
@@ -363,8 +381,3 @@ class Placement(ServiceActor):
         record.state = GroupState.REMOVED
         self._changed(record)
         self._try_groups()
-
-    @staticmethod
-    def _changed(record: _Group) -> None:
-        record.changed.set()
-        record.changed = asyncio.Event()

@@ -13,6 +13,7 @@ __all__ = [
     "CreateGroup",
     "GetGroup",
     "GroupTable",
+    "KeepGroups",
     "NodeGone",
     "NodeLoad",
     "PlaceTask",
@@ -31,6 +32,21 @@ class AddNode:
     node_id: str
     ref: Any
     resources: Resources
+    #: the bundles ``(group_id, index)`` the node holds, when the head asked it (a head that
+    #: restarted asks each node that registers: its kept groups are checked against them);
+    #: None when not asked
+    held: tuple[tuple[str, int], ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class KeepGroups:
+    """Head -> placement, in its own process, as it starts with a store: ``save(group_id,
+    record, encode)`` marks a group changed in the head's store (written in batches, off the
+    loop); ``rows`` are the groups the store kept (pickled), taken back now (a restart)."""
+
+    save: Any
+    rows: tuple[bytes, ...] = ()
+    restarted: bool = False  # the head took its cluster back from the store
 
 
 @dataclass(frozen=True, slots=True)

@@ -282,6 +282,9 @@ class Remoting:
         pending = channel.pending
         try:
             while True:
+                # what the last batch held must not live on in this frame while the link is
+                # idle (a reply's callback keeps its call's arguments, and their refs)
+                batch = value = fut = reply = slot = None
                 batch = await link.receive()
                 asked = False
                 try:

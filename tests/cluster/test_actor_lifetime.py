@@ -66,6 +66,9 @@ class Keeper:
     def drop(self) -> None:
         self.kept.clear()
 
+    def announced(self, path: str) -> Any:
+        return Announcer.remote(path)  # created here, returned inside a result
+
 
 @af.remote(resources={"far": 1}, num_cpus=0)
 async def hold_until(handle: Any, release: str) -> tuple[int, str]:
@@ -225,6 +228,47 @@ async def test_an_actor_created_elsewhere_lives_while_its_returned_handle_does()
         await within(af.kill(keeper))
 
 
+@af.remote
+def takes(handle: Any) -> None:
+    return None
+
+
+async def test_a_handle_in_a_call_that_never_ran_does_not_keep_it() -> None:
+    async with cluster(num_cpus=2, resources={"gate": 1}):
+        gate = Probe.options(resources={"gate": 1}).remote()  # holds the only "gate"
+        await within(gate.pid.remote())
+        probe = Probe.remote()
+        pid = await within(probe.pid.remote())
+        queued = takes.options(resources={"gate": 1}).remote([probe])  # waits behind it
+        del probe
+        gc.collect()
+        await _stays([pid], 0.5)  # the queued call's arguments hold it
+        await within(af.cancel(queued))
+        try:
+            await within(queued)
+        except af.TaskCancelledError:
+            pass
+        del queued
+        gc.collect()
+        await _gone_within(pid, GONE_S, "the actor to stop once the unsent call was dropped")
+        await within(af.kill(gate))
+
+
+async def test_a_handle_in_a_result_never_read_does_not_keep_it(tmp_path: Path) -> None:
+    async with cluster(num_cpus=2):
+        keeper = Keeper.remote()
+        path = tmp_path / "pid"
+        result = keeper.announced.remote(str(path))  # a handle inside it, never unpickled
+        await until(lambda: path.exists() and path.read_text() != "", what="its start")
+        pid = int(path.read_text())
+        await within(af.wait([result], timeout=10))
+        await _stays([pid], 0.5)  # the result holds it
+        del result
+        gc.collect()
+        await _gone_within(pid, GONE_S, "the actor to stop once its unread result was freed")
+        await within(af.kill(keeper))
+
+
 async def test_a_handle_held_by_a_task_on_another_node_keeps_it(
         two_nodes: af.Runtime, tmp_path: Path) -> None:
     release = tmp_path / "release"
@@ -275,3 +319,19 @@ def test_ledger_duplicates_and_holder_deaths() -> None:
     # a report that holds and releases at once passes no zero on the way
     assert ledger.apply("A", held=["y"], released=["y"]) == ["y"]
     assert CLOSED_TOKENS >= 1 << 10
+
+
+def test_ledger_a_handle_in_a_kept_value_holds_until_that_value_is_discarded() -> None:
+    orders = [("kept", "taken", "discarded"), ("taken", "kept", "discarded"),
+              ("discarded", "taken", "kept"), ("kept", "discarded")]
+    for order in orders:
+        ledger = HoldLedger()
+        ledger.apply("A", held=["x"])
+        for i, side in enumerate(order):
+            # the lender lets its own handle go as it lends it; the taker does not hold one
+            left = ledger.apply("B" if side == "taken" else "A",
+                                released=["x"] if side == "kept" else [],
+                                **{side: [("x", "t")]})
+            if i < len(order) - 1:
+                assert left == [] and not ledger.unheld("x"), (order, side)
+        assert ledger.unheld("x"), order

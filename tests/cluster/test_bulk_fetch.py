@@ -24,15 +24,15 @@ async def test_a_node_offers_large_segments_and_a_failed_pull_falls_back_to_the_
         ref = af.put(value)
         (payload,) = await core.payloads([ref])
         assert type(payload) is InShm
-        node = await core._node_ref(core.node_id)
+        node = await core.remote.node_ref(core.node_id)
 
         # asked for a bulk read, the node offers the buffers under a ticket of its listener
         offer = await node.ask(ReadSegment(payload.name, bulk=True))
         assert type(offer) is Offered and sum(offer.lengths) >= value.nbytes
-        pulled = await core._pull(payload, offer, node)
-        assert type(pulled) is Fetched and core.pull_fallbacks == 0
+        pulled = await core.remote.pull(payload, offer, node)
+        assert type(pulled) is Fetched and core.remote.pull_fallbacks == 0
         assert np.array_equal(core.materialize(pulled), value)
-        assert core.pulled_bytes >= value.nbytes
+        assert core.remote.pulled_bytes >= value.nbytes
 
         # a segment under BULK_MIN_BYTES comes in the answer itself
         small = af.put(np.arange(BULK_MIN_BYTES // 16, dtype=np.float64))
@@ -43,8 +43,8 @@ async def test_a_node_offers_large_segments_and_a_failed_pull_falls_back_to_the_
 
         # an offer whose listener is not there: the pull fails, the link brings the segment
         dead = Offered(offer.meta, offer.lengths, "ws://127.0.0.1:9", "no-such-ticket")
-        fetched = await core._pull(payload, dead, node)
-        assert type(fetched) is Fetched and core.pull_fallbacks == 1
+        fetched = await core.remote.pull(payload, dead, node)
+        assert type(fetched) is Fetched and core.remote.pull_fallbacks == 1
         assert np.array_equal(core.materialize(fetched), value)
 
 
@@ -54,16 +54,16 @@ async def test_a_receive_buffer_is_filled_again_only_once_no_view_of_it_is_alive
         value = np.arange(2 * MIB // 8, dtype=np.float64)
         ref = af.put(value)
         (payload,) = await core.payloads([ref])
-        node = await core._node_ref(core.node_id)
+        node = await core.remote.node_ref(core.node_id)
 
         async def pull_once() -> np.ndarray:
             offer = await node.ask(ReadSegment(payload.name, bulk=True))
             assert type(offer) is Offered
-            out = core.materialize(await core._pull(payload, offer, node))
+            out = core.materialize(await core.remote.pull(payload, offer, node))
             assert isinstance(out, np.ndarray)
             return out
 
-        buffers = core.receive_buffers
+        buffers = core.remote.receive_buffers
         first = await pull_once()
         reused = buffers.reused
         second = await pull_once()  # the first is alive: another buffer

@@ -8,10 +8,8 @@ shows the whole cluster."""
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
-import socket
 import sys
 import time
 from pathlib import Path
@@ -21,7 +19,8 @@ import cloudpickle
 import numpy as np
 import pytest
 from actor_support import Counter
-from mn_support import CliCluster, Started, cli, live_nodes, until, within
+from mn_support import cli, within
+from restart_support import RestartableCluster, nodes_back
 
 import actorflow as af
 
@@ -32,9 +31,6 @@ pytestmark = pytest.mark.timeout(300)
 RESTARTS = 3
 #: The second time the head stays away longer than the peer timeout (10 s).
 LONG_AWAY_S = 12.0
-#: A restarted head must have every node back this soon (it starts, the nodes redial it with a
-#: backoff of at most 2 s and register again).
-REJOIN_S = 45.0
 
 
 @af.remote(num_cpus=0, resources={"r_head": 1}, max_restarts=-1)
@@ -54,43 +50,6 @@ def total(values: np.ndarray) -> float:
 def square(x: int) -> int:
     time.sleep(0.01)
     return x * x
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-class RestartableCluster(CliCluster):
-    """A CLI cluster whose head listens on a fixed port, so it can be started again there."""
-
-    def __init__(self, tmp: Path) -> None:
-        super().__init__(tmp, peer_timeout=10.0)
-        self.port = _free_port()
-        self.head_starts = 0
-
-    def start_fixed_head(self) -> Started:
-        self.head_starts += 1
-        name = "head" if self.head_starts == 1 else f"head{self.head_starts}"
-        return self._spawn(name, ["--head", "--port", str(self.port), "--host", "127.0.0.1",
-                                  "--num-cpus", "0", "--resources", json.dumps({"r_head": 1})])
-
-
-async def _nodes_back(node_ids: set[str]) -> list[dict[str, Any]]:
-    """Until af.nodes() shows ``node_ids`` alive, and a live head node."""
-
-    async def check() -> list[dict[str, Any]] | None:
-        try:
-            views = live_nodes(await asyncio.wait_for(af.nodes(), 5.0))
-        except (af.ActorflowError, TimeoutError):
-            return None  # the head is still starting
-        ids = {v["node_id"] for v in views}
-        heads = [v for v in views if "r_head" in v["resources"]]
-        return views if node_ids <= ids and heads else None
-
-    return await until(check, REJOIN_S, "every node alive at the restarted head")
 
 
 async def _pid_again(actor: Any) -> int:
@@ -116,7 +75,7 @@ async def test_a_head_sigkilled_and_restarted_three_times_under_load(tmp_path: P
         assert cluster.address is not None and cluster.token is not None
         await within(af.init(address=cluster.address, token=cluster.token,
                              log_to_driver=False))
-        views = await _nodes_back(set())
+        views = await nodes_back(set())
         node_ids = {v["node_id"] for v in views if "r_head" not in v["resources"]}
         assert len(node_ids) == 2, views
 
@@ -162,7 +121,7 @@ async def test_a_head_sigkilled_and_restarted_three_times_under_load(tmp_path: P
                 head = cluster.start_fixed_head()
                 await cluster.wait_ready(head, 60.0)
                 ready = time.monotonic()
-                views = await _nodes_back(node_ids)
+                views = await nodes_back(node_ids)
                 assert node_ids <= {v["node_id"] for v in views}
                 print(f"head restart: started {ready - killed:.1f} s after the kill, every "
                       f"node back {time.monotonic() - ready:.1f} s after that")

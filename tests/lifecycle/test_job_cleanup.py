@@ -59,6 +59,10 @@ class Keeper:
         return await self.child.pid.remote()
 
 @af.remote(num_cpus=1)
+def big_result():
+    return np.ones(4 << 20, dtype=np.uint8)  # written by the worker, owned by the driver
+
+@af.remote(num_cpus=1)
 def sleeper(path):
     with open(path, "w") as f:
         f.write(str(os.getpid()))
@@ -74,6 +78,9 @@ async def main():
     pg = af.placement_group([{"CPU": 1}])
     await pg.ready()
     big = af.put(np.ones(4 << 20, dtype=np.uint8))
+    result = big_result.remote()
+    await result
+    result_segment = rt.core.objects.entries[result.id].payload.name
     running = sleeper.remote("{tmp}/running.pid")
     queued = sleeper.remote("{tmp}/queued.pid")  # no CPU left for it: it waits
     while not os.path.exists("{tmp}/running.pid"):
@@ -81,7 +88,7 @@ async def main():
     await asyncio.sleep(0.2)
     task_pid = int(open("{tmp}/running.pid").read())
     print("READY", rt.job_id, await named.pid.remote(), await anon.pid.remote(), task_pid,
-          pg.id, segment_prefix(rt.core), child_pid, flush=True)
+          pg.id, segment_prefix(rt.core), child_pid, result_segment, flush=True)
     if "{mode}" == "shutdown":
         while not os.path.exists("{tmp}/go"):
             await asyncio.sleep(0.05)
@@ -111,7 +118,9 @@ async def _check_job_ends(tmp_path: Path, mode: str) -> None:
             ready = (await victim.expect("READY")).split()
             job_id, named_pid, anon_pid, task_pid = ready[1], *map(int, ready[2:5])
             pg_id, prefix, child_pid = ready[5], ready[6], int(ready[7])
+            result_segment = ready[8]
             assert shm_names(prefix), "the victim's value is in shared memory"
+            assert shm_names(result_segment), "its task's result is in shared memory"
             assert (await within(af.available_resources())).get("CPU", 0) == 0
             assert (await _jobs(rt))[job_id]["status"] == "RUNNING"
             assert rt.job_id != job_id
@@ -139,6 +148,8 @@ async def _check_job_ends(tmp_path: Path, mode: str) -> None:
                 lambda: _cpus_back(), RELEASE_S + 1, "the job's CPUs to come back")
             assert cpus == 4
             await until(lambda: not shm_names(prefix), RELEASE_S, "its segments to go")
+            await until(lambda: not shm_names(result_segment), RELEASE_S,
+                        "its task's result to go")
             took = time.monotonic() - started
             assert took < RELEASE_S + 1, took
             table = await within(af.placement_group_table())

@@ -184,9 +184,11 @@ class CliCluster:
 
     def start_node(self, name: str, *, num_cpus: float = 1,
                    resources: dict[str, float] | None = None,
-                   num_gpus: float | None = None, prefix: Sequence[str] = ()) -> Started:
+                   num_gpus: float | None = None, prefix: Sequence[str] = (),
+                   extra: Sequence[str] = ()) -> Started:
+        """``extra``: more options of ``actorflow start`` (``--object-store-memory 48M``)."""
         assert self.address is not None, "start the head first"
-        return self._spawn(name, ["--address", self.address,
+        return self._spawn(name, ["--address", self.address, *extra,
                                   *self._resource_args(num_cpus, resources, num_gpus)], prefix)
 
     async def wait_ready(self, started: Started, timeout: float = WAIT) -> None:

@@ -1,7 +1,7 @@
 """Lineage reconstruction (API.md §12): a node holding the only copies of task outputs is
 SIGKILLed; reading them runs their tasks again (their lost inputs first), within each task's
-``max_retries``; an output whose task has no retries left, and a value ``af.put`` there, raise
-``af.ObjectLostError``."""
+``max_retries``, whether the owner or a borrower reads them; an output whose task has no
+retries left, and a value ``af.put`` there, raise ``af.ObjectLostError``."""
 
 from __future__ import annotations
 
@@ -37,6 +37,20 @@ def plus(a: dict, k: int) -> dict:
     return {"node": af.get_runtime_context().node_id, "data": a["data"] + k}
 
 
+@af.remote(num_cpus=0)
+class Reader:
+    """A borrower: keeps refs it was given (inside a list) and reads them."""
+
+    def __init__(self) -> None:
+        self.refs: list = []
+
+    async def keep(self, refs: list) -> None:
+        self.refs = refs
+
+    async def read(self) -> list:
+        return [(v["node"], int(v["data"][-1])) for v in [await r for r in self.refs]]
+
+
 @af.remote
 def put_there() -> list:
     return [af.put(np.zeros(SIZE, dtype=np.int64))]  # owned by this worker, on its node
@@ -49,13 +63,17 @@ async def test_lost_outputs_are_rebuilt_by_running_their_tasks_again(
     a = make.options(scheduling_strategy=there, max_retries=2).remote(7)
     b = plus.options(scheduling_strategy=there, max_retries=2).remote(a, 1)  # a chain
     lone = make.options(scheduling_strategy=there, max_retries=0).remote(3)
+    lent = make.options(scheduling_strategy=there, max_retries=1).remote(5)
+    head = cli_cluster.ids["head"]
+    reader = Reader.options(scheduling_strategy=af.NodeAffinity(head)).remote()
+    await within(reader.keep.remote([lent]))  # borrowed by an actor on the head's node
+    assert await within(reader.read.remote()) == [(node2, 5)]
     (put_ref,) = await within(put_there.options(scheduling_strategy=there).remote())
     # made over there (read here, but no copy is kept here: their only copies are on node2)
     for ref, seed in ((a, 7), (b, 8), (lone, 3)):
         made = await within(ref)
         assert made["node"] == node2 and int(made["data"][-1]) == seed
     del made
-    head = cli_cluster.ids["head"]
 
     started = cli_cluster.cli.started["node2"]
     started.proc.send_signal(signal.SIGKILL)
@@ -73,5 +91,7 @@ async def test_lost_outputs_are_rebuilt_by_running_their_tasks_again(
         await within(lone)
     with pytest.raises(af.ObjectLostError):  # a put value has no task to run again
         await within(put_ref)
+    # a borrower's read of a lost result has its owner (this driver) rebuild it
+    assert await within(reader.read.remote(), 60) == [(head, 5)]
     # reads after the rebuild find the new copies (one run each)
     assert [v["node"] for v in await within(af.get([a, b]))] == [head, head]
