@@ -51,8 +51,8 @@ def test_what_the_zygote_preloads_does_not_import_pydantic() -> None:
     """The zygote imports exactly ``PRELOAD`` (and nothing after: it serves fork requests)."""
     code = textwrap.dedent("""
         import importlib, sys
-        from actorflow.cluster import zygote
-        for name in zygote.PRELOAD:
+        from actorflow.cluster import zygote_main
+        for name in zygote_main.PRELOAD:
             importlib.import_module(name)
         print(sorted(m for m in sys.modules if m.split(".")[0] in ("pydantic", "pydantic_core")))
     """)

@@ -48,8 +48,9 @@ class ActorHost(Actor):
 
     async def on_start(self) -> None:
         node, spec = self.node, self.spec
-        record = await node.acquire(spec.demand, what=f"actor {spec.class_name}", dedicated=True,
-                                    pool=self.bundle, env=spec.runtime_env)
+        record = await node.leases.acquire(spec.demand, what=f"actor {spec.class_name}",
+                                           dedicated=True, pool=self.bundle,
+                                           env=spec.runtime_env)
         self.lease_id = record.lease_id
         self.worker = record.worker
         assert record.worker.ref is not None
@@ -75,7 +76,7 @@ class ActorHost(Actor):
             raise WorkerCrashedError(
                 f"the process of actor {spec.class_name} died while it was being created: {exc}"
             ) from exc
-        node.resize(record.lease_id, spec.hold)
+        node.leases.resize(record.lease_id, spec.hold)
         node.hosts[spec.actor_id] = self
         self.actor_ref = actor_ref
         node.head.tell_nowait(ActorUp(spec.actor_id, actor_ref, self._incarnation(),
@@ -112,7 +113,7 @@ class ActorHost(Actor):
     def _release(self, *, kill: bool) -> None:
         node = self.node
         if self.lease_id is not None:
-            node.release(self.lease_id, keep_worker=True)
+            node.leases.release(self.lease_id, keep_worker=True)
             self.lease_id = None
         worker, self.worker = self.worker, None
         if kill and worker is not None and node.pool is not None:

@@ -22,7 +22,6 @@ a link to the address is up again (the transport redials it by itself).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import time
@@ -39,7 +38,7 @@ from actorflow._errors import (
 from actorflow.cluster.protocol import GetClusterInfo, NodeInfo, RegisterNode
 from actorflow.placement.messages import NodeLoad, placement_of
 from actorflow.placement.resources import Resources
-from actorflow.runtime import ActorRef, ExitReason, Terminated
+from actorflow.runtime import ActorRef, ExitReason, OwnedTasks, Terminated
 
 if TYPE_CHECKING:
     from actorflow.cluster.bootstrap import ClusterProcess
@@ -87,7 +86,8 @@ class HeadLink:
         self.proc = proc
         self.on_gone = on_gone
         self.grace_s = grace_s
-        self._task: asyncio.Task[None] | None = None
+        self._tasks = OwnedTasks("the node's link to its head", log)
+        self._reconnecting = False
         self._closed = False
         self.rejoined = 0  # times the node registered again (for tests and logs)
 
@@ -95,7 +95,7 @@ class HeadLink:
         self.proc.system.on_terminated(self.proc.head, self._lost)
 
     def _lost(self, notice: Terminated) -> None:
-        if self._closed or self._task is not None:
+        if self._closed or self._reconnecting:
             return
         if notice.reason is not ExitReason.PEER_LOST:  # it was stopped (SIGTERM, `actorflow
             self.on_gone()  # stop`): the cluster is over, and the node stops with it
@@ -103,8 +103,8 @@ class HeadLink:
         log.warning("the link to the head at %s is lost (%s): waiting up to %.0f s for it to "
                     "come back", self.proc.head.slot.system.address, notice.reason.value,
                     self.grace_s)
-        # owned: aclose() cancels and awaits it
-        self._task = asyncio.get_running_loop().create_task(self._reconnect())
+        self._reconnecting = True
+        self._tasks.spawn(self._reconnect(), name="reconnect to the head")
 
     async def _reconnect(self) -> None:
         loop = asyncio.get_running_loop()
@@ -118,7 +118,7 @@ class HeadLink:
             except NodeDiedError as exc:  # the head declared this node dead meanwhile (a
                 # long partition): its actors were restarted elsewhere, so it must not run on
                 log.error("the head refused this node back (%s): it stops", exc)
-                self._task = None
+                self._reconnecting = False
                 self.on_gone()
                 return
             except (PeerUnreachableError, ActorDiedError, GetTimeoutError, TimeoutError,
@@ -127,7 +127,7 @@ class HeadLink:
                 await asyncio.sleep(min(delay, max(0.0, deadline - loop.time())))
                 delay = min(2.0, delay * 2)
                 continue
-            self._task = None
+            self._reconnecting = False
             self.rejoined += 1
             log.warning("node %s registered again with the head at %s", proc.node_id,
                         proc.head.slot.system.address)
@@ -135,7 +135,7 @@ class HeadLink:
             return
         log.error("the head at %s did not come back within %.0f s (%s): this node stops",
                   proc.head.slot.system.address, self.grace_s, last)
-        self._task = None
+        self._reconnecting = False
         self.on_gone()
 
     async def _rejoin(self, timeout: float) -> None:
@@ -153,11 +153,7 @@ class HeadLink:
 
     async def aclose(self) -> None:
         self._closed = True
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await self._tasks.close()
 
 
 class WaitClock:

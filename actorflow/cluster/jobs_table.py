@@ -26,6 +26,7 @@ workers' output goes, its namespace).
 
 from __future__ import annotations
 
+import abc
 import logging
 import time
 from dataclasses import dataclass, field
@@ -195,9 +196,10 @@ class DriverGone:
     job_id: str
 
 
-class HeadJobs:
+class HeadJobs(abc.ABC):
     """The Head's part that keeps jobs (a mixin of :class:`~actorflow.cluster.head.Head`,
-    kept here so that the head's module stays about actors and nodes)."""
+    kept here so that the head's module stays about actors and nodes). The head provides how
+    one of its actors is stopped: :meth:`_stop_for_job`."""
 
     jobs: JobsTable
     ref: ActorRef
@@ -262,5 +264,6 @@ class HeadJobs:
         log.info("job %s ended (%s): its actors, placement groups and objects are released",
                  job_id, status)
 
+    @abc.abstractmethod
     def _stop_for_job(self, record: Any) -> None:
-        raise NotImplementedError  # the head's
+        """Stop the actor of ``record`` (one of :attr:`actors`) for good: its job ended."""

@@ -142,7 +142,7 @@ def settings(options: dict[str, Any] | None = None) -> tuple[float, float]:
 def _victim(node: Node) -> Any:
     """The most recently granted lease of a task on ``node`` (None: none runs)."""
     found = None
-    for record in node.leases.values():
+    for record in node.leases.granted.values():
         if record.owner is not None and (found is None or record.lease_id > found.lease_id):
             found = record
     return found

@@ -16,7 +16,7 @@ import mmap
 import os
 import struct
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from actorflow._errors import ObjectStoreFullError
@@ -173,37 +173,32 @@ def _copy(src: int, dst: int, size: int) -> None:
     """Copy ``size`` bytes from the start of ``src`` to the start of ``dst`` in the kernel:
     ``copy_file_range`` within one filesystem, ``sendfile`` across two (shared memory and a
     disk are two; a fallback through a buffer of this thread where neither works)."""
-    done = 0
-    while done < size:
-        n = min(_COPY_CHUNK, size - done)
-        try:
-            got = os.copy_file_range(src, dst, n, done, done)
-        except OSError as exc:
-            if exc.errno not in _NOT_HERE:
-                raise
-            _send(src, dst, done, size)
-            return
-        if got <= 0:
-            raise OSError(errno.EIO, f"short copy at {done} of {size} bytes")
-        done += got
+    done = _kernel_copy(lambda n, at: os.copy_file_range(src, dst, n, at, at), 0, size)
+    if done < size:
+        os.lseek(dst, done, os.SEEK_SET)  # sendfile writes at dst's offset
+        done = _kernel_copy(lambda n, at: os.sendfile(dst, src, at, n), done, size)
+    if done < size:
+        _buffered(src, dst, done, size)
 
 
 _NOT_HERE = (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP)
 
 
-def _send(src: int, dst: int, done: int, size: int) -> None:
-    os.lseek(dst, done, os.SEEK_SET)
+def _kernel_copy(step: Callable[[int, int], int], done: int, size: int) -> int:
+    """Copy from offset ``done`` to ``size`` with ``step(n, at)``, a system call that copies
+    up to ``n`` bytes at offset ``at`` and says how many it did. Returns how far it got:
+    ``size``, or less where that call does not work for these files (:data:`_NOT_HERE`)."""
     while done < size:
         try:
-            got = os.sendfile(dst, src, done, min(_COPY_CHUNK, size - done))
+            got = step(min(_COPY_CHUNK, size - done), done)
         except OSError as exc:
             if exc.errno not in _NOT_HERE:
                 raise
-            _buffered(src, dst, done, size)
-            return
+            return done
         if got <= 0:
             raise OSError(errno.EIO, f"short copy at {done} of {size} bytes")
         done += got
+    return done
 
 
 def _buffered(src: int, dst: int, done: int, size: int) -> None:

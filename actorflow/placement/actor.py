@@ -1,7 +1,7 @@
 """The Placement actor: where tasks, actors and placement groups go in the cluster.
 
 It lives in the head's process (well-known id ``placement``) and keeps one
-:class:`~actorflow.placement.policy.ClusterView`: nodes join and leave through the head
+:class:`~actorflow.placement.view.ClusterView`: nodes join and leave through the head
 (``AddNode``, ``NodeGone``) and report what is free (``NodeLoad``). Decisions are the pure
 policies of :mod:`actorflow.placement.policy` and :mod:`actorflow.placement.groups`; this actor
 only applies them and keeps the books.

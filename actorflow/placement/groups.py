@@ -38,13 +38,13 @@ from actorflow.placement.policy import (
     ClusterView,
     Infeasible,
     Wait,
-    _Node,
     gpu_demand_error,
     infeasible_message,
 )
 from actorflow.placement.reservations import BundleView, GroupReservations
 from actorflow.placement.resources import Resources
 from actorflow.placement.strategies import GroupStrategy, parse_group_strategy
+from actorflow.placement.view import _Node
 
 __all__ = [
     "BundleView",

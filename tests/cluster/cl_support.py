@@ -13,12 +13,13 @@ import os
 import subprocess
 import sys
 import textwrap
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import psutil
 from proc_support import child_pids  # noqa: F401  (the tests of this folder use it from here)
+from wait_support import until  # noqa: F401  (the tests of this folder use it from here)
 
 from actorflow.objects.shm import SHM_DIR
 
@@ -32,18 +33,6 @@ WAIT = 20.0
 
 async def within(aw: Awaitable[T], timeout: float = WAIT) -> T:
     return await asyncio.wait_for(aw, timeout)
-
-
-async def until(check: Callable[[], bool], timeout: float = WAIT, what: str = "condition"
-                ) -> None:
-    """Wait until ``check()`` holds (for state that another process changes, such as a file
-    it writes or a process it ends: there is no event to await across processes)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not check():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 def run_python(code: str, *args: str, timeout: float = 60.0, cwd: str | None = None,

@@ -8,7 +8,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from mn_support import CliCluster, Started, live_nodes, until_async
+from mn_support import CliCluster, Started, live_nodes, until
 
 import actorflow as af
 
@@ -53,4 +53,4 @@ async def nodes_back(node_ids: set[str], timeout: float = REJOIN_S) -> list[dict
         heads = [v for v in views if "r_head" in v["resources"]]
         return views if node_ids <= ids and heads else None
 
-    return await until_async(check, timeout, "every node alive at the restarted head")
+    return await until(check, timeout, "every node alive at the restarted head")

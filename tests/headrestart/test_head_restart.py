@@ -18,6 +18,7 @@ from typing import Any
 import cloudpickle
 import numpy as np
 import pytest
+from actor_support import Counter
 from mn_support import cli, within
 from restart_support import RestartableCluster, nodes_back
 
@@ -30,16 +31,6 @@ pytestmark = pytest.mark.timeout(300)
 RESTARTS = 3
 #: The second time the head stays away longer than the peer timeout (10 s).
 LONG_AWAY_S = 12.0
-
-
-@af.remote(num_cpus=1)
-class Counter:
-    def __init__(self) -> None:
-        self.n = 0
-
-    def incr(self) -> int:
-        self.n += 1
-        return self.n
 
 
 @af.remote(num_cpus=0, resources={"r_head": 1}, max_restarts=-1)
@@ -88,7 +79,7 @@ async def test_a_head_sigkilled_and_restarted_three_times_under_load(tmp_path: P
         node_ids = {v["node_id"] for v in views if "r_head" not in v["resources"]}
         assert len(node_ids) == 2, views
 
-        counter = Counter.options(name="counter", lifetime="detached",
+        counter = Counter.options(name="counter", lifetime="detached", num_cpus=1,
                                   resources={"r_b": 1}).remote()
         assert await within(counter.incr.remote()) == 1
         named = await within(af.get_actor("counter"))

@@ -14,7 +14,7 @@ from typing import Any
 
 import cloudpickle
 import pytest
-from mn_support import until_async, within
+from mn_support import until, within
 from restart_support import RestartableCluster, nodes_back
 
 import actorflow as af
@@ -106,7 +106,7 @@ async def test_placement_groups_survive_a_head_restart(tmp_path: Path) -> None:
         async def freed() -> bool:
             return await _available(node_id, "r_b") == 2.0 or await _ready(pg2)
 
-        await until_async(freed, 30.0, "the removed group's resources back on its node")
+        await until(freed, 30.0, "the removed group's resources back on its node")
         await within(pg2.ready())
         table = await within(af.placement_group_table())
         assert table[pg.id]["state"] == "REMOVED"

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from mn_support import cli, until, until_async, within
+from mn_support import cli, until, within
 from restart_support import RestartableCluster
 
 import actorflow as af
@@ -49,7 +49,7 @@ async def test_submitted_jobs_survive_a_head_restart(tmp_path: Path) -> None:
                 rows = {j: await client.info(j) for j in (runs_on, fails, killed)}
                 return all(r["status"] == "RUNNING" for r in rows.values())
 
-            await until_async(all_running, 30.0, "the jobs to run")
+            await until(all_running, 30.0, "the jobs to run")
             pids = {j: (await client.info(j))["pid"] for j in (runs_on, fails, killed)}
         await asyncio.sleep(0.3)  # (the store writes every 50 ms)
 
@@ -84,7 +84,7 @@ async def test_submitted_jobs_survive_a_head_restart(tmp_path: Path) -> None:
         async def ended() -> bool:
             return (await _rows(cluster))[runs_on]["status"] == "SUCCEEDED"
 
-        await until_async(ended, 30.0, "the job that ran on to end")
+        await until(ended, 30.0, "the job that ran on to end")
         # the command line shows them, and serves their output
         listed = await asyncio.to_thread(
             cli, ["job", "list", "--json", "--address", str(cluster.address),

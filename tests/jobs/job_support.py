@@ -6,13 +6,12 @@ import asyncio
 import os
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import psutil
-from mn_support import ROOT, WAIT, CliCluster, cli
+from mn_support import ROOT, CliCluster, cli
 
 #: The bound on a job's run in these tests.
 JOB_WAIT = 60.0
@@ -108,14 +107,6 @@ def pid_gone(pid: int) -> bool:
         return True
 
 
-async def wait_for(check: Any, timeout: float = WAIT, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(0.05)
-
-
 async def run_cli(args: list[str], env: dict[str, str], timeout: float = JOB_WAIT) -> Any:
     return await asyncio.to_thread(cli, args, env, timeout)
 
@@ -139,6 +130,5 @@ __all__ = [
     "run_cli",
     "start_extra_node",
     "start_job_head",
-    "wait_for",
     "write_app",
 ]

@@ -11,7 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from job_support import JOB_WAIT, JobHead, pid_gone, run_cli, wait_for, write_app
+from job_support import JOB_WAIT, JobHead, pid_gone, run_cli, write_app
+from wait_support import until
 
 import actorflow as af
 
@@ -95,7 +96,7 @@ async def test_stop_a_long_job(job_head: JobHead, tmp_path: Path) -> None:
         row = await client.info(job_id)
         assert row["status"] == "STOPPED" and row["exit_code"] in (-15, -9), row
         # gone by SIGKILL (it ignores SIGTERM), once the grace period passed
-        await wait_for(lambda: pid_gone(pid), 10.0, "the stopped driver to be gone")
+        await until(lambda: pid_gone(pid), 10.0, "the stopped driver to be gone")
         assert row["end_time"] - row["start_time"] < 30
         assert await client.stop(job_id) is False  # it had ended
         assert (await collect(client, job_id)) == ["ready"]

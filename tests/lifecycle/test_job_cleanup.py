@@ -16,8 +16,9 @@ from pathlib import Path
 import cloudpickle
 import psutil
 import pytest
+from actor_support import Counter
 from lc_support import Driver, head_cluster, shm_names
-from mn_support import alive, until, until_async, within
+from mn_support import alive, until, within
 
 import actorflow as af
 from actorflow.cluster.protocol import ListState
@@ -99,16 +100,6 @@ asyncio.run(main())
 """
 
 
-@af.remote(num_cpus=0)
-class Counter:
-    def __init__(self) -> None:
-        self.n = 0
-
-    def incr(self) -> int:
-        self.n += 1
-        return self.n
-
-
 async def _jobs(rt: af.Runtime) -> dict[str, dict[str, object]]:
     rows = await within(rt.core.head.ask(ListState("jobs")))
     return {row["job_id"]: row for row in rows}
@@ -153,7 +144,7 @@ async def _check_job_ends(tmp_path: Path, mode: str) -> None:
             except AssertionError as exc:
                 left = [what for what, pid in pids.items() if alive(pid)]
                 raise AssertionError(f"{exc}: {left} still run") from None
-            cpus = await until_async(
+            cpus = await until(
                 lambda: _cpus_back(), RELEASE_S + 1, "the job's CPUs to come back")
             assert cpus == 4
             await until(lambda: not shm_names(prefix), RELEASE_S, "its segments to go")

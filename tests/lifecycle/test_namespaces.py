@@ -11,7 +11,7 @@ from pathlib import Path
 import cloudpickle
 import pytest
 from lc_support import Driver, head_cluster
-from mn_support import until_async, within
+from mn_support import until, within
 
 import actorflow as af
 
@@ -101,7 +101,7 @@ async def test_namespaces_isolate_names_across_drivers_and_their_tasks(tmp_path:
                 return True
 
             # alpha's job ended: its actors, the one its task made too, are gone; beta's is not
-            await until_async(alpha_names_gone, 10.0, "alpha's named actors to end")
+            await until(alpha_names_gone, 10.0, "alpha's named actors to end")
             assert await within(mine.tag.remote()) == "beta"
         finally:
             alpha.close()

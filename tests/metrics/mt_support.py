@@ -1,33 +1,11 @@
-"""Helpers of the metrics tests: polling with a deadline, reading Prometheus text with
-prometheus_client's own parser."""
+"""Helpers of the metrics tests: reading Prometheus text with prometheus_client's own parser."""
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import Awaitable, Callable, Mapping
-from typing import TypeVar
+from collections.abc import Mapping
 
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
-
-T = TypeVar("T")
-
-#: The longest any wait in these tests lasts.
-WAIT = 30.0
-
-
-async def until(check: Callable[[], Awaitable[T | None]], what: str,
-                timeout: float = WAIT) -> T:
-    """Poll ``check`` until it returns something other than None (or fail after ``timeout``)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        got = await check()
-        if got is not None:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(0.1)
 
 
 def samples(text: bytes | str) -> dict[str, list[Sample]]:

@@ -19,7 +19,8 @@ import aiohttp
 import cloudpickle
 import numpy as np
 import pytest
-from mt_support import WAIT, kinds, samples, until, value
+from mt_support import kinds, samples, value
+from wait_support import WAIT, until
 
 import actorflow as af
 from actorflow.cluster import bootstrap
@@ -145,7 +146,7 @@ async def test_scrape_a_two_node_cli_cluster(tmp_path: Path) -> None:
                 return body if counts == (6.0, 10.0, 2.0) else None
 
             try:
-                body = await until(settled, "the driver's and its tasks' counts, two nodes")
+                body = await until(settled, what="the driver's and its tasks' counts, two nodes")
             except AssertionError as exc:
                 raise AssertionError(f"{exc}; last: {last}") from None
             status, through_dashboard = await _get(dashboard, token)
@@ -237,7 +238,7 @@ async def test_system_metrics_follow_the_cluster(af_cluster: af.Runtime) -> None
             return found
         return None
 
-    found = await until(seen, "the segment's bytes, the tasks, the actor's CPU")
+    found = await until(seen, what="the segment's bytes, the tasks, the actor's CPU")
     assert value(found, "actorflow_resources", {"Name": "CPU", "State": "AVAILABLE"}) == 1.0
     assert value(found, "actorflow_actors", {"Name": "Holder", "State": "ALIVE"}) == 1.0
     assert value(found, "actorflow_cluster_active_nodes") == 1.0

@@ -10,7 +10,8 @@ import sys
 
 import cloudpickle
 import pytest
-from mt_support import samples, until, value
+from mt_support import samples, value
+from wait_support import until
 
 import actorflow as af
 
@@ -64,7 +65,7 @@ async def test_counter_tags_sum_across_processes(af_cluster: af.Runtime) -> None
         got_d = value(found, "mt_requests_total", {"route": "/a", "replica": "driver"})
         return found if (got_a, got_b, got_d) == (12.0, 2.0, 1.0) else None
 
-    found = await until(summed, "the counter summed over both actors' processes")
+    found = await until(summed, what="the counter summed over both actors' processes")
     assert len(found["mt_requests_total"]) == 3  # one series per tag set, nothing else
     (sample,) = [s for s in found["mt_requests_total"] if s.labels["route"] == "/b"]
     assert sample.labels == {"route": "/b", "replica": "any"}
@@ -79,7 +80,7 @@ async def test_gauge_keeps_the_newest_value(af_cluster: af.Runtime) -> None:
         got = value(await _scrape(), "mt_queue_depth", {"queue": "q1"})
         return got if got == 7.0 else None
 
-    assert await until(newest, "the newest gauge value") == 7.0
+    assert await until(newest, what="the newest gauge value") == 7.0
     DEPTH.set(3.0, tags={"queue": "q1"})
     await af.metrics.flush()  # sent and taken: the next scrape sees it
     assert value(await _scrape(), "mt_queue_depth", {"queue": "q1"}) == 3.0
@@ -96,7 +97,7 @@ async def test_histogram_buckets_merge(af_cluster: af.Runtime) -> None:
         found = await _scrape()
         return found if value(found, "mt_latency_s_count", {"op": "read"}) == 5.0 else None
 
-    found = await until(counted, "five observations")
+    found = await until(counted, what="five observations")
     buckets = {s.labels["le"]: s.value for s in found["mt_latency_s_bucket"]}
     assert buckets == {"0.1": 2.0, "1.0": 4.0, "+Inf": 5.0}
     assert math.isclose(value(found, "mt_latency_s_sum", {"op": "read"}), sum(values) + 0.2)

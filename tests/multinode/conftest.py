@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
-from mn_support import CliCluster, Cluster, live_nodes, start_cluster, until_async, within
+from mn_support import CliCluster, Cluster, live_nodes, start_cluster, until, within
 
 import actorflow as af
 
@@ -50,7 +50,7 @@ async def cli_cluster(request: pytest.FixtureRequest,
             views = live_nodes(await af.nodes())
             return views if len(views) == len(specs) else None
 
-        views = await until_async(all_alive, what=f"{len(specs)} live nodes")
+        views = await until(all_alive, what=f"{len(specs)} live nodes")
         cluster = Cluster(cli, runtime)
         cluster.ids = {spec["name"]: _node_of(spec, views) for spec in specs}
         cluster.resources = {v["node_id"]: v["resources"] for v in views}

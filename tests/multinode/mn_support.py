@@ -21,12 +21,13 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 import psutil
+from wait_support import until
 
 import actorflow as af
 
@@ -41,31 +42,6 @@ TAG_VAR = "AF_MN_TAG"
 
 async def within(aw: Awaitable[T], timeout: float = WAIT) -> T:
     return await asyncio.wait_for(aw, timeout)
-
-
-async def until(check: Callable[[], bool], timeout: float = WAIT, what: str = "condition"
-                ) -> None:
-    """Wait until ``check()`` holds (state another process changes: nothing to await)."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(0.05)
-
-
-async def until_async(check: Callable[[], Awaitable[Any]], timeout: float = WAIT,
-                      what: str = "condition") -> Any:
-    """Wait until ``await check()`` returns something truthy; returns it."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while True:
-        last = await within(check(), max(1.0, deadline - time.monotonic()))
-        if last:
-            return last
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what} "
-                                 f"(last: {last!r})")
-        await asyncio.sleep(0.1)
 
 
 def base_env(state_dir: Path, tag: str) -> dict[str, str]:

@@ -10,6 +10,7 @@ import time
 
 import cloudpickle
 import pytest
+from actor_support import Counter
 from mn_support import Cluster, within
 
 import actorflow as af
@@ -29,16 +30,6 @@ def plus_one(i: int) -> int:
 async def slow_square(i: int) -> int:
     await asyncio.sleep(0.05)
     return i * i
-
-
-@af.remote(num_cpus=0)
-class Counter:
-    def __init__(self) -> None:
-        self.n = 0
-
-    def incr(self) -> int:
-        self.n += 1
-        return self.n
 
 
 async def test_a_driver_whose_loop_blocks_for_ten_seconds_gets_every_result(

@@ -23,7 +23,7 @@ from typing import Any
 import cloudpickle
 import psutil
 import pytest
-from mn_support import Cluster, alive, live_nodes, nonzero, until_async, within
+from mn_support import Cluster, alive, live_nodes, nonzero, until, within
 
 import actorflow as af
 from benchmarks.chaos import (
@@ -144,7 +144,7 @@ async def test_nothing_is_lost_under_worker_and_node_kills(cli_cluster: Cluster,
         free = nonzero(await af.available_resources())
         return total == free
     start = time.monotonic()
-    await until_async(settled, timeout=10.0, what="free resources back to the live total")
+    await until(settled, timeout=10.0, what="free resources back to the live total")
     settle_s = time.monotonic() - start
     print(f"resources settled {settle_s:.2f} s after the last result")
     orphans = [pid for pid in figures["victim_children"] if alive(pid)]

@@ -26,7 +26,6 @@ from mn_support import (
     start_cluster,
     tagged_processes,
     until,
-    until_async,
     within,
     worker_children,
 )
@@ -84,7 +83,7 @@ async def test_start_returns_and_auto_status_list_stop_work(
                 views = live_nodes(await af.nodes())
                 return views if len(views) == 2 else None
 
-            views = await until_async(two_alive, what="two live nodes")
+            views = await until(two_alive, what="two live nodes")
             by_res = {next(k for k in v["resources"] if k.startswith("r_")): v["node_id"]
                       for v in views}
             assert set(by_res) == {"r_a", "r_b"}

@@ -19,7 +19,7 @@ from typing import Any
 import cloudpickle
 import numpy as np
 import pytest
-from mn_support import Cluster, cli, live_nodes, until, until_async, within
+from mn_support import Cluster, cli, live_nodes, until, within
 
 import actorflow as af
 from actorflow.objects import shm
@@ -144,7 +144,7 @@ async def test_copies_are_evicted_before_any_primary_spills(cli_cluster: Cluster
         return bool(row["secondary_copies"] == 0
                     and row["object_store_used"] == row["copy_spare_bytes"])
 
-    await until_async(empty, what="node3's store empty")
+    await until(empty, what="node3's store empty")
     far = made_there.remote(7, 16 * MIB)
     read = await within(read_arg.remote(far))
     assert read[:3] == (node3, 7, 7 * 16 * MIB)
@@ -162,14 +162,14 @@ async def test_copies_are_evicted_before_any_primary_spills(cli_cluster: Cluster
         row = await _figures(node3)
         return row if row["secondary_copies"] == 0 else None
 
-    row = await until_async(evicted, what="the copy evicted")
+    row = await until(evicted, what="the copy evicted")
     assert row["copy_evictions"] - before["copy_evictions"] == 1
     assert row["spilled_objects"] == before["spilled_objects"]  # no primary spilled
     assert not _copies_of(node3, primary)
     # read again: pulled again (room is made by evicting, never by spilling)
     del mine
     gc.collect()
-    await until_async(empty, what="node3's primaries freed")
+    await until(empty, what="node3's primaries freed")
     read = await within(read_arg.remote(far))
     assert read[:3] == (node3, 7, 7 * 16 * MIB)
     again = await _figures(node3)
@@ -188,7 +188,7 @@ async def test_copies_are_evicted_before_any_primary_spills(cli_cluster: Cluster
             row = await _figures(node3)
             return row if row["spilled_objects"] > again["spilled_objects"] else None
 
-        row = await until_async(spilled, what="a primary spilled")
+        row = await until(spilled, what="a primary spilled")
         assert row["secondary_copies"] == 1 and _copies_of(node3, primary) == [copy]
         assert row["copy_evictions"] == again["copy_evictions"]
     finally:
@@ -237,7 +237,7 @@ async def test_copies_of_a_dead_nodes_segments_go_and_the_owner_decides(
     async def two_nodes() -> bool:
         return len(live_nodes(await af.nodes())) == 2
 
-    await until_async(two_nodes, what="node2 declared dead")
+    await until(two_nodes, what="node2 declared dead")
     # node3 drops its copy (it would never be freed: frees go to node2, and the owner decides
     # what a lost primary means)...
     await until(lambda: not _copies_of(node3, primary), timeout=5.0, what="the copy dropped")

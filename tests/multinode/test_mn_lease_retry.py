@@ -16,7 +16,7 @@ import sys
 
 import cloudpickle
 import pytest
-from mn_support import Cluster, live_nodes, until_async, within
+from mn_support import Cluster, live_nodes, until, within
 
 import actorflow as af
 
@@ -50,7 +50,7 @@ async def test_lease_requests_on_a_killed_node_are_asked_again_elsewhere(
     async def both_held() -> bool:
         free = await af.available_resources()
         return free.get("slot", 0.0) == 0.0
-    await until_async(both_held, what="both slots held")
+    await until(both_held, what="both slots held")
     refs = [needs_slot.remote(i) for i in range(8)]
     await asyncio.sleep(1.0)  # their lease requests wait on node2 and node3
     started = cli_cluster.cli.started["node2"]
@@ -66,6 +66,6 @@ async def test_lease_requests_on_a_killed_node_are_asked_again_elsewhere(
 
     async def gone() -> bool:
         return node2 not in {v["node_id"] for v in live_nodes(await af.nodes())}
-    await until_async(gone, what="node2 to leave the live nodes")
+    await until(gone, what="node2 to leave the live nodes")
     with pytest.raises(af.InfeasibleError):
         await within(hold.options(resources={"r_b": 1}).remote(0.0))

@@ -12,7 +12,7 @@ import sys
 import cloudpickle
 import numpy as np
 import pytest
-from mn_support import Cluster, live_nodes, until_async, within
+from mn_support import Cluster, live_nodes, until, within
 
 import actorflow as af
 
@@ -82,7 +82,7 @@ async def test_lost_outputs_are_rebuilt_by_running_their_tasks_again(
     async def one_node() -> bool:
         return len(live_nodes(await af.nodes())) == 1
 
-    await until_async(one_node, what="node2 declared dead")
+    await until(one_node, what="node2 declared dead")
 
     value = await within(b, 60)  # b's task runs again, after a's (b's input, lost too)
     assert value["node"] == head and int(value["data"][0]) == 8 == int(value["data"][-1])

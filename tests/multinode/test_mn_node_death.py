@@ -28,7 +28,6 @@ from mn_support import (
     live_nodes,
     nonzero,
     until,
-    until_async,
     within,
     worker_children,
 )
@@ -110,7 +109,7 @@ async def settled() -> None:
     async def check() -> bool:
         return nonzero(await af.available_resources()) == nonzero(await af.cluster_resources())
 
-    await until_async(check, what="every resource to be free again")
+    await until(check, what="every resource to be free again")
 
 
 async def actor_row(cluster: Cluster, class_name: str = "Pinger") -> dict[str, Any] | None:
@@ -137,7 +136,7 @@ async def kill_node(cluster: Cluster, name: str, *, expect_workers: set[int] | N
     async def dead() -> bool:
         return any(v["node_id"] == node_id and not v["alive"] for v in await af.nodes())
 
-    await until_async(dead, PEER_TIMEOUT_S + MARGIN_S, f"af.nodes() to show {name} dead")
+    await until(dead, PEER_TIMEOUT_S + MARGIN_S, f"af.nodes() to show {name} dead")
     detected_s = time.monotonic() - t0
     # its workers die with it (they asked the kernel for SIGKILL when their parent dies)
     await until(lambda: not any(alive(pid) for pid in worker_pids), 5.0,
@@ -218,8 +217,8 @@ async def test_a_node_killed_with_sigkill(cli_cluster: Cluster, tmp_path: Path) 
         first = exc
         problems.append(f"a call made after node3 was known dead failed with {exc!r}")
     try:
-        row = await until_async(lambda: actor_row(cli_cluster),
-                                what="the actor to be ALIVE or DEAD")
+        row = await until(lambda: actor_row(cli_cluster),
+                          what="the actor to be ALIVE or DEAD")
         if row["state"] == "ALIVE":
             node_now, pid_now, calls = await within(pinger.where.remote(), 60)
             print(f"the actor came back on {cli_cluster.name_of(node_now)}; first call: "
@@ -262,16 +261,16 @@ async def test_an_actor_outlives_as_many_node_deaths_as_its_max_restarts(
                     f"failed with {exc!r} at node death {death}; a call made while the actor "
                     "restarts waits for the new incarnation (API.md §4)") from exc
             except af.ActorDiedError as exc:
-                row = await until_async(lambda: actor_row(cli_cluster, "Survivor"),
-                                        what="the actor's state")
+                row = await until(lambda: actor_row(cli_cluster, "Survivor"),
+                                  what="the actor's state")
                 raise AssertionError(
                     f"max_restarts=2, but the actor died at node death {death}: {exc!r}; "
                     f"`actorflow list actors`: {row}") from exc
             assert node_id in await live_ids() and node_id != ids["head"], node_id
             assert new_pid != pid and calls == 1, (new_pid, pid, calls)
             pid = new_pid
-        row = await until_async(lambda: actor_row(cli_cluster, "Survivor"),
-                                what="the actor's state")
+        row = await until(lambda: actor_row(cli_cluster, "Survivor"),
+                          what="the actor's state")
         assert (row["state"], row["restarts"]) == ("ALIVE", 2), row
     finally:
         await within(af.kill(actor))

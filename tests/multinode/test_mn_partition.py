@@ -20,7 +20,7 @@ import cloudpickle
 import numpy as np
 import pytest
 import pytest_asyncio
-from mn_support import CliCluster, Started, live_nodes, until_async, within
+from mn_support import CliCluster, Started, live_nodes, until, within
 from netns_support import NetNs, netns, netns_unavailable
 
 import actorflow as af
@@ -64,7 +64,7 @@ async def split(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Far]:
                 views = live_nodes(await af.nodes())
                 return views if len(views) == 2 else None
 
-            views = await until_async(two, what="both nodes")
+            views = await until(two, what="both nodes")
             by_res = {("far" if "r_far" in v["resources"] else "near"): v for v in views}
             assert ns.there_ip in by_res["far"]["address"], by_res
             yield Far(cli, ns, far, by_res["near"]["node_id"], by_res["far"]["node_id"])
@@ -131,7 +131,7 @@ async def test_a_cut_node_is_declared_dead_its_work_moves_and_it_stays_fenced(
         views = {v["node_id"]: v for v in await af.nodes()}
         return not views[split.far_id]["alive"]
 
-    await until_async(far_dead, timeout=4 * PEER_TIMEOUT + 10, what="the far node declared dead")
+    await until(far_dead, timeout=4 * PEER_TIMEOUT + 10, what="the far node declared dead")
     assert time.monotonic() - cut_at <= 4 * PEER_TIMEOUT + 10
     # its task ran again here, within its retries; its actor restarted here, from __init__
     assert await within(slow, 30) == split.head_id

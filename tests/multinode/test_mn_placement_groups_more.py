@@ -17,7 +17,7 @@ from typing import Any
 
 import cloudpickle
 import pytest
-from mn_support import Cluster, nonzero, until, until_async, within
+from mn_support import Cluster, nonzero, until, within
 
 import actorflow as af
 
@@ -93,7 +93,7 @@ async def settled() -> None:
     async def check() -> bool:
         return nonzero(await af.available_resources()) == nonzero(await af.cluster_resources())
 
-    await until_async(check, what="every resource to be free again")
+    await until(check, what="every resource to be free again")
 
 
 async def removed(*groups: af.PlacementGroup) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 
 import cloudpickle
 import pytest
-from mn_support import Cluster, live_nodes, until_async, within
+from mn_support import Cluster, live_nodes, until, within
 
 import actorflow as af
 from actorflow.util import Queue, QueueStatistics
@@ -63,7 +63,7 @@ async def stats_until(q: Queue, check: Any, what: str) -> QueueStatistics:
         stats = await q.statistics()
         return stats if check(stats) else None
 
-    found: QueueStatistics = await until_async(probe, what=what)
+    found: QueueStatistics = await until(probe, what=what)
     return found
 
 
@@ -132,6 +132,6 @@ async def test_a_queue_whose_node_dies_fails_its_callers_typed(cli_cluster: Clus
         async def node3_dead() -> bool:
             return node3 not in {v["node_id"] for v in live_nodes(await af.nodes())}
 
-        await until_async(node3_dead, what="node3 seen dead")
+        await until(node3_dead, what="node3 seen dead")
     finally:
         await within(af.kill(consumer))

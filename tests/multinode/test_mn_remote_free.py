@@ -11,7 +11,7 @@ from typing import Any
 import cloudpickle
 import numpy as np
 import pytest
-from mn_support import Cluster, until_async, within
+from mn_support import Cluster, until, within
 
 import actorflow as af
 
@@ -44,14 +44,14 @@ async def _drop_and_see_freed(node_id: str, refs: list[af.ObjectRef]) -> None:
         found = await _big_segments(node_id)
         return found if len(found) >= len(refs) else None
 
-    before = await until_async(there, what="the results in the node's store")
+    before = await until(there, what="the results in the node's store")
     refs.clear()
     gc.collect()
 
     async def freed() -> bool:
         return not (await _big_segments(node_id) & before)
 
-    await until_async(freed, timeout=5.0, what="the results freed on their node")
+    await until(freed, timeout=5.0, what="the results freed on their node")
 
 
 async def test_a_result_never_read_here_is_freed_on_its_node_when_dropped(

@@ -21,7 +21,7 @@ from typing import Any
 import cloudpickle
 import numpy as np
 import pytest
-from mn_support import Cluster, cli, live_nodes, memory_of, nonzero, until_async, within
+from mn_support import Cluster, cli, live_nodes, memory_of, nonzero, until, within
 
 import actorflow as af
 
@@ -108,7 +108,7 @@ async def settled(cluster: Cluster) -> dict[str, float]:
         free = nonzero(await af.available_resources())
         return total if total == free else None
 
-    return await until_async(check, what="every resource to be free again")
+    return await until(check, what="every resource to be free again")
 
 
 def parse_infeasible(exc: BaseException) -> tuple[dict[str, float], dict[str, float]]:
@@ -185,7 +185,7 @@ async def test_spread_still_spreads_when_a_node_is_busy_at_submission(
         free = await af.available_resources()
         return free.get("r_b", 0.0) == 0.0  # a resource all in use is left out
 
-    await until_async(node2_busy, what="the blocker to run on node2")
+    await until(node2_busy, what="the blocker to run on node2")
     refs = [where_after.options(scheduling_strategy="SPREAD").remote(0.5) for _ in range(12)]
     used = await within(af.get(refs), 60)
     assert await within(blocker) == cli_cluster.ids["node2"]
@@ -205,7 +205,7 @@ async def test_default_spills_to_an_idle_node_when_the_local_one_is_busy(
     async def head_busy() -> bool:
         free = await af.available_resources()
         return free.get("r_a", 0.0) == 0.0
-    await until_async(head_busy, what="the blocker to run on the head")
+    await until(head_busy, what="the blocker to run on the head")
     start = asyncio.get_running_loop().time()
     spilled = await within(where.remote(), 60)
     assert spilled != head, "a DEFAULT task waited on its busy node while others were idle"

@@ -8,8 +8,7 @@ import contextlib
 import os
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,28 +18,12 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "multinode"))
 
 from mn_support import CliCluster, cli  # noqa: E402
+from wait_support import WAIT, until  # noqa: E402
 
 __all__ = ["MIB", "WAIT", "StoreCluster", "cli", "files_in", "small_tmpfs", "store_figures",
            "until"]
 
-WAIT = 30.0
 MIB = 1 << 20
-
-
-async def until(check: Callable[[], Any], timeout: float = WAIT, what: str = "condition",
-                every: float = 0.05) -> Any:
-    """Wait until ``check()`` (a plain or async function) returns something truthy."""
-    deadline = time.monotonic() + timeout
-    while True:
-        got = check()
-        if asyncio.iscoroutine(got):
-            got = await asyncio.wait_for(got, max(1.0, deadline - time.monotonic()))
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what} "
-                                 f"(last: {got!r})")
-        await asyncio.sleep(every)
 
 
 async def store_figures(node_ref: Any) -> dict[str, Any]:

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from actorflow.placement.policy import BUCKETS, ClusterView, NodeView
 from actorflow.placement.resources import Resources
+from actorflow.placement.view import BUCKETS, ClusterView, NodeView
 
 
 def R(**amounts: float) -> Resources:  # reads like a literal: R(CPU=1, GPU=0.5)

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from actorflow.placement.policy import GpuAllocator
+from actorflow.placement.gpus import GpuAllocator
 from actorflow.placement.resources import UNIT
 
 

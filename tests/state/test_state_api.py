@@ -12,7 +12,7 @@ from typing import Any
 
 import cloudpickle
 import pytest
-from st_support import until
+from wait_support import until
 
 import actorflow as af
 from actorflow.cluster.events import EventRecorder
@@ -81,7 +81,7 @@ async def test_lists_and_summaries_with_filters_and_limits(af_cluster: af.Runtim
                   "Keeper.__init__": {"FINISHED": 1}}
         return summary if all(by_name.get(k) == v for k, v in wanted.items()) else None
 
-    summary = await until(all_recorded, "every call to be recorded")
+    summary = await until(all_recorded, what="every call to be recorded")
     kinds = {e["name"]: e["kind"] for e in summary["by_name"]}
     assert kinds["ok"] == "task" and kinds["Keeper.add"] == "actor_call"
     assert kinds["Keeper.__init__"] == "actor_creation"
@@ -150,7 +150,7 @@ async def test_a_running_call_is_listed_and_fails_when_its_worker_dies(
         rows = await _tasks({"name": "die"})
         return rows if rows and rows[0]["state"] == "RUNNING" else None
 
-    (row,) = await until(running, "the task to be listed as running")
+    (row,) = await until(running, what="the task to be listed as running")
     assert row["end_time"] is None and row["pid"]
     with pytest.raises(af.WorkerCrashedError):
         await ref
@@ -159,7 +159,7 @@ async def test_a_running_call_is_listed_and_fails_when_its_worker_dies(
         rows = await _tasks({"name": "die", "state": "FAILED"})
         return rows or None
 
-    (row,) = await until(failed, "the dead worker's task to be marked FAILED")
+    (row,) = await until(failed, what="the dead worker's task to be marked FAILED")
     assert row["error_type"] == "WorkerCrashedError"
     assert row["pid"] == (await _tasks({"name": "die"}))[0]["pid"]
     assert (await af.state.summary_tasks())["totals"].get("RUNNING", 0) == 0
@@ -176,10 +176,10 @@ async def test_the_head_keeps_the_last_n_and_counts_all(
 
         first = [ok.remote(i) for i in range(300)]
         assert sum(await af.get(first)) == sum(range(300))
-        await until(lambda: finished(300), "300 finished tasks to be counted")
+        await until(lambda: finished(300), what="300 finished tasks to be counted")
         last = [ok.remote(i) for i in range(20)]
         assert await af.get(last) == list(range(20))
-        summary = await until(lambda: finished(320), "320 finished tasks to be counted")
+        summary = await until(lambda: finished(320), what="320 finished tasks to be counted")
         assert summary["finished_kept"] == 50 and summary["finished_max"] == 50
         rows = await _tasks(limit=1000)
         assert len(rows) == 50
@@ -213,7 +213,7 @@ async def test_workers_record_nothing_with_task_events_off(
         async def counted() -> bool | None:
             return True if (await af.state.summary_tasks())["totals"] else None
 
-        await until(counted, "the task to be counted")
+        await until(counted, what="the task to be counted")
 
 
 def _report(worker: int, first: int, n: int, fail_every: int = 0) -> bytes:

@@ -14,7 +14,7 @@ from typing import Any
 import cloudpickle
 import psutil
 import pytest
-from st_support import until
+from wait_support import until
 
 import actorflow as af
 
@@ -103,7 +103,7 @@ async def test_summary_list_and_timeline_commands(tmp_path: Path,
                 summary = await af.state.summary_tasks()
                 return summary if summary["totals"].get("FINISHED", 0) >= 15 else None
 
-            await until(recorded, "the calls to reach the head")
+            await until(recorded, what="the calls to reach the head")
 
             summary = json.loads((await cli(["summary", "tasks", "--json"], env)).stdout)
             by_name = {e["name"]: e["state_counts"] for e in summary["by_name"]}

@@ -11,7 +11,7 @@ from typing import Any
 
 import cloudpickle
 import pytest
-from st_support import until
+from wait_support import until
 
 import actorflow as af
 
@@ -60,7 +60,7 @@ async def _program() -> None:
         # parent, 2 child, relay, 3 plain, broken, the creation
         return True if ended >= 9 else None
 
-    await until(recorded, "the program's calls to be recorded")
+    await until(recorded, what="the program's calls to be recorded")
 
 
 def _slices(trace: dict[str, Any]) -> list[dict[str, Any]]:
