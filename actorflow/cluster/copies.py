@@ -35,10 +35,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import functools
 import logging
-import os
 import struct
 import time
 import weakref
@@ -122,26 +120,10 @@ def copy_name(node_id: str, name: str, generation: int) -> str:
 def evict_file(name: str) -> str:
     """(Blocking.) Delete copy ``name`` unless a reader pins it: "evicted", "busy" or
     "gone"."""
-    path = shm.path_of(name)
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        return "gone"
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return "busy"
-        try:
-            same = os.stat(path).st_ino == os.fstat(fd).st_ino
-        except FileNotFoundError:
-            return "gone"
-        if not same:
-            return "gone"
-        os.unlink(path)
-        return "evicted"
-    finally:
-        os.close(fd)
+    with shm.exclusively(name) as fd:
+        if isinstance(fd, str):
+            return fd
+        return "evicted" if shm.unlink_if_same(name, fd) else "gone"
 
 
 def _used_bytes(view: memoryview) -> int:

@@ -24,6 +24,7 @@ Layout (little-endian)::
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import mmap
@@ -31,6 +32,7 @@ import os
 import struct
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from actorflow.objects import sweep
@@ -41,12 +43,14 @@ __all__ = [
     "Mapping",
     "blank_segment",
     "cleanup_session",
+    "exclusively",
     "exists",
     "list_segments",
     "parse",
     "read_segment",
     "rewrite",
     "segment_size",
+    "unlink_if_same",
     "unlink_segment",
     "write_segment",
 ]
@@ -343,6 +347,40 @@ def read_segment(name: str) -> tuple[memoryview, list[memoryview]]:
         os.close(fd)
     _, meta, buffers = parse(memoryview(mm), name)
     return meta, buffers
+
+
+@contextlib.contextmanager
+def exclusively(name: str) -> Iterator[int | str]:
+    """(Blocking.) Segment ``name`` opened with its exclusive lock taken without waiting: the
+    block gets the file descriptor, or "gone" (no such segment) or "busy" (a reader pins it,
+    or its writer rewrites it). The lock goes with the descriptor at the block's end."""
+    try:
+        fd = os.open(path_of(name), os.O_RDONLY)
+    except FileNotFoundError:
+        yield "gone"
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield "busy"
+            return
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def unlink_if_same(name: str, fd: int) -> bool:
+    """Unlink segment ``name`` if the name still leads to the file open as ``fd`` (not a
+    newer segment of the same name)."""
+    path = path_of(name)
+    try:
+        if os.stat(path).st_ino != os.fstat(fd).st_ino:
+            return False
+    except FileNotFoundError:
+        return False
+    os.unlink(path)
+    return True
 
 
 def unlink_segment(name: str) -> None:

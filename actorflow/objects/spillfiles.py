@@ -220,18 +220,9 @@ def spill_file(name: str, path: str, generation: int, *, copy: bool = True) -> s
     "busy" (pinned: a reader maps it, or its writer rewrites it) or "gone" (freed, or holding
     another value). ``copy=False``: ``path`` holds it already (spilled before and restored):
     only unlink. Raises OSError (ENOSPC: the disk is full; the partial file is removed)."""
-    import fcntl
-
-    seg = shm.path_of(name)
-    try:
-        fd = os.open(seg, os.O_RDONLY)
-    except FileNotFoundError:
-        return "gone"
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return "busy"
+    with shm.exclusively(name) as fd:
+        if isinstance(fd, str):
+            return fd
         info = os.fstat(fd)
         if info.st_nlink == 0:
             return "gone"
@@ -250,15 +241,8 @@ def spill_file(name: str, path: str, generation: int, *, copy: bool = True) -> s
                 raise
             os.close(out)
             os.rename(tmp, path)
-        try:
-            same = os.stat(seg).st_ino == info.st_ino
-        except FileNotFoundError:
-            same = False
-        if same:
-            os.unlink(seg)
+        shm.unlink_if_same(name, fd)
         return "spilled"
-    finally:
-        os.close(fd)  # (the lock goes with it)
 
 
 def restore_file(name: str, path: str) -> int:
