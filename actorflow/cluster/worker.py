@@ -450,16 +450,20 @@ class WorkerControl(Actor):
 
 #: CUDA_VISIBLE_DEVICES as this worker process started (None: unset).
 _START_GPUS = os.environ.get("CUDA_VISIBLE_DEVICES")
+#: what _see_gpus last set (unknown until the first task: it then sets the variable)
+_SHOWN_GPUS: object = object()
 
 
 def _see_gpus(gpu_ids: tuple[int, ...] | list[int]) -> None:
     """Show the running task or actor exactly the GPUs it was given: its ids, or, for one
     given none, what the worker started with (a GPU task before it on this worker must not
     leave its GPUs visible to later CPU tasks)."""
+    global _SHOWN_GPUS
     wanted = ",".join(map(str, gpu_ids)) if gpu_ids else _START_GPUS
-    if os.environ.get("CUDA_VISIBLE_DEVICES") == wanted:
+    if wanted == _SHOWN_GPUS:  # (the common case: no GPUs, as before; no environ lookup)
         return
     if wanted is None:
-        del os.environ["CUDA_VISIBLE_DEVICES"]
+        os.environ.pop("CUDA_VISIBLE_DEVICES", None)
     else:
         os.environ["CUDA_VISIBLE_DEVICES"] = wanted
+    _SHOWN_GPUS = wanted
