@@ -164,7 +164,8 @@ class RemoteFunction(Generic[T]):
         strategy = opts.scheduling_strategy
         spec = TaskSpec(task_id, self._name, export.fid, None, blob, (), n, job_of(core),
                         capture=strategy.for_children()
-                        if type(strategy) is PlacementGroupStrategy else None)
+                        if type(strategy) is PlacementGroupStrategy else None,
+                        driver_owned=core.worker_id is None)
         retries = opts.max_retries if opts.max_retries >= 0 else UNLIMITED
         gen = (ObjectRefGenerator(core, task_id, refs[0], opts.generator_backpressure)
                if self._streaming else None)
@@ -417,8 +418,9 @@ class ActorMethod:
         return_ids = (call_id,) if n == 1 else tuple(f"{call_id}.{i}" for i in range(n))
         refs = [core.new_pending(oid) for oid in return_ids]
         retries = handle._max_task_retries
-        call = (quick_call(self._name, blob, n) if not deps and type(blob) is bytes
-                else ActorCall(self._name, blob, (), n))
+        job = core.job_id if core.worker_id is None else ""  # (see ActorCall.job)
+        call = (quick_call(self._name, blob, n, "", job) if not deps and type(blob) is bytes
+                else ActorCall(self._name, blob, (), n, "", job))
         _client(core, handle).call(PendingCall(  # (the call holds the handle until done)
             call, return_ids, retries if retries >= 0 else UNLIMITED, deps,
             keep=handle if keep is None else (keep, handle),

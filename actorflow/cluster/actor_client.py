@@ -175,7 +175,7 @@ class ActorClient:
             c = pending.call
             assert type(c) is ActorCall  # a call with ObjectRef arguments is never quick
             pending.call = ActorCall(c.method, c.args, tuple(payloads), c.num_returns,
-                                     c.call_id)
+                                     c.call_id, c.job)
             self.core.sending(payloads)
             pending.deps = []
             pending.ready = True

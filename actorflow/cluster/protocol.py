@@ -169,6 +169,9 @@ class TaskSpec:
     gpu_ids: tuple[int, ...] = ()
     #: the strategy of the work it submits without one (placement group capture), or None
     capture: Any = None
+    #: submitted by its job's driver: its large results go when that job ends (a worker's
+    #: results may outlive the job, in a detached actor's state)
+    driver_owned: bool = False
 
     def __af_plain__(self) -> bool:  # see actorflow.transport.codec.dumps
         return _plain_payloads(self.resolved)
@@ -205,8 +208,9 @@ class TaskReply:
 # frame's body), and the receiver unpickles one tuple with the C unpickler.
 #
 # - a task push whose worker already has the function, with no GPUs and no resolved ObjectRef
-#   arguments: ``(task_id, fn_id, name, job_id, num_returns, args)`` (see quick_task);
-# - an actor call with no ObjectRef arguments: ``(method, args, num_returns)``, followed by the
+#   arguments: ``(task_id, fn_id, name, job_id, num_returns, args, driver_owned)`` (see
+#   quick_task);
+# - an actor call with no ObjectRef arguments: ``(method, args, num_returns, job)``, followed by the
 #   call's id and that id's length in one byte (quick_call; pickle stops reading at the end of
 #   its stream, so the id is a trailer: the caller's client adds it without pickling again);
 # - a reply with one return that is a small value without out-of-band buffers, from a call
@@ -223,19 +227,20 @@ def quick_task(spec: TaskSpec) -> bytes | None:
     if (spec.fn_blob is not None or spec.gpu_ids or spec.resolved or type(spec.args) is not bytes
             or spec.capture is not None):
         return None
-    return pickle.dumps(
-        (spec.task_id, spec.fn_id, spec.name, spec.job_id, spec.num_returns, spec.args), 5
-    )
+    return pickle.dumps((spec.task_id, spec.fn_id, spec.name, spec.job_id, spec.num_returns,
+                         spec.args, spec.driver_owned), 5)
 
 
 def task_from_quick(data: bytes) -> TaskSpec:
-    task_id, fn_id, name, job_id, num_returns, args = pickle.loads(data)
-    return TaskSpec(task_id, name, fn_id, None, args, (), num_returns, job_id)
+    task_id, fn_id, name, job_id, num_returns, args, driver_owned = pickle.loads(data)
+    return TaskSpec(task_id, name, fn_id, None, args, (), num_returns, job_id,
+                    driver_owned=driver_owned)
 
 
-def quick_call(method: str, args: bytes, num_returns: int, call_id: str = "") -> bytes:
+def quick_call(method: str, args: bytes, num_returns: int, call_id: str = "",
+               job: str = "") -> bytes:
     """The quick form of an actor call whose arguments are ``args`` (pickled, no refs)."""
-    return pickle.dumps((method, args, num_returns), 5) + _id_trailer(call_id)
+    return pickle.dumps((method, args, num_returns, job), 5) + _id_trailer(call_id)
 
 
 def _id_trailer(call_id: str) -> bytes:
@@ -252,9 +257,10 @@ def with_call_id(quick: bytes, call_id: str) -> bytes:
 
 
 def call_from_quick(data: bytes) -> ActorCall:
-    method, args, num_returns = pickle.loads(data)
+    method, args, num_returns, job = pickle.loads(data)
     n = data[-1]
-    return ActorCall(method, args, (), num_returns, data[-1 - n : -1].decode() if n else "")
+    return ActorCall(method, args, (), num_returns, data[-1 - n : -1].decode() if n else "",
+                     job)
 
 
 def quick_reply(returns: tuple[Payload, ...], run_s: float,
@@ -368,6 +374,9 @@ class ActorCall:
     resolved: tuple[Payload, ...]
     num_returns: int = 1
     call_id: str = ""  # its first return's id without the index: what CancelCall names
+    #: the caller's job when the caller is that job's driver: its large results go when
+    #: that job ends ("": they stay until freed by their owner, or the node stops)
+    job: str = ""
 
     def __af_plain__(self) -> bool:
         return _plain_payloads(self.resolved)

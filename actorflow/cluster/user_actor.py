@@ -199,7 +199,7 @@ class UserActor(Actor):
             where = self._where(call)
             try:
                 returns = await answer_outcome(self.core, reply, outcome, call.num_returns,
-                                               where, where, calls[i][5], where)
+                                               where, where, calls[i][5], where, call.job)
                 if events is not None:
                     events.ended(ids[i], time.perf_counter(), outcome[2], returns)
             finally:
@@ -286,5 +286,6 @@ class UserActor(Actor):
         if state.cancelled:  # (what it returned once cancelled does not count)
             return TaskReply(cancelled_returns(state, where, call.num_returns),
                              time.perf_counter() - start)
-        returns, nested = encode_returns(self.core, result, call.num_returns, where)
+        returns, nested = encode_returns(self.core, result, call.num_returns, where,
+                                         call.job)
         return quick_reply(returns, time.perf_counter() - start, nested)

@@ -242,7 +242,7 @@ class Worker(Actor):
                 returns = await answer_outcome(
                     self.core, reply, outcome, spec.num_returns, spec.name,
                     f"task {spec.name} (pid={self.pid})", state, f"task {spec.name!r}",
-                    spec.job_id or "")
+                    spec.job_id if spec.driver_owned else "")
                 events.ended(spec.task_id, time.perf_counter(), outcome[2], returns)
                 self._remember(spec, returns)
             finally:
@@ -354,7 +354,7 @@ class Worker(Actor):
             return TaskReply(cancelled_returns(state, f"task {spec.name!r}", spec.num_returns),
                              time.perf_counter() - start)
         returns, nested = encode_returns(self.core, result, spec.num_returns, spec.name,
-                                         spec.job_id or "")
+                                         spec.job_id if spec.driver_owned else "")
         return quick_reply(returns, time.perf_counter() - start, nested)
 
     def cancel(self, task_id: str, force: bool, recursive: bool) -> None:

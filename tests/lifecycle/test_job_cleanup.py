@@ -57,6 +57,13 @@ class Keeper:
     async def child_pid(self):
         self.child = Child.remote()  # the detached actor's child: it lives as long as it
         return await self.child.pid.remote()
+    async def keep_result(self):
+        self.result = big_result.remote()  # its own task's result: not its job's driver's
+        return int((await self.result).sum())
+    async def kept_sum(self):
+        return int((await self.result).sum())
+    def big(self):
+        return np.ones(4 << 20, dtype=np.uint8)  # an actor call's result for the driver
 
 @af.remote(num_cpus=1)
 def big_result():
@@ -81,6 +88,10 @@ async def main():
     result = big_result.remote()
     await result
     result_segment = rt.core.objects.entries[result.id].payload.name
+    assert await keeper.keep_result.remote() == 4 << 20
+    call_result = keeper.big.remote()
+    await call_result
+    call_segment = rt.core.objects.entries[call_result.id].payload.name
     running = sleeper.remote("{tmp}/running.pid")
     queued = sleeper.remote("{tmp}/queued.pid")  # no CPU left for it: it waits
     while not os.path.exists("{tmp}/running.pid"):
@@ -88,7 +99,8 @@ async def main():
     await asyncio.sleep(0.2)
     task_pid = int(open("{tmp}/running.pid").read())
     print("READY", rt.job_id, await named.pid.remote(), await anon.pid.remote(), task_pid,
-          pg.id, segment_prefix(rt.core), child_pid, result_segment, flush=True)
+          pg.id, segment_prefix(rt.core), child_pid, result_segment, call_segment,
+          flush=True)
     if "{mode}" == "shutdown":
         while not os.path.exists("{tmp}/go"):
             await asyncio.sleep(0.05)
@@ -118,9 +130,10 @@ async def _check_job_ends(tmp_path: Path, mode: str) -> None:
             ready = (await victim.expect("READY")).split()
             job_id, named_pid, anon_pid, task_pid = ready[1], *map(int, ready[2:5])
             pg_id, prefix, child_pid = ready[5], ready[6], int(ready[7])
-            result_segment = ready[8]
+            result_segment, call_segment = ready[8], ready[9]
             assert shm_names(prefix), "the victim's value is in shared memory"
             assert shm_names(result_segment), "its task's result is in shared memory"
+            assert shm_names(call_segment), "its actor call's result is in shared memory"
             assert (await within(af.available_resources())).get("CPU", 0) == 0
             assert (await _jobs(rt))[job_id]["status"] == "RUNNING"
             assert rt.job_id != job_id
@@ -150,6 +163,8 @@ async def _check_job_ends(tmp_path: Path, mode: str) -> None:
             await until(lambda: not shm_names(prefix), RELEASE_S, "its segments to go")
             await until(lambda: not shm_names(result_segment), RELEASE_S,
                         "its task's result to go")
+            await until(lambda: not shm_names(call_segment), RELEASE_S,
+                        "its actor call's result to go")
             took = time.monotonic() - started
             assert took < RELEASE_S + 1, took
             table = await within(af.placement_group_table())
@@ -166,6 +181,8 @@ async def _check_job_ends(tmp_path: Path, mode: str) -> None:
             # the detached actor and this driver's own work carry on
             keeper = await within(af.get_actor("keeper", namespace="lc"))
             assert await within(keeper.bump.remote()) == 2
+            # what the detached actor's own task made stays (its owner lives on)
+            assert await within(keeper.kept_sum.remote()) == 4 << 20
             assert alive(child_pid)  # a detached actor's child lives as long as it does
             assert await within(mine.incr.remote()) == 2
             if mode == "shutdown":
