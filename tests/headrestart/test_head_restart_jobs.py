@@ -101,5 +101,7 @@ async def test_submitted_jobs_survive_a_head_restart(tmp_path: Path) -> None:
         print(cluster.logs())
         raise
     finally:
+        go_on.touch()  # (a job still waiting, after a failure above, ends: its process is in
+        go_fail.touch()  # a session of its own, which outlives the cluster's processes)
         survivors = await asyncio.to_thread(cluster.stop)
         assert not survivors, f"processes left behind: {survivors}"
