@@ -36,11 +36,11 @@ pytestmark = pytest.mark.skipif(not zygote_mod.supported(), reason="the zygote n
 #: The churn's shape. Each round kills KILL standing actors with af.kill, crashes CRASH
 #: (SIGKILL of their process) and creates NEW ones, all at once; then it kills the oldest
 #: survivors down to FIRST standing, so memory stays bounded (an idle actor's process has
-#: ~9 MiB of its own: FIRST + NEW of them fit a small CI machine). A round takes 5-10 s on a
-#: busy 2-core VM (20 rounds: 152 s in all), so the suite runs 8; ``AF_CHURN_ROUNDS=20`` runs
-#: the issue's 20 (docs/performance.md has the last such run).
+#: ~9 MiB of its own: FIRST + NEW of them fit a small CI machine). The issue's 20 rounds: a round
+#: takes 2-3 s on a quiet 2-core VM (8 rounds took 25 s in all on the CI's kind of machine),
+#: 5-10 s on a busy one; ``AF_CHURN_ROUNDS`` sets another count.
 FIRST = 300
-ROUNDS = int(os.environ.get("AF_CHURN_ROUNDS", "8"))
+ROUNDS = int(os.environ.get("AF_CHURN_ROUNDS", "20"))
 NEW = 100
 KILL = 10
 CRASH = 2
