@@ -208,15 +208,10 @@ class BorrowCounter:
 
     async def _send_holds(self, holds: dict[Any, _Batch]) -> None:
         me = self.core.owner_ref
-        asks = []
-        for owner, b in holds.items():
-            report = BorrowReport(me, tuple(b.held), (), tuple(b.lent), tuple(b.kept))
-            try:
-                asks.append(owner.ask(report, timeout=ACK_TIMEOUT_S))
-            except Exception:  # its owner is gone: nothing of it to hold
-                continue
-        if asks:
-            await asyncio.gather(*asks, return_exceptions=True)
+        asks = [owner.ask(BorrowReport(me, tuple(b.held), (), tuple(b.lent), tuple(b.kept)),
+                          timeout=ACK_TIMEOUT_S) for owner, b in holds.items()]
+        # (an owner that is gone fails its ask: it has nothing left to hold)
+        await asyncio.gather(*asks, return_exceptions=True)
 
     def _send_lets(self, lets: dict[Any, _Batch]) -> None:
         core = self.core

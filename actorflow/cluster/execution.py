@@ -53,7 +53,6 @@ __all__ = [
     "local_args",
     "resolve_args",
     "run_plain",
-    "settle_borrows",
     "with_released",
 ]
 
@@ -151,14 +150,6 @@ def encode_returns(core: Core, result: Any, num_returns: int, name: str, job: st
         return (Failed(exc),) * num_returns, ()
     except Exception as exc:
         return (Failed(capture_error(exc, name)),) * num_returns, ()
-
-
-async def settle_borrows(core: Core) -> None:
-    """Before a call is answered: the owners of the refs it borrowed (its arguments) or lent
-    (its returns) have heard of it, so its caller may let the arguments go (see
-    objects/borrows.py). Call sites test ``core.borrowing.unsettled`` first (no coroutine
-    for the common call that borrowed nothing)."""
-    await core.borrowing.settled()
 
 
 async def call_plain(
@@ -325,8 +316,8 @@ async def answer_outcome(core: Core, reply: Any, outcome: Outcome, num_returns: 
         returns, nested = encode_returns(core, value, num_returns, name, job)
     else:
         returns = (Failed(capture_error(value, where)),) * num_returns
-    if core.borrowing.unsettled:
-        await settle_borrows(core)
+    if core.borrowing.unsettled:  # (the owners hear of what it borrowed before its caller)
+        await core.borrowing.settled()
     if reply is not None and not reply.done():
         reply.set_result(quick_reply(returns, run_s, nested))
     return returns

@@ -37,7 +37,6 @@ from actorflow.cluster.execution import (
     local_args,
     resolve_args,
     run_plain,
-    settle_borrows,
     with_released,
 )
 from actorflow.cluster.protocol import ActorCall, Failed, TaskReply, call_from_quick, quick_reply
@@ -222,7 +221,7 @@ class UserActor(Actor):
         if events is None:
             reply = await self._call_one(message)
             if self.core.borrowing.unsettled:
-                await settle_borrows(self.core)
+                await self.core.borrowing.settled()
             return with_released(self.core, message.args, reply)
         start = time.perf_counter()
         call_id = self._started(message, events, start)
@@ -231,7 +230,7 @@ class UserActor(Actor):
         events.ended(call_id, end, end - start,
                      reply.returns if type(reply) is TaskReply else None)
         if self.core.borrowing.unsettled:
-            await settle_borrows(self.core)
+            await self.core.borrowing.settled()
         return with_released(self.core, message.args, reply)
 
     async def _call_one(self, call: ActorCall) -> TaskReply | bytes:

@@ -40,7 +40,6 @@ from actorflow.cluster.execution import (
     local_args,
     resolve_args,
     run_plain,
-    settle_borrows,
     with_released,
 )
 from actorflow.cluster.protocol import (
@@ -285,7 +284,7 @@ class Worker(Actor):
             self._remember(spec, (reply,))  # type: ignore[arg-type]  # the quick form
             events.ended(spec.task_id, end, end - start, None)
         if self.core.borrowing.unsettled:
-            await settle_borrows(self.core)
+            await self.core.borrowing.settled()
         return with_released(self.core, spec.args, reply)
 
     async def _run_one(self, spec: TaskSpec) -> TaskReply | bytes:

@@ -104,17 +104,6 @@ class Borrows:
                 touched.append(object_id)
         return [o for o in touched if not self.busy(o)]
 
-    def forget(self, object_id: str) -> None:
-        """The object is gone (its owner freed it): drop what is known of it."""
-        with self._lock:
-            self.lends.pop(object_id, None)
-            for holder in self.holders.pop(object_id, ()):
-                mine = self._held_by.get(holder)
-                if mine is not None:
-                    mine.discard(object_id)
-                    if not mine:
-                        del self._held_by[holder]
-
     def clear(self) -> None:
         with self._lock:
             self.holders.clear()

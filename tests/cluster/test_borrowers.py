@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
+import signal
 import sys
 import time
 
@@ -54,6 +56,9 @@ class Keeper:
     async def drop(self) -> None:
         self.kept.clear()
         gc.collect()
+
+    def pid(self) -> int:
+        return os.getpid()
 
 
 @af.remote(num_cpus=0)
@@ -145,10 +150,11 @@ async def test_a_borrower_that_dies_stops_counting(shared_cluster: af.Runtime) -
     x = af.put(np.ones(BIG))
     oid = x.id
     assert await keeper.keep.remote([x]) == 1
+    pid = await keeper.pid.remote()
     del x
     gc.collect()
     assert owned_here(oid)
-    await af.kill(keeper)
+    os.kill(pid, signal.SIGKILL)  # the borrower's process dies, with no word to the owner
     await until(lambda: not owned_here(oid), 5.0, "the object freed after its borrower died")
 
 
