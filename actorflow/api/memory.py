@@ -86,6 +86,7 @@ async def memory_summary(limit: int = 20) -> dict[str, Any]:
     (values pulled from other nodes, kept for readers here: ``secondary_copies`` and
     ``secondary_bytes`` now; ``copy_pulls``, ``copy_pulled_bytes``, ``copy_reads`` served
     from them, ``copy_shared_pulls`` (reads that waited for a pull in flight),
+    ``copy_first_reads`` (a value's first read from the node: its reader pulled it itself),
     ``copy_evictions`` and ``copy_drops`` (freed with their primary) so far); the ``limit``
     largest objects of the cluster with their size, node, where they lie, owner and refs
     (when this process owns them); and the cluster's totals. Keys: ``nodes``, ``objects``,

@@ -1,7 +1,11 @@
 """Secondary copies: a node keeps what it pulled from another node for its later readers.
 
 A process that reads a large value lying in another node's shared memory asks its **own**
-node (:class:`ReadCopy`). The node pulls the segment once, whole, into a segment of its own
+node (:class:`ReadCopy`). The first read of a value from a node is not copied: its reader
+pulls the value straight into its own memory (most large values are read once where they go,
+a task's argument or a result read by its caller, and for them a copy would cost a second hop
+through the node and room in its store). From the second read on (the node remembers the last
+:data:`SEEN_KEYS` values read), the node pulls the segment once, whole, into a segment of its own
 (``af-<node id>-copy-<generation>-<primary's name>``: a byte-for-byte copy, header and
 generation included) and answers an :class:`InShm` of that copy, which the reader maps and pins
 like any segment of its node: no copy in the reader, and later readers on the node map the same
@@ -57,6 +61,7 @@ if TYPE_CHECKING:
 __all__ = [
     "COPY_GRACE_S",
     "MESSAGES",
+    "SEEN_KEYS",
     "CopySegment",
     "DropCopies",
     "NodeCopies",
@@ -72,6 +77,8 @@ log = logging.getLogger("actorflow.copies")
 COPY_GRACE_S = 0.5
 #: A copy leaves at least this share of the shared-memory filesystem free.
 KEEP_FREE = 0.1
+#: How many values read once a node remembers (their second read makes a copy).
+SEEN_KEYS = 8192
 
 
 # -- messages ----------------------------------------------------------------------------------
@@ -204,10 +211,11 @@ class NodeCopies:
         self.copies: OrderedDict[tuple[str, int], _Copy] = OrderedDict()  # least recent first
         self.pulling: dict[tuple[str, int], asyncio.Future[Payload | None]] = {}
         self.dropped: set[tuple[str, int]] = set()  # freed while being pulled
+        self.seen: OrderedDict[tuple[str, int], None] = OrderedDict()  # read once, not copied
         self.copy_bytes = 0  # bytes of copies in shared memory
         self.spares = Spares(self.node_id, self._spares_changed, self._spare_room)
         self.reserved = 0  # bytes of copies being pulled
-        self.pulls = self.pulled_bytes = self.served = self.shared = 0
+        self.pulls = self.pulled_bytes = self.served = self.shared = self.first_reads = 0
         self.evictions = self.drops = self.spare_hits = 0
         self.segment_s = self.pull_s = 0.0  # making the copies' segments, pulling into them
         self.sources: dict[str, ActorRef] = {}  # node id -> its node (copies' primaries)
@@ -265,6 +273,9 @@ class NodeCopies:
             return copy.payload
         fut = self.pulling.get(key)
         if fut is None:
+            if self._first_read(key):
+                self.first_reads += 1
+                return None  # its reader pulls it straight
             fut = self.pulling[key] = asyncio.get_running_loop().create_future()
             self._tasks.spawn(self._pull(primary, key, fut), f"copy of {primary.name}")
         else:
@@ -275,6 +286,18 @@ class NodeCopies:
         if result is not None:
             self.served += 1
         return result
+
+    def _first_read(self, key: tuple[str, int]) -> bool:
+        """Is this the first read of ``key`` from this node (that it remembers)? It is
+        remembered either way: a second read makes the copy."""
+        seen = self.seen
+        if key in seen:
+            seen.move_to_end(key)
+            return False
+        seen[key] = None
+        if len(seen) > SEEN_KEYS:
+            seen.popitem(last=False)
+        return True
 
     async def _pull(self, primary: InShm, key: tuple[str, int],
                     fut: asyncio.Future[Payload | None]) -> None:
@@ -454,6 +477,8 @@ class NodeCopies:
             del self.copiers[name]
         for key in [k for k in (*self.copies, *self.pulling) if k[0].startswith(prefix)]:
             self.drop(*key)
+        for key in [k for k in self.seen if k[0].startswith(prefix)]:
+            del self.seen[key]
 
     # -- dropping and evicting -----------------------------------------------------------------
 
@@ -463,6 +488,7 @@ class NodeCopies:
                 else [k for k in (*self.copies, *self.pulling) if k[0] == name])
         changed = False
         for key in keys:
+            self.seen.pop(key, None)
             if key in self.pulling:
                 self.dropped.add(key)
             copy = self.copies.pop(key, None)
@@ -505,7 +531,8 @@ class NodeCopies:
 
     def figures(self) -> dict[str, Any]:
         """Secondary copies now (count, bytes) and so far (pulls, reads served from them,
-        reads that waited for a pull in flight, evictions, drops with their primary)."""
+        reads that waited for a pull in flight, first reads left to their readers, evictions,
+        drops with their primary)."""
         return {
             "secondary_copies": len(self.copies),
             "secondary_bytes": self.copy_bytes,
@@ -517,6 +544,7 @@ class NodeCopies:
             "copy_pulled_bytes": self.pulled_bytes,
             "copy_reads": self.served,
             "copy_shared_pulls": self.shared,
+            "copy_first_reads": self.first_reads,
             "copy_evictions": self.evictions,
             "copy_drops": self.drops,
         }

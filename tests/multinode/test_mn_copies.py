@@ -1,5 +1,6 @@
-"""Secondary copies (issue 16): a node that pulled a large value from another node keeps it for
-its later readers (one pull, concurrent readers wait on it), frees it with the primary, evicts
+"""Secondary copies (issue 16): a value's first read from a node goes straight into its reader;
+from the second read on, the node keeps a copy for its readers (one pull, concurrent readers
+wait on it), frees it with the primary, evicts
 it before spilling any primary, and drops it when the primary's node dies (the owner decides:
 lineage rebuilds the value or it is lost). Node2 makes the values; node3 (a small store) reads
 them. The counts come from the nodes' memory summaries; the copies are files in /dev/shm."""
@@ -111,17 +112,25 @@ async def test_readers_on_a_node_share_one_pull_and_the_copy_goes_with_the_prima
     primary = await _segment(ref)
     before = await _figures(node3)
 
-    # two readers, one after the other: one pull; both map the node's copy (read-only views)
+    # the first reader pulls it itself; no copy on the node
+    read = await within(read_arg.remote(ref))
+    assert read[:3] == (node3, 3, 3 * 8 * MIB)
+    first = await _figures(node3)
+    assert first["copy_first_reads"] - before["copy_first_reads"] == 1
+    assert first["copy_pulls"] == before["copy_pulls"] and not _copies_of(node3, primary)
+    # two more readers, one after the other: one pull; both map the node's copy (read-only)
     for _ in range(2):
         read = await within(read_arg.remote(ref))
         assert read == (node3, 3, 3 * 8 * MIB, False)
     after = await _figures(node3)
     assert after["copy_pulls"] - before["copy_pulls"] == 1
     assert after["copy_reads"] - before["copy_reads"] == 2
+    assert after["copy_first_reads"] == first["copy_first_reads"]
     assert len(_copies_of(node3, primary)) == 1 and after["secondary_copies"] >= 1
 
-    # the driver reads it too: a copy on its own node (the head's)
-    assert int((await within(ref))[-1]) == 3
+    # the driver reads it twice: the second read makes a copy on its own node (the head's)
+    for _ in range(2):
+        assert int((await within(ref))[-1]) == 3
     assert len(_copies_of(head, primary)) == 1
     assert (await _figures(node2))["copy_pulls"] == 0  # node2 holds the primary
 
@@ -146,8 +155,9 @@ async def test_copies_are_evicted_before_any_primary_spills(cli_cluster: Cluster
 
     await until(empty, what="node3's store empty")
     far = made_there.remote(7, 16 * MIB)
-    read = await within(read_arg.remote(far))
-    assert read[:3] == (node3, 7, 7 * 16 * MIB)
+    for _ in range(2):  # (the second read makes the copy)
+        read = await within(read_arg.remote(far))
+        assert read[:3] == (node3, 7, 7 * 16 * MIB)
     primary = await _segment(far)
     (copy,) = _copies_of(node3, primary)
     await until(lambda: _unpinned(copy), what="the reader to let the copy go")
@@ -202,9 +212,11 @@ async def test_concurrent_readers_wait_on_the_one_pull(cli_cluster: Cluster) -> 
     ref = made_there.remote(5, 16 * MIB)
     await within(af.wait([ref], fetch_local=False))
     before = await _figures(node3)
-    reads = await within(read_on_node3.remote([ref], times=4))
-    assert reads == [(node3, 5, 5 * 16 * MIB, False)] * 4
+    reads = await within(read_on_node3.remote([ref], times=5))
+    # the first pulls it itself; the other four share the node's one pull
+    assert [r[:3] for r in reads] == [(node3, 5, 5 * 16 * MIB)] * 5
     after = await _figures(node3)
+    assert after["copy_first_reads"] - before["copy_first_reads"] == 1
     assert after["copy_pulls"] - before["copy_pulls"] == 1
     assert after["copy_reads"] - before["copy_reads"] == 4
     assert after["copy_shared_pulls"] - before["copy_shared_pulls"] >= 1  # waited, not pulled
@@ -225,8 +237,8 @@ async def test_copies_of_a_dead_nodes_segments_go_and_the_owner_decides(
     node2, node3 = cli_cluster.ids["node2"], cli_cluster.ids["node3"]
     there = af.NodeAffinity(node2, soft=True)  # on node2 while it lives, else anywhere
     ref = made.options(scheduling_strategy=there, max_retries=3, num_cpus=0).remote(9, 8 * MIB)
-    (read,) = await within(read_on_node3.remote([ref]))
-    assert read[:3] == (node3, 9, 9 * 8 * MIB)
+    reads = await within(read_on_node3.remote([ref], times=2))  # (makes a copy)
+    assert [r[:3] for r in reads] == [(node3, 9, 9 * 8 * MIB)] * 2
     primary = await _segment(ref)
     assert primary.startswith(f"af-{node2}-") and _copies_of(node3, primary)
 
