@@ -133,7 +133,7 @@ async def _get_rep(k: int, size: int) -> dict[str, Any]:
                 raise RuntimeError(f"the store did not spill in time: {info}")
             await asyncio.sleep(0.05)
         await asyncio.sleep(1.0)  # (pins of the puts relaxed)
-        spilled = [r for r in refs if not core.is_local(
+        spilled = [r for r in refs if not core.reads.is_local(
             core.objects.entries[r.id].payload)]  # type: ignore[arg-type]
         t0 = time.perf_counter()
         for ref in spilled:

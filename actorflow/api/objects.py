@@ -41,9 +41,9 @@ def _check(refs: Sequence[Any], what: str) -> None:
 
 
 async def _values(core: Core, refs: Sequence[ObjectRef]) -> list[Any]:
-    payloads = await core.payloads(refs)
-    if not all(core.is_local(p) for p in payloads):
-        payloads = await core.localize_refs(refs, payloads)
+    payloads = await core.reads.payloads(refs)
+    if not all(core.reads.is_local(p) for p in payloads):
+        payloads = await core.reads.localize_refs(refs, payloads)
     return [core.materialize(p) for p in payloads]
 
 
@@ -102,7 +102,7 @@ async def wait(
                               fetch_local=fetch_local)
         finally:
             bar.close()
-    pairs = [(ref, core.payload_future(ref)) for ref in refs]
+    pairs = [(ref, core.reads.payload_future(ref)) for ref in refs]
     loop = asyncio.get_running_loop()
     deadline = None if timeout is None else loop.time() + timeout
     pending = {fut for _, fut in pairs if not fut.done()}
@@ -144,7 +144,7 @@ async def as_completed(refs: Sequence[ObjectRef]) -> AsyncIterator[ObjectRef]:
             wake.set_result(None)
 
     for ref in refs:
-        core.when_ready(ref, functools.partial(arrived, ref))
+        core.reads.when_ready(ref, functools.partial(arrived, ref))
     for _ in refs:
         while not ready:
             wake = loop.create_future()

@@ -58,7 +58,7 @@ def get_bar(core: Core, refs: Sequence[ObjectRef], progress: Progress,
             bar.update(1)
 
     for ref in refs:
-        core.when_ready(ref, arrived)
+        core.reads.when_ready(ref, arrived)
     return bar
 
 

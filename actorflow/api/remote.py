@@ -23,7 +23,7 @@ from actorflow._errors import SerializationError
 from actorflow._limits import UNLIMITED
 from actorflow.api.options import ActorOptions, MethodOptions, TaskOptions, validate
 from actorflow.cluster.actor_client import ActorClient, PendingCall
-from actorflow.cluster.core import Core, task_context
+from actorflow.cluster.core import Core
 from actorflow.cluster.driver_job import job_of, namespace_of
 from actorflow.cluster.execution import capture_strategy
 from actorflow.cluster.holds import HandleCounter, counter_for
@@ -31,6 +31,7 @@ from actorflow.cluster.protocol import ActorCall, ActorSpec, ResolvedArg, TaskSp
 from actorflow.cluster.runtime_env import for_options
 from actorflow.cluster.streaming import ObjectRefGenerator, is_generator, pump_for
 from actorflow.cluster.submitter import PendingTask
+from actorflow.cluster.task_context import task_context
 from actorflow.objects.borrows import HANDLE, collecting
 from actorflow.objects.ref import ObjectRef, current_core
 from actorflow.objects.serialization import dumps

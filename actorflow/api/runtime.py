@@ -23,7 +23,7 @@ from actorflow.api.remote import ActorHandle
 from actorflow.cluster import bootstrap, state
 from actorflow.cluster import runtime_env as renv
 from actorflow.cluster.calls import CallState, current_call
-from actorflow.cluster.core import Core, task_context
+from actorflow.cluster.core import Core
 from actorflow.cluster.driver_job import end_job, namespace_of, register_job
 from actorflow.cluster.head_link import ask_head
 from actorflow.cluster.memory_guard import with_memory
@@ -34,6 +34,7 @@ from actorflow.cluster.protocol import (
     UnwatchActor,
     WatchActor,
 )
+from actorflow.cluster.task_context import task_context
 from actorflow.objects.ref import current_core, set_current_core
 from actorflow.placement.resources import Resources
 from actorflow.runtime import ActorSystem

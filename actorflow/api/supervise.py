@@ -95,7 +95,7 @@ class _UserChild(Actor):
         if not self.state.get("created"):
             spec = self.spec
             if self.deps:
-                payloads = await self.core.payloads(self.deps)
+                payloads = await self.core.reads.payloads(self.deps)
                 self.core.sending(payloads)  # the actor's process reads them: never reused
                 for payload in payloads:
                     if isinstance(payload, Failed):

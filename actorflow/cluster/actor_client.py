@@ -121,7 +121,7 @@ class ActorClient:
             core.sending(payloads)
             send(tuple(payloads))
 
-        core.when_all_ready(deps, on_deps)
+        core.reads.when_all_ready(deps, on_deps)
 
     def _created(self, fut: asyncio.Future[Any], again: Callable[[], None]) -> None:
         if fut.cancelled():
@@ -181,7 +181,7 @@ class ActorClient:
             pending.ready = True
             self._flush()
 
-        self.core.when_all_ready(pending.deps, on_deps)
+        self.core.reads.when_all_ready(pending.deps, on_deps)
 
     def _flush(self) -> None:
         if self.dead is not None:

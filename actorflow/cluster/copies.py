@@ -11,7 +11,7 @@ generation included) and answers an :class:`InShm` of that copy, which the reade
 like any segment of its node: no copy in the reader, and later readers on the node map the same
 pages. Readers that ask while the pull runs wait for that one pull (deduplicated). When the node
 cannot make a copy (no room, a failed pull, a node without a store or a listener) it answers
-None and the reader fetches the value itself, as before (``Core.localize``).
+None and the reader fetches the value itself, as before (``Reads.localize``).
 
 The primary's node offers the segment for the copy (:class:`CopySegment`: the whole file under
 one bulk ticket) and remembers which nodes copied which ``(segment, generation)``. Every way a
@@ -153,7 +153,7 @@ def _unlink(name: str) -> None:
     shm.unlink_segment(name)
 
 
-# -- the reader's side (in Core.localize) -------------------------------------------------------
+# -- the reader's side (in Reads.localize) -----------------------------------------------------
 
 #: Processes whose node said it makes no copies (asked once).
 _refused: weakref.WeakSet[Any] = weakref.WeakSet()

@@ -9,7 +9,8 @@ submit tasks). It owns
 - the borrow counter: its refs to other processes' objects, reported to their owners;
 - the :class:`ObjectOwner` actor, which answers other processes' fetches of those objects;
 - the task submitter (:mod:`actorflow.cluster.submitter`) and the actor clients
-  (:mod:`actorflow.cluster.actor_client`).
+  (:mod:`actorflow.cluster.actor_client`);
+- its reads (:mod:`actorflow.cluster.reads`): from a ref to a payload readable here.
 
 Values are encoded once: small ones inline, large ones into a shared-memory segment of the
 node, read back zero-copy by every process of the node.
@@ -25,32 +26,22 @@ import os
 import secrets
 import threading
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from contextvars import ContextVar
-from dataclasses import dataclass
 from pickle import dumps as pickle_dumps
 from pickle import loads as pickle_loads
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from actorflow._errors import (
-    ActorDiedError,
-    ObjectLostError,
     ObjectStoreFullError,
-    OwnerDiedError,
-    PeerUnreachableError,
     SerializationError,
     TaskCancelledError,
     TaskError,
 )
-from actorflow.cluster import copies, streaming
+from actorflow.cluster import streaming
 from actorflow.cluster.borrowing import BorrowCounter
 from actorflow.cluster.lineage import Lineage
 from actorflow.cluster.object_table import (
-    Fetch,
     ObjectOwner,
     ObjectTable,
-    PayloadCallback,
-    Rebuild,
-    settle,
 )
 from actorflow.cluster.protocol import (
     Args,
@@ -59,8 +50,8 @@ from actorflow.cluster.protocol import (
     Inline,
     InShm,
     Payload,
-    WorkerBlocked,
 )
+from actorflow.cluster.reads import Reads
 from actorflow.cluster.remote_segments import RemoteSegments
 from actorflow.cluster.segment_upkeep import SegmentUpkeep
 from actorflow.objects import shm, spill
@@ -81,7 +72,7 @@ if TYPE_CHECKING:
     from actorflow.cluster.actor_client import ActorClient
     from actorflow.cluster.submitter import TaskSubmitter
 
-__all__ = ["Core", "TaskContext", "task_context"]
+__all__ = ["Core"]
 
 MIB = 1 << 20
 #: The largest value copied into shared memory on the event loop's thread (by ``af.put`` or a
@@ -98,24 +89,6 @@ T = TypeVar("T")
 
 _SCALARS = frozenset({int, float, str, bytes, bool, type(None)})
 _NO_REFS: list[tuple[Any, str]] = []  # (never appended to: only read)
-
-
-@dataclass(frozen=True, slots=True)
-class TaskContext:
-    """What runs in this context: the values behind ``af.get_runtime_context()``."""
-
-    task_id: str | None = None
-    actor_id: str | None = None
-    name: str = "driver"
-    gpu_ids: tuple[int, ...] = ()
-    job_id: str | None = None  # the job that submitted it (None: this process's own)
-
-
-# TaskContext is a frozen dataclass: immutable, so a shared default is safe
-
-task_context: ContextVar[TaskContext] = ContextVar(
-    "actorflow_task", default=TaskContext()  # noqa: B039
-)
 
 
 class Core:
@@ -159,6 +132,7 @@ class Core:
                                   on_pooled=self.upkeep.on_pooled,
                                   on_pinned=self.upkeep.on_pinned)
         self.remote = RemoteSegments(self)  # other nodes' segments: reads and frees
+        self.reads = Reads(self)  # from a ref to a payload readable here
         self.closed = False
         #: Awaited first when this Core closes, in order (a last flush of what a process
         #: recorded, such as its metrics); one that raises is logged and the rest still run.
@@ -308,48 +282,6 @@ class Core:
             raise error
         raise TypeError(f"not an object payload: {payload!r}")
 
-    def is_local(self, payload: Payload) -> bool:
-        """Can it be read here now? (A segment of this node spilled to disk is not: it is
-        restored by :meth:`localize` first.)"""
-        return type(payload) is not InShm or (payload.node_id == self.node_id and (
-            self.store.holds(payload.name) or shm.exists(payload.name)))
-
-    async def localize(self, payloads: tuple[Payload, ...] | list[Payload]
-                       ) -> tuple[Payload, ...]:
-        """Fetch the large values that live on other nodes: through a copy that this
-        process's node keeps (``cluster/copies.py``), else each once, from its node."""
-        out: list[Payload] = []
-        for payload in payloads:
-            if type(payload) is InShm and payload.node_id == self.node_id:
-                out.append(await self._restored(payload))
-            elif type(payload) is InShm:
-                copy = await copies.read_copy(self, payload)
-                if copy is not None:
-                    out.append(copy)
-                    continue
-                out.append(await self.remote.fetch(payload))
-            else:
-                out.append(payload)
-        return tuple(out)
-
-    async def _restored(self, payload: InShm) -> Payload:
-        """A segment of this node, spilled to disk: the node restores it, and it is pinned
-        here (mapped) until read."""
-        for _ in range(4):
-            try:
-                self.store.hold(payload.name)
-                return payload
-            except FileNotFoundError:
-                pass
-            try:
-                await self.node.ask(spill.Restore(payload.name))
-            except Exception as exc:
-                return Failed(exc if isinstance(exc, ObjectLostError | ObjectStoreFullError)
-                              else ObjectLostError(f"object segment {payload.name} could not "
-                                                   f"be restored: {exc}"))
-        return Failed(ObjectLostError(f"object segment {payload.name} could not be restored: "
-                                      "it was spilled again each time"))
-
     def free_remote(self, payload: InShm) -> None:
         """Free a segment of another node owned here (see RemoteSegments.free)."""
         self.remote.free(payload)
@@ -404,154 +336,6 @@ class Core:
         assert self.owner_ref is not None
         self.objects.create(object_id)
         return ObjectRef(object_id, self.owner_ref, self)
-
-    def when_ready(self, ref: ObjectRef, callback: PayloadCallback) -> None:
-        """``callback(payload)`` once the ref's payload is known here (now, if it is): from the
-        object table when this process owns it, else fetched from its owner."""
-        if ref.core is self:
-            self.objects.when_ready(ref.id, callback)
-            return
-        fut = self._fetch(ref)
-        fut.add_done_callback(lambda f: callback(
-            f.result() if not f.cancelled() else Failed(ObjectLostError(
-                f"the fetch of object {ref.id} was cancelled"))))
-
-    def payload_future(self, ref: ObjectRef) -> asyncio.Future[Payload]:
-        """A future of the ref's payload (for ``wait`` and ``as_completed``)."""
-        if ref.core is not self:
-            return self._fetch(ref)
-        fut: asyncio.Future[Payload] = self.loop.create_future()
-        self.objects.when_ready(ref.id, functools.partial(settle, fut))
-        return fut
-
-    def _fetch(self, ref: ObjectRef) -> asyncio.Future[Payload]:
-        out: asyncio.Future[Payload] = self.loop.create_future()
-        try:
-            asked = ref.owner.ask_nowait(Fetch(ref.id))
-        except Exception as exc:
-            out.set_result(Failed(self._lost(ref, exc)))
-            return out
-
-        def done(f: asyncio.Future[Any]) -> None:
-            if out.done():
-                return
-            if f.cancelled():
-                out.cancel()
-            elif f.exception() is not None:
-                exc = f.exception()
-                assert exc is not None
-                out.set_result(Failed(self._lost(ref, exc)))
-            else:
-                out.set_result(f.result())
-
-        asked.add_done_callback(done)
-        return out
-
-    def _lost(self, ref: ObjectRef, exc: BaseException) -> BaseException:
-        if isinstance(exc, ObjectLostError):
-            return exc
-        if isinstance(exc, (PeerUnreachableError, ActorDiedError)):
-            # the owner's process (or its object-owner actor) is gone: so is its table
-            error = OwnerDiedError(ref.id, f"{ref.owner.path}: {exc}")
-            error.__cause__ = exc
-            return error
-        return exc
-
-    async def get_one(self, ref: ObjectRef) -> Any:
-        """The value of one ref (``await ref``): no list, no counter, for the commonest wait."""
-        entry = self.objects.entries.get(ref.id) if ref.core is self else None
-        payload = entry.payload if entry is not None else None
-        if payload is None:
-            fut: asyncio.Future[Payload] = self.loop.create_future()
-            self.when_ready(ref, functools.partial(settle, fut))
-            payload = fut.result() if fut.done() else await self._lending(fut)
-        if type(payload) is InShm and not self.is_local(payload):
-            (payload,) = await self.localize_refs((ref,), (payload,))
-        return self.materialize(payload)
-
-    async def localize_refs(self, refs: Sequence[ObjectRef], payloads: Sequence[Payload]
-                            ) -> list[Payload]:
-        """:meth:`localize` for the values of ``refs``: one whose every copy is lost (its node
-        died) is rebuilt by running its task again, when this process made that task (see
-        :mod:`actorflow.cluster.lineage`)."""
-        out = list(await self.localize(list(payloads)))
-        for i, payload in enumerate(out):
-            if type(payload) is not Failed or not isinstance(payload.error, ObjectLostError):
-                continue
-            ref = refs[i]
-            if ref.id in self.lineage.tasks:
-                rebuilt = await self.lineage.rebuild(ref.id, payload.error)
-            elif ref.core is not self:  # borrowed: its owner may know the task
-                try:
-                    rebuilt = await ref.owner.ask(Rebuild(ref.id), timeout=None)
-                except Exception as exc:
-                    rebuilt = Failed(self._lost(ref, exc))
-            else:
-                continue
-            if type(rebuilt) is InShm and not self.is_local(rebuilt):
-                (rebuilt,) = await self.localize((rebuilt,))
-            out[i] = rebuilt
-        return out
-
-    async def _lending(self, fut: asyncio.Future[T]) -> T:
-        """Await ``fut``; a task waiting inside a worker lends its CPU to the node meanwhile,
-        so parents waiting on their children cannot deadlock the node."""
-        if self.worker_id is None or task_context.get().task_id is None:
-            return await fut
-        self.node.tell_nowait(WorkerBlocked(self.worker_id, True))
-        try:
-            return await fut
-        finally:
-            self.node.tell_nowait(WorkerBlocked(self.worker_id, False))
-
-    def when_all_ready(self, refs: Sequence[ObjectRef],
-                       callback: Callable[[list[Payload]], None]) -> None:
-        """``callback(payloads)``, in the order of ``refs``, once every one is known (now, if
-        they all are)."""
-        out: list[Any] = [None] * len(refs)
-        left = len(refs)
-        if not left:
-            callback(out)
-            return
-
-        def arrived(i: int, payload: Payload) -> None:
-            nonlocal left
-            out[i] = payload
-            left -= 1
-            if not left:
-                callback(out)
-
-        for i, ref in enumerate(refs):
-            self.when_ready(ref, functools.partial(arrived, i))
-
-    async def payloads(self, refs: Sequence[ObjectRef]) -> list[Payload]:
-        """The payloads of ``refs``, in order, once every one is known (see _lending)."""
-        entries = self.objects.entries
-        out: list[Any] = [None] * len(refs)
-        missing = []
-        for i, ref in enumerate(refs):
-            entry = entries.get(ref.id) if ref.core is self else None
-            if entry is None or entry.payload is None:
-                missing.append(i)
-            else:
-                out[i] = entry.payload
-        if not missing:
-            return out
-        done: asyncio.Future[list[Payload]] = self.loop.create_future()
-        left = len(missing)
-
-        def arrived(i: int, payload: Payload) -> None:
-            nonlocal left
-            out[i] = payload
-            left -= 1
-            if not left and not done.done():
-                done.set_result(out)
-
-        for i in missing:
-            self.when_ready(refs[i], functools.partial(arrived, i))
-        if done.done():
-            return out
-        return await self._lending(done)
 
     # -- lifetime ------------------------------------------------------------------------------
 

@@ -19,9 +19,10 @@ import sys
 from collections.abc import Iterable
 
 from actorflow._errors import ActorflowError
-from actorflow.cluster.core import Core, task_context
+from actorflow.cluster.core import Core
 from actorflow.cluster.jobs_table import EndJob, JobInfo, RegisterJob
 from actorflow.cluster.log_sink import LogSink
+from actorflow.cluster.task_context import task_context
 
 __all__ = [
     "end_job", "job_of", "known_job", "learn_jobs", "namespace_of", "register_job",

@@ -64,8 +64,8 @@ capture_strategy: ContextVar[Any] = ContextVar("actorflow_capture", default=None
 
 async def local_args(core: Core, blob: Args) -> bytes | Payload:
     """The arguments blob, fetched first when it lies in another node's shared memory."""
-    if isinstance(blob, InShm) and not core.is_local(blob):
-        (fetched,) = await core.localize((blob,))
+    if isinstance(blob, InShm) and not core.reads.is_local(blob):
+        (fetched,) = await core.reads.localize((blob,))
         return fetched
     return blob
 
@@ -78,7 +78,7 @@ def argument(core: Core, payload: Payload) -> Any:
         return loads_read_only(payload)
     if type(payload) is Inline or type(payload) is Fetched:
         return loads_read_only(payload.meta, payload.buffers)
-    if type(payload) is InShm and core.is_local(payload):
+    if type(payload) is InShm and core.reads.is_local(payload):
         meta, buffers = core.store.read(payload.name, payload.generation)
         return loads_read_only(meta, buffers)
     return core.materialize(payload)  # a Failed raises its error here

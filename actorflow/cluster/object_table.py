@@ -253,7 +253,7 @@ class ObjectOwner(Actor):
         if type(message) is StreamWait:
             return await streaming.wait(self.core, message)
         if type(message) is MemoryKilled:
-            self.core.submitter.memory_killed(message)
+            self.core.submitter.leasing.memory_killed(message)
             return None
         raise TypeError(f"ObjectOwner got an unexpected {type(message).__name__}")
 

@@ -184,7 +184,7 @@ class ObjectRefGenerator:
         self._given_error = False
         stream = self._stream = _Stream(backpressure)
         _table(core)[stream_id] = stream
-        core.when_ready(task_ref, functools.partial(_ended, core, stream_id, stream))
+        core.reads.when_ready(task_ref, functools.partial(_ended, core, stream_id, stream))
 
     def rerun_check(self) -> Callable[[], bool]:
         """What the submitter asks before it runs the task again after its worker died: only

@@ -24,7 +24,6 @@ from contextvars import copy_context
 from typing import TYPE_CHECKING, Any
 
 from actorflow.cluster.calls import CallState, cancel_children, current_call, interrupt
-from actorflow.cluster.core import TaskContext, task_context
 from actorflow.cluster.events import ACTOR_CALL, EventRecorder, Key
 from actorflow.cluster.execution import (
     PlainCall,
@@ -41,6 +40,7 @@ from actorflow.cluster.execution import (
 )
 from actorflow.cluster.protocol import ActorCall, Failed, TaskReply, call_from_quick, quick_reply
 from actorflow.cluster.streaming import is_generator, pump_for
+from actorflow.cluster.task_context import TaskContext, task_context
 from actorflow.cluster.threads import Outcome, SyncRunner
 from actorflow.runtime import Actor
 
@@ -150,7 +150,7 @@ class UserActor(Actor):
             return None
         call: ActorCall = message
         if type(call.args) is not bytes or (call.resolved and not all(
-                self.core.is_local(p) for p in call.resolved)):
+                self.core.reads.is_local(p) for p in call.resolved)):
             return None
         if self.dropped and call.call_id in self.dropped:
             return None  # (receive answers it)
@@ -247,8 +247,8 @@ class UserActor(Actor):
         try:
             method, is_async = self._method(call.method)
             resolved = call.resolved
-            if not all(self.core.is_local(p) for p in resolved):
-                resolved = await self.core.localize(resolved)
+            if not all(self.core.reads.is_local(p) for p in resolved):
+                resolved = await self.core.reads.localize(resolved)
             blob = await local_args(self.core, call.args)
             args, kwargs = resolve_args(self.core, blob, resolved)
             if state.cancelled:

@@ -25,7 +25,6 @@ from typing import TYPE_CHECKING, Any, cast
 
 from actorflow._errors import TaskCancelledError
 from actorflow.cluster.calls import CallState, cancel_children, current_call, interrupt
-from actorflow.cluster.core import TaskContext, task_context
 from actorflow.cluster.driver_job import known_job, learn_jobs
 from actorflow.cluster.events import ACTOR_CREATION, TASK, Key, recorder
 from actorflow.cluster.execution import (
@@ -55,6 +54,7 @@ from actorflow.cluster.protocol import (
     quick_reply,
     task_from_quick,
 )
+from actorflow.cluster.task_context import TaskContext, task_context
 from actorflow.cluster.threads import Outcome, SyncRunner
 from actorflow.cluster.user_actor import UserActor
 from actorflow.objects.ref import ObjectRef
@@ -141,7 +141,7 @@ class Worker(Actor):
             return None
         if spec.resolved:
             resolved = self._take_locals(spec.resolved)
-            if resolved is None or not all(self.core.is_local(p) for p in resolved):
+            if resolved is None or not all(self.core.reads.is_local(p) for p in resolved):
                 return None
             spec.resolved = resolved
         return known[0]
@@ -173,7 +173,7 @@ class Worker(Actor):
                 got = self.recent.get(p.object_id)
                 if got is None:
                     ref = ObjectRef(p.object_id, restore_ref(*p.owner))
-                    (got,) = await self.core.payloads((ref,))
+                    (got,) = await self.core.reads.payloads((ref,))
                 out.append(got)
             else:
                 out.append(p)  # type: ignore[arg-type]  # not a Local
@@ -316,8 +316,8 @@ class Worker(Actor):
             failed_arg = _failed(resolved)
             if failed_arg is not None:  # a Local argument's producer failed: so does this
                 return TaskReply((failed_arg,) * spec.num_returns)
-            if not all(self.core.is_local(p) for p in resolved):
-                resolved = await self.core.localize(resolved)
+            if not all(self.core.reads.is_local(p) for p in resolved):
+                resolved = await self.core.reads.localize(resolved)
             blob = await local_args(self.core, spec.args)
             args, kwargs = resolve_args(self.core, blob, resolved)
             if state.cancelled:
@@ -387,7 +387,7 @@ class Worker(Actor):
                                       msg.job_id or None, msg.actor_id), start)
         try:
             cls = loads(msg.cls_blob)
-            resolved = await self.core.localize(msg.resolved)
+            resolved = await self.core.reads.localize(msg.resolved)
             args, kwargs = resolve_args(self.core, msg.args, resolved)
             instance = await _construct(cls, args, kwargs)
         except Exception as exc:  # answered as an error; this worker carries on

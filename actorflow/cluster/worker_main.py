@@ -25,8 +25,9 @@ import signal
 import sys
 from typing import Any, TextIO
 
-from actorflow.cluster.core import Core, task_context
+from actorflow.cluster.core import Core
 from actorflow.cluster.protocol import CONTROL_ID, WorkerReady
+from actorflow.cluster.task_context import task_context
 from actorflow.cluster.worker import Worker, WorkerControl
 from actorflow.objects.ref import set_current_core
 from actorflow.runtime import ActorSystem, Terminated, restore_ref

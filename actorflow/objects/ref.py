@@ -97,7 +97,7 @@ class ObjectRef:
         return (_restore, (self.id, self.owner))
 
     def __await__(self) -> Generator[Any, None, Any]:
-        return current_core().get_one(self).__await__()
+        return current_core().reads.get_one(self).__await__()
 
     def owned_by(self, core: Core) -> bool:
         return self.core is core

@@ -22,7 +22,7 @@ async def test_a_node_offers_large_segments_and_a_failed_pull_falls_back_to_the_
         core = current_core()
         value = np.arange(2 * MIB // 8, dtype=np.float64)
         ref = af.put(value)
-        (payload,) = await core.payloads([ref])
+        (payload,) = await core.reads.payloads([ref])
         assert type(payload) is InShm
         node = await core.remote.node_ref(core.node_id)
 
@@ -36,7 +36,7 @@ async def test_a_node_offers_large_segments_and_a_failed_pull_falls_back_to_the_
 
         # a segment under BULK_MIN_BYTES comes in the answer itself
         small = af.put(np.arange(BULK_MIN_BYTES // 16, dtype=np.float64))
-        (small_payload,) = await core.payloads([small])
+        (small_payload,) = await core.reads.payloads([small])
         assert type(small_payload) is InShm
         answer = await node.ask(ReadSegment(small_payload.name, bulk=True))
         assert type(answer) is Fetched
@@ -53,7 +53,7 @@ async def test_a_receive_buffer_is_filled_again_only_once_no_view_of_it_is_alive
         core = current_core()
         value = np.arange(2 * MIB // 8, dtype=np.float64)
         ref = af.put(value)
-        (payload,) = await core.payloads([ref])
+        (payload,) = await core.reads.payloads([ref])
         node = await core.remote.node_ref(core.node_id)
 
         async def pull_once() -> np.ndarray:

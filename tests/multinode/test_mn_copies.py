@@ -85,7 +85,7 @@ def _copies_of(node_id: str, primary: str | None = None) -> list[str]:
 
 
 async def _segment(ref: af.ObjectRef) -> str:
-    (payload,) = await within(current_core().payloads([ref]))
+    (payload,) = await within(current_core().reads.payloads([ref]))
     return str(payload.name)
 
 
