@@ -243,7 +243,7 @@ class ActorClass(Generic[T]):
         spec = self._spec(core, blob, creator)
         handle = ActorHandle.from_spec(spec.actor_id, spec)
         client = _client(core, handle)
-        client.creating(core, spec, deps, self._options.get_if_exists)
+        client.creating(spec, deps, self._options.get_if_exists)
         counter_for(core).created(spec.actor_id)  # (told to the head after the creation)
         return handle
 

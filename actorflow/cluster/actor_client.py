@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +27,7 @@ from actorflow._errors import (
     PeerUnreachableError,
     TaskCancelledError,
 )
+from actorflow.cluster.actor_creation import ActorCreation
 from actorflow.cluster.calls import note_child
 from actorflow.cluster.head_link import WaitClock, head_answered, retry_while_head_away
 from actorflow.cluster.protocol import (
@@ -35,7 +36,6 @@ from actorflow.cluster.protocol import (
     ActorLocation,
     ActorSpec,
     CancelCall,
-    CreateActor,
     Failed,
     InShm,
     ResolveActor,
@@ -72,6 +72,8 @@ def _call_id(return_ids: tuple[str, ...]) -> str:
 
 
 class ActorClient:
+    """The calls of this process to one actor (see the module docstring)."""
+
     def __init__(self, core: Core, actor_id: str, class_name: str, max_task_retries: int) -> None:
         self.core = core
         self.actor_id = actor_id
@@ -90,59 +92,20 @@ class ActorClient:
         self._orphans: list[PendingCall] = []  # in flight when their incarnation died
         self._following = WaitClock()  # (the head was away when it followed: head_link.py)
 
-    def creating(
-        self, core: Core, spec: ActorSpec, deps: list[ObjectRef], get_if_exists: bool
-    ) -> None:
-        """Ask the head to create the actor (once its ObjectRef arguments are ready). While
-        the link to the head is lost (it restarts) the ask is made again, within the grace
-        period of :func:`~actorflow.cluster.head_link.retry_while_head_away`; the head takes
-        an actor id it knows as the same creation."""
+    def creating(self, spec: ActorSpec, deps: list[ObjectRef], get_if_exists: bool) -> None:
+        """Have the head create the actor (``cluster/actor_creation.py``); calls wait until
+        it has accepted it."""
         self._creating = True
+        ActorCreation(self, spec, get_if_exists).start(deps)
 
-        def send(resolved: tuple[Any, ...]) -> None:
-            try:
-                fut = core.head.ask_nowait(
-                    CreateActor(replace(spec, resolved=resolved), get_if_exists)
-                )
-            except Exception as exc:
-                self._create_failed(exc, lambda: send(resolved))
-                return
-            fut.add_done_callback(lambda f: self._created(f, lambda: send(resolved)))
-
-        if not deps:
-            send(())
-            return
-
-        def on_deps(payloads: list[Any]) -> None:
-            for payload in payloads:
-                if type(payload) is Failed:
-                    self._created_failed(payload.error)
-                    return
-            core.sending(payloads)
-            send(tuple(payloads))
-
-        core.reads.when_all_ready(deps, on_deps)
-
-    def _created(self, fut: asyncio.Future[Any], again: Callable[[], None]) -> None:
-        if fut.cancelled():
-            self._created_failed(ActorDiedError(self.class_name, "its creation was cancelled"))
-            return
-        exc = fut.exception()
-        if exc is not None:
-            self._create_failed(exc, again)
-            return
-        head_answered(self)
+    def created(self, actor_id: str) -> None:
+        """The head accepted the actor (``actor_id``: get_if_exists may have found another)."""
         self._creating = False
-        real_id, _spec = fut.result()
-        self.actor_id = real_id  # get_if_exists may have found an existing actor
+        self.actor_id = actor_id
         self._flush()
 
-    def _create_failed(self, exc: BaseException, again: Callable[[], None]) -> None:
-        error = retry_while_head_away(self, self.core.head, exc, again)
-        if error is not None:  # (None: asked again soon, the head being away)
-            self._created_failed(error)
-
-    def _created_failed(self, exc: BaseException) -> None:
+    def not_created(self, exc: BaseException) -> None:
+        """The actor could not be created: every call fails, naming ``exc``."""
         self._creating = False
         self.die(ActorDiedError(self.class_name, "it could not be created", exc))
 
@@ -236,7 +199,6 @@ class ActorClient:
         else:
             self._orphans.append(pending)
         self._lost(loc, exc)
-
 
     def _lost(self, loc: ActorLocation, exc: BaseException) -> None:
         if self.location is loc:
@@ -399,25 +361,23 @@ class ActorClient:
 
     def _find(self, object_id: str) -> PendingCall | None:
         """The call of this client that returns ``object_id``, if it is pending."""
-        for pending in self.queue:
-            if object_id in pending.return_ids:
-                return pending
-        for pending in self.inflight.values():
-            if object_id in pending.return_ids:
-                return pending
-        for pending in self._orphans:
-            if object_id in pending.return_ids:
-                return pending
-        for _, pending in self._unsent:
+        for pending in self._calls():
             if object_id in pending.return_ids:
                 return pending
         return None
 
+    def _calls(self) -> Iterator[PendingCall]:
+        """Every call of this client not done: queued, in flight, orphaned, unsent."""
+        yield from self.queue
+        yield from self.inflight.values()
+        yield from self._orphans
+        for _, pending in self._unsent:
+            yield pending
+
     def close(self) -> None:
         self._closed = True
         error = ActorDiedError(self.class_name, "the caller shut down")
-        unsent = [p for _, p in self._unsent]
-        for pending in list(self.queue) + list(self.inflight.values()) + self._orphans + unsent:
+        for pending in list(self._calls()):
             self._fail(pending, error)
         self._unsent = []
         self.queue.clear()
