@@ -77,7 +77,7 @@ class ActorHost(Actor):
                 f"the process of actor {spec.class_name} died while it was being created: {exc}"
             ) from exc
         node.leases.resize(record.lease_id, spec.hold)
-        node.hosts[spec.actor_id] = self
+        node.actors.hosts[spec.actor_id] = self
         self.actor_ref = actor_ref
         node.head.tell_nowait(ActorUp(spec.actor_id, actor_ref, self._incarnation(),
                                       node.node_id, record.worker.pid))
@@ -118,5 +118,5 @@ class ActorHost(Actor):
         worker, self.worker = self.worker, None
         if kill and worker is not None and node.pool is not None:
             node.pool.kill(worker)
-        if node.hosts.get(self.spec.actor_id) is self:
-            del node.hosts[self.spec.actor_id]
+        if node.actors.hosts.get(self.spec.actor_id) is self:
+            del node.actors.hosts[self.spec.actor_id]

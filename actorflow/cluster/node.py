@@ -15,18 +15,13 @@ The Node answers its messages (:meth:`Node.handle`: one handler per message kind
   segments, read by other nodes (a bulk pull for large ones).
 - its workers' output (:class:`~actorflow.cluster.node_logs.NodeLogs`).
 
-User actors: each lives under its own one-child supervisor (restart kind ``transient``,
-intensity ``max_restarts`` with no window, as Ray counts restarts), whose child, an
-:class:`ActorHost`, takes a worker process for the actor, builds the instance there, and
-reports the actor's location to the head. The actor's process dying crashes the host, and the
-supervisor restarts it while ``max_restarts`` allows.
+User actors: :class:`~actorflow.cluster.node_actors.HostedActors`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import pickle
 import time
 import urllib.parse
@@ -34,18 +29,15 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from actorflow._errors import ActorDiedError, ObjectLostError, WorkerCrashedError
-from actorflow._limits import UNLIMITED
+from actorflow._errors import ObjectLostError, WorkerCrashedError
 from actorflow.cluster import copies, hoststats, memory_guard
-from actorflow.cluster.actor_host import ActorHost, creation_error
 from actorflow.cluster.jobs_table import FreeSegments
+from actorflow.cluster.node_actors import HostedActors
 from actorflow.cluster.node_leases import Leases
 from actorflow.cluster.node_logs import NodeLogs, ReadLogs
 from actorflow.cluster.node_workers import Workers
 from actorflow.cluster.pool import WorkerHandle, WorkerPool
 from actorflow.cluster.protocol import (
-    ActorDown,
-    ActorSpec,
     Fetched,
     FreeSegment,
     KillActor,
@@ -67,7 +59,6 @@ from actorflow.cluster.zygote import Zygote
 from actorflow.objects import shm, spill
 from actorflow.placement.resources import Resources
 from actorflow.runtime import ActorRef, OwnedTasks, ServiceActor, Terminated
-from actorflow.supervision import ChildSpec, Supervisor
 
 __all__ = ["Node"]
 
@@ -114,8 +105,7 @@ class Node(ServiceActor):
         self.leases = Leases(self, resources)
         self.workers = Workers(self, prestart=prestart,
                                max_workers=max_workers or max(4, 4 * prestart))
-        self.actors: dict[str, ActorRef] = {}  # actor_id -> its supervisor
-        self.hosts: dict[str, ActorHost] = {}  # actor_id -> running host
+        self.actors = HostedActors(self)  # user actors (cluster/node_actors.py)
         self._bg = OwnedTasks(f"node {node_id}", log)
         self.pool: WorkerPool | None = None
         self._zygote = zygote  # started early by bootstrap; the pool owns it once made
@@ -129,8 +119,8 @@ class Node(ServiceActor):
             ReturnLease: self._return_lease,
             WorkerReady: self._worker_ready,
             WorkerBlocked: self._worker_blocked,
-            StartActor: self._start_actor,
-            KillActor: self._kill_actor,
+            StartActor: self.actors.start,
+            KillActor: self.actors.kill,
             ReserveBundles: self.leases.reserve,
             ReleaseBundles: self._release_bundles,
             NodeInfo: self._info,
@@ -173,8 +163,7 @@ class Node(ServiceActor):
 
     async def on_stop(self) -> None:
         self.leases.close()
-        for sup in list(self.actors.values()):
-            await self.system.stop(sup, timeout=5.0)
+        await self.actors.stop()
         # stop starting workers first (a start cancelled mid-way is cleaned up by asyncio, or
         # its process is registered and the pool's close ends it), then end every worker
         await self._bg.close()
@@ -308,9 +297,7 @@ class Node(ServiceActor):
             "bundles": {f"{g}[{i}]": r.to_amounts() for (g, i), r in leases.pools.items()},
             "actors": len(self.actors),
             # (what it tells a restarted head: head_link.py) None: restarting
-            "actor_list": [(a, getattr(self.hosts.get(a), "actor_ref", None),
-                            getattr(getattr(self.hosts.get(a), "worker", None), "pid", 0))
-                           for a in self.actors],
+            "actor_list": self.actors.listed(),
             "lease_list": [
                 {"lease_id": r.lease_id, "demand": r.demand.to_amounts(),
                  "worker_pid": r.worker.pid, "state": r.worker.state.value,
@@ -327,77 +314,9 @@ class Node(ServiceActor):
     def _worker_exited(self, handle: WorkerHandle) -> None:
         if handle.lease_id is not None:
             self.leases.release(handle.lease_id, keep_worker=True)
-        for host in list(self.hosts.values()):
-            if host.worker is handle:
-                host.process_died(handle.exit_code)
+        self.actors.worker_exited(handle)
         self.workers.replenish()
         self.leases.grant()
-
-    # -- user actors ---------------------------------------------------------------------------
-
-    async def _start_actor(self, message: StartActor) -> None:
-        spec, bundle = message.spec, message.bundle
-        old = self.actors.pop(spec.actor_id, None)
-        if old is not None:  # a restart by an af.supervise tree: the last generation is over
-            await self.system.stop(old)
-        restarts = spec.max_restarts if spec.max_restarts >= 0 else UNLIMITED
-        while True:
-            try:
-                sup = await self.system.spawn(
-                    lambda restarts=restarts: Supervisor(
-                        [ChildSpec(factory=ActorHost, args=(self, spec, bundle), name="host",
-                                   restart="transient", shutdown=5.0)],
-                        max_restarts=restarts, within_s=math.inf,
-                    ),
-                    name=f"actor-{spec.actor_id}",
-                )
-                break
-            except Exception as exc:
-                cause = exc.__cause__ if exc.__cause__ is not None else exc
-                if (isinstance(cause, WorkerCrashedError) and restarts > 0
-                        and not self.stopping):
-                    # its process died while the instance was being built (a crash, not an
-                    # error of its constructor): that costs a restart, as a crash later does
-                    restarts -= 1
-                    log.warning("node %s: the process of actor %s died while it was being "
-                                "created; starting it again", self.node_id, spec.class_name)
-                    continue
-                self.head.tell_nowait(
-                    ActorDown(spec.actor_id, -1, True, creation_error(spec, cause),
-                              self.node_id))
-                return
-        self.actors[spec.actor_id] = sup
-        self.system.on_terminated(sup, lambda n: self._actor_sup_ended(spec, n))
-        # the worker cap (max_workers + actors up) just rose: actors still waiting for a
-        # worker may start one now (else, with none starting, nothing would ever wake them)
-        self.leases.grant()
-
-    def _actor_sup_ended(self, spec: ActorSpec, notice: Terminated) -> None:
-        self.actors.pop(spec.actor_id, None)
-        self.hosts.pop(spec.actor_id, None)
-        error: BaseException | None = None
-        if notice.cause is not None:
-            error = ActorDiedError(
-                spec.class_name, f"it crashed and max_restarts={spec.max_restarts} is used up",
-                notice.cause.__cause__ or notice.cause,
-            )
-        self.head.tell_nowait(ActorDown(spec.actor_id, -1, True, error, self.node_id))
-
-    async def _kill_actor(self, message: KillActor) -> None:
-        actor_id, no_restart = message.actor_id, message.no_restart
-        sup = self.actors.get(actor_id)
-        if sup is None:
-            return
-        if no_restart:
-            host = self.hosts.get(actor_id)
-            if host is not None:
-                host.killed = True
-            await self.system.stop(sup)
-        else:
-            host = self.hosts.get(actor_id)
-            if host is not None and host.worker is not None and self.pool is not None:
-                self.pool.kill(host.worker)
-
 
 def _ref_args(ref: ActorRef) -> list[Any]:
     """What a worker needs to rebuild ``ref`` (see actorflow.runtime.restore_ref)."""

@@ -11,8 +11,8 @@ server started with the pool that has the worker's modules imported already: a s
 fork instead of an interpreter and its imports, and idle workers share those pages. Elsewhere,
 while the zygote is starting again after a crash, or when it cannot fork, a worker is a plain
 ``python -m actorflow.cluster.worker_main`` child process (``ACTORFLOW_ZYGOTE=0`` asks for that
-always). The pool supervises the zygote: it restarts it when it dies (a few times a minute at
-most; then workers stay plain processes).
+always). The pool's :class:`~actorflow.cluster.zygote_keeper.ZygoteKeeper` restarts the zygote
+when it dies (a few times a minute at most; then workers stay plain processes).
 
 A worker dies with its node: it asks the kernel for SIGKILL when its parent (the node, or the
 zygote, which itself dies with the node) dies, and it exits when the link to its node is lost.
@@ -30,27 +30,20 @@ import logging
 import os
 import signal
 import sys
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from actorflow.cluster import zygote as _zygote
 from actorflow.cluster.runtime_env import ENV_VAR, ResolvedEnv
 from actorflow.cluster.runtime_env import apply as apply_env
 from actorflow.cluster.zygote import ForkedProcess, Zygote, ZygoteError
+from actorflow.cluster.zygote_keeper import ZygoteKeeper
 from actorflow.runtime import ActorRef
-from actorflow.supervision import add_restart
 
 __all__ = ["WorkerHandle", "WorkerPool", "WorkerState"]
 
 log = logging.getLogger("actorflow.pool")
-
-#: How many times a minute the pool starts a zygote again after it died, before it gives up
-#: (workers are then plain processes for the pool's life).
-ZYGOTE_RESTARTS_PER_MIN = 5
-
 
 class WorkerState(enum.Enum):
     STARTING = "starting"
@@ -112,15 +105,8 @@ class WorkerPool:
         self._counter = 0
         self._launching = 0  # starts whose process does not exist yet (counted as STARTING)
         self._closing = False
-        loop = asyncio.get_running_loop()
-        #: the zygote that forks workers now; while it (re)starts, a pending future; None
-        #: when workers are plain processes
-        self._zygote: asyncio.Future[Zygote | None] = loop.create_future()
-        self._zygote_task: asyncio.Task[None] | None = None
-        if zygote is not None or _zygote.enabled():
-            self._zygote_task = loop.create_task(self._supervise_zygote(zygote))
-        else:
-            self._zygote.set_result(None)
+        #: the zygote that forks this pool's workers (cluster/zygote_keeper.py)
+        self.zygotes = ZygoteKeeper(boot["node_id"], log_to_driver, start_timeout_s, zygote)
 
     @property
     def closing(self) -> bool:
@@ -129,8 +115,7 @@ class WorkerPool:
     @property
     def zygote(self) -> Zygote | None:
         """The zygote forking this pool's workers now (None while none is running)."""
-        z = self._zygote.result() if self._zygote.done() else None
-        return z if z is not None and not z.lost else None
+        return self.zygotes.current
 
     def idle(self, env_key: str = "") -> WorkerHandle | None:
         """An idle worker of runtime environment ``env_key`` ("": none)."""
@@ -273,7 +258,7 @@ class WorkerPool:
 
     async def _launch(self, worker_id: str, env: dict[str, str]
                       ) -> asyncio.subprocess.Process | ForkedProcess:
-        zygote = await self._ready_zygote()
+        zygote = await self.zygotes.ready()
         if zygote is not None:
             try:  # (bounded: a zygote that stopped answering must not hold starts for ever)
                 return await asyncio.wait_for(zygote.fork(env), self.start_timeout_s)
@@ -289,85 +274,6 @@ class WorkerPool:
             stderr=asyncio.subprocess.PIPE,
             env=env,
         )
-
-    # -- the zygote ----------------------------------------------------------------------------
-
-    async def _ready_zygote(self) -> Zygote | None:
-        """The zygote to fork the next worker: waits while one starts (within the start
-        timeout); None when workers are to be plain processes now."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.start_timeout_s
-        while True:
-            slot = self._zygote
-            if not slot.done():
-                await asyncio.wait([slot], timeout=max(0.0, deadline - loop.time()))
-                if not slot.done():
-                    return None
-            zygote = slot.result()
-            if zygote is None:
-                return None
-            if await zygote.wait_ready(max(0.0, deadline - loop.time())):
-                return zygote
-            if self._zygote is slot:  # it is not ready in time (and still the pool's)
-                return None
-            # it died: the next slot waits for the one started in its place
-
-    def _zygote_lost(self, zygote: Zygote) -> None:
-        """``zygote`` is gone (called by it, at once): starts wait for the next one."""
-        slot = self._zygote
-        if slot.done() and slot.result() is zygote:
-            self._zygote = asyncio.get_running_loop().create_future()
-
-    def _no_zygote(self) -> None:
-        """Give up on zygotes: workers are plain processes from now on."""
-        if self._zygote.done():
-            self._zygote = asyncio.get_running_loop().create_future()
-        self._zygote.set_result(None)
-
-    async def _supervise_zygote(self, first: Zygote | None) -> None:
-        """Start the zygote (or take ``first``), and start another when it dies (it was
-        running, and it has not died more than ZYGOTE_RESTARTS_PER_MIN times in a minute);
-        else give up on it: workers are plain processes from then on. Starts wait for a
-        zygote that is starting (see :meth:`_ready_zygote`)."""
-        node_id = self.boot["node_id"]
-        restarts: tuple[float, ...] = ()
-        while True:
-            try:
-                zygote = first or await Zygote.launch(log_to_driver=self.log_to_driver)
-            except Exception as exc:
-                log.warning("node %s: cannot start a zygote (%s); workers start as plain "
-                            "processes", node_id, exc)
-                self._no_zygote()
-                return
-            first = None
-            try:
-                zygote.on_lost = self._zygote_lost
-                self._zygote.set_result(zygote)
-                if zygote.lost:  # it died before it was handed over
-                    self._zygote_lost(zygote)
-                await zygote.wait_ready(self.start_timeout_s)
-                ran = zygote.ready.done() and zygote.ready.result()
-                if ran:
-                    await asyncio.wait([zygote.exited])
-            finally:
-                await zygote.aclose()
-            if not ran:
-                log.warning("node %s: the zygote (pid %d) did not start%s; workers start as "
-                            "plain processes", node_id, zygote.pid,
-                            f":\n{zygote.error}" if zygote.error else "")
-                self._no_zygote()
-                return
-            code = zygote.exited.result()
-            restarts, exceeded = add_restart(restarts, time.monotonic(),
-                                             ZYGOTE_RESTARTS_PER_MIN, 60.0)
-            if exceeded:
-                log.error("node %s: the zygote keeps dying (pid %d exited with code %s); "
-                          "workers start as plain processes from now on",
-                          node_id, zygote.pid, code)
-                self._no_zygote()
-                return
-            log.warning("node %s: the zygote (pid %d) exited with code %s; starting another",
-                        node_id, zygote.pid, code)
 
     async def close(self, timeout: float = 3.0) -> None:
         """Terminate every worker (SIGTERM, then SIGKILL after ``timeout``) and reap them;
@@ -385,15 +291,12 @@ class WorkerPool:
             if pending:
                 await asyncio.wait(pending, timeout=timeout)
         tasks = [t for h in handles for t in h.tasks]
-        if self._zygote_task is not None:
-            tasks.append(self._zygote_task)  # its finally closes the zygote
         for task in tasks:
             if not task.done():
                 task.cancel()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
-        if not self._zygote.done():
-            self._zygote.set_result(None)
+        await self.zygotes.close()
         for handle in handles:
             _close_pipes(handle)
 

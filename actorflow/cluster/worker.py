@@ -18,7 +18,6 @@ import asyncio
 import inspect
 import os
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from contextvars import copy_context
 from typing import TYPE_CHECKING, Any, cast
@@ -46,7 +45,6 @@ from actorflow.cluster.protocol import (
     CancelTask,
     Failed,
     HostActor,
-    Local,
     MissingFunction,
     Payload,
     TaskReply,
@@ -54,22 +52,17 @@ from actorflow.cluster.protocol import (
     quick_reply,
     task_from_quick,
 )
+from actorflow.cluster.recent_results import RecentResults
 from actorflow.cluster.task_context import TaskContext, task_context
 from actorflow.cluster.threads import Outcome, SyncRunner
 from actorflow.cluster.user_actor import UserActor
-from actorflow.objects.ref import ObjectRef
 from actorflow.objects.serialization import loads
-from actorflow.runtime import Actor, ActorRef, ErrorReply, restore_ref
+from actorflow.runtime import Actor, ActorRef, ErrorReply
 
 if TYPE_CHECKING:
     from actorflow.cluster.core import Core
 
-__all__ = ["RECENT_BYTES", "RECENT_RESULTS", "Worker", "WorkerControl"]
-
-
-#: Most task returns a worker keeps for the Local arguments of later tasks, and their bytes.
-RECENT_RESULTS = 1024
-RECENT_BYTES = 16 << 20
+__all__ = ["Worker", "WorkerControl"]
 
 
 def _failed(resolved: tuple[Any, ...]) -> Failed | None:
@@ -100,10 +93,7 @@ class Worker(Actor):
         self.user_actor: ActorRef | None = None
         self.hosted: UserActor | None = None
         self.pid = os.getpid()
-        # the latest tasks' returns by object id, for Local arguments of the tasks pushed
-        # behind them (bounded; a miss fetches from the owner)
-        self.recent: OrderedDict[str, Payload] = OrderedDict()
-        self._recent_bytes = 0
+        self.recent = RecentResults(core)  # for the Local arguments of tasks pushed behind
         system = core.system
         # what this process runs, for the head's task table (see cluster/events.py)
         self.events = recorder(core.head, core.node_id or "", core.worker_id or "",
@@ -140,60 +130,11 @@ class Worker(Actor):
                 or spec.task_id in self.cancelled or type(spec.args) is not bytes):
             return None
         if spec.resolved:
-            resolved = self._take_locals(spec.resolved)
+            resolved = self.recent.take(spec.resolved)
             if resolved is None or not all(self.core.reads.is_local(p) for p in resolved):
                 return None
             spec.resolved = resolved
         return known[0]
-
-    def _take_locals(self, resolved: tuple[Payload | Local, ...]) -> tuple[Payload, ...] | None:
-        """``resolved`` with its Local arguments taken from the recent results; None when one
-        of them is not there (it is fetched then)."""
-        if not any(type(p) is Local for p in resolved):
-            return resolved  # type: ignore[return-value]  # no Local left
-        out: list[Payload] = []
-        for p in resolved:
-            if type(p) is Local:
-                got = self.recent.get(p.object_id)
-                if got is None:
-                    return None
-                out.append(got)
-            else:
-                out.append(p)  # type: ignore[arg-type]  # not a Local
-        return tuple(out)
-
-    async def _locals(self, resolved: tuple[Payload | Local, ...]) -> tuple[Payload, ...]:
-        """``resolved`` with every Local argument's value: recent, or from its owner."""
-        taken = self._take_locals(resolved)
-        if taken is not None:
-            return taken
-        out: list[Payload] = []
-        for p in resolved:
-            if type(p) is Local:
-                got = self.recent.get(p.object_id)
-                if got is None:
-                    ref = ObjectRef(p.object_id, restore_ref(*p.owner))
-                    (got,) = await self.core.reads.payloads((ref,))
-                out.append(got)
-            else:
-                out.append(p)  # type: ignore[arg-type]  # not a Local
-        return tuple(out)
-
-    def _remember(self, spec: TaskSpec, returns: tuple[Payload, ...]) -> None:
-        """Keep a task's returns for the Local arguments of tasks pushed behind it."""
-        recent = self.recent
-        if spec.num_returns == 1:
-            ids: tuple[str, ...] = (spec.task_id,)
-        else:
-            ids = tuple(f"{spec.task_id}.{i}" for i in range(spec.num_returns))
-        for oid, payload in zip(ids, returns, strict=False):
-            if type(payload) is Failed and isinstance(payload.error, MissingFunction):
-                continue  # its owner sends it again: followers wait for that run's value
-            recent[oid] = payload
-            self._recent_bytes += len(payload) if type(payload) is bytes else 64
-        while len(recent) > RECENT_RESULTS or self._recent_bytes > RECENT_BYTES:
-            _, old = recent.popitem(last=False)
-            self._recent_bytes -= len(old) if type(old) is bytes else 64
 
     async def receive_batch(self, items: list[tuple[Any, Any]]) -> None:
         items = [(task_from_quick(m), r) if type(m) is bytes else (m, r) for m, r in items]
@@ -243,7 +184,7 @@ class Worker(Actor):
                     f"task {spec.name} (pid={self.pid})", state, f"task {spec.name!r}",
                     spec.job_id if spec.driver_owned else "")
                 events.ended(spec.task_id, time.perf_counter(), outcome[2], returns)
-                self._remember(spec, returns)
+                self.recent.remember(spec, returns)
             finally:
                 self.calls.pop(spec.task_id, None)
 
@@ -266,7 +207,7 @@ class Worker(Actor):
 
     def _answer_failed(self, spec: TaskSpec, reply: Any, failed: Failed) -> None:
         returns = (failed,) * spec.num_returns
-        self._remember(spec, returns)
+        self.recent.remember(spec, returns)
         self.events.ended(spec.task_id, time.perf_counter(), 0.0, returns)
         if reply is not None and not reply.done():
             reply.set_result(TaskReply(returns))
@@ -278,10 +219,10 @@ class Worker(Actor):
         reply = await self._run_one(spec)
         end = time.perf_counter()
         if type(reply) is TaskReply:
-            self._remember(spec, reply.returns)
+            self.recent.remember(spec, reply.returns)
             events.ended(spec.task_id, end, end - start, reply.returns)
         else:
-            self._remember(spec, (reply,))  # type: ignore[arg-type]  # the quick form
+            self.recent.remember(spec, (reply,))  # type: ignore[arg-type]  # the quick form
             events.ended(spec.task_id, end, end - start, None)
         if self.core.borrowing.unsettled:
             await self.core.borrowing.settled()
@@ -312,7 +253,7 @@ class Worker(Actor):
         state = self.calls[spec.task_id] = CallState(interruptible=True)
         call_token = current_call.set(state)
         try:
-            resolved = await self._locals(spec.resolved) if spec.resolved else ()
+            resolved = await self.recent.with_values(spec.resolved) if spec.resolved else ()
             failed_arg = _failed(resolved)
             if failed_arg is not None:  # a Local argument's producer failed: so does this
                 return TaskReply((failed_arg,) * spec.num_returns)
