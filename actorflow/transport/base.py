@@ -360,17 +360,38 @@ class Listener(abc.ABC):
     #: Where peers can dial this listener (``ws://...``, ``ws+unix://...``, ``mem://...``).
     addresses: list[str]
 
-    @abc.abstractmethod
+    def __init__(self) -> None:
+        self._accepted: asyncio.Queue[Link | None] = asyncio.Queue()  # None: closed
+        self._links: set[Link] = set()  # those accepted (the closed ones pruned now and then)
+        self._closed = False
+        self._n_accepted = self._n_refused = 0
+
+    def _arrived(self, link: Link) -> None:
+        """``link`` passed the handshake: :meth:`accept` hands it out."""
+        self._links.add(link)
+        self._n_accepted += 1
+        self._accepted.put_nowait(link)
+
+    def _stopped_accepting(self) -> None:
+        """Closed: whoever waits in :meth:`accept`, and whoever calls it later, hears so."""
+        self._accepted.put_nowait(None)
+
     async def accept(self) -> Link:
         """The next authenticated link. The caller owns it (and must ``aclose`` it).
         Raises :class:`PeerUnreachableError` once the listener is closed."""
+        link = None if self._closed else await self._accepted.get()
+        if link is None:
+            self._accepted.put_nowait(None)  # for the next waiter
+            raise PeerUnreachableError(f"listener {self.addresses[0]} is closed")
+        return link
 
     @abc.abstractmethod
     async def aclose(self) -> None:
         """Stop listening and close every link this listener accepted."""
 
-    @abc.abstractmethod
-    def statistics(self) -> ListenerStatistics: ...
+    def statistics(self) -> ListenerStatistics:
+        open_links = sum(1 for link in self._links if not link.closed)
+        return ListenerStatistics(self._n_accepted, self._n_refused, open_links)
 
     def offer(self, buffers: Sequence[Any]) -> str | None:
         """A one-time ticket under which a peer that got it over a link may pull the bytes of

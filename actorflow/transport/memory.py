@@ -21,7 +21,6 @@ from actorflow.transport.base import (
     Carrier,
     Link,
     Listener,
-    ListenerStatistics,
     Transport,
 )
 from actorflow.transport.config import TransportConfig
@@ -118,16 +117,13 @@ class _MemoryListener(Listener):
     def __init__(
         self, transport: MemoryTransport, name: str, config: TransportConfig, hello: dict[str, Any]
     ) -> None:
+        super().__init__()
         self._transport = transport
         self._name = name
         self._config = config
         self._hello = hello
         self.addresses = [f"mem://{name}"]
-        self._accepted: asyncio.Queue[Link | None] = asyncio.Queue()  # None: closed
-        self._links: set[Link] = set()
         self._handshakes = OwnedTasks(f"the listener {self.addresses[0]}", log)
-        self._closed = False
-        self._n_accepted = self._n_refused = 0
 
     def _dial(self, server_side: _MemoryCarrier) -> None:
         self._handshakes.spawn(self._handshake(server_side),
@@ -148,16 +144,7 @@ class _MemoryListener(Listener):
             return
         link = Link(carrier, self._config, peer_hello=peer.hello, peer_max_frame=peer.max_frame)
         self._links = {known for known in self._links if not known.closed}
-        self._links.add(link)
-        self._n_accepted += 1
-        self._accepted.put_nowait(link)
-
-    async def accept(self) -> Link:
-        link = None if self._closed else await self._accepted.get()
-        if link is None:
-            self._accepted.put_nowait(None)  # for the next waiter
-            raise PeerUnreachableError(f"listener {self.addresses[0]} is closed")
-        return link
+        self._arrived(link)
 
     async def aclose(self) -> None:
         if self._closed:
@@ -166,11 +153,7 @@ class _MemoryListener(Listener):
         self._transport._listeners.pop(self._name, None)
         await self._handshakes.close()
         await asyncio.gather(*(link.aclose() for link in self._links))
-        self._accepted.put_nowait(None)  # wakes whoever waits in accept()
-
-    def statistics(self) -> ListenerStatistics:
-        open_links = sum(1 for link in self._links if not link.closed)
-        return ListenerStatistics(self._n_accepted, self._n_refused, open_links)
+        self._stopped_accepting()
 
 
 class MemoryTransport(Transport):

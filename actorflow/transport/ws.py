@@ -272,17 +272,14 @@ def _peer_name(request: web.Request) -> str:
 
 class _WebSocketListener(Listener):
     def __init__(self, config: TransportConfig, hello: dict[str, Any]) -> None:
+        super().__init__()
         self._config = config
         self._hello = hello
         self.addresses = []
         self._runner: web.AppRunner | None = None
         self._unix_path: str | None = None
         self._unix_lock: SocketLock | None = None
-        self._accepted: asyncio.Queue[Link | None] = asyncio.Queue()  # None: closed
-        self._links: set[Link] = set()
         self._per_peer: Counter[str] = Counter()
-        self._closed = False
-        self._n_accepted = self._n_refused = 0
         self._bulk = BulkOffers()
 
     def offer(self, buffers: Sequence[Any]) -> str | None:
@@ -408,9 +405,7 @@ class _WebSocketListener(Listener):
                 await carrier.close()
                 return ws
             link = Link(carrier, config, peer_hello=hello.hello, peer_max_frame=hello.max_frame)
-            self._links.add(link)
-            self._n_accepted += 1
-            self._accepted.put_nowait(link)
+            self._arrived(link)
             try:
                 await link.wait_closed()  # the connection lives while this handler runs
             finally:
@@ -420,13 +415,6 @@ class _WebSocketListener(Listener):
             self._per_peer[peer_key] -= 1
             if not self._per_peer[peer_key]:
                 del self._per_peer[peer_key]
-
-    async def accept(self) -> Link:
-        link = None if self._closed else await self._accepted.get()
-        if link is None:
-            self._accepted.put_nowait(None)  # for the next waiter
-            raise PeerUnreachableError(f"listener {self.addresses[0]} is closed")
-        return link
 
     async def aclose(self) -> None:
         if self._closed:
@@ -438,12 +426,12 @@ class _WebSocketListener(Listener):
             left = self._accepted.get_nowait()
             if left is not None:
                 await left.aclose()
-        self._accepted.put_nowait(None)  # wakes whoever waits in accept()
+        self._stopped_accepting()
         if self._runner is not None:
             await self._runner.cleanup()
         self._release_unix()
 
-    def statistics(self) -> ListenerStatistics:
+    def statistics(self) -> ListenerStatistics:  # (connections in their handshake count too)
         return ListenerStatistics(self._n_accepted, self._n_refused, sum(self._per_peer.values()))
 
 
