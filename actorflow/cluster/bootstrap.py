@@ -241,6 +241,15 @@ async def discover_head(remoting: Remoting, address: str) -> ActorRef:
         current_system.reset(token)
 
 
+async def _undo_start(system: ActorSystem, remoting: Remoting, zygote: Zygote | None) -> None:
+    """A start failed after the process's system and listener were up: stop them, and the
+    zygote (a no-op when the node's pool took it and closed it)."""
+    await system.shutdown()
+    await remoting.aclose()
+    if zygote is not None:
+        await zygote.aclose()
+
+
 async def _spawn_node(
     system: ActorSystem, head: ActorRef, *, session: str, token: str, resources: Resources,
     prestart: int | None, log_to_driver: bool, node_id: str | None = None,
@@ -335,10 +344,7 @@ async def start_head(
                 options=options,
             )
     except BaseException:
-        await system.shutdown()
-        await remoting.aclose()
-        if zygote is not None:
-            await zygote.aclose()  # a no-op when the node's pool took it and closed it
+        await _undo_start(system, remoting, zygote)
         raise
     return proc
 
@@ -382,10 +388,7 @@ async def start_node(
             options=options,
         )
     except BaseException:
-        await system.shutdown()
-        await remoting.aclose()
-        if zygote is not None:
-            await zygote.aclose()  # a no-op when the node's pool took it and closed it
+        await _undo_start(system, remoting, zygote)
         raise
     return proc
 

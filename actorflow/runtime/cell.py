@@ -153,27 +153,18 @@ class Cell:
                 continue
             message, reply = item
             if message is _STOP:
-                try:
-                    self.actor.on_stop_requested()
-                except Exception:
-                    self.system._log.exception("on_stop_requested of %s raised", self.slot.path)
+                self._stop_requested()
                 return None
             try:
                 result = await receive(message)
             except asyncio.CancelledError:
                 # killed mid-message: the caller hears it, it does not wait forever
-                if reply is not None and not reply.done():
-                    reply.set_exception(self._lost_error(ExitReason.KILLED))
+                _fail(reply, self._lost_error(ExitReason.KILLED))
                 raise
             except Exception as exc:
-                if reply is not None and not reply.done():
-                    reply.set_exception(exc)
+                _fail(reply, exc)
                 return exc
-            if reply is not None and not reply.done():
-                if type(result) is ErrorReply:
-                    reply.set_exception(result.error)
-                else:
-                    reply.set_result(result)
+            _answer(reply, result)
 
     async def _batch(self, first: Any, batch: Any) -> Any:
         """Hand ``first`` and every message queued behind it (up to BATCH) to receive_batch.
@@ -193,14 +184,13 @@ class Cell:
         try:
             await batch(items)
         except asyncio.CancelledError:
+            killed = self._lost_error(ExitReason.KILLED)
             for _, reply in items:
-                if reply is not None and not reply.done():
-                    reply.set_exception(self._lost_error(ExitReason.KILLED))
+                _fail(reply, killed)
             raise
         except Exception as exc:
             for _, reply in items:
-                if reply is not None and not reply.done():
-                    reply.set_exception(exc)
+                _fail(reply, exc)
             return exc
         if stop is not None:
             self._stop_requested()
@@ -223,10 +213,7 @@ class Cell:
             item = mailbox.get_nowait() if mailbox._items else await mailbox.get()
             message, reply = item
             if message is _STOP:
-                try:
-                    self.actor.on_stop_requested()
-                except Exception:
-                    self.system._log.exception("on_stop_requested of %s raised", self.slot.path)
+                self._stop_requested()
                 break
             if message is _WAKE:
                 continue
@@ -234,8 +221,7 @@ class Cell:
                 self._room = loop.create_future()
                 await self._room
             if self._crashed():
-                if reply is not None and not reply.done():
-                    reply.set_exception(self._lost_error())
+                _fail(reply, self._lost_error())
                 break
             task = loop.create_task(self._handle(message, reply))
             inflight.add(task)
@@ -254,12 +240,10 @@ class Cell:
         try:
             result = await self.actor.receive(message)
         except asyncio.CancelledError:
-            if reply is not None and not reply.done():
-                reply.set_exception(self._lost_error(ExitReason.KILLED))
+            _fail(reply, self._lost_error(ExitReason.KILLED))
             raise
         except Exception as exc:
-            if reply is not None and not reply.done():
-                reply.set_exception(exc)
+            _fail(reply, exc)
             if self._crash is None:
                 self._crash = exc
                 for other in self._inflight:
@@ -268,11 +252,7 @@ class Cell:
                 if not self.mailbox.closed:
                     self.mailbox.put_system((_WAKE, None), front=True)
         else:
-            if reply is not None and not reply.done():
-                if type(result) is ErrorReply:
-                    reply.set_exception(result.error)
-                else:
-                    reply.set_result(result)
+            _answer(reply, result)
         finally:
             if task is not None:
                 self._inflight.discard(task)
@@ -330,3 +310,18 @@ class Cell:
             )
         what = "it stopped" if reason is ExitReason.NORMAL else f"it {reason.value}"
         return ActorDiedError(self.slot.path, f"{what} before handling the call", cause)
+
+
+def _answer(reply: Any, result: Any) -> None:
+    """Answer an ask (``reply``: None for a tell) with what its handler returned."""
+    if reply is not None and not reply.done():
+        if type(result) is ErrorReply:
+            reply.set_exception(result.error)
+        else:
+            reply.set_result(result)
+
+
+def _fail(reply: Any, error: BaseException) -> None:
+    """Fail an ask (``reply``: None for a tell) with ``error``, unless it was answered."""
+    if reply is not None and not reply.done():
+        reply.set_exception(error)
