@@ -69,6 +69,7 @@ __all__ = [
     "Freed",
     "MemoryQuery",
     "NodeStore",
+    "Offers",
     "Restore",
     "Secondary",
     "StorePage",
@@ -138,21 +139,30 @@ class MemoryQuery:
 
 
 class Secondary(Protocol):
-    """What the store needs of the node's secondary copies (``cluster/copies.py``)."""
+    """What the store needs of the node's secondary copies of other nodes' values
+    (``cluster/copies.py``)."""
 
     @property
     def used(self) -> int:
         """Bytes of copies in shared memory."""
 
-    def primary_freed(self, name: str, generation: int | None) -> None: ...
-
-    def primaries_freed(self, prefix: str) -> None: ...
+    def primaries_freed(self, prefix: str) -> None:
+        """A job's segments went (``prefix``): their copies here go."""
 
     async def evict(self, need: int) -> int: ...
 
     def figures(self) -> dict[str, Any]: ...
 
     async def close(self) -> None: ...
+
+
+class Offers(Protocol):
+    """What the store tells of its primaries' going to the bookkeeping of which other nodes
+    copied them (``cluster/copy_offers.py``), so that their copies go too."""
+
+    def primary_freed(self, name: str, generation: int | None) -> None: ...
+
+    def primaries_freed(self, prefix: str) -> None: ...
 
 
 _RESIDENT, _SPILLING, _SPILLED, _RESTORING = "shm", "spilling", "disk", "restoring"
@@ -200,6 +210,8 @@ class NodeStore:
         self._closed = False
         #: the node's secondary copies, when it keeps them (counted against the limit)
         self.secondary: Secondary | None = None
+        #: who copied the node's primaries (told when they go), when it keeps copies
+        self.offers: Offers | None = None
 
     def start(self) -> None:
         """Make the spill directory and the page (blocking but small: at the node's start)."""
@@ -249,8 +261,8 @@ class NodeStore:
         self._arm_audit()
 
     def freed(self, name: str, generation: int | None = None) -> None:
-        if self.secondary is not None:  # its copies on other nodes go too
-            self.secondary.primary_freed(name, generation)
+        if self.offers is not None:  # its copies on other nodes go too
+            self.offers.primary_freed(name, generation)
         obj = self.objects.get(name)
         if obj is None or (generation is not None and obj.generation != generation):
             self._tombs[(name, generation)] = None
@@ -263,6 +275,8 @@ class NodeStore:
 
     def freed_prefix(self, prefix: str) -> None:
         """Every segment whose name starts with ``prefix`` went (a job's end)."""
+        if self.offers is not None:
+            self.offers.primaries_freed(prefix)
         if self.secondary is not None:
             self.secondary.primaries_freed(prefix)
         for name in [n for n in self.objects if n.startswith(prefix)]:
@@ -464,8 +478,8 @@ class NodeStore:
             if obj is not None and obj.state == _RESIDENT and obj.busy is None:
                 del self.objects[name]
                 self._forget(name, obj)
-                if self.secondary is not None:
-                    self.secondary.primary_freed(name, None)
+                if self.offers is not None:
+                    self.offers.primary_freed(name, None)
         if missing:
             self._changed()
         if self.objects:
