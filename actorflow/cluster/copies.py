@@ -13,15 +13,10 @@ pages. Readers that ask while the pull runs wait for that one pull (deduplicated
 cannot make a copy (no room, a failed pull, a node without a store or a listener) it answers
 None and the reader fetches the value itself, as before (``Reads.localize``).
 
-The primary's node offers the segment for the copy (:class:`CopySegment`: the whole file under
-one bulk ticket) and remembers which nodes copied which ``(segment, generation)``. Every way a
-primary goes passes through its node's store: the owner's ``FreeSegment`` (a cross-node owner)
-or ``Freed`` (an owner on that node), and the store's audit of segments unlinked without a word.
-So that node tells the copies' nodes (:class:`DropCopies`, batched per loop turn), and they
-unlink their copies at once. A job's end (``FreeSegments``) reaches every node: each drops its
-copies of that job's segments itself. Why the primary's node and not the owner: the owner never
-sees the reads (a reader gets the payload from the owner, then reads through its node), while
-every pull for a copy passes through the primary's node, which also hears of every free.
+The primary's node offers the segment for the copy and tells the copies' nodes when the
+primary goes (``copy_offers.py``: :class:`CopySegment`, :class:`DropCopies`); they unlink their
+copies at once. A job's end (``FreeSegments``) reaches every node: each drops its copies of that
+job's segments itself.
 
 A copy is dropped too when the primary's node is gone (its link ended): a copy outliving its
 primary would never be freed (frees go to the primary's node), and the owner decides what a
@@ -38,7 +33,6 @@ about to pin it; a reader that finds it gone asks again).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import struct
@@ -49,7 +43,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from actorflow._errors import ActorDiedError, ObjectLostError, PeerUnreachableError
-from actorflow.cluster.copy_spares import Spares, adopt
+from actorflow.cluster.copy_offers import CopyOffers, CopySegment, DropCopies
+from actorflow.cluster.copy_spares import Spares
 from actorflow.cluster.protocol import Failed, GetClusterInfo, InShm, Offered, Payload
 from actorflow.objects import shm
 from actorflow.runtime import ActorRef, OwnedTasks
@@ -62,8 +57,6 @@ __all__ = [
     "COPY_GRACE_S",
     "MESSAGES",
     "SEEN_KEYS",
-    "CopySegment",
-    "DropCopies",
     "NodeCopies",
     "ReadCopy",
     "copy_name",
@@ -75,8 +68,6 @@ log = logging.getLogger("actorflow.copies")
 
 #: A copy served this recently is not evicted (its reader pins it on receipt).
 COPY_GRACE_S = 0.5
-#: A copy leaves at least this share of the shared-memory filesystem free.
-KEEP_FREE = 0.1
 #: How many values read once a node remembers (their second read makes a copy).
 SEEN_KEYS = 8192
 
@@ -92,27 +83,6 @@ class ReadCopy:
     raises ObjectLostError when the primary is gone."""
 
     primary: InShm
-
-
-@dataclass(frozen=True, slots=True)
-class CopySegment:
-    """Ask (a node -> the primary's node): offer segment ``name`` (holding ``generation``)
-    whole, for node ``node_id`` (its ref ``node``) to keep a copy of. Answers ``Offered`` (one
-    buffer: the segment's file) or None (no bulk offer possible); raises ObjectLostError when
-    the segment is gone or holds another value."""
-
-    name: str
-    generation: int
-    node_id: str
-    node: Any  # ActorRef
-
-
-@dataclass(frozen=True, slots=True)
-class DropCopies:
-    """Tell (the primary's node -> a node holding copies): these primaries were freed;
-    ``(segment, generation)``, None: whatever generation."""
-
-    segments: tuple[tuple[str, int | None], ...]
 
 
 MESSAGES = frozenset({ReadCopy, CopySegment, DropCopies})
@@ -131,22 +101,6 @@ def evict_file(name: str) -> str:
         if isinstance(fd, str):
             return fd
         return "evicted" if shm.unlink_if_same(name, fd) else "gone"
-
-
-def _used_bytes(view: memoryview) -> int:
-    """The bytes a segment's value takes (its file may be larger: a writer reuses segments
-    of a larger capacity), by the layout in ``objects/shm.py``: header, meta, then each buffer,
-    each 64-byte aligned."""
-    nbuf, meta_len = struct.unpack_from("<IQ", view, 4)
-    sizes = struct.unpack_from(f"<{nbuf}Q", view, 24)
-    end = _align64(_align64(24 + 8 * nbuf) + meta_len)
-    for size in sizes:
-        end = _align64(end + size)
-    return min(len(view), max(end, 1))
-
-
-def _align64(n: int) -> int:
-    return (n + 63) & ~63
 
 
 def _unlink(name: str) -> None:
@@ -199,10 +153,10 @@ class _Copy:
 
 
 class NodeCopies:
-    """A node's secondary copies and the copies other nodes keep of its primaries (see the
-    module docstring). Owned by the Node actor: every method runs on its loop. Its store
-    (``objects/spill.py``) counts the copies' bytes and calls :meth:`evict` under pressure,
-    :meth:`primary_freed` and :meth:`primaries_freed` when primaries go."""
+    """A node's secondary copies of other nodes' values (see the module docstring), and its
+    :class:`CopyOffers` of its own primaries. Owned by the Node actor: every method runs on its
+    loop. Its store (``objects/spill.py``) counts the copies' bytes and calls :meth:`evict`
+    under pressure, :meth:`primaries_freed` when a job's segments go."""
 
     def __init__(self, node: Node) -> None:
         self.node = node
@@ -216,17 +170,15 @@ class NodeCopies:
         self.spares = Spares(self.node_id, self._spares_changed, self._spare_room)
         self.reserved = 0  # bytes of copies being pulled
         self.pulls = self.pulled_bytes = self.served = self.shared = self.first_reads = 0
-        self.evictions = self.drops = self.spare_hits = 0
+        self.evictions = self.drops = 0
         self.segment_s = self.pull_s = 0.0  # making the copies' segments, pulling into them
         self.sources: dict[str, ActorRef] = {}  # node id -> its node (copies' primaries)
-        #: this node's primaries copied elsewhere: segment -> generation -> node id -> node
-        self.copiers: dict[str, dict[int, dict[str, ActorRef]]] = {}
-        self._notices: dict[str, tuple[ActorRef, list[tuple[str, int | None]]]] = {}
-        self._flush: asyncio.Handle | None = None
+        self.offers = CopyOffers(node)  # this node's primaries that other nodes copy
         self._tasks = OwnedTasks(f"the copies of node {self.node_id}", log)
         self._closed = False
         if self.store is not None:
             self.store.secondary = self
+            self.store.offers = self.offers
 
     def _spare_room(self) -> int:
         store = self.store
@@ -250,7 +202,7 @@ class NodeCopies:
         if kind is ReadCopy:
             return await self.read(message.primary)
         if kind is CopySegment:
-            return await self.offer(message)
+            return await self.offers.offer(message)
         if kind is DropCopies:
             for name, generation in message.segments:
                 self.drop(name, generation)
@@ -329,21 +281,9 @@ class NodeCopies:
             return None
         name = copy_name(self.node_id, primary.name, primary.generation)
         self.reserved += size
-        spare = self.spares.take(size)
         t0 = time.perf_counter()
         try:
-            if spare is not None:  # its pages are there: the pull is a plain copy
-                self.spare_hits += 1
-                mapping = spare.mapping
-                try:
-                    await asyncio.to_thread(adopt, spare.name, name, size)
-                except BaseException:
-                    mapping.close()
-                    self._tasks.spawn(asyncio.to_thread(_unlink, spare.name), "unlink spare")
-                    raise
-            else:
-                mapping = await asyncio.to_thread(shm.blank_segment, name, size,
-                                                  keep_free=KEEP_FREE)
+            mapping = await self.spares.segment(name, size)
             t1 = time.perf_counter()
             self.segment_s += t1 - t0
             try:
@@ -413,68 +353,9 @@ class NodeCopies:
             if key[0].startswith(f"af-{node_id}-"):
                 self.dropped.add(key)
 
-    # -- another node copies a primary of this node --------------------------------------------
-
-    async def offer(self, msg: CopySegment) -> Offered | None:
-        remoting = self._remoting
-        if self.store is None or remoting is None or self._closed:
-            return None
-        name = msg.name
-        if not name.startswith(f"af-{self.node_id}-"):
-            raise ValueError(f"segment {name!r} does not belong to node {self.node_id}")
-        await self.store.ensure(name)  # restored first when spilled
-        try:
-            mapping = shm.Mapping(name, populate=False, pin=False)
-        except FileNotFoundError:
-            raise ObjectLostError(f"object segment {name} is gone from node {self.node_id} "
-                                  "(its owner freed it or exited)") from None
-        view = mapping.view()  # (keeps the pages mapped until the ticket is used or expires)
-        if len(view) < 24 or struct.unpack_from("<Q", view, 16)[0] != msg.generation:
-            raise ObjectLostError(f"the object in segment {name} was freed (its segment now "
-                                  "holds another one)")
-        view = view[:_used_bytes(view)]  # (a reused segment may be larger than its value)
-        ticket = remoting.offer([view])
-        address = self.node.system.address
-        if ticket is None or address is None:
-            return None
-        nodes = self.copiers.setdefault(name, {}).setdefault(msg.generation, {})
-        nodes[msg.node_id] = msg.node
-        return Offered(b"", (len(view),), address, ticket)
-
-    def primary_freed(self, name: str, generation: int | None) -> None:
-        """A primary of this node was freed: the nodes holding copies of it hear of it."""
-        gens = self.copiers.get(name)
-        if not gens:
-            return
-        if generation is None:
-            freed = list(gens.items())
-            del self.copiers[name]
-        else:
-            nodes = gens.pop(generation, None)
-            if not gens:
-                del self.copiers[name]
-            if nodes is None:
-                return
-            freed = [(generation, nodes)]
-        for gen, nodes in freed:
-            for node_id, ref in nodes.items():
-                entry = self._notices.setdefault(node_id, (ref, []))
-                entry[1].append((name, gen))
-        if self._flush is None and not self._closed:
-            self._flush = asyncio.get_running_loop().call_soon(self._send_notices)
-
-    def _send_notices(self) -> None:
-        self._flush = None
-        notices, self._notices = self._notices, {}
-        for ref, segments in notices.values():
-            with contextlib.suppress(Exception):  # a node that is gone took its copies along
-                ref.tell_nowait(DropCopies(tuple(segments)))
-
     def primaries_freed(self, prefix: str) -> None:
         """A job ended (``FreeSegments``, which every node gets): its segments' copies here
-        go, and this node forgets who copied its own."""
-        for name in [n for n in self.copiers if n.startswith(prefix)]:
-            del self.copiers[name]
+        go."""
         for key in [k for k in (*self.copies, *self.pulling) if k[0].startswith(prefix)]:
             self.drop(*key)
         for key in [k for k in self.seen if k[0].startswith(prefix)]:
@@ -537,7 +418,7 @@ class NodeCopies:
             "secondary_copies": len(self.copies),
             "secondary_bytes": self.copy_bytes,
             "copy_spare_bytes": self.spares.bytes,
-            "copy_spare_hits": self.spare_hits,
+            "copy_spare_hits": self.spares.hits,
             "copy_segment_s": round(self.segment_s, 6),
             "copy_pull_s": round(self.pull_s, 6),
             "copy_pulls": self.pulls,
@@ -551,9 +432,7 @@ class NodeCopies:
 
     async def close(self) -> None:
         self._closed = True
-        if self._flush is not None:
-            self._flush.cancel()
-            self._send_notices()
+        self.offers.close()
         await self._tasks.close()
         for fut in self.pulling.values():  # (a pull cancelled before it ran says nothing)
             if not fut.done():

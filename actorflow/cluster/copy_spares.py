@@ -1,5 +1,6 @@
-"""Spares for secondary copies (``copies.py``): blank segments a node makes ahead, so that the
-next copy of a size it has seen is pulled into pages that exist.
+"""The segments of secondary copies (``copies.py``): a spare, a blank segment the node made
+ahead, so that the next copy of a size it has seen is pulled into pages that exist; else fresh
+pages.
 
 Fresh tmpfs pages are slow on a VM: a 100 MiB copy's segment took 108-600 ms to make here
 (``shm.blank_segment``: allocated and mapped), while a pull into pages that exist is a plain
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 from actorflow.objects import shm
 from actorflow.runtime import OwnedTasks
 
-__all__ = ["SPARES", "SPARE_IDLE_S", "SPARE_MIN", "Spare", "Spares", "adopt"]
+__all__ = ["KEEP_FREE", "SPARES", "SPARE_IDLE_S", "SPARE_MIN", "Spare", "Spares", "adopt"]
 
 log = logging.getLogger("actorflow.copies")
 
@@ -36,6 +37,8 @@ log = logging.getLogger("actorflow.copies")
 SPARE_MIN = 8 << 20
 SPARES = 2
 SPARE_IDLE_S = 30.0
+#: A copy in fresh pages leaves at least this share of the shared-memory filesystem free.
+KEEP_FREE = 0.1
 
 
 def adopt(spare: str, name: str, size: int) -> None:
@@ -56,8 +59,9 @@ class Spare:
 
 
 class Spares:
-    """Blank segments made ahead for the next copies (see SPARE_MIN). Nobody but this node ever
-    maps one before it becomes a copy, so filling it is safe."""
+    """The copies' segments: blank ones made ahead for the next copies (see SPARE_MIN), else
+    fresh ones. Nobody but this node ever maps a spare before it becomes a copy, so filling it
+    is safe."""
 
     def __init__(self, node_id: str, on_change: Callable[[], None],
                  room: Callable[[], int]) -> None:
@@ -66,6 +70,7 @@ class Spares:
         self.room = room  # bytes free under the store's limit
         self.kept: list[Spare] = []
         self.bytes = 0  # kept and being made
+        self.hits = 0  # copies made in spares
         self._making: set[int] = set()
         self._ids = itertools.count(1)
         self._tasks = OwnedTasks(f"the spare copies of node {node_id}", log)
@@ -82,6 +87,21 @@ class Spares:
         self.kept.remove(spare)
         self.bytes -= spare.capacity
         return spare
+
+    async def segment(self, name: str, size: int) -> shm.Mapping:
+        """A writable segment ``name`` of ``size`` bytes for a copy: a spare renamed (its pages
+        are there: the pull is a plain copy), else a blank one (fresh pages)."""
+        spare = self.take(size)
+        if spare is None:
+            return await asyncio.to_thread(shm.blank_segment, name, size, keep_free=KEEP_FREE)
+        self.hits += 1
+        try:
+            await asyncio.to_thread(adopt, spare.name, name, size)
+        except BaseException:
+            spare.mapping.close()
+            self._tasks.spawn(asyncio.to_thread(shm.unlink_segment, spare.name), "unlink spare")
+            raise
+        return spare.mapping
 
     def plan(self, size: int) -> None:
         """A copy of ``size`` bytes was made: make a spare of that size (one at a time, up to

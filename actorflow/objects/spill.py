@@ -1,4 +1,4 @@
-"""A node's object store: what its primary copies take, a limit, spilling to disk and back.
+"""A node's object store: what its primary copies take, a limit, and when to spill.
 
 Every process of a node writes its large values into shared memory itself (``store.py``) and
 tells its node (:class:`Stored`); the owner tells it when the object is freed (:class:`Freed`).
@@ -6,19 +6,10 @@ So the node's :class:`NodeStore` knows every primary copy on its machine: its si
 it, and whether it lies in shared memory or on disk. Their sum in shared memory is the node's
 ``used``; ``object_store_memory`` is its limit.
 
-Past the limit the store **spills**: on a thread of its own, least recently stored or restored
-first, it moves segments to files in its spill directory. A segment is spilled only when the
-store gets its ``flock`` exclusively: a reader that maps it holds a shared one (a *pin*,
-:class:`actorflow.objects.shm.Mapping`), and so does a writer rewriting a segment it reuses.
-Under the exclusive lock the header's generation must still be the registered one; then the
-bytes are copied (``copy_file_range``: in the kernel) and the segment unlinked.
-
-A reader that finds a segment gone asks its node to **restore** it (:class:`Restore`; a reader
-on another node asks the node that serves it, which restores before it answers): on another
-thread, the file is copied into a new segment under a temporary name and renamed into place,
-then the reader maps (and pins) it. The spill file is kept until the object is freed, so a
-restored object that is spilled again costs an unlink, not a copy. A freed object's spill file
-is deleted at once (on a thread).
+Past the limit the store **spills**, least recently stored or restored first, into its spill
+directory (``spilldir.py``: the files and the threads that move segments there and back). A
+reader that finds a segment gone asks its node to **restore** it (:class:`Restore`; a reader on
+another node asks the node that serves it, which restores before it answers).
 
 A value that can never fit (bigger than the limit), or that would go past it while the spill
 directory is full (the last spill failed for want of room), fails at once with
@@ -31,30 +22,24 @@ Secondary copies (``actorflow/cluster/copies.py``: what the node pulled from oth
 readers) count against the limit too (:class:`Secondary`: the store sees only their bytes):
 past the limit the store first evicts copies no reader pins (deleted: their primary exists),
 then spills primaries. The page carries the primaries' bytes only, since a writer's check
-matters only when the disk is full, and copies can always make room.
-
-The spill directory is ``<spill root>/<session>-<node id>``; its path is recorded beside the
-node's liveness lock, so when a node dies hard the sweeper (``sweep.py``) removes it with the
-node's segments.
+matters only when the disk is full, and copies can always make room. When a primary goes, the
+store tells who copied it (:class:`Offers`, ``actorflow/cluster/copy_offers.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
-import contextlib
-import errno
 import logging
 import os
-import shutil
 import time
 from collections import OrderedDict
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
-from actorflow._errors import ObjectLostError, ObjectStoreFullError
-from actorflow.objects import shm, sweep
+from actorflow._errors import ObjectLostError
+from actorflow.objects import shm
+from actorflow.objects.spilldir import RESIDENT, RESTORING, SPILLING, Primary, SpillDir
 from actorflow.objects.spillfiles import (
     StorePage,
     check_room,
@@ -69,6 +54,7 @@ __all__ = [
     "Freed",
     "MemoryQuery",
     "NodeStore",
+    "Offers",
     "Restore",
     "Secondary",
     "StorePage",
@@ -138,15 +124,15 @@ class MemoryQuery:
 
 
 class Secondary(Protocol):
-    """What the store needs of the node's secondary copies (``cluster/copies.py``)."""
+    """What the store needs of the node's secondary copies of other nodes' values
+    (``cluster/copies.py``)."""
 
     @property
     def used(self) -> int:
         """Bytes of copies in shared memory."""
 
-    def primary_freed(self, name: str, generation: int | None) -> None: ...
-
-    def primaries_freed(self, prefix: str) -> None: ...
+    def primaries_freed(self, prefix: str) -> None:
+        """A job's segments went (``prefix``): their copies here go."""
 
     async def evict(self, need: int) -> int: ...
 
@@ -155,43 +141,30 @@ class Secondary(Protocol):
     async def close(self) -> None: ...
 
 
-_RESIDENT, _SPILLING, _SPILLED, _RESTORING = "shm", "spilling", "disk", "restoring"
+class Offers(Protocol):
+    """What the store tells of its primaries' going to the bookkeeping of which other nodes
+    copied them (``cluster/copy_offers.py``), so that their copies go too."""
 
+    def primary_freed(self, name: str, generation: int | None) -> None: ...
 
-@dataclass(slots=True)
-class _Object:
-    nbytes: int
-    generation: int
-    pid: int
-    what: str
-    job: str = ""
-    state: str = _RESIDENT
-    on_disk: bool = False  # a spill file holds it (kept after a restore)
-    freed: bool = False  # freed while a thread moved it
-    restored_at: float = 0.0
-    busy: asyncio.Future[None] | None = None
-    stored_at: float = field(default_factory=time.time)
+    def primaries_freed(self, prefix: str) -> None: ...
 
 
 class NodeStore:
     """The primary copies of one node (see the module docstring). Owned by the Node actor:
-    every method runs on its loop; file work runs on the store's threads."""
+    every method runs on its loop; file work runs on its spill directory's threads
+    (:class:`SpillDir`)."""
 
     def __init__(self, node_id: str, session: str, *, limit: int | None = None,
                  spill_root: str) -> None:
         self.node_id = node_id
         self.limit = int(limit) if limit else default_limit()
         self.dir = os.path.join(spill_root, f"{session}-{node_id}")
-        self.objects: OrderedDict[str, _Object] = OrderedDict()
+        self.disk = SpillDir(node_id, self.dir)  # the files of spilled primaries
+        self.objects: OrderedDict[str, Primary] = OrderedDict()
         self.used = 0
-        self.disk_full = False
-        self.spilled_bytes = self.spilled_objects = 0
-        self.restored_bytes = self.restored_objects = 0
-        self.on_disk_bytes = 0
         self._tombs: OrderedDict[tuple[str, int | None], None] = OrderedDict()
         self._tasks = OwnedTasks(f"the object store of node {node_id}", log)
-        self._spill_pool = concurrent.futures.ThreadPoolExecutor(1, "actorflow-spill")
-        self._restore_pool = concurrent.futures.ThreadPoolExecutor(2, "actorflow-restore")
         self._spilling = False
         self._timer: asyncio.TimerHandle | None = None
         self._retry_s = RETRY_S
@@ -200,18 +173,12 @@ class NodeStore:
         self._closed = False
         #: the node's secondary copies, when it keeps them (counted against the limit)
         self.secondary: Secondary | None = None
+        #: who copied the node's primaries (told when they go), when it keeps copies
+        self.offers: Offers | None = None
 
     def start(self) -> None:
         """Make the spill directory and the page (blocking but small: at the node's start)."""
-        os.makedirs(self.dir, mode=0o700, exist_ok=True)
-        directory = sweep.node_lock_dir(create=True)
-        if directory is not None:
-            fd = os.open(os.path.join(directory, f"node-{self.node_id}.spill"),
-                         os.O_CREAT | os.O_TRUNC | os.O_WRONLY, 0o600)
-            try:
-                os.write(fd, self.dir.encode())
-            finally:
-                os.close(fd)
+        self.disk.make()
         try:
             self._page = StorePage.create(self.node_id, self.limit)
         except OSError as exc:
@@ -220,7 +187,7 @@ class NodeStore:
 
     def _publish(self) -> None:
         if self._page is not None:
-            self._page.write(self.limit, self.used, self.disk_full)
+            self._page.write(self.limit, self.used, self.disk.full)
 
     # -- messages ------------------------------------------------------------------------------
 
@@ -243,14 +210,14 @@ class NodeStore:
         old = self.objects.pop(msg.name, None)
         if old is not None:  # (its Freed was lost): the new value replaces it
             self._forget(msg.name, old)
-        self.objects[msg.name] = _Object(msg.nbytes, msg.generation, msg.pid, msg.what, msg.job)
+        self.objects[msg.name] = Primary(msg.nbytes, msg.generation, msg.pid, msg.what, msg.job)
         self.used += msg.nbytes
         self._changed()
         self._arm_audit()
 
     def freed(self, name: str, generation: int | None = None) -> None:
-        if self.secondary is not None:  # its copies on other nodes go too
-            self.secondary.primary_freed(name, generation)
+        if self.offers is not None:  # its copies on other nodes go too
+            self.offers.primary_freed(name, generation)
         obj = self.objects.get(name)
         if obj is None or (generation is not None and obj.generation != generation):
             self._tombs[(name, generation)] = None
@@ -263,6 +230,8 @@ class NodeStore:
 
     def freed_prefix(self, prefix: str) -> None:
         """Every segment whose name starts with ``prefix`` went (a job's end)."""
+        if self.offers is not None:
+            self.offers.primaries_freed(prefix)
         if self.secondary is not None:
             self.secondary.primaries_freed(prefix)
         for name in [n for n in self.objects if n.startswith(prefix)]:
@@ -276,23 +245,13 @@ class NodeStore:
             self.freed(name)
         return names
 
-    def _forget(self, name: str, obj: _Object) -> None:
+    def _forget(self, name: str, obj: Primary) -> None:
         obj.freed = True
-        if obj.state == _RESIDENT:
+        if obj.state == RESIDENT:
             self.used -= obj.nbytes
-        if obj.state in (_SPILLING, _RESTORING):
-            return  # the thread's end cleans up (see _spilled, _restored)
-        if obj.on_disk:
-            self._drop_file(name, obj)
-
-    def _drop_file(self, name: str, obj: _Object) -> None:
-        obj.on_disk = False
-        self.on_disk_bytes -= obj.nbytes
-        self.disk_full = False  # room again: try spilling again
-        self._tasks.spawn(asyncio.to_thread(_unlink, self._file(name)), f"unlink spill {name}")
-
-    def _file(self, name: str) -> str:
-        return os.path.join(self.dir, name)
+        if obj.state in (SPILLING, RESTORING):
+            return  # the thread's end cleans up (see _spilled, _restore)
+        self.disk.drop(name, obj)
 
     # -- spilling ------------------------------------------------------------------------------
 
@@ -311,7 +270,6 @@ class NodeStore:
             self._tasks.spawn(self._spill_round(), "spill round")
 
     async def _spill_round(self) -> None:
-        loop = asyncio.get_running_loop()
         stuck = False
         tried: set[str] = set()  # a pinned one is tried once a round
         evicted = False
@@ -321,66 +279,39 @@ class NodeStore:
                     evicted = True  # copies first: deleted, not spilled (primaries exist)
                     await self.secondary.evict(self.total() - self.limit)
                     continue
-                if self.disk_full:
+                if self.disk.full:
                     break
                 name, obj = self._candidate(tried)
                 if obj is None:
                     stuck = True
                     break
                 tried.add(name)
-                obj.state = _SPILLING
-                obj.busy = loop.create_future()
                 self.used -= obj.nbytes
-                try:
-                    outcome = await loop.run_in_executor(
-                        self._spill_pool, _spill_one, name, self._file(name), obj.generation,
-                        not obj.on_disk)
-                except OSError as exc:
-                    outcome = "full" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "error"
-                    log.warning("node %s: spilling %s failed: %s", self.node_id, name, exc)
-                self._spilled(name, obj, outcome)
+                self._spilled(name, obj, await self.disk.spill(name, obj))
         finally:
             self._spilling = False
             self._publish()
-        if (stuck or self.disk_full) and self.total() > self.limit and not self._closed:
+        if (stuck or self.disk.full) and self.total() > self.limit and not self._closed:
             self._arm_retry()
 
-    def _candidate(self, tried: set[str]) -> tuple[str, _Object | None]:
+    def _candidate(self, tried: set[str]) -> tuple[str, Primary | None]:
         now = time.monotonic()
         for name, obj in self.objects.items():  # least recently stored or restored first
-            if (obj.state == _RESIDENT and name not in tried
+            if (obj.state == RESIDENT and name not in tried
                     and now - obj.restored_at >= RESTORED_GRACE_S):
                 return name, obj
         return "", None
 
-    def _spilled(self, name: str, obj: _Object, outcome: str) -> None:
-        busy, obj.busy = obj.busy, None
+    def _spilled(self, name: str, obj: Primary, outcome: str) -> None:
         if outcome == "spilled":
             self._retry_s = RETRY_S
-            if not obj.on_disk:
-                obj.on_disk = True
-                self.on_disk_bytes += obj.nbytes
-            obj.state = _SPILLED
-            self.spilled_bytes += obj.nbytes
-            self.spilled_objects += 1
-            if obj.freed:
-                self._drop_file(name, obj)
         elif outcome == "gone":  # freed meanwhile (or unlinked without a word)
-            obj.state = _RESIDENT
             if not obj.freed:
                 del self.objects[name]
                 obj.freed = True
-            if obj.on_disk:
-                self._drop_file(name, obj)
-        else:  # busy (pinned), no room on disk, or an error: it stays in memory
-            obj.state = _RESIDENT
-            if not obj.freed:
-                self.used += obj.nbytes
-                self.objects.move_to_end(name)  # try the others first
-            if outcome == "full":
-                self.disk_full = True
-        if busy is not None and not busy.done():
-            busy.set_result(None)
+        elif not obj.freed:  # busy (pinned), no room on disk, or an error: it stays in memory
+            self.used += obj.nbytes
+            self.objects.move_to_end(name)  # try the others first
         self._publish()
 
     def _arm_retry(self) -> None:
@@ -407,7 +338,7 @@ class NodeStore:
             if obj.busy is not None:  # a thread moves it now: wait for that, then look
                 await asyncio.shield(obj.busy)
                 continue
-            if obj.state == _RESIDENT:
+            if obj.state == RESIDENT:
                 obj.restored_at = time.monotonic()  # (a reader maps it now: let it)
                 self.objects.move_to_end(name)
                 return
@@ -415,36 +346,14 @@ class NodeStore:
         raise ObjectLostError(f"object segment {name} of node {self.node_id} could not be "
                               "restored: it was spilled again each time")
 
-    async def _restore(self, name: str, obj: _Object) -> None:
-        loop = asyncio.get_running_loop()
-        obj.state = _RESTORING
-        obj.busy = loop.create_future()
-        error: OSError | None = None
-        try:
-            await loop.run_in_executor(self._restore_pool, restore_file, name,
-                                       self._file(name))
-        except OSError as exc:
-            error = exc
-        busy, obj.busy = obj.busy, None
-        obj.state = _SPILLED if error is not None else _RESIDENT
-        if error is None:
-            self.restored_bytes += obj.nbytes
-            self.restored_objects += 1
-            obj.restored_at = time.monotonic()
-            if obj.freed:
-                self._tasks.spawn(asyncio.to_thread(shm.unlink_segment, name), "unlink")
-                if obj.on_disk:
-                    self._drop_file(name, obj)
-            else:
-                self.used += obj.nbytes
-                self.objects.move_to_end(name)
-        elif obj.freed and obj.on_disk:
-            self._drop_file(name, obj)
-        if busy is not None and not busy.done():
-            busy.set_result(None)
+    async def _restore(self, name: str, obj: Primary) -> None:
+        error = await self.disk.restore(name, obj)
+        if error is None and not obj.freed:
+            self.used += obj.nbytes
+            self.objects.move_to_end(name)
         self._changed()
         if error is not None:
-            raise _restore_error(self, name, obj, error) from error
+            raise self.disk.restore_error(name, obj, error) from error
 
     # -- auditing ------------------------------------------------------------------------------
 
@@ -454,18 +363,18 @@ class NodeStore:
 
     def _start_audit(self) -> None:
         self._audit = None
-        names = [n for n, o in self.objects.items() if o.state == _RESIDENT]
+        names = [n for n, o in self.objects.items() if o.state == RESIDENT]
         self._tasks.spawn(self._audit_round(names), "audit")
 
     async def _audit_round(self, names: list[str]) -> None:
         missing = await asyncio.to_thread(lambda: [n for n in names if not shm.exists(n)])
         for name in missing:
             obj = self.objects.get(name)
-            if obj is not None and obj.state == _RESIDENT and obj.busy is None:
+            if obj is not None and obj.state == RESIDENT and obj.busy is None:
                 del self.objects[name]
                 self._forget(name, obj)
-                if self.secondary is not None:
-                    self.secondary.primary_freed(name, None)
+                if self.offers is not None:
+                    self.offers.primary_freed(name, None)
         if missing:
             self._changed()
         if self.objects:
@@ -478,14 +387,10 @@ class NodeStore:
         return {
             "object_store_used": self.total(),
             "object_store_limit": self.limit,
-            "spilled_bytes": self.spilled_bytes,
-            "spilled_objects": self.spilled_objects,
-            "restored_bytes": self.restored_bytes,
-            "restored_objects": self.restored_objects,
-            "spilled_now_bytes": self.on_disk_bytes,
+            **self.disk.figures(),
             "objects_in_store": len(self.objects),
             "spill_dir": self.dir,
-            "spill_dir_full": self.disk_full,
+            "spill_dir_full": self.disk.full,
             **(self.secondary.figures() if self.secondary is not None else {}),
         }
 
@@ -504,11 +409,9 @@ class NodeStore:
             if timer is not None:
                 timer.cancel()
         await self._tasks.close(cancel=False)
-        self._spill_pool.shutdown(wait=False)
-        self._restore_pool.shutdown(wait=False)
         if self._page is not None:
             self._page.close(unlink=True)
-        await asyncio.to_thread(_remove_dir, self.dir, self.node_id)
+        await self.disk.close()
         self.objects.clear()
 
 
@@ -542,35 +445,7 @@ def _summary(store: NodeStore, limit: int) -> dict[str, Any]:
     largest = sorted(store.objects.items(), key=lambda kv: kv[1].nbytes, reverse=True)
     return dict(store.figures(), node_id=store.node_id, objects=[
         {"object": name, "size": obj.nbytes, "node_id": store.node_id,
-         "where": ("shared memory" if obj.state in (_RESIDENT, _SPILLING)
+         "where": ("shared memory" if obj.state in (RESIDENT, SPILLING)
                    else "spill file"), "pid": obj.pid, "what": obj.what,
          "stored_at": obj.stored_at}
         for name, obj in largest[:limit]])
-
-
-def _restore_error(store: NodeStore, name: str, obj: _Object, error: OSError) -> Exception:
-    if isinstance(error, FileNotFoundError) or obj.freed:
-        return ObjectLostError(f"object segment {name} is gone from node {store.node_id} "
-                               "(freed while it was spilled)")
-    if error.errno in (errno.ENOSPC, errno.EDQUOT):
-        return ObjectStoreFullError(obj.nbytes, shm.free_bytes(),
-                                    f"the shared memory of node {store.node_id} "
-                                    f"({shm.SHM_DIR}), to restore a spilled object")
-    return ObjectLostError(f"object segment {name} of node {store.node_id} could not be "
-                           f"restored from {store.dir}: {error}")
-
-
-def _spill_one(name: str, path: str, generation: int, copy: bool) -> str:
-    return spill_file(name, path, generation, copy=copy)
-
-
-def _unlink(path: str) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
-
-
-def _remove_dir(path: str, node_id: str) -> None:
-    shutil.rmtree(path, ignore_errors=True)
-    directory = sweep.node_lock_dir(create=False)
-    if directory is not None:
-        _unlink(os.path.join(directory, f"node-{node_id}.spill"))
