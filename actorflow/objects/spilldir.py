@@ -98,8 +98,9 @@ class SpillDir:
         """Move segment ``name`` to its file on the spill thread (copied only when no file
         holds it yet): "spilled", "busy" (pinned), "gone", "full" (no room on disk) or
         "error". Those waiting on ``obj.busy`` wait for the move; its file goes when the
-        segment was gone, or ``obj`` was freed meanwhile. Anything but "spilled" leaves ``obj``
-        in shared memory."""
+        segment was gone, or ``obj`` was freed meanwhile (whatever the outcome: a file kept
+        from an earlier spill must not outlive it). Anything but "spilled" leaves ``obj`` in
+        shared memory."""
         loop = asyncio.get_running_loop()
         obj.state = SPILLING
         obj.busy = loop.create_future()
@@ -121,8 +122,8 @@ class SpillDir:
             obj.state = RESIDENT
             if outcome == "full":
                 self.full = True
-        if outcome == "gone" or (outcome == "spilled" and obj.freed):
-            self.drop(name, obj)
+        if outcome == "gone" or obj.freed:  # whatever the outcome: "busy" or "error" too,
+            self.drop(name, obj)  # when its file was kept from an earlier spill
         _done(obj)
         return outcome
 
