@@ -13,6 +13,11 @@ name and renamed into place, then the reader maps (and pins) it. The spill file 
 the object is freed, so a restored object that is spilled again costs an unlink, not a copy. A
 freed object's spill file is deleted at once (on a thread).
 
+Each value has a file of its own, ``<segment name>.g<generation>`` (``spill_name``): a writer
+reuses its segments' names, so a late deletion of a freed value's file (its restore or spill
+ending after the name was reused) never takes a newer value's. Likewise a restore that ends
+after its object was freed unlinks the segment only while it still holds that value.
+
 The directory is ``<spill root>/<session>-<node id>``; its path is recorded beside the node's
 liveness lock, so when a node dies hard the sweeper (``sweep.py``) removes it with the node's
 segments.
@@ -33,7 +38,7 @@ from typing import Any
 
 from actorflow._errors import ObjectLostError, ObjectStoreFullError
 from actorflow.objects import shm, sweep
-from actorflow.objects.spillfiles import restore_file, spill_file
+from actorflow.objects.spillfiles import restore_file, spill_file, spill_name, unlink_value
 from actorflow.runtime import OwnedTasks
 
 __all__ = ["RESIDENT", "RESTORING", "SPILLED", "SPILLING", "Primary", "SpillDir"]
@@ -91,21 +96,24 @@ class SpillDir:
             finally:
                 os.close(fd)
 
-    def _file(self, name: str) -> str:
-        return os.path.join(self.path, name)
+    def _file(self, name: str, obj: Primary) -> str:
+        """The spill file of the value ``obj`` of segment ``name`` (its own: see
+        :func:`spill_name`)."""
+        return os.path.join(self.path, spill_name(name, obj.generation))
 
     async def spill(self, name: str, obj: Primary) -> str:
         """Move segment ``name`` to its file on the spill thread (copied only when no file
         holds it yet): "spilled", "busy" (pinned), "gone", "full" (no room on disk) or
         "error". Those waiting on ``obj.busy`` wait for the move; its file goes when the
-        segment was gone, or ``obj`` was freed meanwhile. Anything but "spilled" leaves ``obj``
-        in shared memory."""
+        segment was gone, or ``obj`` was freed meanwhile (whatever the outcome: a file kept
+        from an earlier spill must not outlive it). Anything but "spilled" leaves ``obj`` in
+        shared memory."""
         loop = asyncio.get_running_loop()
         obj.state = SPILLING
         obj.busy = loop.create_future()
         try:
             outcome = await loop.run_in_executor(
-                self._spill_pool, _spill_one, name, self._file(name), obj.generation,
+                self._spill_pool, _spill_one, name, self._file(name, obj), obj.generation,
                 not obj.on_disk)
         except OSError as exc:
             outcome = "full" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "error"
@@ -121,21 +129,23 @@ class SpillDir:
             obj.state = RESIDENT
             if outcome == "full":
                 self.full = True
-        if outcome == "gone" or (outcome == "spilled" and obj.freed):
-            self.drop(name, obj)
+        if outcome == "gone" or obj.freed:  # whatever the outcome: "busy" or "error" too,
+            self.drop(name, obj)  # when its file was kept from an earlier spill
         _done(obj)
         return outcome
 
     async def restore(self, name: str, obj: Primary) -> OSError | None:
         """Copy segment ``name`` back from its file on a restore thread; the error, if any
         (:meth:`restore_error` says what it means). Those waiting on ``obj.busy`` wait for the
-        move; the segment and its file go when ``obj`` was freed meanwhile."""
+        move; the segment and its file go when ``obj`` was freed meanwhile (the segment
+        only while it still holds ``obj``: its writer may have reused the name)."""
         loop = asyncio.get_running_loop()
         obj.state = RESTORING
         obj.busy = loop.create_future()
         error: OSError | None = None
         try:
-            await loop.run_in_executor(self._restore_pool, restore_file, name, self._file(name))
+            await loop.run_in_executor(self._restore_pool, restore_file, name,
+                                       self._file(name, obj))
         except OSError as exc:
             error = exc
         obj.state = SPILLED if error is not None else RESIDENT
@@ -143,8 +153,9 @@ class SpillDir:
             self.restored_bytes += obj.nbytes
             self.restored_objects += 1
             obj.restored_at = time.monotonic()
-            if obj.freed:
-                self._tasks.spawn(asyncio.to_thread(shm.unlink_segment, name), "unlink")
+            if obj.freed:  # (unless its writer reused the name for a newer value meanwhile)
+                self._tasks.spawn(asyncio.to_thread(unlink_value, name, obj.generation),
+                                  "unlink")
         if obj.freed:
             self.drop(name, obj)
         _done(obj)
@@ -157,7 +168,8 @@ class SpillDir:
         obj.on_disk = False
         self.on_disk_bytes -= obj.nbytes
         self.full = False  # room again: try spilling again
-        self._tasks.spawn(asyncio.to_thread(_unlink, self._file(name)), f"unlink spill {name}")
+        self._tasks.spawn(asyncio.to_thread(_unlink, self._file(name, obj)),
+                          f"unlink spill {name}")
 
     def restore_error(self, name: str, obj: Primary, error: OSError) -> Exception:
         """What a failed restore of ``name`` means to its reader (a typed error)."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import mmap
 import os
 import struct
@@ -30,7 +31,9 @@ __all__ = [
     "default_limit",
     "restore_file",
     "spill_file",
+    "spill_name",
     "spill_root",
+    "unlink_value",
 ]
 
 #: Default share of the machine's memory and of its shared-memory filesystem for one node's
@@ -48,6 +51,13 @@ def spill_root(options: Mapping[str, Any]) -> str:
     state = os.environ.get("ACTORFLOW_STATE_DIR") or os.path.join(
         os.path.expanduser("~"), ".actorflow")
     return os.path.join(state, "spill")
+
+
+def spill_name(name: str, generation: int) -> str:
+    """The spill file's name of value ``generation`` of segment ``name``. A writer reuses its
+    segments' names, so each value has a file of its own: what deletes an older value's file
+    late (its restore ending after a newer value was spilled) never meets a newer one's."""
+    return f"{name}.g{generation}"
 
 
 # -- the page every process of a node reads -------------------------------------------------------
@@ -224,10 +234,7 @@ def spill_file(name: str, path: str, generation: int, *, copy: bool = True) -> s
         if isinstance(fd, str):
             return fd
         info = os.fstat(fd)
-        if info.st_nlink == 0:
-            return "gone"
-        head = os.pread(fd, 24, 0)
-        if len(head) < 24 or struct.unpack_from("<Q", head, 16)[0] != generation:
+        if info.st_nlink == 0 or _generation(fd) != generation:
             return "gone"
         if copy:
             tmp = path + ".tmp"
@@ -243,6 +250,32 @@ def spill_file(name: str, path: str, generation: int, *, copy: bool = True) -> s
             os.rename(tmp, path)
         shm.unlink_if_same(name, fd)
         return "spilled"
+
+
+def _generation(fd: int) -> int | None:
+    """The generation in the header of the segment open as ``fd`` (None: no header)."""
+    head = os.pread(fd, 24, 0)
+    return None if len(head) < 24 else int(struct.unpack_from("<Q", head, 16)[0])
+
+
+def unlink_value(name: str, generation: int) -> bool:
+    """Unlink segment ``name`` only while it holds value ``generation``: not once its writer
+    reused the name for a newer value (rewritten in the same file, or a new file). Whether it
+    did."""
+    try:
+        fd = os.open(shm.path_of(name), os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        try:  # (readers pin it with this lock too; a writer rewriting it holds it exclusively)
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False  # rewritten now: a newer value
+        if _generation(fd) != generation:
+            return False
+        return shm.unlink_if_same(name, fd)
+    finally:
+        os.close(fd)
 
 
 def restore_file(name: str, path: str) -> int:

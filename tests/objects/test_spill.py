@@ -32,6 +32,7 @@ import actorflow as af
 from actorflow.objects import sweep
 from actorflow.objects.ref import current_core
 from actorflow.objects.spill import RETRY_S
+from actorflow.objects.spillfiles import spill_name
 from actorflow.testing import cluster
 
 pytestmark = pytest.mark.timeout(300)
@@ -151,9 +152,9 @@ async def test_a_freed_spilled_object_loses_its_file_within_a_second(
         spill_dir = Path(fig["spill_dir"])
         spilled = {name for name in files_in(spill_dir) if not name.endswith(".tmp")}
         assert spilled
-        victims = [r for r in refs if _segment(core, r) in spilled]
+        victims = [r for r in refs if _spill_file(core, r) in spilled]
         assert victims
-        names = {_segment(core, r) for r in victims}
+        names = {_spill_file(core, r) for r in victims}
         for r in victims:
             refs.remove(r)
         del victims, r
@@ -173,6 +174,12 @@ def _segment(core: Any, ref: af.ObjectRef) -> str:
     return str(core.objects.entries[ref.id].payload.name)
 
 
+def _spill_file(core: Any, ref: af.ObjectRef) -> str:
+    """The name of the spill file of ``ref``'s value (its segment's, and its generation)."""
+    payload = core.objects.entries[ref.id].payload
+    return spill_name(str(payload.name), int(payload.generation))
+
+
 async def _spilled(core: Any) -> dict[str, Any] | None:
     fig = await store_figures(core.node)
     return fig if fig["spilled_objects"] > 0 else None
@@ -182,12 +189,13 @@ CHILD = """
 import os, sys, time
 from actorflow.objects import shm, spill, sweep
 from actorflow.objects.serialization import serialize
+from actorflow.objects.spillfiles import spill_name
 node_id, root = sys.argv[1], sys.argv[2]
 store = spill.open_store(node_id, "sess", {"spill_dir": root, "object_store_memory": 1 << 20})
 sweep.hold_node(node_id)
 name = f"af-{node_id}-x1"
 shm.write_segment(name, serialize(b"x" * 300_000), 5)
-assert spill.spill_file(name, os.path.join(store.dir, name), 5) == "spilled"
+assert spill.spill_file(name, os.path.join(store.dir, spill_name(name, 5)), 5) == "spilled"
 print(store.dir, flush=True)
 time.sleep(600)
 """
@@ -201,9 +209,10 @@ def test_a_dead_nodes_spill_directory_is_swept(tmp_path: Path) -> None:
     try:
         assert child.stdout is not None
         spill_dir = Path(child.stdout.readline().strip())
-        assert files_in(spill_dir) == [f"af-{node_id}-x1"]
+        spilled = [spill_name(f"af-{node_id}-x1", 5)]
+        assert files_in(spill_dir) == spilled
         sweep.sweep_segments()  # alive: nothing of it is touched
-        assert files_in(spill_dir) == [f"af-{node_id}-x1"]
+        assert files_in(spill_dir) == spilled
         child.send_signal(signal.SIGKILL)
         child.wait(10)
         report = sweep.sweep_segments()
