@@ -11,12 +11,20 @@ arguments go.
 
 Refs count themselves in and out from any thread (``__del__`` runs where the last reference
 goes): both only append to a queue and make sure one flush runs on the loop.
+
+The counter watches each owner it reports to. When that owner's process ends (the link to it
+is lost; the owner, which watches its holders, forgets this process's holds then), the owner is
+*gone* here (:meth:`BorrowCounter.owner_gone`): reports to it are no longer sent and a read of
+its objects fails at once with :class:`~actorflow.OwnerDiedError`, instead of waiting in the
+transport's backlog while it redials a process that is gone (``peer_timeout_s``), which would
+also hold back every call's answer in :meth:`BorrowCounter.settled`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections import deque
 from collections.abc import Iterable
@@ -39,6 +47,8 @@ log = logging.getLogger("actorflow.cluster")
 ACK_TIMEOUT_S = 30.0
 #: How long a call's answer waits for its process's holds to be acknowledged.
 SETTLE_TIMEOUT_S = 10.0
+#: How many owners known to be gone are remembered (the oldest are forgotten first).
+GONE_KEPT = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +90,8 @@ class BorrowCounter:
         self._next: asyncio.Future[None] | None = None  # the next round (someone waits)
         self._tasks = OwnedTasks("reporting borrowed refs to their owners", log)
         self._handle_counter: Any = None  # this Core's HandleCounter (holds.py), once asked
+        self._watched: set[Any] = set()  # the owners reported to, watched until they end
+        self._gone: dict[Any, None] = {}  # owners whose process ended, oldest first
 
     # -- from any thread ----------------------------------------------------------------------
 
@@ -113,6 +125,26 @@ class BorrowCounter:
                 pass  # the loop is closed: this process's cluster is gone
 
     # -- on the loop ----------------------------------------------------------------------------
+
+    def owner_gone(self, owner: Any) -> bool:
+        """Has ``owner``'s process ended? (Known once this process reported to it.)"""
+        return owner in self._gone
+
+    def _watch(self, owner: Any) -> None:
+        if owner in self._watched or owner in self._gone:
+            return
+        self._watched.add(owner)
+        try:
+            self.core.system.on_terminated(owner, functools.partial(self._owner_ended, owner))
+        except Exception:  # (no watch: reports to it fail or wait, as they did)
+            self._watched.discard(owner)
+
+    def _owner_ended(self, owner: Any, _notice: Any) -> None:
+        self._watched.discard(owner)
+        gone = self._gone
+        gone[owner] = None
+        if len(gone) > GONE_KEPT:
+            del gone[next(iter(gone))]
 
     @property
     def unsettled(self) -> bool:
@@ -208,8 +240,12 @@ class BorrowCounter:
 
     async def _send_holds(self, holds: dict[Any, _Batch]) -> None:
         me = self.core.owner_ref
+        gone = self._gone
+        for owner in holds:
+            self._watch(owner)
         asks = [owner.ask(BorrowReport(me, tuple(b.held), (), tuple(b.lent), tuple(b.kept)),
-                          timeout=ACK_TIMEOUT_S) for owner, b in holds.items()]
+                          timeout=ACK_TIMEOUT_S) for owner, b in holds.items()
+                if owner not in gone]  # (a gone owner holds nothing: it is not asked)
         # (an owner that is gone fails its ask: it has nothing left to hold)
         await asyncio.gather(*asks, return_exceptions=True)
 
@@ -226,6 +262,8 @@ class BorrowCounter:
             if owner == me:  # lends of this process's own objects
                 core.objects.borrows_changed(None, discarded=b.discarded)
                 continue
+            if owner in self._gone:
+                continue  # nothing to let go: it holds nothing of this process's any more
             with contextlib.suppress(Exception):  # its owner is gone: nothing to let go
                 owner.tell_nowait(BorrowReport(me, (), tuple(b.released), (), (),
                                                tuple(b.discarded)))
