@@ -92,6 +92,7 @@ class BorrowCounter:
         self._handle_counter: Any = None  # this Core's HandleCounter (holds.py), once asked
         self._watched: set[Any] = set()  # the owners reported to, watched until they end
         self._gone: dict[Any, None] = {}  # owners whose process ended, oldest first
+        self._acks: dict[Any, asyncio.Future[Any]] = {}  # the holds asked now, by owner
 
     # -- from any thread ----------------------------------------------------------------------
 
@@ -141,6 +142,9 @@ class BorrowCounter:
 
     def _owner_ended(self, owner: Any, _notice: Any) -> None:
         self._watched.discard(owner)
+        ack = self._acks.get(owner)
+        if ack is not None:  # (asked while its link was closing: it waits for a redial)
+            ack.cancel()  # it holds nothing now: nothing to wait for
         gone = self._gone
         gone[owner] = None
         if len(gone) > GONE_KEPT:
@@ -240,14 +244,27 @@ class BorrowCounter:
 
     async def _send_holds(self, holds: dict[Any, _Batch]) -> None:
         me = self.core.owner_ref
-        gone = self._gone
-        for owner in holds:
+        acks = self._acks
+        for owner, b in holds.items():
             self._watch(owner)
-        asks = [owner.ask(BorrowReport(me, tuple(b.held), (), tuple(b.lent), tuple(b.kept)),
-                          timeout=ACK_TIMEOUT_S) for owner, b in holds.items()
-                if owner not in gone]  # (a gone owner holds nothing: it is not asked)
-        # (an owner that is gone fails its ask: it has nothing left to hold)
-        await asyncio.gather(*asks, return_exceptions=True)
+            if owner in self._gone:
+                continue  # it holds nothing: it is not asked
+            with contextlib.suppress(Exception):  # (its link is gone: nothing to hold)
+                acks[owner] = owner.ask_nowait(
+                    BorrowReport(me, tuple(b.held), (), tuple(b.lent), tuple(b.kept)))
+        if not acks:
+            return
+        try:
+            # an owner that is gone fails its ask, or is found gone by its watch (then its
+            # ask is not waited for while the transport redials it): it has nothing to hold
+            await asyncio.wait(list(acks.values()), timeout=ACK_TIMEOUT_S)
+        finally:
+            for ack in acks.values():
+                if not ack.done():
+                    ack.cancel()  # (a busy owner's late answer is not waited for)
+                elif not ack.cancelled():
+                    ack.exception()  # (retrieved: a failed ask is not an error here)
+            acks.clear()
 
     def _send_lets(self, lets: dict[Any, _Batch]) -> None:
         core = self.core
