@@ -11,12 +11,20 @@ arguments go.
 
 Refs count themselves in and out from any thread (``__del__`` runs where the last reference
 goes): both only append to a queue and make sure one flush runs on the loop.
+
+The counter watches each owner it reports to. When that owner's process ends (the link to it
+is lost; the owner, which watches its holders, forgets this process's holds then), the owner is
+*gone* here (:meth:`BorrowCounter.owner_gone`): reports to it are no longer sent and a read of
+its objects fails at once with :class:`~actorflow.OwnerDiedError`, instead of waiting in the
+transport's backlog while it redials a process that is gone (``peer_timeout_s``), which would
+also hold back every call's answer in :meth:`BorrowCounter.settled`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections import deque
 from collections.abc import Iterable
@@ -39,6 +47,8 @@ log = logging.getLogger("actorflow.cluster")
 ACK_TIMEOUT_S = 30.0
 #: How long a call's answer waits for its process's holds to be acknowledged.
 SETTLE_TIMEOUT_S = 10.0
+#: How many owners known to be gone are remembered (the oldest are forgotten first).
+GONE_KEPT = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +90,9 @@ class BorrowCounter:
         self._next: asyncio.Future[None] | None = None  # the next round (someone waits)
         self._tasks = OwnedTasks("reporting borrowed refs to their owners", log)
         self._handle_counter: Any = None  # this Core's HandleCounter (holds.py), once asked
+        self._watched: set[Any] = set()  # the owners reported to, watched until they end
+        self._gone: dict[Any, None] = {}  # owners whose process ended, oldest first
+        self._acks: dict[Any, asyncio.Future[Any]] = {}  # the holds asked now, by owner
 
     # -- from any thread ----------------------------------------------------------------------
 
@@ -113,6 +126,29 @@ class BorrowCounter:
                 pass  # the loop is closed: this process's cluster is gone
 
     # -- on the loop ----------------------------------------------------------------------------
+
+    def owner_gone(self, owner: Any) -> bool:
+        """Has ``owner``'s process ended? (Known once this process reported to it.)"""
+        return owner in self._gone
+
+    def _watch(self, owner: Any) -> None:
+        if owner in self._watched or owner in self._gone:
+            return
+        self._watched.add(owner)
+        try:
+            self.core.system.on_terminated(owner, functools.partial(self._owner_ended, owner))
+        except Exception:  # (no watch: reports to it fail or wait, as they did)
+            self._watched.discard(owner)
+
+    def _owner_ended(self, owner: Any, _notice: Any) -> None:
+        self._watched.discard(owner)
+        ack = self._acks.get(owner)
+        if ack is not None:  # (asked while its link was closing: it waits for a redial)
+            ack.cancel()  # it holds nothing now: nothing to wait for
+        gone = self._gone
+        gone[owner] = None
+        if len(gone) > GONE_KEPT:
+            del gone[next(iter(gone))]
 
     @property
     def unsettled(self) -> bool:
@@ -208,10 +244,27 @@ class BorrowCounter:
 
     async def _send_holds(self, holds: dict[Any, _Batch]) -> None:
         me = self.core.owner_ref
-        asks = [owner.ask(BorrowReport(me, tuple(b.held), (), tuple(b.lent), tuple(b.kept)),
-                          timeout=ACK_TIMEOUT_S) for owner, b in holds.items()]
-        # (an owner that is gone fails its ask: it has nothing left to hold)
-        await asyncio.gather(*asks, return_exceptions=True)
+        acks = self._acks
+        for owner, b in holds.items():
+            self._watch(owner)
+            if owner in self._gone:
+                continue  # it holds nothing: it is not asked
+            with contextlib.suppress(Exception):  # (its link is gone: nothing to hold)
+                acks[owner] = owner.ask_nowait(
+                    BorrowReport(me, tuple(b.held), (), tuple(b.lent), tuple(b.kept)))
+        if not acks:
+            return
+        try:
+            # an owner that is gone fails its ask, or is found gone by its watch (then its
+            # ask is not waited for while the transport redials it): it has nothing to hold
+            await asyncio.wait(list(acks.values()), timeout=ACK_TIMEOUT_S)
+        finally:
+            for ack in acks.values():
+                if not ack.done():
+                    ack.cancel()  # (a busy owner's late answer is not waited for)
+                elif not ack.cancelled():
+                    ack.exception()  # (retrieved: a failed ask is not an error here)
+            acks.clear()
 
     def _send_lets(self, lets: dict[Any, _Batch]) -> None:
         core = self.core
@@ -226,6 +279,8 @@ class BorrowCounter:
             if owner == me:  # lends of this process's own objects
                 core.objects.borrows_changed(None, discarded=b.discarded)
                 continue
+            if owner in self._gone:
+                continue  # nothing to let go: it holds nothing of this process's any more
             with contextlib.suppress(Exception):  # its owner is gone: nothing to let go
                 owner.tell_nowait(BorrowReport(me, (), tuple(b.released), (), (),
                                                tuple(b.discarded)))

@@ -4,8 +4,11 @@ Per resource shape, scheduling strategy and runtime environment (a :class:`Shape
 asks its node for leases on workers (:class:`RequestLease`); a node whose placement chose
 another node answers ``Spillback`` and the owner asks that one. A granted lease
 (:class:`HeldLease`) is used until it has been idle for :data:`LINGER_S`, or until its worker
-is lost. A request that fails costs one retry of the task it was for, and the shape asks again
-after a backoff; a demand that can never fit fails the shape's queue at once.
+is lost: the owner watches each leased worker (as its node watches each lease owner), so a
+lease whose worker died is dropped when the link to that worker is lost, not when the next task
+pushed to it has waited for the transport to give up redialing a process that is gone
+(``peer_timeout_s``). A request that fails costs one retry of the task it was for, and the
+shape asks again after a backoff; a demand that can never fit fails the shape's queue at once.
 
 :class:`Leasing` answers one question: which workers may this owner push a shape's tasks to,
 and what happens when it cannot get one. What runs on them, and when, is the submitter's.
@@ -14,8 +17,10 @@ and what happens when it cannot get one. What runs on them, and when, is the sub
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from actorflow._errors import (
@@ -29,7 +34,7 @@ from actorflow.cluster.head_link import HEAD_GRACE_S
 from actorflow.cluster.memory_guard import MemoryKilled
 from actorflow.cluster.protocol import Lease, RequestLease, ReturnLease, Spillback
 from actorflow.placement.resources import Resources
-from actorflow.runtime import ActorRef
+from actorflow.runtime import ActorRef, Terminated
 
 if TYPE_CHECKING:
     from actorflow.cluster.submitter import PendingTask, TaskSubmitter
@@ -53,7 +58,7 @@ def shape_key(pending: PendingTask) -> tuple[Resources, Any, str]:
 class HeldLease:
     """A lease granted to this owner: its worker, the tasks in flight on it."""
 
-    __slots__ = ("idle_handle", "inflight", "lease", "lost", "state")
+    __slots__ = ("idle_handle", "inflight", "lease", "lost", "state", "unwatch")
 
     def __init__(self, lease: Lease, state: Shape) -> None:
         self.lease = lease
@@ -61,6 +66,7 @@ class HeldLease:
         self.inflight = 0
         self.idle_handle: asyncio.TimerHandle | None = None
         self.lost = False
+        self.unwatch: Callable[[], None] | None = None  # ends the watch on its worker
 
 
 class Shape:
@@ -145,6 +151,7 @@ class Leasing:
                 submitter.fail(bound, TaskCancelledError("shut down"))
             return
         state.leases.append(lease)
+        self._watch(lease)
         if bound is not None:
             if bound.cancelled:
                 submitter.cancelled(bound)
@@ -212,6 +219,24 @@ class Leasing:
         if not self.submitter.closed:
             self.submitter.pump(state)
 
+    def _watch(self, lease: HeldLease) -> None:
+        """Drop ``lease`` when its worker ends (its process died: the link to it is lost), so
+        no task is pushed to a worker that is gone: such a push would wait in the transport's
+        backlog until it gives up redialing (``peer_timeout_s``)."""
+        try:
+            lease.unwatch = self.core.system.on_terminated(
+                lease.lease.worker, functools.partial(self._worker_gone, lease))
+        except Exception:  # (its link is closing: a push to it fails, as it did before)
+            lease.unwatch = None
+
+    def _worker_gone(self, lease: HeldLease, notice: Terminated) -> None:
+        lease.unwatch = None  # (a watch fires once)
+        if lease.lost:
+            return
+        self.lost(lease)  # (its tasks in flight fail with the link, and go again)
+        if not self.submitter.closed:
+            self.submitter.pump(lease.state)
+
     def idle(self, lease: HeldLease) -> None:
         """``lease`` has nothing in flight: returned unless a task of its shape comes within
         :data:`LINGER_S`."""
@@ -233,6 +258,9 @@ class Leasing:
     def give_back(self, lease: HeldLease, worker_ok: bool = True) -> None:
         """Return ``lease`` to its node (``worker_ok``: its worker may serve others)."""
         self.busy(lease)
+        unwatch, lease.unwatch = lease.unwatch, None
+        if unwatch is not None:
+            unwatch()
         try:
             node = lease.lease.node if lease.lease.node is not None else self.core.node
             node.tell_nowait(ReturnLease(lease.lease.lease_id, worker_ok))

@@ -107,6 +107,10 @@ class Reads:
 
     def _fetch(self, ref: ObjectRef) -> asyncio.Future[Payload]:
         out: asyncio.Future[Payload] = self.core.loop.create_future()
+        if self.core.borrowing.owner_gone(ref.owner):  # (not asked: it would redial for long)
+            out.set_result(Failed(OwnerDiedError(
+                ref.id, f"{ref.owner.path}: its process ended (the link to it was lost)")))
+            return out
         try:
             asked = ref.owner.ask_nowait(Fetch(ref.id))
         except Exception as exc:
