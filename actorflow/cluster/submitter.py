@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from actorflow._errors import (
+    ActorDiedError,
     ActorflowError,
     InfeasibleError,
     OutOfMemoryError,
@@ -226,7 +227,7 @@ class TaskSubmitter:
             # SPREAD: every task gets its own placement decision, so no lease is reused
             state.leases.remove(lease)
             self.leasing.give_back(lease)
-        if exc is not None and not isinstance(exc, PeerUnreachableError):
+        if exc is not None and not isinstance(exc, PeerUnreachableError | ActorDiedError):
             # the worker answered, but the answer cannot be used here (it did not unpickle):
             # the task failed; the worker is fine
             self.fail(pending, exc)
@@ -236,7 +237,8 @@ class TaskSubmitter:
             self.leasing.lost(lease)
             self._requeue(pending, front=True)
         elif exc is not None:
-            # the worker died (or the link to it did) with the task in flight
+            # the worker died (or the link to it did) with the task in flight; or another
+            # process listens where it did now (ActorDiedError: no such actor there)
             self.leasing.lost(lease)
             if pending.cancelled:  # af.cancel(force=True) ended its process on purpose
                 cancelled = TaskCancelledError(
