@@ -120,11 +120,11 @@ class Leasing:
             ))
         except Exception as exc:
             state.requesting -= 1
-            self._failed(state, exc, bound)
+            self._failed(state, exc, bound, node)
             return
-        fut.add_done_callback(lambda f: self._granted(state, f, bound))
+        fut.add_done_callback(lambda f: self._granted(state, f, node, bound))
 
-    def _granted(self, state: Shape, fut: asyncio.Future[Any],
+    def _granted(self, state: Shape, fut: asyncio.Future[Any], node: ActorRef,
                  bound: PendingTask | None = None) -> None:
         state.requesting -= 1
         submitter = self.submitter
@@ -134,7 +134,7 @@ class Leasing:
             return
         exc = fut.exception()
         if exc is not None:
-            self._failed(state, exc, bound)
+            self._failed(state, exc, bound, node)
             return
         answer = fut.result()
         if type(answer) is Spillback:  # the placement chose another node: ask it
@@ -159,21 +159,25 @@ class Leasing:
                 submitter.push(bound, lease)
         submitter.pump(state)
 
-    def _failed(self, state: Shape, exc: BaseException, bound: PendingTask | None) -> None:
+    def _failed(self, state: Shape, exc: BaseException, bound: PendingTask | None,
+                node: ActorRef) -> None:
         """A lease request failed. A demand that can never fit fails every task of the shape
         at once; anything else (the node or its worker died, the link to it was lost) costs
         one retry of the task it was for (``bound``, else the first queued), and the shape asks
         again after a backoff. Only a task whose retries are used up fails. A request that
-        never left (its node could not be dialed: a head's node that restarts) costs nothing
-        while such failures have lasted less than the grace period of a head restart."""
+        never left (its node could not be dialed: a head's node that restarts), or one to this
+        process's own node whose link was lost before it answered (the head's node of a driver,
+        killed with its head), costs nothing while such failures have lasted less than the grace
+        period of a head restart: no task ran, and this process can lease only through its own
+        node (which, alive, releases what it granted to a link that was lost)."""
         submitter = self.submitter
         if isinstance(exc, InfeasibleError) or submitter.closed:
             if bound is not None:
                 state.queue.appendleft(bound)
             submitter.fail_queue(state, exc)
             return
-        if self._unreached(state, exc):  # the request never left (its node is being redialed:
-            # a head that restarts): nothing ran, so no retry is charged, for a while
+        if self._unreached(state, exc, node == self.core.node):  # (its node is being
+            # redialed: a head that restarts): nothing ran, so no retry is charged, for a while
             victim = None
             if bound is not None and bound.cancelled:
                 submitter.cancelled(bound)
@@ -201,12 +205,14 @@ class Leasing:
             state.backoff = self.core.loop.call_later(delay, self._backoff_over, state)
 
     @staticmethod
-    def _unreached(state: Shape, exc: BaseException) -> bool:
+    def _unreached(state: Shape, exc: BaseException, own_node: bool) -> bool:
         """``exc`` says the request never reached a node (it never left; or its process had no
         node yet: ``#node``, the transport's name for a slot that does not run there, as in a
-        head that is starting again), and requests of the shape have not for less than the
-        grace period given to a head that restarts (head_link.HEAD_GRACE_S)."""
-        never_left = isinstance(exc, PeerUnreachableError) and exc.delivered is False
+        head that is starting again), or that the link to this process's own node (``own_node``)
+        was lost, and requests of the shape have not been served for less than the grace period
+        given to a head that restarts (head_link.HEAD_GRACE_S)."""
+        never_left = isinstance(exc, PeerUnreachableError) and (exc.delivered is False
+                                                                 or own_node)
         if not never_left and not (isinstance(exc, ActorDiedError) and exc.actor == "#node"):
             return False
         now = time.monotonic()
