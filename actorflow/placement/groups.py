@@ -44,7 +44,7 @@ from actorflow.placement.policy import (
 from actorflow.placement.reservations import BundleView, GroupReservations
 from actorflow.placement.resources import Resources
 from actorflow.placement.strategies import GroupStrategy, parse_group_strategy
-from actorflow.placement.view import _Node
+from actorflow.placement.view import NodeEntry
 
 __all__ = [
     "BundleView",
@@ -128,29 +128,29 @@ class _Work:
 
     def __init__(self, idle: bool) -> None:
         self.idle = idle
-        self.taken: dict[_Node, dict[str, int]] = {}
+        self.taken: dict[NodeEntry, dict[str, int]] = {}
 
-    def base(self, n: _Node) -> dict[str, int]:
+    def base(self, n: NodeEntry) -> dict[str, int]:
         return n.total if self.idle else n.avail
 
-    def fits(self, n: _Node, items: Items) -> bool:
+    def fits(self, n: NodeEntry, items: Items) -> bool:
         base = n.total if self.idle else n.avail
         taken = self.taken.get(n)
         if taken is None:
             return all(units <= base.get(name, 0) for name, units in items)
         return all(units + taken.get(name, 0) <= base.get(name, 0) for name, units in items)
 
-    def take(self, n: _Node, items: Items) -> None:
+    def take(self, n: NodeEntry, items: Items) -> None:
         taken = self.taken.setdefault(n, {})
         for name, units in items:
             taken[name] = taken.get(name, 0) + units
 
-    def give(self, n: _Node, items: Items) -> None:
+    def give(self, n: NodeEntry, items: Items) -> None:
         taken = self.taken[n]
         for name, units in items:
             taken[name] -= units
 
-    def signature(self, n: _Node) -> tuple[tuple[str, int], ...]:
+    def signature(self, n: NodeEntry) -> tuple[tuple[str, int], ...]:
         """Nodes with the same signature and untouched by this plan are interchangeable."""
         return tuple(sorted(self.base(n).items()))
 
@@ -172,18 +172,18 @@ class _Planner:
         # largest first: first-fit decreasing, and the search fails fast
         self.order = sorted(range(len(bundles)), key=lambda i: _size(bundles[i]), reverse=True)
 
-    def ok(self, n: _Node) -> bool:
+    def ok(self, n: NodeEntry) -> bool:
         return not self.exclude or n.node_id not in self.exclude
 
-    def candidates(self, i: int, idle: bool) -> Iterator[_Node]:
+    def candidates(self, i: int, idle: bool) -> Iterator[NodeEntry]:
         """Nodes that could take bundle ``i`` (free now, least busy first; or when idle)."""
-        sh = self.view._shape(self.bundles[i])
-        nodes: Iterable[_Node] = sh.eligible if idle else sh.ascending()
+        sh = self.view.shape_index(self.bundles[i])
+        nodes: Iterable[NodeEntry] = sh.eligible if idle else sh.ascending()
         return (n for n in nodes if self.ok(n))
 
     # -- the strategies --
 
-    def strict_pack(self, idle: bool) -> list[_Node] | None:
+    def strict_pack(self, idle: bool) -> list[NodeEntry] | None:
         """All on one node: the least busy (after the largest bundle) that holds the sum. The
         sum is checked on the largest bundle's candidates instead of being indexed itself:
         groups come in too many sums for an index each."""
@@ -192,18 +192,18 @@ class _Planner:
         n = next((n for n in self.candidates(self.order[0], idle) if work.fits(n, need)), None)
         return None if n is None else [n] * len(self.bundles)
 
-    def strict_spread(self, idle: bool) -> list[_Node] | None:
+    def strict_spread(self, idle: bool) -> list[NodeEntry] | None:
         k = len(self.bundles)
         shapes = dict.fromkeys(self.bundles)  # bundles of one shape share their candidates
         room = {}
         for b in shapes:
-            sh = self.view._shape(b)
+            sh = self.view.shape_index(b)
             room[b] = len(sh.eligible) if idle else len(sh.key)
         # greedy, the bundles with the fewest candidate nodes first, each on the least busy
         # node left; one pass over each shape's candidates in all
-        used: set[_Node] = set()
-        chosen: dict[int, _Node] = {}
-        walks: dict[Resources, Iterator[_Node]] = {}
+        used: set[NodeEntry] = set()
+        chosen: dict[int, NodeEntry] = {}
+        walks: dict[Resources, Iterator[NodeEntry]] = {}
         for i in sorted(range(k), key=lambda i: room[self.bundles[i]]):
             walk = walks.get(self.bundles[i])
             if walk is None:
@@ -222,13 +222,13 @@ class _Planner:
             return None
         return _match([lists[b] for b in self.bundles])
 
-    def greedy(self, idle: bool, spread: bool) -> list[_Node] | None:
+    def greedy(self, idle: bool, spread: bool) -> list[NodeEntry] | None:
         work = _Work(idle)
-        used: list[_Node] = []
-        chosen: dict[int, _Node] = {}
+        used: list[NodeEntry] = []
+        chosen: dict[int, NodeEntry] = {}
         for i in self.order:
             items = self.items[i]
-            n: _Node | None = None
+            n: NodeEntry | None = None
             if not spread:  # PACK: fill the nodes already used first
                 n = next((u for u in used if work.fits(u, items)), None)
             if n is None:
@@ -245,21 +245,21 @@ class _Planner:
             chosen[i] = n
         return [chosen[i] for i in range(len(self.bundles))]
 
-    def one_node(self) -> list[_Node] | None:
+    def one_node(self) -> list[NodeEntry] | None:
         """PACK: everything on one node when the sum fits one now."""
         return self.strict_pack(idle=False)
 
-    def search(self, idle: bool) -> list[_Node] | bool | None:
+    def search(self, idle: bool) -> list[NodeEntry] | bool | None:
         """Any assignment (nodes may be shared): a plan, None when proven impossible, or False
         when the budget ran out first."""
         k = len(self.bundles)
         if k > _SEARCH_MAX_BUNDLES:
             return False
         work = _Work(idle)
-        groups: list[list[list[_Node]]] = []  # per bundle: candidate nodes by signature
+        groups: list[list[list[NodeEntry]]] = []  # per bundle: candidate nodes by signature
         complete = True  # every candidate of every bundle is represented
         for i in range(k):
-            by_sig: dict[tuple[tuple[str, int], ...], list[_Node]] = {}
+            by_sig: dict[tuple[tuple[str, int], ...], list[NodeEntry]] = {}
             for seen, n in enumerate(self.candidates(i, idle)):
                 if not idle and seen == _SCAN_NOW:
                     complete = False
@@ -268,11 +268,11 @@ class _Planner:
                 if len(group) < k:  # k of a kind: one is always left that no bundle took
                     group.append(n)
             groups.append(list(by_sig.values()))
-        chosen: dict[int, _Node] = {}
-        used: list[_Node] = []
+        chosen: dict[int, NodeEntry] = {}
+        used: list[NodeEntry] = []
         budget = [SEARCH_BUDGET_IDLE if idle else SEARCH_BUDGET_NOW]
 
-        def options(i: int) -> Iterator[_Node]:
+        def options(i: int) -> Iterator[NodeEntry]:
             seen = set(used)
             yield from used
             for group in groups[i]:
@@ -312,19 +312,19 @@ class _Planner:
         return [chosen[i] for i in range(k)]
 
 
-def _take(it: Iterator[_Node], k: int) -> Iterator[_Node]:
+def _take(it: Iterator[NodeEntry], k: int) -> Iterator[NodeEntry]:
     for _, n in zip(range(k), it, strict=False):
         yield n
 
 
-def _match(cands: list[list[_Node]]) -> list[_Node] | None:
+def _match(cands: list[list[NodeEntry]]) -> list[NodeEntry] | None:
     """A distinct node per bundle from its candidates, or None: Kuhn's augmenting paths, with
     an explicit stack (a group may have more bundles than Python's recursion limit)."""
-    owner: dict[_Node, int] = {}
+    owner: dict[NodeEntry, int] = {}
     for root in sorted(range(len(cands)), key=lambda i: len(cands[i])):  # tightest first
-        seen: set[_Node] = set()
-        stack: list[tuple[int, Iterator[_Node]]] = [(root, iter(cands[root]))]
-        path: list[_Node] = []  # path[j]: the node stack[j] reaches stack[j + 1] through
+        seen: set[NodeEntry] = set()
+        stack: list[tuple[int, Iterator[NodeEntry]]] = [(root, iter(cands[root]))]
+        path: list[NodeEntry] = []  # path[j]: the node stack[j] reaches stack[j + 1] through
         while stack:
             it = stack[-1][1]
             n = next((c for c in it if c not in seen), None)
@@ -343,7 +343,7 @@ def _match(cands: list[list[_Node]]) -> list[_Node] | None:
             stack.append((held_by, iter(cands[held_by])))
         else:
             return None
-    out: dict[int, _Node] = {i: n for n, i in owner.items()}
+    out: dict[int, NodeEntry] = {i: n for n, i in owner.items()}
     return [out[i] for i in range(len(cands))]
 
 
@@ -372,7 +372,7 @@ def plan_group(
     if not bundles:
         raise ValueError("a placement group needs at least one bundle")
     planner = _Planner(bundles, view, exclude_nodes)
-    if not any(n.alive and planner.ok(n) for n in view._nodes.values()):
+    if not any(n.alive and planner.ok(n) for n in view.entries.values()):
         return Wait("no live node in the cluster")
     for i, bundle in enumerate(bundles):  # each bundle must fit some node
         error = gpu_demand_error(bundle)
@@ -384,11 +384,11 @@ def plan_group(
             ))
 
     need = _sum_items(planner.items)
-    total_sum, free_sum = view._sums()
+    total_sum, free_sum = view.sums()
     # necessary conditions, over the whole cluster (exclusions make the sums over-count)
     free_ok = bool(exclude_nodes) or all(u <= free_sum.get(r, 0) for r, u in need.items())
     idle_ok = bool(exclude_nodes) or all(u <= total_sum.get(r, 0) for r, u in need.items())
-    nodes: list[_Node] | None = None
+    nodes: list[NodeEntry] | None = None
     if strat == "STRICT_PACK":
         if free_ok:
             nodes = planner.strict_pack(idle=False)
@@ -432,7 +432,7 @@ def plan_group(
 
 
 def _totals(planner: _Planner) -> Iterator[Resources]:
-    return (n.total_r for n in planner.view._alive() if planner.ok(n))
+    return (n.total_r for n in planner.view.alive_entries() if planner.ok(n))
 
 
 def _never_fits(planner: _Planner) -> bool:

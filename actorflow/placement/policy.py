@@ -41,7 +41,14 @@ from actorflow.placement.decisions import (
 )
 from actorflow.placement.resources import Resources
 from actorflow.placement.strategies import NodeAffinity, PlacementGroupStrategy, parse_strategy
-from actorflow.placement.view import BUCKETS, ClusterView, NodeView, ViewStatistics, _Node, _Shape
+from actorflow.placement.view import (
+    BUCKETS,
+    ClusterView,
+    NodeEntry,
+    NodeView,
+    ShapeIndex,
+    ViewStatistics,
+)
 
 if TYPE_CHECKING:
     from actorflow.placement.groups import GroupReservations
@@ -117,7 +124,7 @@ def choose_node(
 # -- the policies -------------------------------------------------------------------------------
 
 
-def _unplaceable(view: ClusterView, sh: _Shape, what: str) -> Wait | Infeasible:
+def _unplaceable(view: ClusterView, sh: ShapeIndex, what: str) -> Wait | Infeasible:
     """``sh`` has no node with the demand free: Wait or Infeasible (the verdict only
     depends on membership, so it is kept until that changes)."""
     verdict = sh.verdicts.get(what)
@@ -128,7 +135,7 @@ def _unplaceable(view: ClusterView, sh: _Shape, what: str) -> Wait | Infeasible:
     return verdict
 
 
-def _verdict(view: ClusterView, sh: _Shape, what: str) -> Wait | Infeasible:
+def _verdict(view: ClusterView, sh: ShapeIndex, what: str) -> Wait | Infeasible:
     if sh.gpu_error is not None:
         return Infeasible(f"{what} needs {sh.demand.to_amounts()}; {sh.gpu_error}")
     if sh.eligible:
@@ -136,7 +143,7 @@ def _verdict(view: ClusterView, sh: _Shape, what: str) -> Wait | Infeasible:
             f"no node has {sh.demand.to_amounts()} free now; {len(sh.eligible)} live "
             "node(s) can hold it once work there finishes"
         )
-    alive = view._alive()
+    alive = view.alive_entries()
     if not alive:
         return Wait("no live node in the cluster")
     return Infeasible(infeasible_message(what, sh.demand, (n.total_r for n in alive)))
@@ -147,12 +154,12 @@ def _verdict(view: ClusterView, sh: _Shape, what: str) -> Wait | Infeasible:
 def _default(
     view: ClusterView, demand: Resources, local: str | None, thr: float, what: str
 ) -> Decision:
-    sh = view._shape(demand)
+    sh = view.shape_index(demand)
     if sh.gpu_error is not None:
         return _unplaceable(view, sh, what)
     exact = thr == sh.thr
     qt = int(thr * BUCKETS) if thr * BUCKETS < BUCKETS else BUCKETS
-    ln = view._nodes.get(local) if local is not None else None
+    ln = view.entries.get(local) if local is not None else None
     if ln is not None:
         k = sh.key.get(ln)
         if k is not None and ((k & 1) == 0 if exact else sh.after(ln) <= thr):
@@ -163,7 +170,7 @@ def _default(
     if exact:
         under = mask & ((1 << (2 * qt + 1)) - 1)
     else:  # the boundary buckets hold nodes on both sides of thr: test them one by one
-        best: _Node | None = None
+        best: NodeEntry | None = None
         best_u = -1.0
         for k in (2 * qt, 2 * qt + 1):
             if mask >> k & 1:
@@ -183,7 +190,7 @@ def _default(
 
 
 def _spread(view: ClusterView, demand: Resources, what: str, busy: bool) -> Decision:
-    sh = view._shape(demand)
+    sh = view.shape_index(demand)
     if busy and sh.eligible and sh.gpu_error is None:  # every node that can hold it
         n = sh.eligible[sh.cursor]  # (rebuild keeps the cursor inside ``eligible``)
         sh.cursor = (sh.cursor + 1) % len(sh.eligible)
@@ -211,7 +218,7 @@ def _affinity(
     view: ClusterView, demand: Resources, aff: NodeAffinity, local: str | None, thr: float,
     what: str,
 ) -> Decision:
-    n = view._nodes.get(aff.node_id)
+    n = view.entries.get(aff.node_id)
     gpu_error = gpu_demand_error(demand)
     if gpu_error is not None:
         return Infeasible(f"{what} needs {demand.to_amounts()}; {gpu_error}")

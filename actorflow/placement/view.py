@@ -34,7 +34,7 @@ from typing import Final
 from actorflow.placement.decisions import Infeasible, Wait, gpu_demand_error
 from actorflow.placement.resources import Resources
 
-__all__ = ["BUCKETS", "ClusterView", "NodeView", "ViewStatistics"]
+__all__ = ["BUCKETS", "ClusterView", "NodeEntry", "NodeView", "ShapeIndex", "ViewStatistics"]
 
 BUCKETS: Final = 1024  # utilization resolution of the indexes
 _MAX_SHAPES: Final = 64  # shape indexes kept (least recently used dropped first)
@@ -62,10 +62,10 @@ class ViewStatistics:
     log_length: int
 
 
-# -- internal state -----------------------------------------------------------------------------
+# -- the state the placement's decisions read (policy.py, groups.py) -----------------------------
 
 
-class _Node:
+class NodeEntry:
     """A node's mutable state. ``util`` is kept equal to ``_util(total, avail)``."""
 
     __slots__ = ("alive", "avail", "node_id", "total", "total_r", "util")
@@ -97,10 +97,10 @@ def _util(total: dict[str, int], avail: dict[str, int]) -> float:
     return u
 
 
-class _Shape:
+class ShapeIndex:
     """The index of one demand shape (see "Speed" in the module docstring).
 
-    Invariants (after :meth:`ClusterView._shape` returns it): ``eligible`` lists the live nodes
+    Invariants (after :meth:`ClusterView.shape_index` returns it): ``eligible`` lists the live nodes
     whose totals hold the demand, in view order; ``key[n]`` is set exactly for the eligible nodes
     that have the demand free, and ``n in buckets[key[n]]``; bit ``k`` of ``mask`` is set exactly
     when ``buckets[k]`` is non-empty. ``key = 2 * min(int(u * BUCKETS), BUCKETS) + (u > thr)``
@@ -117,10 +117,10 @@ class _Shape:
         self.items = tuple(demand._d.items())
         self.thr = thr
         self.gpu_error = gpu_demand_error(demand)
-        self.eligible: list[_Node] = []
-        self.eligible_set: set[_Node] = set()
-        self.key: dict[_Node, int] = {}
-        self.buckets: dict[int, dict[_Node, None]] = {}
+        self.eligible: list[NodeEntry] = []
+        self.eligible_set: set[NodeEntry] = set()
+        self.key: dict[NodeEntry, int] = {}
+        self.buckets: dict[int, dict[NodeEntry, None]] = {}
         self.mask = 0
         self.epoch = -1
         self.pos = 0
@@ -128,7 +128,7 @@ class _Shape:
         self.used = 0
         self.verdicts: dict[str, Wait | Infeasible] = {}  # by ``what``; valid for an epoch
 
-    def rebuild(self, order: Iterable[_Node], epoch: int, pos: int) -> None:
+    def rebuild(self, order: Iterable[NodeEntry], epoch: int, pos: int) -> None:
         items = self.items
         self.eligible = [n for n in order if n.alive and n.holds(items)]
         self.eligible_set = set(self.eligible)
@@ -143,7 +143,7 @@ class _Shape:
         for n in self.eligible:
             self.update(n)
 
-    def after(self, n: _Node) -> float:
+    def after(self, n: NodeEntry) -> float:
         """``n``'s utilization after the grant, or -1.0 when it lacks the demand now."""
         u = n.util
         avail = n.avail
@@ -158,7 +158,7 @@ class _Shape:
                 u = f
         return u
 
-    def update(self, n: _Node) -> None:
+    def update(self, n: NodeEntry) -> None:
         """Re-bucket ``n`` after its free resources changed (the hot path: ``after`` inlined).
         Dead nodes are never logged, so liveness needs no test here."""
         if n not in self.eligible_set:
@@ -201,10 +201,10 @@ class _Shape:
         else:
             del key[n]
 
-    def first(self, key: int) -> _Node:
+    def first(self, key: int) -> NodeEntry:
         return next(iter(self.buckets[key]))
 
-    def ascending(self) -> Iterator[_Node]:
+    def ascending(self) -> Iterator[NodeEntry]:
         """The nodes that have the demand free, least busy after the grant first."""
         mask = self.mask
         while mask:
@@ -212,7 +212,7 @@ class _Shape:
             yield from self.buckets[low.bit_length() - 1]
             mask ^= low
 
-    def descending(self) -> Iterator[_Node]:
+    def descending(self) -> Iterator[NodeEntry]:
         """The nodes that have the demand free, busiest after the grant first."""
         mask = self.mask
         while mask:
@@ -237,11 +237,12 @@ class ClusterView:
         if not spread_threshold >= 0.0:
             raise ValueError(f"spread_threshold must be >= 0, got {spread_threshold}")
         self.spread_threshold = float(spread_threshold)
-        self._nodes: dict[str, _Node] = {}
+        #: node id -> its entry (read by the decisions; changed only through this view)
+        self.entries: dict[str, NodeEntry] = {}
         self._epoch = 0  # bumped when membership (node set or liveness) changes
-        self._log: list[_Node] = []  # nodes whose free resources changed, oldest first
+        self._log: list[NodeEntry] = []  # nodes whose free resources changed, oldest first
         self._log_base = 0  # position (since the start) of _log[0]
-        self._shapes: dict[Resources, _Shape] = {}
+        self._shapes: dict[Resources, ShapeIndex] = {}
         self._tick = itertools.count()
         # sums over the live nodes, kept up to date between membership changes
         self._sums_epoch = -1
@@ -254,13 +255,13 @@ class ClusterView:
 
     def add_node(self, node: NodeView) -> None:
         """Add a node, or replace the one with the same id (its state is taken from ``node``)."""
-        self._nodes.pop(node.node_id, None)
-        self._nodes[node.node_id] = _Node(node)
+        self.entries.pop(node.node_id, None)
+        self.entries[node.node_id] = NodeEntry(node)
         self._epoch += 1
 
     def remove_node(self, node_id: str) -> None:
         """Forget a node (a no-op for an unknown id)."""
-        if self._nodes.pop(node_id, None) is not None:
+        if self.entries.pop(node_id, None) is not None:
             self._epoch += 1
 
     def set_alive(self, node_id: str, alive: bool) -> None:
@@ -336,7 +337,7 @@ class ClusterView:
         self._touch(n)
 
     def fits_now(self, node_id: str, demand: Resources) -> bool:
-        n = self._nodes.get(node_id)
+        n = self.entries.get(node_id)
         if n is None or not n.alive:
             return False
         avail = n.avail
@@ -348,64 +349,65 @@ class ClusterView:
         return self._get(node_id).view()
 
     def nodes(self) -> list[NodeView]:
-        return [n.view() for n in self._nodes.values()]
+        return [n.view() for n in self.entries.values()]
 
     def __len__(self) -> int:
-        return len(self._nodes)
+        return len(self.entries)
 
     def __contains__(self, node_id: object) -> bool:
-        return node_id in self._nodes
+        return node_id in self.entries
 
     def total_resources(self) -> Resources:
         """The sum of the live nodes' totals."""
-        self._sums()
+        self.sums()
         return Resources(self._total_sum)
 
     def available_resources(self) -> Resources:
         """The sum of the live nodes' free resources."""
-        self._sums()
+        self.sums()
         return Resources(self._free_sum)
 
     def statistics(self) -> ViewStatistics:
         return ViewStatistics(
-            nodes=len(self._nodes),
-            alive=sum(1 for n in self._nodes.values() if n.alive),
+            nodes=len(self.entries),
+            alive=sum(1 for n in self.entries.values() if n.alive),
             shapes_indexed=len(self._shapes),
             log_length=len(self._log),
         )
 
     # -- internals (also used by actorflow.placement.policy and .groups) --
 
-    def _get(self, node_id: str) -> _Node:
-        n = self._nodes.get(node_id)
+    def _get(self, node_id: str) -> NodeEntry:
+        n = self.entries.get(node_id)
         if n is None:
             raise KeyError(f"no node {node_id!r} in the cluster view")
         return n
 
-    def _sums(self) -> tuple[dict[str, int], dict[str, int]]:
+    def sums(self) -> tuple[dict[str, int], dict[str, int]]:
         """(sum of totals, sum of free resources) over the live nodes."""
         if self._sums_epoch != self._epoch:
-            alive = self._alive()
+            alive = self.alive_entries()
             self._total_sum = _sum(n.total for n in alive)
             self._free_sum = _sum(n.avail for n in alive)
             self._sums_epoch = self._epoch
         return self._total_sum, self._free_sum
 
-    def _alive(self) -> list[_Node]:
-        return [n for n in self._nodes.values() if n.alive]
+    def alive_entries(self) -> list[NodeEntry]:
+        """The live nodes' entries, in view order."""
+        return [n for n in self.entries.values() if n.alive]
 
-    def _touch(self, n: _Node) -> None:
+    def _touch(self, n: NodeEntry) -> None:
         if not n.alive:
             return  # no index holds a dead node; membership changes rebuild them anyway
         log = self._log
         log.append(n)
-        keep = max(256, len(self._nodes))
+        keep = max(256, len(self.entries))
         if len(log) > 2 * keep:
             drop = len(log) - keep
             del log[:drop]
             self._log_base += drop
 
-    def _shape(self, demand: Resources) -> _Shape:
+    def shape_index(self, demand: Resources) -> ShapeIndex:
         """The up-to-date index of ``demand``'s shape."""
         sh = self._shapes.get(demand)
         end = len(self._log)
@@ -413,14 +415,14 @@ class ClusterView:
             if len(self._shapes) >= _MAX_SHAPES:
                 oldest = min(self._shapes.values(), key=lambda s: s.used)
                 del self._shapes[oldest.demand]
-            sh = self._shapes[demand] = _Shape(demand, self.spread_threshold)
-            sh.rebuild(self._nodes.values(), self._epoch, self._log_base + end)
+            sh = self._shapes[demand] = ShapeIndex(demand, self.spread_threshold)
+            sh.rebuild(self.entries.values(), self._epoch, self._log_base + end)
         elif sh.epoch != self._epoch:
-            sh.rebuild(self._nodes.values(), self._epoch, self._log_base + end)
+            sh.rebuild(self.entries.values(), self._epoch, self._log_base + end)
         else:
             start = sh.pos - self._log_base
-            if start < 0 or end - start > len(self._nodes):
-                sh.rebuild(self._nodes.values(), self._epoch, self._log_base + end)
+            if start < 0 or end - start > len(self.entries):
+                sh.rebuild(self.entries.values(), self._epoch, self._log_base + end)
             elif start < end:
                 update = sh.update
                 for n in self._log[start:end]:

@@ -259,18 +259,18 @@ def test_decisions_do_not_walk_every_node(monkeypatch: pytest.MonkeyPatch) -> No
     about once and re-bucket only the nodes that changed: per decision, work is O(shapes),
     not O(nodes)."""
     counts = {"rebuild": 0, "update": 0}
-    real_rebuild, real_update = view_mod._Shape.rebuild, view_mod._Shape.update
+    real_rebuild, real_update = view_mod.ShapeIndex.rebuild, view_mod.ShapeIndex.update
 
-    def rebuild(self: view_mod._Shape, *args: object) -> None:
+    def rebuild(self: view_mod.ShapeIndex, *args: object) -> None:
         counts["rebuild"] += 1
         real_rebuild(self, *args)  # type: ignore[arg-type]
 
-    def update(self: view_mod._Shape, n: object) -> None:
+    def update(self: view_mod.ShapeIndex, n: object) -> None:
         counts["update"] += 1
         real_update(self, n)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(view_mod._Shape, "rebuild", rebuild)
-    monkeypatch.setattr(view_mod._Shape, "update", update)
+    monkeypatch.setattr(view_mod.ShapeIndex, "rebuild", rebuild)
+    monkeypatch.setattr(view_mod.ShapeIndex, "update", update)
     view = cluster(*([{"CPU": 16, "GPU": 2}] * 500 + [{"CPU": 8}] * 500))
     rng = random.Random(0)
     shapes = [R(CPU=1), R(CPU=0.5), R(CPU=2), R(CPU=1, GPU=1), R(GPU=0.25)]
