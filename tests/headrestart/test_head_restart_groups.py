@@ -14,6 +14,7 @@ from typing import Any
 
 import cloudpickle
 import pytest
+from actor_support import Counter
 from mn_support import until, within
 from restart_support import RestartableCluster, nodes_back
 
@@ -22,16 +23,6 @@ import actorflow as af
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 pytestmark = pytest.mark.timeout(180)
-
-
-@af.remote(num_cpus=1)
-class Counter:
-    def __init__(self) -> None:
-        self.n = 0
-
-    def incr(self) -> int:
-        self.n += 1
-        return self.n
 
 
 @af.remote(num_cpus=0)
@@ -63,7 +54,7 @@ async def test_placement_groups_survive_a_head_restart(tmp_path: Path) -> None:
         await within(pg.ready())
         await within(on_head.ready())
         in_pg = af.PlacementGroupStrategy(pg, 0)
-        counter = Counter.options(name="in-pg", lifetime="detached",
+        counter = Counter.options(name="in-pg", lifetime="detached", num_cpus=1,
                                   scheduling_strategy=in_pg).remote()
         assert await within(counter.incr.remote()) == 1
         before = await within(af.placement_group_table(pg))
