@@ -144,15 +144,16 @@ class Reads:
 
     async def get_one(self, ref: ObjectRef) -> Any:
         """The value of one ref (``await ref``): no list, no counter, for the commonest wait."""
-        entry = self.core.objects.entries.get(ref.id) if ref.core is self.core else None
+        core = self.core
+        entry = core.objects.entries.get(ref.id) if ref.core is core else None
         payload = entry.payload if entry is not None else None
         if payload is None:
-            fut: asyncio.Future[Payload] = self.core.loop.create_future()
+            fut: asyncio.Future[Payload] = core.loop.create_future()
             self.when_ready(ref, functools.partial(settle, fut))
             payload = fut.result() if fut.done() else await self._lending(fut)
         if type(payload) is InShm and not self.is_local(payload):
             (payload,) = await self.localize_refs((ref,), (payload,))
-        return self.core.materialize(payload)
+        return core.materialize(payload)
 
     async def localize_refs(self, refs: Sequence[ObjectRef], payloads: Sequence[Payload]
                             ) -> list[Payload]:
@@ -211,11 +212,12 @@ class Reads:
 
     async def payloads(self, refs: Sequence[ObjectRef]) -> list[Payload]:
         """The payloads of ``refs``, in order, once every one is known (see _lending)."""
-        entries = self.core.objects.entries
+        core = self.core
+        entries = core.objects.entries
         out: list[Any] = [None] * len(refs)
         missing = []
         for i, ref in enumerate(refs):
-            entry = entries.get(ref.id) if ref.core is self.core else None
+            entry = entries.get(ref.id) if ref.core is core else None
             if entry is None or entry.payload is None:
                 missing.append(i)
             else:
